@@ -1,0 +1,203 @@
+# kiln: build, test, install.
+#
+#   make                 libkiln.a, libkiln.so and the examples (build/plain)
+#   make test            install missing packages, then every test: unit tests
+#                        under ASan+UBSan, the same under valgrind, the symbol
+#                        check, the install check and a bounded fuzz run
+#   make install PREFIX=/usr/local
+#   make check           unit tests of one variant (VARIANT=plain|asan)
+#   make fuzz FUZZ_SECONDS=60
+#   make tidy | cppcheck | format | format-check
+#
+# Sources are found by wildcard: a new .c file in a module folder joins the
+# library, a new test/test_*.c becomes a test binary.
+
+VERSION_MAJOR := 0
+VERSION       := 0.1.0
+PREFIX        ?= /usr/local
+LIBDIR        ?= $(PREFIX)/lib
+INCLUDEDIR    ?= $(PREFIX)/include
+
+VARIANT ?= plain
+BUILD   := build/$(VARIANT)
+
+CC      ?= cc
+CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
+WARN    := -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes \
+           -Wmissing-prototypes -Wwrite-strings -Wformat=2 -Wconversion \
+           -Werror
+DEPS_PC := libcjson librabbitmq libmongoc-1.0
+PC_CFLAGS := $(shell pkg-config --cflags $(DEPS_PC) 2>/dev/null)
+PC_LIBS   := $(shell pkg-config --libs $(DEPS_PC) 2>/dev/null)
+LIBS    := $(PC_LIBS) -pthread -lm
+
+OPT     := -O2 -g
+SANFLAGS :=
+ifeq ($(VARIANT),asan)
+OPT      := -O1 -g
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer \
+            -fno-sanitize-recover=all
+endif
+
+ALL_CFLAGS := $(CSTD) $(OPT) $(WARN) $(SANFLAGS) -fvisibility=hidden \
+              -pthread -fPIC -I. -Iinclude $(PC_CFLAGS) $(CFLAGS)
+ALL_LDFLAGS := $(SANFLAGS) $(LDFLAGS)
+
+MODULES  := core config logger task broker store workerpool mocks
+LIB_SRCS := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+
+TEST_SRCS    := $(wildcard test/test_*.c)
+TEST_BINS    := $(TEST_SRCS:test/%.c=$(BUILD)/test/%)
+IT_SRCS      := $(wildcard test/integration/test_*.c)
+IT_BINS      := $(IT_SRCS:test/integration/%.c=$(BUILD)/it/%)
+TEST_SUPPORT := $(wildcard test/support/*.c)
+TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
+
+EXAMPLE_SRCS := $(wildcard examples/*/main.c)
+EXAMPLE_BINS := $(EXAMPLE_SRCS:examples/%/main.c=$(BUILD)/examples/%)
+
+STATIC := $(BUILD)/libkiln.a
+SHARED := $(BUILD)/libkiln.so.$(VERSION)
+SONAME := libkiln.so.$(VERSION_MAJOR)
+
+.PHONY: all lib examples tests check check-integration test deps install uninstall clean \
+        fuzz tidy cppcheck format format-check symbols install-check valgrind
+
+all: lib examples
+
+lib: $(STATIC) $(SHARED)
+
+examples: $(EXAMPLE_BINS)
+
+tests: $(TEST_BINS) $(IT_BINS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(STATIC): $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--no-undefined $(ALL_LDFLAGS) \
+	    -o $@ $^ $(LIBS)
+	ln -sf libkiln.so.$(VERSION) $(BUILD)/$(SONAME)
+	ln -sf $(SONAME) $(BUILD)/libkiln.so
+
+$(BUILD)/test/%: test/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
+	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
+
+$(BUILD)/it/%: test/integration/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
+	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
+
+$(BUILD)/examples/%: examples/%/main.c $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP $< -o $@ $(ALL_LDFLAGS) $(STATIC) $(LIBS)
+
+# Unit tests of one variant; VALGRIND=1 runs each binary under valgrind.
+check: tests
+	@scripts/run-tests.sh $(if $(VALGRIND),--valgrind) $(TEST_BINS)
+
+# Integration tests of one variant, beside a private RabbitMQ node.
+check-integration: tests
+	@scripts/with-rabbitmq.sh scripts/run-tests.sh \
+	    --summary-file build/summary-it-$(VARIANT).txt $(IT_BINS)
+
+deps:
+	@scripts/install-deps.sh
+
+# Everything CI runs. Each step stops the run on failure.
+test: deps
+	$(MAKE) VARIANT=asan tests
+	$(MAKE) VARIANT=plain all tests
+	$(MAKE) symbols
+	$(MAKE) install-check
+	@scripts/run-tests.sh --summary-file build/summary-asan.txt \
+	    $(patsubst test/%.c,build/asan/test/%,$(TEST_SRCS))
+	@scripts/run-tests.sh --valgrind --summary-file build/summary-valgrind.txt \
+	    $(patsubst test/%.c,build/plain/test/%,$(TEST_SRCS))
+	$(if $(IT_SRCS),$(MAKE) VARIANT=asan check-integration)
+	$(MAKE) fuzz
+	@scripts/run-tests.sh --total build/summary-asan.txt \
+	    build/summary-valgrind.txt $(if $(IT_SRCS),build/summary-it-asan.txt)
+
+# Only kiln_ names may leave the library: the static archive may hold
+# kiln__ internals, the shared object must export kiln_ API names only.
+symbols: lib
+	@bad=$$(nm -g --defined-only $(STATIC) | awk 'NF==3 && $$2 ~ /[TDBRVW]/ && $$3 !~ /^kiln_/ {print $$3}'); \
+	 if [ -n "$$bad" ]; then echo "non-kiln symbols in $(STATIC):"; echo "$$bad"; exit 1; fi
+	@bad=$$(nm -D --defined-only $(SHARED) | awk 'NF==3 && $$2 ~ /[TDBRVW]/ && ($$3 !~ /^kiln_/ || $$3 ~ /^kiln__/) {print $$3}'); \
+	 if [ -n "$$bad" ]; then echo "non-API symbols exported by $(SHARED):"; echo "$$bad"; exit 1; fi
+	@readelf -d $(SHARED) | grep -q "SONAME.*$(SONAME)" || { echo "SONAME is not $(SONAME)"; exit 1; }
+	@echo "symbols: only kiln_ API names exported; SONAME $(SONAME)"
+
+# Installs into a scratch prefix and builds a user program with pkg-config,
+# statically and against the shared library.
+install-check: lib
+	@scripts/install-check.sh
+
+install: lib
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/kiln
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/libkiln.a
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/libkiln.so.$(VERSION)
+	ln -sf libkiln.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libkiln.so
+	install -m 644 include/kiln.h $(DESTDIR)$(INCLUDEDIR)/kiln.h
+	for h in $(wildcard include/kiln/*.h); do \
+	    install -m 644 $$h $(DESTDIR)$(INCLUDEDIR)/kiln/; done
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    kiln.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/kiln.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libkiln.a $(DESTDIR)$(LIBDIR)/libkiln.so* \
+	    $(DESTDIR)$(LIBDIR)/pkgconfig/kiln.pc $(DESTDIR)$(INCLUDEDIR)/kiln.h
+	rm -rf $(DESTDIR)$(INCLUDEDIR)/kiln
+
+# libFuzzer on the JSON decoder, bounded in time; new inputs go to the
+# build folder, the checked-in seed corpus stays as it is.
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD   := build/fuzz
+FUZZ_CFLAGS  := $(CSTD) -O1 -g $(WARN) -fsanitize=fuzzer-no-link,address,undefined \
+                -fno-sanitize-recover=all -I. -Iinclude $(PC_CFLAGS)
+fuzz:
+	@mkdir -p $(FUZZ_BUILD)/corpus
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer test/fuzz/fuzz_decode.c $(LIB_SRCS) \
+	    -o $(FUZZ_BUILD)/fuzz_decode $(LIBS)
+	$(FUZZ_BUILD)/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+	    -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+	    $(FUZZ_BUILD)/corpus test/fuzz/corpus
+
+# One file per run: clang-tidy 14 carries va_list state across files in one
+# invocation and then reports false "uninitialized va_list" errors.
+tidy:
+	@for f in $(LIB_SRCS); do \
+	    clang-tidy --quiet $$f -- $(CSTD) -I. -Iinclude $(PC_CFLAGS) || exit 1; \
+	done
+
+cppcheck:
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability \
+	    --inline-suppr --suppress=missingIncludeSystem -I. -Iinclude $(LIB_SRCS)
+
+FORMAT_SRCS = $(LIB_SRCS) $(wildcard core/*.h config/*.h logger/*.h task/*.h \
+              broker/*.h store/*.h workerpool/*.h mocks/*.h include/*.h \
+              include/kiln/*.h test/*.c test/support/*.[ch] test/fuzz/*.c \
+              examples/*/*.c)
+format:
+	clang-format -i $(FORMAT_SRCS)
+
+format-check:
+	clang-format --dry-run --Werror $(FORMAT_SRCS)
+
+clean:
+	rm -rf build
+
+-include $(LIB_OBJS:.o=.d) $(TEST_SUPPORT_OBJS:.o=.d)

@@ -1,0 +1,63 @@
+/*
+ * Internal helpers shared by every module: error filling, allocation (with
+ * a failure-injection hook for tests), time, strings and UTF-8.
+ * Never installed. Depends on nothing but libc and include/kiln.h.
+ */
+#ifndef KILN_CORE_H
+#define KILN_CORE_H
+
+#include "kiln.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* kiln__fail fills `err` (may be NULL) with `code` and a formatted message
+ * and returns `code`, so error returns stay on one line. */
+kiln_err kiln__fail(kiln_error *err, kiln_err code, const char *fmt, ...)
+    KILN_PRINTF(3, 4);
+kiln_err kiln__vfail(kiln_error *err, kiln_err code, const char *fmt,
+                     va_list ap) KILN_PRINTF(3, 0);
+
+/* kiln__ok sets `err` (may be NULL) to KILN_OK with an empty message. */
+void kiln__ok(kiln_error *err);
+
+/* kiln__prefix prepends "<prefix>: " to err->message (keeps the code). */
+void kiln__prefix(kiln_error *err, const char *fmt, ...) KILN_PRINTF(2, 3);
+
+/* Every allocation in the library goes through these, so a test can make
+ * the Nth one fail (curl's torture mode). kiln__free(NULL) is a no-op. */
+void *kiln__malloc(size_t n);
+void *kiln__calloc(size_t count, size_t size);
+void *kiln__realloc(void *p, size_t n);
+void kiln__free(void *p);
+char *kiln__strdup(const char *s);
+char *kiln__strndup(const char *s, size_t n);   /* copies n bytes, adds NUL */
+
+/* kiln__alloc_fail_after makes the allocation `n` calls from now fail
+ * (n = 0: the next one) and every later one succeed; a negative n turns the
+ * hook off. kiln__alloc_failed reports whether the hook fired since it was
+ * armed. For tests only; not thread-aware beyond being atomic. */
+void kiln__alloc_fail_after(long n);
+bool kiln__alloc_failed(void);
+
+/* kiln__strlcpy copies at most n-1 bytes and always terminates (n > 0).
+ * Returns strlen(src), so a result >= n means truncation. */
+size_t kiln__strlcpy(char *dst, const char *src, size_t n);
+
+/* kiln__utf8_valid: true when s[0..n) is well-formed UTF-8 (no overlongs,
+ * no surrogates, nothing above U+10FFFF). */
+bool kiln__utf8_valid(const char *s, size_t n);
+
+/* Clocks, in nanoseconds. */
+int64_t kiln__realtime_ns(void);   /* since the Unix epoch */
+int64_t kiln__monotonic_ns(void);  /* since an arbitrary point */
+
+/* kiln__random fills buf with n bytes from the kernel (getrandom).
+ * Returns KILN_OK or KILN_EINVAL with the errno text in err. */
+kiln_err kiln__random(void *buf, size_t n, kiln_error *err);
+
+#define KILN__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif /* KILN_CORE_H */

@@ -1,0 +1,98 @@
+/* Strings, UTF-8, clocks and randomness. */
+#include "core/core.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+size_t kiln__strlcpy(char *dst, const char *src, size_t n)
+{
+    size_t len = strlen(src);
+
+    if (n > 0) {
+        size_t c = len < n - 1 ? len : n - 1;
+        memcpy(dst, src, c);
+        dst[c] = '\0';
+    }
+    return len;
+}
+
+/* A table-free validator after RFC 3629, section 4. */
+bool kiln__utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    const unsigned char *end = p + n;
+
+    while (p < end) {
+        unsigned char c = *p;
+        size_t need;
+        unsigned lo = 0x80, hi = 0xBF;
+
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF)
+            need = 1;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            if (c == 0xE0)
+                lo = 0xA0; /* overlong */
+            else if (c == 0xED)
+                hi = 0x9F; /* surrogates */
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            if (c == 0xF0)
+                lo = 0x90; /* overlong */
+            else if (c == 0xF4)
+                hi = 0x8F; /* above U+10FFFF */
+        } else
+            return false;
+        if ((size_t)(end - p) <= need)
+            return false;
+        if (p[1] < lo || p[1] > hi)
+            return false;
+        for (size_t k = 2; k <= need; k++)
+            if (p[k] < 0x80 || p[k] > 0xBF)
+                return false;
+        p += need + 1;
+    }
+    return true;
+}
+
+static int64_t clock_ns(clockid_t id)
+{
+    struct timespec ts;
+
+    if (clock_gettime(id, &ts) != 0)
+        return 0;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t kiln__realtime_ns(void)
+{
+    return clock_ns(CLOCK_REALTIME);
+}
+
+int64_t kiln__monotonic_ns(void)
+{
+    return clock_ns(CLOCK_MONOTONIC);
+}
+
+kiln_err kiln__random(void *buf, size_t n, kiln_error *err)
+{
+    unsigned char *p = buf;
+
+    while (n > 0) {
+        ssize_t got = getrandom(p, n, 0);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            return kiln__fail(err, KILN_EINVAL, "getrandom: errno %d", errno);
+        }
+        p += got;
+        n -= (size_t)got;
+    }
+    return KILN_OK;
+}

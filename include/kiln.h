@@ -1,0 +1,730 @@
+/*
+ * kiln: a distributed task queue and worker pool for C.
+ *
+ * A producer builds a task signature (a name plus typed arguments) and
+ * publishes it to RabbitMQ; a pool of worker threads in another process runs
+ * the C function registered under that name. The wire format is the JSON of
+ * Go's machinery and paota, so C and Go services can share queues.
+ *
+ * Conventions used throughout this header:
+ *
+ * - Every public symbol starts with kiln_ or KILN_.
+ * - Fallible functions return kiln_err and take a final, nullable
+ *   `kiln_error *err` that receives a code and a human-readable message.
+ *   Constructors return a pointer, or NULL with `err` filled in.
+ * - Ownership is stated beside each declaration with one of three phrases:
+ *   "caller owns; free with ...", "borrowed; valid until ...", and
+ *   "takes ownership".
+ * - Nothing in the library calls exit() or abort(), or asserts on input.
+ */
+#ifndef KILN_H
+#define KILN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define KILN_API           __attribute__((visibility("default")))
+#define KILN_PRINTF(f, a)  __attribute__((format(printf, f, a)))
+#else
+#define KILN_API
+#define KILN_PRINTF(f, a)
+#endif
+
+/* ------------------------------------------------------------------------
+ * Version
+ * ------------------------------------------------------------------------ */
+
+#define KILN_VERSION_MAJOR 0
+#define KILN_VERSION_MINOR 1
+#define KILN_VERSION_PATCH 0
+
+/* kiln_version_string returns the library's version, e.g. "0.1.0".
+ * Static text; never NULL. Thread-safety: safe from any thread. */
+KILN_API const char *kiln_version_string(void);
+
+/* ------------------------------------------------------------------------
+ * Errors
+ * ------------------------------------------------------------------------ */
+
+typedef enum kiln_err {
+    KILN_OK = 0,       /* not an error */
+    KILN_ENOMEM,       /* allocation failed */
+    KILN_EINVAL,       /* bad argument or configuration value */
+    KILN_EBROKER,      /* broker (AMQP) failure; the message has the detail */
+    KILN_ESTORE,       /* result store failure; the message has the detail */
+    KILN_ECODEC,       /* a task message could not be encoded or decoded */
+    KILN_ECLOSED,      /* the object is shutting down or closed */
+    KILN_ETIMEDOUT,    /* a deadline passed */
+    KILN_ENOHANDLER,   /* no task function is registered under the name */
+    KILN_EEXIST,       /* the name is already taken */
+    KILN_ENOTFOUND,    /* no such item (argument index, task id, ...) */
+    KILN_ETYPE,        /* a value has another type than the one asked for */
+    KILN_ERANGE,       /* a number does not fit the asked-for type */
+    KILN_ETOOBIG,      /* a message or value exceeds its size limit */
+    KILN_ETASK,        /* a task function reported failure */
+    KILN_ERETRY        /* a task function asked to be retried later */
+} kiln_err;
+
+/* The highest kiln_err value; lets callers and tests walk every code. */
+#define KILN_ERR_LAST KILN_ERETRY
+
+/* kiln_error carries a code and a detail message out of a fallible call.
+ * Caller-owned, usually on the stack; never freed by the library. */
+typedef struct kiln_error {
+    kiln_err code;
+    char message[256]; /* NUL-terminated detail */
+} kiln_error;
+
+/* kiln_strerror returns a short static description of `code`, and
+ * "unknown error" for values outside the enum. Never NULL.
+ * Thread-safety: safe from any thread. */
+KILN_API const char *kiln_strerror(kiln_err code);
+
+/* kiln_free releases memory that a kiln function returned with the phrase
+ * "free with kiln_free". kiln_free(NULL) is a no-op.
+ * Thread-safety: safe from any thread. */
+KILN_API void kiln_free(void *ptr);
+
+/* ------------------------------------------------------------------------
+ * Logging
+ * ------------------------------------------------------------------------ */
+
+/* Syslog level numbers. A message is emitted when its level is at or below
+ * the active level (KILN_LOG_ERR is the most severe). */
+typedef enum kiln_log_level {
+    KILN_LOG_OFF = 0,  /* as an active level: log nothing */
+    KILN_LOG_ERR = 3,
+    KILN_LOG_WARN = 4,
+    KILN_LOG_NOTICE = 5,
+    KILN_LOG_INFO = 6,
+    KILN_LOG_DEBUG = 7
+} kiln_log_level;
+
+typedef enum kiln_log_format {
+    KILN_LOG_TEXT = 0, /* `2026-11-23T05:17:00.123Z INFO [broker] msg k=v` */
+    KILN_LOG_JSON      /* one JSON object per line */
+} kiln_log_format;
+
+/* A log sink receives each finished line (without the trailing newline).
+ * `line` is borrowed; valid only during the call, so copy it if kept.
+ * Called from any kiln thread, possibly concurrently: a sink must be
+ * thread-safe. */
+typedef void (*kiln_log_fn)(kiln_log_level level, const char *line,
+                            void *user);
+
+/* kiln_log_set_sink routes every line to `fn` with `user`; NULL restores
+ * the default sink, which writes each line to stderr with one fputs.
+ * Thread-safety: safe from any thread; lines already being written may
+ * still reach the previous sink. */
+KILN_API void kiln_log_set_sink(kiln_log_fn fn, void *user);
+
+/* kiln_log_set_level sets the active level (default KILN_LOG_INFO).
+ * Thread-safety: safe from any thread. */
+KILN_API void kiln_log_set_level(kiln_log_level level);
+
+/* kiln_log_get_level returns the active level.
+ * Thread-safety: safe from any thread. */
+KILN_API kiln_log_level kiln_log_get_level(void);
+
+/* kiln_log_set_format selects text or JSON lines (default text).
+ * Thread-safety: safe from any thread. */
+KILN_API void kiln_log_set_format(kiln_log_format format);
+
+/* kiln_log writes one line at `level` from `module` (e.g. "app"). Nothing is
+ * formatted when the level is not active. Passwords in URLs
+ * (scheme://user:secret@host) are masked before the line reaches the sink.
+ * Thread-safety: safe from any thread. */
+KILN_API void kiln_log(kiln_log_level level, const char *module,
+                       const char *fmt, ...) KILN_PRINTF(3, 4);
+
+/* kiln_log_redact_url copies `url` into `out` (size `n`, always
+ * NUL-terminated when n > 0; `out` must not overlap `url`) with any
+ * password replaced by "***"; a clipped result never holds part of it.
+ * Returns `out`. Thread-safety: safe from any thread. */
+KILN_API char *kiln_log_redact_url(const char *url, char *out, size_t n);
+
+/* ------------------------------------------------------------------------
+ * Configuration
+ * ------------------------------------------------------------------------ */
+
+#define KILN_URL_MAX  1024 /* bytes, including the NUL */
+#define KILN_NAME_MAX 256  /* AMQP short strings hold 255 bytes */
+#define KILN_PATH_MAX 1024
+
+typedef enum kiln_queue_type {
+    KILN_QUEUE_CLASSIC = 0,
+    KILN_QUEUE_QUORUM
+} kiln_queue_type;
+
+typedef enum kiln_store_kind {
+    KILN_STORE_NONE = 0, /* no task state is recorded */
+    KILN_STORE_MONGODB,  /* MongoDB (machinery's schema) */
+    KILN_STORE_MEMORY    /* in-process, for tests and eager mode */
+} kiln_store_kind;
+
+/* The JSON dialect the encoder writes. The decoder reads all of them. */
+typedef enum kiln_dialect {
+    KILN_DIALECT_MACHINERY = 0, /* machinery v1/v2 Signature */
+    KILN_DIALECT_PAOTA,         /* paota Signature */
+    KILN_DIALECT_PAOTA_HEADERS  /* paota raw mode: metadata in AMQP headers */
+} kiln_dialect;
+
+typedef enum kiln_retry_policy {
+    KILN_RETRY_FIBONACCI = 0, /* machinery: 1, 1, 2, 3, 5, 8 ... seconds */
+    KILN_RETRY_EXPONENTIAL    /* base * 2^n, capped, with full jitter */
+} kiln_retry_policy;
+
+/* What a worker does with a task whose name nobody registered, when the
+ * signature does not set IgnoreWhenTaskNotRegistered. */
+typedef enum kiln_unregistered_policy {
+    KILN_UNREGISTERED_DEADLETTER = 0, /* to the dead-letter queue */
+    KILN_UNREGISTERED_REQUEUE,        /* back to the queue, up to max_deliveries */
+    KILN_UNREGISTERED_DROP            /* ack and log */
+} kiln_unregistered_policy;
+
+/* kiln_config holds every setting. It is a plain value: copy it freely, no
+ * pointers inside, nothing to free. kiln_config_init fills the defaults;
+ * kiln_config_from_env overrides them from KILN_* variables. The README's
+ * configuration table lists each field with its variable and default.
+ * Thread-safety: a config is read-only once handed to the library. */
+typedef struct kiln_config {
+    /* broker */
+    char broker_url[KILN_URL_MAX];       /* amqp[s]://user:pass@host:port/vhost */
+    char exchange[KILN_NAME_MAX];
+    char exchange_type[16];              /* direct, fanout, topic, headers
+                                            (lowercase) */
+    char queue[KILN_NAME_MAX];
+    char binding_key[KILN_NAME_MAX];
+    kiln_queue_type queue_type;
+    unsigned max_priority;               /* 0: no priority queue; else 1..255 */
+    unsigned prefetch;                   /* 1..65535 unacked deliveries */
+    unsigned pool_size;                  /* publishing connections, 1..64 */
+    unsigned heartbeat_s;                /* 0 disables; 0..65535 */
+    unsigned connect_timeout_ms;         /* 1..3600000 */
+    unsigned publish_timeout_ms;         /* confirm wait, 1..3600000 */
+    char dead_letter_exchange[KILN_NAME_MAX];
+    char dead_letter_queue[KILN_NAME_MAX];
+    char delay_exchange[KILN_NAME_MAX];  /* prefix of the delay cascade */
+    unsigned delay_levels;               /* 1..32 binary delay levels */
+    unsigned delay_unit_ms;              /* duration of level 0, 1..3600000 */
+    char tls_ca[KILN_PATH_MAX];          /* amqps: CA bundle; empty = system */
+    char tls_cert[KILN_PATH_MAX];        /* amqps: client certificate */
+    char tls_key[KILN_PATH_MAX];         /* amqps: client key */
+    bool tls_verify;                     /* verify peer and host name */
+
+    /* workers */
+    unsigned concurrency;                /* worker threads, 1..1024 */
+    unsigned drain_timeout_ms;           /* SIGTERM drain limit, 0 = none,
+                                            at most 30 days */
+    size_t max_body_bytes;               /* largest body, 1024..536870912 */
+    kiln_retry_policy retry_policy;
+    unsigned retry_base_ms;              /* exponential base, 1..3600000 */
+    unsigned retry_max_ms;               /* cap, 1..2592000000 (30 days) */
+    unsigned max_deliveries;             /* poison limit, 1..1000000 */
+    kiln_unregistered_policy unregistered;
+    unsigned time_limit_ms;              /* default soft limit, 0 = none,
+                                            at most 30 days */
+
+    /* wire */
+    kiln_dialect dialect;
+
+    /* store */
+    kiln_store_kind store;
+    char mongodb_url[KILN_URL_MAX];
+    char mongodb_database[KILN_NAME_MAX];
+    unsigned results_expire_s;           /* TTL of task documents, 0 = keep,
+                                            at most 2147483647 */
+
+    /* logging */
+    kiln_log_level log_level;
+    kiln_log_format log_format;
+} kiln_config;
+
+/* kiln_config_init fills `cfg` with the defaults. Never fails.
+ * Thread-safety: safe from any thread on distinct configs. */
+KILN_API void kiln_config_init(kiln_config *cfg);
+
+/* kiln_config_from_env reads the KILN_* environment variables (and paota's
+ * PAOTA_* names where kiln has the same setting; a KILN_* variable wins)
+ * over the values already in `cfg`, then validates the result. On any bad
+ * value it returns KILN_EINVAL, names the variable, the value and what is
+ * accepted in `err`, and leaves `cfg` untouched.
+ * Thread-safety: reads the environment; do not call while another thread
+ * calls setenv. */
+KILN_API kiln_err kiln_config_from_env(kiln_config *cfg, kiln_error *err);
+
+/* kiln_config_validate checks every field of `cfg` (ranges, enum values,
+ * URL schemes, names that fit AMQP). Returns KILN_OK or KILN_EINVAL with
+ * the field's variable name in `err`. Thread-safety: read-only on cfg. */
+KILN_API kiln_err kiln_config_validate(const kiln_config *cfg,
+                                       kiln_error *err);
+
+/* ------------------------------------------------------------------------
+ * Typed values (machinery's 29 argument types)
+ * ------------------------------------------------------------------------ */
+
+/* The names in comments are the Go type strings used on the wire. */
+typedef enum kiln_type {
+    KILN_TYPE_BOOL = 0,     /* "bool" */
+    KILN_TYPE_INT,          /* "int" (64-bit, as Go on 64-bit machines) */
+    KILN_TYPE_INT8,         /* "int8" */
+    KILN_TYPE_INT16,        /* "int16" */
+    KILN_TYPE_INT32,        /* "int32" */
+    KILN_TYPE_INT64,        /* "int64" */
+    KILN_TYPE_UINT,         /* "uint" (64-bit) */
+    KILN_TYPE_UINT8,        /* "uint8" */
+    KILN_TYPE_UINT16,       /* "uint16" */
+    KILN_TYPE_UINT32,       /* "uint32" */
+    KILN_TYPE_UINT64,       /* "uint64" */
+    KILN_TYPE_FLOAT32,      /* "float32" */
+    KILN_TYPE_FLOAT64,      /* "float64" */
+    KILN_TYPE_STRING,       /* "string" */
+    KILN_TYPE_BOOL_SLICE,   /* "[]bool" */
+    KILN_TYPE_INT_SLICE,    /* "[]int" */
+    KILN_TYPE_INT8_SLICE,   /* "[]int8" */
+    KILN_TYPE_INT16_SLICE,  /* "[]int16" */
+    KILN_TYPE_INT32_SLICE,  /* "[]int32" */
+    KILN_TYPE_INT64_SLICE,  /* "[]int64" */
+    KILN_TYPE_UINT_SLICE,   /* "[]uint" */
+    KILN_TYPE_UINT8_SLICE,  /* "[]uint8": base64 on the wire, as Go writes it */
+    KILN_TYPE_UINT16_SLICE, /* "[]uint16" */
+    KILN_TYPE_UINT32_SLICE, /* "[]uint32" */
+    KILN_TYPE_UINT64_SLICE, /* "[]uint64" */
+    KILN_TYPE_FLOAT32_SLICE, /* "[]float32" */
+    KILN_TYPE_FLOAT64_SLICE, /* "[]float64" */
+    KILN_TYPE_STRING_SLICE, /* "[]string" */
+    KILN_TYPE_BYTES         /* "[]byte": base64 on the wire */
+} kiln_type;
+
+#define KILN_TYPE_LAST KILN_TYPE_BYTES
+
+/* kiln_type_name returns the Go type string of `t` ("int64", "[]byte"), or
+ * NULL for a value outside the enum. Static text. Thread-safe. */
+KILN_API const char *kiln_type_name(kiln_type t);
+
+/* kiln_type_from_name maps a Go type string to its kiln_type. Returns
+ * KILN_OK, or KILN_ETYPE when the name is NULL or not one of the 29.
+ * Thread-safe. */
+KILN_API kiln_err kiln_type_from_name(const char *name, kiln_type *out);
+
+/* ------------------------------------------------------------------------
+ * Task signatures
+ * ------------------------------------------------------------------------ */
+
+/* A signature is one task invocation: a UUID, a task name, positional typed
+ * arguments and delivery options. Opaque.
+ * Thread-safety: a signature may be read from several threads at once, but
+ * must not be modified while another thread uses it. */
+typedef struct kiln_signature kiln_signature;
+
+/* kiln_signature_new creates a signature for the task `name` with a fresh
+ * "task_<uuid4>" UUID and no arguments.
+ * Returns: caller owns; free with kiln_signature_free. NULL when `name` is
+ * NULL or empty (KILN_EINVAL) or memory ran out (KILN_ENOMEM), with `err`
+ * filled in. Thread-safety: safe from any thread. */
+KILN_API kiln_signature *kiln_signature_new(const char *name,
+                                            kiln_error *err);
+
+/* kiln_signature_copy makes a deep copy of `sig`, including unknown keys
+ * kept from a decoded message. Returns: caller owns; free with
+ * kiln_signature_free; NULL with `err` on failure. */
+KILN_API kiln_signature *kiln_signature_copy(const kiln_signature *sig,
+                                             kiln_error *err);
+
+/* kiln_signature_free releases `sig` and everything it owns. NULL is a
+ * no-op. */
+KILN_API void kiln_signature_free(kiln_signature *sig);
+
+/* Accessors. Strings are borrowed; valid until the signature is modified
+ * or freed. Never NULL: an absent string is "". */
+KILN_API const char *kiln_signature_uuid(const kiln_signature *sig);
+KILN_API const char *kiln_signature_name(const kiln_signature *sig);
+KILN_API const char *kiln_signature_routing_key(const kiln_signature *sig);
+KILN_API const char *kiln_signature_group_uuid(const kiln_signature *sig);
+KILN_API unsigned kiln_signature_priority(const kiln_signature *sig);
+KILN_API int kiln_signature_retry_count(const kiln_signature *sig);
+KILN_API int kiln_signature_retry_timeout(const kiln_signature *sig);
+KILN_API int kiln_signature_retries_done(const kiln_signature *sig);
+KILN_API int kiln_signature_task_timeout(const kiln_signature *sig);
+KILN_API bool kiln_signature_ignore_unregistered(const kiln_signature *sig);
+
+/* kiln_signature_eta stores the ETA as nanoseconds since the Unix epoch in
+ * *unix_ns and returns true, or returns false when the task has no ETA. */
+KILN_API bool kiln_signature_eta(const kiln_signature *sig, int64_t *unix_ns);
+
+/* kiln_signature_created_at: as kiln_signature_eta, for paota's CreatedAt. */
+KILN_API bool kiln_signature_created_at(const kiln_signature *sig,
+                                        int64_t *unix_ns);
+
+/* Setters copy their string arguments. They return KILN_EINVAL for a NULL
+ * or oversized string (and for a priority above 255 or a negative count),
+ * KILN_ENOMEM when a copy fails; the signature is unchanged on failure. */
+KILN_API kiln_err kiln_signature_set_uuid(kiln_signature *sig,
+                                          const char *uuid, kiln_error *err);
+KILN_API kiln_err kiln_signature_set_routing_key(kiln_signature *sig,
+                                                 const char *key,
+                                                 kiln_error *err);
+KILN_API kiln_err kiln_signature_set_group(kiln_signature *sig,
+                                           const char *group_uuid,
+                                           int group_task_count,
+                                           kiln_error *err);
+KILN_API kiln_err kiln_signature_set_priority(kiln_signature *sig,
+                                              unsigned priority,
+                                              kiln_error *err);
+/* retry_count: the retries allowed; retry_timeout: seconds before the
+ * first retry (machinery then grows it as Fibonacci). */
+KILN_API kiln_err kiln_signature_set_retry(kiln_signature *sig,
+                                           int retry_count, int retry_timeout,
+                                           kiln_error *err);
+/* task_timeout_s: paota's TaskTimeOut, seconds; 0 = none. */
+KILN_API kiln_err kiln_signature_set_task_timeout(kiln_signature *sig,
+                                                  int task_timeout_s,
+                                                  kiln_error *err);
+KILN_API void kiln_signature_set_ignore_unregistered(kiln_signature *sig,
+                                                     bool ignore);
+/* kiln_signature_set_eta sets the ETA in nanoseconds since the Unix epoch
+ * (written in UTC); kiln_signature_clear_eta removes it. */
+KILN_API void kiln_signature_set_eta(kiln_signature *sig, int64_t unix_ns);
+KILN_API void kiln_signature_clear_eta(kiln_signature *sig);
+
+/* ---- arguments: setters ------------------------------------------------
+ * Each adds one positional argument at the end. `name` may be NULL (Go
+ * writes "" then). Values are copied. The `type` forms take the exact Go
+ * type and check the value's range (KILN_ERANGE) and that `type` belongs
+ * to the function's family (KILN_EINVAL). The signature is unchanged on
+ * failure. Thread-safety: not while other threads use `sig`. */
+KILN_API kiln_err kiln_signature_add_arg_bool(kiln_signature *sig,
+                                              const char *name, bool v,
+                                              kiln_error *err);
+/* type: KILN_TYPE_INT, INT8, INT16, INT32 or INT64 */
+KILN_API kiln_err kiln_signature_add_arg_int(kiln_signature *sig,
+                                             const char *name, kiln_type type,
+                                             int64_t v, kiln_error *err);
+/* type: KILN_TYPE_UINT, UINT8, UINT16, UINT32 or UINT64 */
+KILN_API kiln_err kiln_signature_add_arg_uint(kiln_signature *sig,
+                                              const char *name,
+                                              kiln_type type, uint64_t v,
+                                              kiln_error *err);
+/* type: KILN_TYPE_FLOAT32 or FLOAT64; NaN and infinities are refused
+ * (KILN_EINVAL) because JSON cannot carry them. A float32 is rounded to
+ * the nearest float; magnitudes beyond FLT_MAX give KILN_ERANGE. */
+KILN_API kiln_err kiln_signature_add_arg_float(kiln_signature *sig,
+                                               const char *name,
+                                               kiln_type type, double v,
+                                               kiln_error *err);
+/* Shorthands for the commonest types. */
+KILN_API kiln_err kiln_signature_add_arg_int64(kiln_signature *sig,
+                                               const char *name, int64_t v,
+                                               kiln_error *err);
+KILN_API kiln_err kiln_signature_add_arg_uint64(kiln_signature *sig,
+                                                const char *name, uint64_t v,
+                                                kiln_error *err);
+KILN_API kiln_err kiln_signature_add_arg_float64(kiln_signature *sig,
+                                                 const char *name, double v,
+                                                 kiln_error *err);
+/* `v` must be valid UTF-8 (KILN_EINVAL otherwise). */
+KILN_API kiln_err kiln_signature_add_arg_string(kiln_signature *sig,
+                                                const char *name,
+                                                const char *v,
+                                                kiln_error *err);
+/* "[]byte"; `data` may be NULL when n is 0. */
+KILN_API kiln_err kiln_signature_add_arg_bytes(kiln_signature *sig,
+                                               const char *name,
+                                               const void *data, size_t n,
+                                               kiln_error *err);
+/* Slices. `v` may be NULL when n is 0. */
+KILN_API kiln_err kiln_signature_add_arg_bool_slice(kiln_signature *sig,
+                                                    const char *name,
+                                                    const bool *v, size_t n,
+                                                    kiln_error *err);
+/* type: KILN_TYPE_INT_SLICE, INT8_SLICE ... INT64_SLICE */
+KILN_API kiln_err kiln_signature_add_arg_int_slice(kiln_signature *sig,
+                                                   const char *name,
+                                                   kiln_type type,
+                                                   const int64_t *v, size_t n,
+                                                   kiln_error *err);
+/* type: KILN_TYPE_UINT_SLICE, UINT16_SLICE, UINT32_SLICE, UINT64_SLICE;
+ * for []uint8 use kiln_signature_add_arg_uint8_slice. */
+KILN_API kiln_err kiln_signature_add_arg_uint_slice(kiln_signature *sig,
+                                                    const char *name,
+                                                    kiln_type type,
+                                                    const uint64_t *v,
+                                                    size_t n, kiln_error *err);
+KILN_API kiln_err kiln_signature_add_arg_uint8_slice(kiln_signature *sig,
+                                                     const char *name,
+                                                     const uint8_t *v,
+                                                     size_t n,
+                                                     kiln_error *err);
+/* type: KILN_TYPE_FLOAT32_SLICE or FLOAT64_SLICE */
+KILN_API kiln_err kiln_signature_add_arg_float_slice(kiln_signature *sig,
+                                                     const char *name,
+                                                     kiln_type type,
+                                                     const double *v, size_t n,
+                                                     kiln_error *err);
+KILN_API kiln_err kiln_signature_add_arg_string_slice(kiln_signature *sig,
+                                                      const char *name,
+                                                      const char *const *v,
+                                                      size_t n,
+                                                      kiln_error *err);
+
+/* ---- arguments: getters ------------------------------------------------
+ * Arguments are positional, from 0. An index past the end gives
+ * KILN_ENOTFOUND; a value of another family gives KILN_ETYPE, and an
+ * integer that does not fit gives KILN_ERANGE; the message names the index
+ * and both types. *out is untouched on failure. Borrowed pointers are valid
+ * until the signature is modified or freed; a slice getter's *out may be
+ * NULL when *n is 0. Thread-safety: safe from several threads at once. */
+KILN_API size_t kiln_signature_arg_count(const kiln_signature *sig);
+/* The argument's type; KILN_ENOTFOUND past the end. */
+KILN_API kiln_err kiln_signature_arg_type(const kiln_signature *sig,
+                                          size_t i, kiln_type *out,
+                                          kiln_error *err);
+/* The argument's name, "" when unnamed; NULL past the end. Borrowed. */
+KILN_API const char *kiln_signature_arg_name(const kiln_signature *sig,
+                                             size_t i);
+KILN_API kiln_err kiln_signature_arg_bool(const kiln_signature *sig, size_t i,
+                                          bool *out, kiln_error *err);
+/* Any integer type whose value fits in int64_t. */
+KILN_API kiln_err kiln_signature_arg_int64(const kiln_signature *sig,
+                                           size_t i, int64_t *out,
+                                           kiln_error *err);
+/* Any integer type whose value is 0 or more. */
+KILN_API kiln_err kiln_signature_arg_uint64(const kiln_signature *sig,
+                                            size_t i, uint64_t *out,
+                                            kiln_error *err);
+/* float32 or float64 (a float32 is widened exactly). */
+KILN_API kiln_err kiln_signature_arg_double(const kiln_signature *sig,
+                                            size_t i, double *out,
+                                            kiln_error *err);
+/* Borrowed, NUL-terminated UTF-8. */
+KILN_API kiln_err kiln_signature_arg_string(const kiln_signature *sig,
+                                            size_t i, const char **out,
+                                            kiln_error *err);
+/* "[]byte" or "[]uint8". Borrowed; *out may be NULL when *n is 0. */
+KILN_API kiln_err kiln_signature_arg_bytes(const kiln_signature *sig,
+                                           size_t i, const uint8_t **out,
+                                           size_t *n, kiln_error *err);
+KILN_API kiln_err kiln_signature_arg_bool_slice(const kiln_signature *sig,
+                                                size_t i, const bool **out,
+                                                size_t *n, kiln_error *err);
+/* "[]int", "[]int8" ... "[]int64", widened to int64_t. Borrowed. */
+KILN_API kiln_err kiln_signature_arg_int64_slice(const kiln_signature *sig,
+                                                 size_t i,
+                                                 const int64_t **out,
+                                                 size_t *n, kiln_error *err);
+/* "[]uint", "[]uint16", "[]uint32", "[]uint64", widened. Borrowed. */
+KILN_API kiln_err kiln_signature_arg_uint64_slice(const kiln_signature *sig,
+                                                  size_t i,
+                                                  const uint64_t **out,
+                                                  size_t *n, kiln_error *err);
+/* "[]float32" or "[]float64", widened to double. Borrowed. */
+KILN_API kiln_err kiln_signature_arg_double_slice(const kiln_signature *sig,
+                                                  size_t i,
+                                                  const double **out,
+                                                  size_t *n, kiln_error *err);
+/* "[]string". Borrowed array of borrowed strings. */
+KILN_API kiln_err kiln_signature_arg_string_slice(const kiln_signature *sig,
+                                                  size_t i,
+                                                  const char *const **out,
+                                                  size_t *n, kiln_error *err);
+
+/* ---- JSON ---------------------------------------------------------------
+ * The codec reads and writes the JSON that Go's encoding/json writes for
+ * machinery's and paota's Signature. */
+
+/* kiln_signature_to_json encodes `sig` in `dialect` (KILN_DIALECT_MACHINERY
+ * or KILN_DIALECT_PAOTA; for the header mode see kiln_signature_to_raw).
+ * Keys kiln does not know, kept from a decoded message, are written back.
+ * On success *out is a NUL-terminated string, caller owns; free with
+ * kiln_free, and *len (may be NULL) its length.
+ * Thread-safety: safe from any thread; `sig` is only read. */
+KILN_API kiln_err kiln_signature_to_json(const kiln_signature *sig,
+                                         kiln_dialect dialect, char **out,
+                                         size_t *len, kiln_error *err);
+
+/* kiln_signature_from_json decodes a message body of `len` bytes (no NUL
+ * needed) in either dialect. Bodies over `max_len` bytes are refused with
+ * KILN_ETOOBIG (0 means kiln's default of 16 MiB). Errors are KILN_ECODEC
+ * with the field and the reason in `err`, e.g. "Args[2].Value: want int64,
+ * got string". On success *out is caller owns; free with
+ * kiln_signature_free. Thread-safety: safe from any thread. */
+KILN_API kiln_err kiln_signature_from_json(const char *json, size_t len,
+                                           size_t max_len,
+                                           kiln_signature **out,
+                                           kiln_error *err);
+
+/* Paota's header mode: the body is any JSON (the task's raw argument) and
+ * the metadata rides in AMQP headers. kiln_headers is a flat list of
+ * string/number header values, the subset of an AMQP table that mode uses. */
+typedef struct kiln_header {
+    const char *key;   /* borrowed */
+    const char *value; /* borrowed; numbers are written in decimal */
+} kiln_header;
+
+/* kiln_signature_raw_body returns paota's RawArgs (the raw JSON body of a
+ * header-mode message), or NULL when there is none. Borrowed; valid until
+ * the signature is modified or freed. *len (may be NULL) gets its size. */
+KILN_API const char *kiln_signature_raw_body(const kiln_signature *sig,
+                                             size_t *len);
+
+/* kiln_signature_set_raw_body sets paota's RawArgs to a copy of `json`,
+ * which must be valid JSON (KILN_ECODEC otherwise). */
+KILN_API kiln_err kiln_signature_set_raw_body(kiln_signature *sig,
+                                              const char *json, size_t len,
+                                              kiln_error *err);
+
+/* kiln_signature_to_raw produces a header-mode message: *body (the raw
+ * body; caller owns; free with kiln_free) and *headers, an array of *n
+ * headers whose strings live inside the same allocation (caller owns; free
+ * the array with one kiln_free). */
+KILN_API kiln_err kiln_signature_to_raw(const kiln_signature *sig,
+                                        char **body, size_t *body_len,
+                                        kiln_header **headers, size_t *n,
+                                        kiln_error *err);
+
+/* kiln_signature_from_raw decodes a header-mode message: `headers` must
+ * carry at least task_name; uuid, retry_count, retries_done, timeout, eta
+ * and the other paota headers are read when present. On success *out is
+ * caller owns; free with kiln_signature_free. */
+KILN_API kiln_err kiln_signature_from_raw(const char *body, size_t len,
+                                          const kiln_header *headers,
+                                          size_t n, size_t max_len,
+                                          kiln_signature **out,
+                                          kiln_error *err);
+
+/* kiln_uuid_new writes a fresh "task_<uuid4>" (41 characters, 42 bytes
+ * with the NUL) into `out`. Uses the kernel's random source. Returns KILN_EINVAL when `n` is
+ * too small. Thread-safety: safe from any thread. */
+#define KILN_UUID_LEN 42
+KILN_API kiln_err kiln_uuid_new(char *out, size_t n, kiln_error *err);
+
+/* ------------------------------------------------------------------------
+ * Task functions and their context
+ * ------------------------------------------------------------------------ */
+
+/* The context a task function runs with. Opaque; borrowed by the task
+ * function for the duration of the call only.
+ * Thread-safety: use it only from the thread running the task. */
+typedef struct kiln_task_ctx kiln_task_ctx;
+
+/* A task function. Return KILN_OK on success; return the value of
+ * kiln_task_fail (KILN_ETASK) on failure, or of kiln_task_retry (KILN_ERETRY)
+ * to be run again later. Any other code counts as failure with that code's
+ * text. `user` is the pointer given when the function was registered.
+ * Runs on a worker thread with no library lock held. */
+typedef kiln_err (*kiln_task_fn)(kiln_task_ctx *ctx, void *user);
+
+/* Borrowed; valid for the duration of the task call. */
+KILN_API const char *kiln_task_uuid(const kiln_task_ctx *ctx);
+KILN_API const char *kiln_task_name(const kiln_task_ctx *ctx);
+KILN_API const kiln_signature *kiln_task_signature(const kiln_task_ctx *ctx);
+
+/* kiln_task_fail records a failure message (printf-style) and returns
+ * KILN_ETASK, so a task can `return kiln_task_fail(ctx, "no user %d", id);` */
+KILN_API kiln_err kiln_task_fail(kiln_task_ctx *ctx, const char *fmt, ...)
+    KILN_PRINTF(2, 3);
+
+/* kiln_task_retry asks to run the task again after `delay_ms` without
+ * using up its retry count (machinery's ErrRetryTaskLater), and returns
+ * KILN_ERETRY for the task to return. */
+KILN_API kiln_err kiln_task_retry(kiln_task_ctx *ctx, uint64_t delay_ms);
+
+/* Results, stored as machinery stores them ([{Type, Value}]). Each call
+ * appends one typed value; same rules as the argument setters. */
+KILN_API kiln_err kiln_task_add_result_bool(kiln_task_ctx *ctx, bool v,
+                                            kiln_error *err);
+KILN_API kiln_err kiln_task_add_result_int(kiln_task_ctx *ctx, kiln_type type,
+                                           int64_t v, kiln_error *err);
+KILN_API kiln_err kiln_task_add_result_uint(kiln_task_ctx *ctx,
+                                            kiln_type type, uint64_t v,
+                                            kiln_error *err);
+KILN_API kiln_err kiln_task_add_result_float(kiln_task_ctx *ctx,
+                                             kiln_type type, double v,
+                                             kiln_error *err);
+KILN_API kiln_err kiln_task_add_result_string(kiln_task_ctx *ctx,
+                                              const char *v, kiln_error *err);
+KILN_API kiln_err kiln_task_add_result_bytes(kiln_task_ctx *ctx,
+                                             const void *data, size_t n,
+                                             kiln_error *err);
+
+/* kiln_task_results gives the results added so far as a borrowed,
+ * argument-shaped view: read them with the kiln_signature_arg_* getters.
+ * Never NULL. Valid until the context ends. */
+KILN_API const kiln_signature *kiln_task_results(const kiln_task_ctx *ctx);
+
+/* kiln_task_log writes a log line tagged with the task's UUID and name. */
+KILN_API void kiln_task_log(const kiln_task_ctx *ctx, kiln_log_level level,
+                            const char *fmt, ...) KILN_PRINTF(3, 4);
+
+/* ------------------------------------------------------------------------
+ * Registry: task name -> function
+ * ------------------------------------------------------------------------ */
+
+/* A registry maps task names to functions with user data. Opaque.
+ * Thread-safety: registration and look-ups are safe from any thread. */
+typedef struct kiln_registry kiln_registry;
+
+/* One row of a registration table (kiln_registry_add_table). */
+typedef struct kiln_task_def {
+    const char *name;
+    kiln_task_fn fn;
+    void *user;                 /* may be NULL */
+    void (*user_free)(void *);  /* may be NULL; called when the registry is freed */
+} kiln_task_def;
+
+/* kiln_registry_new: caller owns; free with kiln_registry_free. NULL with
+ * `err` on ENOMEM. */
+KILN_API kiln_registry *kiln_registry_new(kiln_error *err);
+
+/* kiln_registry_free releases the registry and calls each user_free on its
+ * user data. NULL is a no-op. No other thread may use it any more. */
+KILN_API void kiln_registry_free(kiln_registry *reg);
+
+/* kiln_registry_add registers `fn` under `name` (copied). A name already
+ * registered gives KILN_EEXIST; an empty name or NULL fn KILN_EINVAL.
+ * On success the registry takes ownership of `user` (released with
+ * `user_free` when not NULL); on failure the caller keeps it. */
+KILN_API kiln_err kiln_registry_add(kiln_registry *reg, const char *name,
+                                    kiln_task_fn fn, void *user,
+                                    void (*user_free)(void *),
+                                    kiln_error *err);
+
+/* kiln_registry_add_table registers `n` rows, all or none: on failure no
+ * row is registered and the caller keeps every user pointer. */
+KILN_API kiln_err kiln_registry_add_table(kiln_registry *reg,
+                                          const kiln_task_def *defs, size_t n,
+                                          kiln_error *err);
+
+/* kiln_registry_lookup finds `name`. Returns KILN_OK and sets *fn and
+ * *user (either may be NULL), or KILN_ENOHANDLER. */
+KILN_API kiln_err kiln_registry_lookup(const kiln_registry *reg,
+                                       const char *name, kiln_task_fn *fn,
+                                       void **user);
+
+/* kiln_registry_count returns the number of registered names. */
+KILN_API size_t kiln_registry_count(const kiln_registry *reg);
+
+/* kiln_registry_run runs `sig` eagerly on the calling thread: looks up its
+ * name, builds a context, calls the function and returns what it returned
+ * (KILN_ENOHANDLER when nothing is registered). When `results` is not NULL
+ * it receives the task's results (caller owns; free with
+ * kiln_signature_free): on KILN_OK always set, an empty list when the task
+ * added none; NULL on any other return. `err` gets the failure message on
+ * KILN_ETASK.
+ * Useful for tests and for running a task in-process without a broker. */
+KILN_API kiln_err kiln_registry_run(const kiln_registry *reg,
+                                    const kiln_signature *sig,
+                                    kiln_signature **results,
+                                    kiln_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KILN_H */
