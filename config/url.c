@@ -1,0 +1,236 @@
+/*
+ * URL checks and the text of error messages. The URL checks catch the
+ * mistakes a user makes in a variable (wrong scheme, no host, bad port,
+ * options rabbitmq-c would read as part of the vhost) before a connection
+ * is tried; the client libraries still parse the URL themselves.
+ */
+#include "config/config.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+
+#define SHOW_MAX 64 /* bytes of a value quoted in a message */
+
+static bool has_space_or_control(const char *s)
+{
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c <= 0x20 || c == 0x7f)
+            return true;
+    }
+    return false;
+}
+
+static bool escapes_ok(const char *s)
+{
+    for (; *s != '\0'; s++) {
+        if (*s != '%')
+            continue;
+        if (!isxdigit((unsigned char)s[1]) || !isxdigit((unsigned char)s[2]))
+            return false;
+        s += 2;
+    }
+    return true;
+}
+
+/* The last '@' in [p, end): a password may itself hold an '@'. */
+static const char *last_at(const char *p, const char *end)
+{
+    const char *at = NULL;
+
+    for (; p < end; p++)
+        if (*p == '@')
+            at = p;
+    return at;
+}
+
+static bool port_ok(const char *p, const char *end)
+{
+    unsigned v = 0;
+
+    if (p == end || end - p > 5)
+        return false;
+    for (; p < end; p++) {
+        if (*p < '0' || *p > '9')
+            return false;
+        v = v * 10 + (unsigned)(*p - '0');
+    }
+    return v >= 1 && v <= 65535;
+}
+
+/* Checks `host[:port]` or `[v6]:port` in [p, end). */
+static const char *host_problem(const char *p, const char *end,
+                                bool port_allowed)
+{
+    const char *q;
+
+    if (p < end && *p == '[') {
+        q = memchr(p, ']', (size_t)(end - p));
+        if (q == NULL || q == p + 1)
+            return "malformed [IPv6] host";
+        q++;
+    } else {
+        q = memchr(p, ':', (size_t)(end - p));
+        if (q == NULL)
+            q = end;
+        if (q == p)
+            return "no host";
+    }
+    if (q == end)
+        return NULL;
+    if (*q != ':')
+        return "malformed host";
+    if (!port_allowed)
+        return "a port is not allowed here";
+    if (!port_ok(q + 1, end))
+        return "the port must be 1 to 65535";
+    return NULL;
+}
+
+const char *kiln__cfg_amqp_url_problem(const char *url)
+{
+    const char *p, *end, *at, *why;
+
+    if (strncmp(url, "amqp://", 7) == 0)
+        p = url + 7;
+    else if (strncmp(url, "amqps://", 8) == 0)
+        p = url + 8;
+    else
+        return *url == '\0' ? "empty" : "unknown scheme";
+    if (has_space_or_control(url))
+        return "contains a space or control character";
+    /* rabbitmq-c would take "?heartbeat=5" as part of the vhost name. */
+    if (strpbrk(p, "?#") != NULL)
+        return "URL options are not supported (use the KILN_* variables)";
+    end = p + strcspn(p, "/");
+    at = last_at(p, end);
+    if (at != NULL)
+        p = at + 1;
+    if ((why = host_problem(p, end, true)) != NULL)
+        return why;
+    if (*end == '/' && strchr(end + 1, '/') != NULL)
+        return "the vhost is one path segment (write '/' in it as %2F)";
+    if (!escapes_ok(url))
+        return "malformed %-escape";
+    return NULL;
+}
+
+const char *kiln__cfg_mongo_url_problem(const char *url)
+{
+    const char *p, *end, *at, *why;
+    bool srv = false;
+
+    if (strncmp(url, "mongodb://", 10) == 0) {
+        p = url + 10;
+    } else if (strncmp(url, "mongodb+srv://", 14) == 0) {
+        p = url + 14;
+        srv = true;
+    } else {
+        return *url == '\0' ? "empty" : "unknown scheme";
+    }
+    if (has_space_or_control(url))
+        return "contains a space or control character";
+    end = p + strcspn(p, "/?");
+    at = last_at(p, end);
+    if (at != NULL)
+        p = at + 1;
+    if (srv && memchr(p, ',', (size_t)(end - p)) != NULL)
+        return "mongodb+srv:// takes one host name";
+    for (;;) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *host_end = comma != NULL ? comma : end;
+
+        /* An SRV record supplies the ports. */
+        if ((why = host_problem(p, host_end, !srv)) != NULL)
+            return why;
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+    }
+    if (!escapes_ok(url))
+        return "malformed %-escape";
+    return NULL;
+}
+
+/* Finds the password of `scheme://user:password@host`. The userinfo ends
+ * at the last '@' of the whole value, so a password holding an unescaped
+ * '/' or '@' is still hidden; hiding too much is the safe mistake. */
+static void password_span(const char *v, const char **begin, const char **end)
+{
+    const char *p = strstr(v, "://");
+    const char *at, *colon;
+
+    *begin = *end = NULL;
+    if (p == NULL)
+        return;
+    p += 3;
+    at = strrchr(p, '@');
+    if (at == NULL)
+        return;
+    colon = memchr(p, ':', (size_t)(at - p));
+    if (colon == NULL)
+        return;
+    *begin = colon + 1;
+    *end = at;
+}
+
+/* Shows about SHOW_MAX bytes, escapes control characters (and every byte
+ * above 0x7f when the value is not UTF-8) so that a message is one line of
+ * valid UTF-8, and masks the password of a URL. */
+char *kiln__cfg_show(const char *value, char *out, size_t n)
+{
+    const char *pw, *pw_end, *s;
+    size_t o = 0, count = 0;
+    bool utf8 = kiln__utf8_valid(value, strlen(value));
+
+    if (n == 0)
+        return out;
+    password_span(value, &pw, &pw_end);
+    for (s = value; *s != '\0'; s++) {
+        char piece[8];
+        unsigned char c = (unsigned char)*s;
+        bool inside = utf8 && (c & 0xc0) == 0x80; /* a continuation byte */
+        size_t len;
+
+        if (s == pw) {
+            memcpy(piece, "***", 4);
+            s = pw_end - 1;
+        } else if (c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8)) {
+            (void)snprintf(piece, sizeof(piece), "\\x%02x", c);
+        } else if (c == '"' || c == '\\') {
+            piece[0] = '\\';
+            piece[1] = (char)c;
+            piece[2] = '\0';
+        } else {
+            piece[0] = (char)c;
+            piece[1] = '\0';
+        }
+        len = strlen(piece);
+        /* Cut between characters, never inside one. */
+        if ((count >= SHOW_MAX && !inside) || o + len + 4 > n) {
+            kiln__strlcpy(out + o, "...", n - o);
+            return out;
+        }
+        memcpy(out + o, piece, len);
+        o += len;
+        count++;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+kiln_err kiln__cfg_bad(kiln_error *err, const char *var, const char *value,
+                       const char *fmt, ...)
+{
+    char shown[SHOW_MAX * 4 + 8];
+    char reason[sizeof(err->message)];
+    va_list ap;
+
+    va_start(ap, fmt);
+    if (vsnprintf(reason, sizeof(reason), fmt, ap) < 0)
+        reason[0] = '\0';
+    va_end(ap);
+    kiln__cfg_show(value, shown, sizeof(shown));
+    return kiln__fail(err, KILN_EINVAL, "%s=\"%s\": %s", var, shown, reason);
+}
