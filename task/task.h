@@ -1,0 +1,130 @@
+/*
+ * Internal view of the task model, shared by task/, the codec, the worker
+ * pool and the mocks. Never installed.
+ */
+#ifndef KILN_TASK_H
+#define KILN_TASK_H
+
+#include "core/core.h"
+
+#include <cjson/cJSON.h>
+
+/* A point in time as Go's time.Time writes it in JSON (RFC 3339 with up to
+ * nine fraction digits and a zone offset). The offset is kept so that a
+ * decoded time is written back exactly as it came. */
+typedef struct kiln__time {
+    int64_t unix_ns;   /* instant, nanoseconds since the Unix epoch (UTC) */
+    int32_t offset_s;  /* zone offset east of UTC, seconds; 0 = "Z" */
+} kiln__time;
+
+/* One typed value: an argument or a result. */
+typedef struct kiln__value {
+    kiln_type type;
+    char *name; /* owned; NULL means "" */
+    union {
+        bool b;     /* BOOL */
+        int64_t i;  /* INT..INT64 */
+        uint64_t u; /* UINT..UINT64 */
+        double f;   /* FLOAT32 (exactly representable as float), FLOAT64 */
+        char *s;    /* STRING, owned, valid UTF-8 */
+        struct {
+            void *ptr; /* owned: bool[], int64_t[], uint64_t[], double[],
+                          char *[] (each owned), or uint8_t[] for BYTES and
+                          UINT8_SLICE */
+            size_t n;  /* element count */
+        } arr;
+    } v;
+} kiln__value;
+
+/* A growable list of values. Zero-initialised is an empty list. */
+typedef struct kiln__values {
+    kiln__value *items;
+    size_t n;
+    size_t cap;
+} kiln__values;
+
+/* Appends a deep copy of `v` (checked: type in range, integers fit their
+ * type, floats finite, strings valid UTF-8). The list is unchanged on
+ * failure. */
+kiln_err kiln__values_add(kiln__values *list, const kiln__value *v,
+                          kiln_error *err);
+/* Appends `v` and takes ownership of its pointers (no copy), after the same
+ * checks; on failure `v`'s pointers are freed. */
+kiln_err kiln__values_add_owned(kiln__values *list, kiln__value *v,
+                                kiln_error *err);
+kiln_err kiln__values_copy(kiln__values *dst, const kiln__values *src,
+                           kiln_error *err);
+void kiln__values_clear(kiln__values *list);  /* frees items, keeps nothing */
+void kiln__value_release(kiln__value *v);      /* frees v's pointers */
+
+/* The signature. Strings are owned and never NULL once created ("" when
+ * absent, allocated). Fields the codec does not model are kept in `extra`
+ * (an object of key -> value, in arrival order) and written back. */
+struct kiln_signature {
+    char *uuid;
+    char *name;
+    char *routing_key;
+    char *group_uuid;
+    int group_task_count;
+    unsigned priority;          /* 0..255 */
+    int retry_count;            /* machinery: remaining; paota: total */
+    int retry_timeout;          /* seconds */
+    int retries_done;           /* paota */
+    int task_timeout;           /* paota TaskTimeOut, seconds */
+    int wait_time;              /* paota WaitTime */
+    bool immutable;
+    bool ignore_unregistered;
+    bool stop_task_deletion_on_error;
+    bool has_eta;
+    kiln__time eta;
+    bool has_created_at;
+    kiln__time created_at;
+    char *broker_message_group_id;
+    char *sqs_receipt_handle;
+    kiln__values args;
+    char *raw_args;             /* paota RawArgs / header-mode body; NULL = none */
+    size_t raw_args_len;
+    cJSON *headers;             /* machinery Headers object, or NULL */
+    cJSON *extra;               /* unknown and unmodelled keys, or NULL */
+    kiln_dialect dialect;       /* the dialect it was decoded from */
+};
+
+/* Creates an empty signature: every string "" (allocated), no UUID
+ * generated. Used by the decoder. */
+kiln_signature *kiln__signature_alloc(kiln_error *err);
+
+/* Replaces *slot with a copy of `s`. */
+kiln_err kiln__set_string(char **slot, const char *s, kiln_error *err);
+
+/* Default body limit when the caller passes 0. */
+#define KILN__DEFAULT_MAX_BODY ((size_t)16 * 1024 * 1024)
+
+/* RFC 3339 (Go's time.RFC3339Nano) formatting and parsing. `out` needs
+ * KILN__TIME_MAX bytes. Parse errors name the reason in `err`. */
+#define KILN__TIME_MAX 40
+size_t kiln__time_format(const kiln__time *t, char *out, size_t n);
+kiln_err kiln__time_parse(const char *s, kiln__time *out, kiln_error *err);
+
+/* Standard base64 with padding, as Go's encoding/json writes []byte.
+ * encode: caller owns the NUL-terminated result (kiln__free).
+ * decode: accepts padded standard base64 only; caller owns *out. */
+char *kiln__base64_encode(const uint8_t *data, size_t n);
+kiln_err kiln__base64_decode(const char *s, size_t len, uint8_t **out,
+                             size_t *n, kiln_error *err);
+
+/* The task context a function runs with. */
+struct kiln_task_ctx {
+    const kiln_signature *sig;  /* borrowed */
+    kiln_signature *results;    /* owned; results in args-shaped form */
+    kiln_error failure;         /* set by kiln_task_fail */
+    uint64_t retry_delay_ms;    /* set by kiln_task_retry */
+    bool retry_requested;
+    int64_t deadline_ns;        /* monotonic; 0 = none */
+};
+
+/* Prepares and releases a context for `sig` (borrowed). */
+kiln_err kiln__task_ctx_init(kiln_task_ctx *ctx, const kiln_signature *sig,
+                             kiln_error *err);
+void kiln__task_ctx_release(kiln_task_ctx *ctx);
+
+#endif /* KILN_TASK_H */
