@@ -1,0 +1,3 @@
+module kiln/testdata/gen
+
+go 1.21
