@@ -1,0 +1,193 @@
+/*
+ * The broker interface: what the worker pool and the producer need from a
+ * message broker, as a table of function pointers (STYLE §15). The AMQP
+ * broker (broker/amqp_*.c) and the in-memory mock (mocks/broker_mock.c)
+ * each implement it. Never installed.
+ *
+ * Threads. A broker object is one connection with one channel and belongs
+ * to exactly one thread at a time, because a rabbitmq-c connection is not
+ * thread-safe: every op below must be called from the owning thread. Other
+ * threads hand work to the owner through a queue (DESIGN "The flow of one
+ * task"). Ownership may move between threads only with a happens-before
+ * edge (a mutex or a join) between the last call of one and the first call
+ * of the other.
+ *
+ * Memory. Messages handed to publish are borrowed for the call only. A
+ * delivery filled by consume is owned by the broker object's caller until
+ * it is given back with release; its fields are read-only.
+ */
+#ifndef KILN_BROKER_H
+#define KILN_BROKER_H
+
+#include "core/core.h"
+
+#include <string.h>
+
+/* Headers the library itself reads or writes. */
+#define KILN__HDR_REASON      "x-kiln-reason"         /* dead-letter reason */
+#define KILN__HDR_ROUTING_KEY "x-kiln-routing-key"    /* original routing key */
+#define KILN__HDR_EXCHANGE    "x-kiln-exchange"       /* original exchange */
+#define KILN__HDR_RETRY_DELAY "x-kiln-retry-delay-ms" /* asked-for delay */
+#define KILN__HDR_TASK_NAME   "task_name"             /* paota header mode */
+
+/* One message to publish. Every pointer is borrowed for the publish call. */
+typedef struct kiln__message {
+    const char *exchange;    /* "" = the default exchange */
+    const char *routing_key; /* never NULL */
+    const void *body;        /* may be NULL when body_len is 0 */
+    size_t body_len;
+    const kiln_header *headers; /* string headers; NULL when n_headers is 0 */
+    size_t n_headers;
+    const char *message_id;   /* the task UUID; NULL = none */
+    const char *content_type; /* NULL = "application/json" */
+    uint8_t priority;         /* 0 = none; capped by the queue's maximum */
+    bool persistent;          /* delivery mode 2 */
+} kiln__message;
+
+/* One message received. Every pointer is owned by the delivery and valid
+ * until the delivery is given back with the broker's release op. Headers
+ * of an AMQP table arrive as strings (numbers in decimal, booleans as
+ * "true"/"false"), the shape kiln_signature_from_raw reads. */
+typedef struct kiln__delivery {
+    uint64_t tag;   /* delivery tag, unique per broker object */
+    char *exchange; /* the exchange it was published to */
+    char *routing_key;
+    char *body;      /* NUL-terminated for convenience */
+    size_t body_len; /* excluding that NUL */
+    kiln_header *headers;
+    size_t n_headers;
+    char *message_id; /* "" when the publisher set none */
+    uint8_t priority;
+    bool redelivered;        /* AMQP redelivered flag */
+    uint32_t delivery_count; /* earlier deliveries of this message, as a
+                                quorum queue's x-delivery-count; 0 on the
+                                first delivery or when unknown */
+    void *impl;              /* the implementation's own; do not touch */
+} kiln__delivery;
+
+typedef struct kiln__broker kiln__broker;
+
+typedef struct kiln__broker_ops {
+    /* Opens the connection and channel, enables publisher confirms.
+     * Calling it on a connected object is a no-op. KILN_EBROKER with the
+     * server's or the socket's reason on failure. */
+    kiln_err (*connect)(kiln__broker *b, kiln_error *err);
+
+    /* Closes the connection; the object may connect again. Deliveries not
+     * yet acknowledged return to their queue (redelivered). Never fails. */
+    void (*close)(kiln__broker *b);
+
+    /* Declares the exchange, the task queue and its binding, the dead-letter
+     * exchange and queue (and, for the AMQP broker, the delay cascade) that
+     * `cfg` names. Idempotent. KILN_EBROKER, naming the setting that
+     * differs, when an existing queue has other arguments. */
+    kiln_err (*declare)(kiln__broker *b, const kiln_config *cfg,
+                        kiln_error *err);
+
+    /* Publishes `n` messages, mandatory, and returns once the broker has
+     * settled every one of them (confirmed, nacked or returned), or the
+     * publish timeout passed. status[i] (status may be NULL) receives
+     * KILN_OK when message i was confirmed and routed, KILN_EBROKER when it
+     * was nacked or returned unroutable, KILN_ETIMEDOUT when no confirm
+     * came in time; every status is set, also when the connection failed
+     * before anything was sent. Returns KILN_OK when every message is
+     * KILN_OK, else the first failing code with that message's index and
+     * reason in `err`. */
+    kiln_err (*publish)(kiln__broker *b, const kiln__message *msgs, size_t n,
+                        kiln_err *status, kiln_error *err);
+
+    /* Starts consuming `queue` with at most `prefetch` unacknowledged
+     * deliveries (0 = no limit). Once per connection. */
+    kiln_err (*subscribe)(kiln__broker *b, const char *queue, unsigned prefetch,
+                          kiln_error *err);
+
+    /* Waits up to `timeout_ms` (0 = poll, negative = forever) for the next
+     * delivery and fills *out. KILN_ETIMEDOUT when none arrived,
+     * KILN_ECLOSED when the broker is closing, KILN_EBROKER when the
+     * connection failed (close and connect again). *out is untouched on
+     * failure. */
+    kiln_err (*consume)(kiln__broker *b, kiln__delivery *out, int timeout_ms,
+                        kiln_error *err);
+
+    /* Acknowledges delivery `tag`, or, with `multiple`, every outstanding
+     * delivery up to and including it. */
+    kiln_err (*ack)(kiln__broker *b, uint64_t tag, bool multiple,
+                    kiln_error *err);
+
+    /* Rejects delivery `tag`: back to the head of its queue with the
+     * redelivered flag when `requeue`, otherwise dropped (or dead-lettered
+     * by the queue's own x-dead-letter-exchange, if it has one). */
+    kiln_err (*nack)(kiln__broker *b, uint64_t tag, bool requeue,
+                     kiln_error *err);
+
+    /* Frees what consume put into *d and zeroes it. Does not ack. Safe on
+     * a zeroed delivery. */
+    void (*release)(kiln__broker *b, kiln__delivery *d);
+
+    /* Closes and frees the object. NULL is not accepted here; use
+     * kiln__broker_destroy, which is NULL-safe. */
+    void (*destroy)(kiln__broker *b);
+} kiln__broker_ops;
+
+/* Every implementation starts its object with this struct, so a
+ * kiln__broker * is also a pointer to the implementation's object. */
+struct kiln__broker {
+    const kiln__broker_ops *ops;
+};
+
+/* Thin wrappers, so call sites read as plain calls. Same rules as the ops:
+ * only the owning thread may call them. */
+static inline kiln_err kiln__broker_connect(kiln__broker *b, kiln_error *err)
+{
+    return b->ops->connect(b, err);
+}
+
+static inline kiln_err kiln__broker_publish(kiln__broker *b,
+                                            const kiln__message *msgs, size_t n,
+                                            kiln_err *status, kiln_error *err)
+{
+    return b->ops->publish(b, msgs, n, status, err);
+}
+
+static inline kiln_err kiln__broker_consume(kiln__broker *b,
+                                            kiln__delivery *out, int timeout_ms,
+                                            kiln_error *err)
+{
+    return b->ops->consume(b, out, timeout_ms, err);
+}
+
+static inline kiln_err kiln__broker_ack(kiln__broker *b, uint64_t tag,
+                                        bool multiple, kiln_error *err)
+{
+    return b->ops->ack(b, tag, multiple, err);
+}
+
+static inline kiln_err kiln__broker_nack(kiln__broker *b, uint64_t tag,
+                                         bool requeue, kiln_error *err)
+{
+    return b->ops->nack(b, tag, requeue, err);
+}
+
+static inline void kiln__broker_release(kiln__broker *b, kiln__delivery *d)
+{
+    b->ops->release(b, d);
+}
+
+static inline void kiln__broker_destroy(kiln__broker *b)
+{
+    if (b != NULL)
+        b->ops->destroy(b);
+}
+
+/* kiln__delivery_header returns the value of header `key` in `d`, or NULL.
+ * Borrowed; valid until the delivery is released. */
+static inline const char *kiln__delivery_header(const kiln__delivery *d,
+                                                const char *key)
+{
+    for (size_t i = 0; i < d->n_headers; i++)
+        if (d->headers[i].key != NULL && strcmp(d->headers[i].key, key) == 0)
+            return d->headers[i].value;
+    return NULL;
+}
+
+#endif /* KILN_BROKER_H */

@@ -1,0 +1,126 @@
+/*
+ * In-memory implementations of the broker and store interfaces, for unit
+ * tests and for running tasks in-process (eager mode). Never installed.
+ *
+ * The mock broker is split the way RabbitMQ is: a server
+ * (kiln__mock_server) holds exchanges, bindings and queues and is safe
+ * from any thread; each kiln__broker made by kiln__mock_broker_new is one
+ * connection to it and, like a real one, belongs to one thread. So a test
+ * can publish from one thread and consume from another, each on its own
+ * connection.
+ *
+ * Routing is deliberately simple: an exchange delivers a message to every
+ * queue bound to it whose binding key equals the routing key, or is "#";
+ * the default exchange "" delivers to the queue named by the routing key.
+ * Queues are FIFO (priorities are kept on the message but not ordered by).
+ * A message nobody receives is returned, as a mandatory publish is.
+ */
+#ifndef KILN_MOCKS_H
+#define KILN_MOCKS_H
+
+#include "broker/broker.h"
+#include "store/store.h"
+#include "workerpool/dispatch.h"
+
+/* ---- mock broker ------------------------------------------------------ */
+
+typedef struct kiln__mock_server kiln__mock_server;
+
+/* Creates an empty server. Caller owns; free with kiln__mock_server_free
+ * once every connection to it is destroyed. NULL with `err` on ENOMEM. */
+kiln__mock_server *kiln__mock_server_new(kiln_error *err);
+void kiln__mock_server_free(kiln__mock_server *srv);
+
+/* Makes every waiting and later consume return KILN_ECLOSED, and every
+ * later publish fail. Safe from any thread; used to stop consumer threads. */
+void kiln__mock_server_shutdown(kiln__mock_server *srv);
+
+/* Creates a connection to `srv` (not yet connected). Caller owns; free
+ * with kiln__broker_destroy. Owned by one thread at a time. */
+kiln__broker *kiln__mock_broker_new(kiln__mock_server *srv, kiln_error *err);
+
+/* Declares `exchange` and `queue` when new and binds them with
+ * `binding_key`. Idempotent. Safe from any thread. */
+kiln_err kiln__mock_server_bind(kiln__mock_server *srv, const char *exchange,
+                                const char *binding_key, const char *queue,
+                                kiln_error *err);
+
+/* Failure injection; each is safe from any thread.
+ * fail_publish: the nth message published from now (1 = the next one) is
+ * nacked (KILN_EBROKER); 0 disarms.
+ * fail_consume: the next `count` consume calls fail with KILN_EBROKER, as
+ * a lost connection would, but the connection stays usable.
+ * set_unroutable: messages with routing key `key` are returned unroutable
+ * even when a queue is bound for them; NULL clears it. */
+void kiln__mock_server_fail_publish(kiln__mock_server *srv, unsigned nth);
+void kiln__mock_server_fail_consume(kiln__mock_server *srv, unsigned count);
+kiln_err kiln__mock_server_set_unroutable(kiln__mock_server *srv,
+                                          const char *key, kiln_error *err);
+
+/* Inspection; safe from any thread. ready: messages waiting in `queue`
+ * (0 for an unknown queue); unacked: deliveries not yet settled on any
+ * connection; published: messages confirmed since the server was made. */
+size_t kiln__mock_server_ready(kiln__mock_server *srv, const char *queue);
+size_t kiln__mock_server_unacked(kiln__mock_server *srv);
+size_t kiln__mock_server_published(kiln__mock_server *srv);
+
+/* Waits up to `timeout_ms` until `queue` is empty and nothing is unacked.
+ * KILN_OK or KILN_ETIMEDOUT. Safe from any thread. */
+kiln_err kiln__mock_server_wait_idle(kiln__mock_server *srv, const char *queue,
+                                     int timeout_ms);
+
+/* ---- mock store ------------------------------------------------------- */
+
+/* Creates an empty in-memory store implementing store/store.h, rules
+ * included. Caller owns; free with kiln__store_destroy. Safe from any
+ * thread. */
+kiln__store *kiln__mock_store_new(kiln_error *err);
+
+/* Number of tasks in `state`, or of all tasks when `state` is negative. */
+size_t kiln__mock_store_count(kiln__store *s, int state);
+
+/* The next `count` set_state calls fail with KILN_ESTORE. */
+void kiln__mock_store_fail_writes(kiln__store *s, unsigned count);
+
+/* Waits up to `timeout_ms` until task `uuid` is finished; KILN_OK or
+ * KILN_ETIMEDOUT. */
+kiln_err kiln__mock_store_wait_finished(kiln__store *s, const char *uuid,
+                                        int timeout_ms);
+
+/* ---- eager mode --------------------------------------------------------
+ * A producer, a consumer and (optionally) a store on one private mock
+ * server, wired to the dispatcher: send tasks, then drain the queue so each
+ * runs through the registry on the calling thread. */
+
+typedef struct kiln__eager kiln__eager;
+
+/* Declares the topology of `cfg` (copied) on a new mock server. `reg` is
+ * borrowed and must outlive the object. With `with_store` a mock store
+ * records every state. Caller owns; free with kiln__eager_free. */
+kiln__eager *kiln__eager_new(const kiln_config *cfg, const kiln_registry *reg,
+                             bool with_store, kiln_error *err);
+void kiln__eager_free(kiln__eager *e);
+
+/* Encodes `n` signatures in the configured dialect and publishes them
+ * (kiln__send_tasks). Producer side: one thread at a time. */
+kiln_err kiln__eager_send(kiln__eager *e, const kiln_signature *const *sigs,
+                          size_t n, kiln_err *status, kiln_error *err);
+
+/* Consumes one delivery (waiting up to `timeout_ms`) and dispatches it.
+ * KILN_ETIMEDOUT when the queue stayed empty. *verdict (may be NULL)
+ * gets what was done with it. Consumer side: one thread at a time, which
+ * may differ from the producer's. */
+kiln_err kiln__eager_run_once(kiln__eager *e, int timeout_ms,
+                              kiln__verdict *verdict, kiln_error *err);
+
+/* Runs deliveries until the queue is empty or `max` were handled (0 = no
+ * limit); *handled (may be NULL) gets the count. Consumer side. */
+kiln_err kiln__eager_drain(kiln__eager *e, size_t max, size_t *handled,
+                           kiln_error *err);
+
+/* Borrowed; valid until kiln__eager_free. The store is NULL without
+ * `with_store`. */
+kiln__mock_server *kiln__eager_server(kiln__eager *e);
+kiln__store *kiln__eager_store(kiln__eager *e);
+
+#endif /* KILN_MOCKS_H */

@@ -1,0 +1,297 @@
+/* The in-memory store: a hash map from task UUID to its record, under one
+ * mutex, with a condition variable so a test can wait for a task to
+ * finish. It enforces the state rules of store/store.h. */
+#include "mocks/mocks.h"
+
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+struct entry {
+    struct entry *next;
+    uint64_t hash;
+    kiln__task_record rec;
+};
+
+struct mock_store {
+    kiln__store base;
+    pthread_mutex_t mu;  /* guards everything below */
+    pthread_cond_t cond; /* broadcast on every applied write */
+    struct entry **buckets;
+    size_t nbuckets; /* a power of two */
+    size_t count;
+    size_t per_state[KILN__STATE_LAST + 1];
+    unsigned fail_writes;
+};
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 14695981039346656037ULL;
+
+    for (; *s != '\0'; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static struct entry *lookup(const struct mock_store *ms, const char *uuid,
+                            uint64_t h)
+{
+    struct entry *e = ms->buckets[h & (ms->nbuckets - 1)];
+
+    for (; e != NULL; e = e->next)
+        if (e->hash == h && strcmp(e->rec.uuid, uuid) == 0)
+            return e;
+    return NULL;
+}
+
+/* Doubles the table when it is full; a failed grow only costs speed. */
+static void maybe_grow(struct mock_store *ms)
+{
+    size_t n = ms->nbuckets * 2;
+    struct entry **b;
+
+    if (ms->count < ms->nbuckets ||
+        (b = kiln__calloc(n, sizeof(struct entry *))) == NULL)
+        return;
+    for (size_t i = 0; i < ms->nbuckets; i++) {
+        struct entry *e = ms->buckets[i];
+        while (e != NULL) {
+            struct entry *next = e->next;
+            e->next = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+            e = next;
+        }
+    }
+    kiln__free(ms->buckets);
+    ms->buckets = b;
+    ms->nbuckets = n;
+}
+
+/* The rules of store/store.h: may `u` change a record in state `cur`? */
+static bool applies(const kiln__task_record *cur, const kiln__state_update *u)
+{
+    if (cur == NULL)
+        return true;
+    if (kiln__state_finished(cur->state))
+        return false;
+    return u->state != KILN__STATE_PENDING || cur->state == KILN__STATE_PENDING;
+}
+
+/* Builds the new contents of a record before touching the old one, so a
+ * failed copy leaves the store unchanged. */
+static kiln_err fill(kiln__task_record *r, const kiln__state_update *u,
+                     kiln_error *err)
+{
+    const char *name = u->task_name ? u->task_name : "";
+
+    memset(r, 0, sizeof(*r));
+    r->state = u->state;
+    r->updated_ns = kiln__realtime_ns();
+    if ((r->uuid = kiln__strdup(u->uuid)) == NULL ||
+        (r->task_name = kiln__strdup(name)) == NULL ||
+        (r->error = kiln__strdup(u->error ? u->error : "")) == NULL) {
+        kiln__task_record_release(r);
+        return kiln__fail(err, KILN_ENOMEM, "mock store: record");
+    }
+    if (u->results != NULL) {
+        kiln_err rc = kiln__values_copy(&r->results, u->results, err);
+        if (rc != KILN_OK) {
+            kiln__task_record_release(r);
+            return rc;
+        }
+    }
+    return KILN_OK;
+}
+
+/* Applies `u` to the map. Caller holds ms->mu. */
+static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
+                      kiln_error *err)
+{
+    uint64_t h = hash_str(u->uuid);
+    struct entry *e = lookup(ms, u->uuid, h);
+    kiln__task_record rec;
+    kiln_err rc;
+
+    if (!applies(e ? &e->rec : NULL, u))
+        return KILN_OK;
+    if ((rc = fill(&rec, u, err)) != KILN_OK)
+        return rc;
+    if (e == NULL) {
+        if ((e = kiln__calloc(1, sizeof(*e))) == NULL) {
+            kiln__task_record_release(&rec);
+            return kiln__fail(err, KILN_ENOMEM, "mock store: entry");
+        }
+        e->hash = h;
+        e->next = ms->buckets[h & (ms->nbuckets - 1)];
+        ms->buckets[h & (ms->nbuckets - 1)] = e;
+        ms->count++;
+        rec.created_ns = rec.updated_ns;
+        maybe_grow(ms);
+    } else {
+        /* A later write without a name keeps the one already known. */
+        if (rec.task_name != NULL && rec.task_name[0] == '\0') {
+            kiln__free(rec.task_name);
+            rec.task_name = e->rec.task_name;
+            e->rec.task_name = NULL;
+        }
+        rec.created_ns = e->rec.created_ns;
+        ms->per_state[e->rec.state]--;
+        kiln__task_record_release(&e->rec);
+    }
+    e->rec = rec;
+    ms->per_state[rec.state]++;
+    pthread_cond_broadcast(&ms->cond);
+    return KILN_OK;
+}
+
+static kiln_err ms_set_state(kiln__store *s, const kiln__state_update *u,
+                             kiln_error *err)
+{
+    struct mock_store *ms = (struct mock_store *)s;
+    kiln_err rc;
+
+    if (u == NULL || u->uuid == NULL || u->uuid[0] == '\0')
+        return kiln__fail(err, KILN_EINVAL, "mock store: task UUID required");
+    if ((unsigned)u->state > KILN__STATE_LAST)
+        return kiln__fail(err, KILN_EINVAL, "mock store: state %d",
+                          (int)u->state);
+    pthread_mutex_lock(&ms->mu);
+    if (ms->fail_writes > 0) {
+        ms->fail_writes--;
+        rc = kiln__fail(err, KILN_ESTORE,
+                        "mock store: write failed "
+                        "(injected)");
+    } else {
+        rc = apply(ms, u, err);
+    }
+    pthread_mutex_unlock(&ms->mu);
+    return rc;
+}
+
+static kiln_err ms_get_state(kiln__store *s, const char *uuid,
+                             kiln__task_record *out, kiln_error *err)
+{
+    struct mock_store *ms = (struct mock_store *)s;
+    kiln__state_update u = {0};
+    struct entry *e;
+    kiln_err rc;
+
+    if (uuid == NULL || out == NULL)
+        return kiln__fail(err, KILN_EINVAL, "mock store: uuid and out");
+    pthread_mutex_lock(&ms->mu);
+    if ((e = lookup(ms, uuid, hash_str(uuid))) == NULL) {
+        rc = kiln__fail(err, KILN_ENOTFOUND, "no task '%s'", uuid);
+    } else {
+        kiln__task_record r;
+        u = (kiln__state_update){.uuid = e->rec.uuid,
+                                 .task_name = e->rec.task_name,
+                                 .state = e->rec.state,
+                                 .results = &e->rec.results,
+                                 .error = e->rec.error};
+        if ((rc = fill(&r, &u, err)) == KILN_OK) {
+            r.created_ns = e->rec.created_ns;
+            r.updated_ns = e->rec.updated_ns;
+            *out = r;
+        }
+    }
+    pthread_mutex_unlock(&ms->mu);
+    return rc;
+}
+
+static void ms_destroy(kiln__store *s)
+{
+    struct mock_store *ms = (struct mock_store *)s;
+
+    for (size_t i = 0; i < ms->nbuckets; i++) {
+        struct entry *e = ms->buckets[i];
+        while (e != NULL) {
+            struct entry *next = e->next;
+            kiln__task_record_release(&e->rec);
+            kiln__free(e);
+            e = next;
+        }
+    }
+    kiln__free(ms->buckets);
+    (void)pthread_mutex_destroy(&ms->mu);
+    (void)pthread_cond_destroy(&ms->cond);
+    kiln__free(ms);
+}
+
+static const kiln__store_ops ms_ops = {ms_set_state, ms_get_state, ms_destroy};
+
+kiln__store *kiln__mock_store_new(kiln_error *err)
+{
+    struct mock_store *ms = kiln__calloc(1, sizeof(*ms));
+    pthread_condattr_t attr;
+    bool cond_ok = false;
+
+    if (ms == NULL || (ms->buckets = kiln__calloc(16, sizeof(void *))) == NULL)
+        goto nomem;
+    ms->nbuckets = 16;
+    if (pthread_condattr_init(&attr) == 0) {
+        cond_ok = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0 &&
+                  pthread_cond_init(&ms->cond, &attr) == 0;
+        (void)pthread_condattr_destroy(&attr);
+    }
+    if (!cond_ok)
+        goto nomem;
+    if (pthread_mutex_init(&ms->mu, NULL) != 0) {
+        (void)pthread_cond_destroy(&ms->cond);
+        goto nomem;
+    }
+    ms->base.ops = &ms_ops;
+    return &ms->base;
+nomem:
+    if (ms != NULL)
+        kiln__free(ms->buckets);
+    kiln__free(ms);
+    kiln__fail(err, KILN_ENOMEM, "mock store");
+    return NULL;
+}
+
+size_t kiln__mock_store_count(kiln__store *s, int state)
+{
+    struct mock_store *ms = (struct mock_store *)s;
+    size_t n = 0;
+
+    pthread_mutex_lock(&ms->mu);
+    if (state < 0)
+        n = ms->count;
+    else if (state <= KILN__STATE_LAST)
+        n = ms->per_state[state];
+    pthread_mutex_unlock(&ms->mu);
+    return n;
+}
+
+void kiln__mock_store_fail_writes(kiln__store *s, unsigned count)
+{
+    struct mock_store *ms = (struct mock_store *)s;
+
+    pthread_mutex_lock(&ms->mu);
+    ms->fail_writes = count;
+    pthread_mutex_unlock(&ms->mu);
+}
+
+kiln_err kiln__mock_store_wait_finished(kiln__store *s, const char *uuid,
+                                        int timeout_ms)
+{
+    struct mock_store *ms = (struct mock_store *)s;
+    uint64_t h = hash_str(uuid);
+    int64_t ns = kiln__monotonic_ns() + (int64_t)timeout_ms * 1000000;
+    struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+    kiln_err rc = KILN_OK;
+    struct entry *e;
+
+    pthread_mutex_lock(&ms->mu);
+    while ((e = lookup(ms, uuid, h)) == NULL ||
+           !kiln__state_finished(e->rec.state)) {
+        if (pthread_cond_timedwait(&ms->cond, &ms->mu, &ts) != 0) {
+            rc = KILN_ETIMEDOUT;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&ms->mu);
+    return rc;
+}

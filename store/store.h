@@ -1,0 +1,131 @@
+/*
+ * The store interface: where a task's state, results and error are
+ * recorded, as machinery's result backend does. A table of function
+ * pointers (STYLE §15) implemented by the MongoDB store (store/mongo_*.c)
+ * and the in-memory mock (mocks/store_mock.c). Never installed.
+ *
+ * Threads. Unlike a broker object, a store object is shared: every op is
+ * safe from any thread at once (the MongoDB store takes a client from a
+ * mongoc_client_pool_t per call), so worker threads record state without
+ * going through the consumer thread.
+ *
+ * The state rules every implementation enforces, so that at-least-once
+ * delivery, duplicates and late writes cannot make a task look unfinished:
+ *
+ * 1. A finished task (SUCCESS or FAILURE) never changes again: any later
+ *    write for its UUID is ignored (and is not an error). The first
+ *    finishing write wins.
+ * 2. PENDING is written only for a task the store does not know yet (or
+ *    that is still PENDING): a producer's PENDING that arrives after a
+ *    worker's RECEIVED is ignored.
+ * 3. Otherwise any unfinished state may follow any other (a retried task
+ *    goes RETRY -> RECEIVED -> STARTED again).
+ */
+#ifndef KILN_STORE_H
+#define KILN_STORE_H
+
+#include "task/task.h"
+
+/* machinery's task states. The order is the usual life of a task. */
+typedef enum kiln__task_state {
+    KILN__STATE_PENDING = 0, /* sent, not yet received by a worker */
+    KILN__STATE_RECEIVED,    /* a worker took the message */
+    KILN__STATE_STARTED,     /* the task function is running */
+    KILN__STATE_RETRY,       /* will run again later */
+    KILN__STATE_SUCCESS,     /* finished; results recorded */
+    KILN__STATE_FAILURE      /* finished; error recorded */
+} kiln__task_state;
+
+#define KILN__STATE_LAST KILN__STATE_FAILURE
+
+/* kiln__state_name returns machinery's spelling ("PENDING", ...), or
+ * "UNKNOWN" outside the enum. Static text; thread-safe. */
+static inline const char *kiln__state_name(kiln__task_state s)
+{
+    static const char *const names[] = {"PENDING", "RECEIVED", "STARTED",
+                                        "RETRY",   "SUCCESS",  "FAILURE"};
+
+    return (unsigned)s <= KILN__STATE_LAST ? names[s] : "UNKNOWN";
+}
+
+/* kiln__state_finished: SUCCESS or FAILURE. */
+static inline bool kiln__state_finished(kiln__task_state s)
+{
+    return s == KILN__STATE_SUCCESS || s == KILN__STATE_FAILURE;
+}
+
+/* One state write. Every pointer is borrowed for the call. */
+typedef struct kiln__state_update {
+    const char *uuid;      /* required, non-empty */
+    const char *task_name; /* NULL or "" when unknown */
+    kiln__task_state state;
+    const kiln__values *results; /* SUCCESS: the task's results; else NULL */
+    const char *error;           /* FAILURE (and RETRY): why; else NULL */
+} kiln__state_update;
+
+/* What the store knows about one task. Filled by get_state: the caller
+ * owns the strings and results; release with kiln__task_record_release. */
+typedef struct kiln__task_record {
+    char *uuid;
+    char *task_name; /* "" when unknown */
+    kiln__task_state state;
+    kiln__values results; /* empty unless SUCCESS */
+    char *error;          /* "" unless FAILURE or RETRY gave one */
+    int64_t created_ns;   /* realtime of the first write */
+    int64_t updated_ns;   /* realtime of the last applied write */
+} kiln__task_record;
+
+typedef struct kiln__store kiln__store;
+
+typedef struct kiln__store_ops {
+    /* Records `u` following the state rules above. Returns KILN_OK also
+     * when a rule made the store ignore the write. KILN_EINVAL for a
+     * missing UUID or a state outside the enum; KILN_ESTORE with the
+     * server's reason when the write failed. */
+    kiln_err (*set_state)(kiln__store *s, const kiln__state_update *u,
+                          kiln_error *err);
+
+    /* Fills *out with what is known about `uuid`; KILN_ENOTFOUND when
+     * nothing is. *out is untouched on failure. */
+    kiln_err (*get_state)(kiln__store *s, const char *uuid,
+                          kiln__task_record *out, kiln_error *err);
+
+    /* Frees the object. No other thread may use it any more. */
+    void (*destroy)(kiln__store *s);
+} kiln__store_ops;
+
+/* Every implementation starts its object with this struct. */
+struct kiln__store {
+    const kiln__store_ops *ops;
+};
+
+static inline kiln_err
+kiln__store_set(kiln__store *s, const kiln__state_update *u, kiln_error *err)
+{
+    return s->ops->set_state(s, u, err);
+}
+
+static inline kiln_err kiln__store_get(kiln__store *s, const char *uuid,
+                                       kiln__task_record *out, kiln_error *err)
+{
+    return s->ops->get_state(s, uuid, out, err);
+}
+
+/* NULL-safe. */
+static inline void kiln__store_destroy(kiln__store *s)
+{
+    if (s != NULL)
+        s->ops->destroy(s);
+}
+
+/* Frees what get_state put into *r and zeroes it. Safe on a zeroed record. */
+static inline void kiln__task_record_release(kiln__task_record *r)
+{
+    kiln__free(r->uuid);
+    kiln__free(r->task_name);
+    kiln__free(r->error);
+    kiln__values_clear(&r->results);
+    *r = (kiln__task_record){0};
+}
+
+#endif /* KILN_STORE_H */

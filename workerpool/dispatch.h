@@ -1,0 +1,105 @@
+/*
+ * What a worker does with one delivery, and what a producer does with one
+ * signature, independent of threads, so that the worker pool and the eager
+ * mode share it. Never installed.
+ *
+ * A delivery goes through three steps, each on the thread the pool's
+ * design gives it:
+ *
+ *   prepare  (consumer thread)  decode the body, check the delivery count,
+ *                               look the name up; bad input is decided here
+ *   run      (any worker)       store RECEIVED and STARTED, call the task,
+ *                               store SUCCESS, FAILURE or RETRY
+ *   settle   (consumer thread,  ack, dead-letter, republish for a retry, or
+ *             it owns the       requeue; the ack comes only after every
+ *             broker object)    message it causes is confirmed
+ *
+ * kiln__dispatch_delivery does all three in a row, for eager mode and for
+ * a single-threaded consumer.
+ */
+#ifndef KILN_DISPATCH_H
+#define KILN_DISPATCH_H
+
+#include "broker/broker.h"
+#include "store/store.h"
+
+/* What the worker needs; every pointer is borrowed and read-only, so one
+ * kiln__dispatch may be shared by all threads of a pool. */
+typedef struct kiln__dispatch {
+    const kiln_config *cfg; /* exchange names, dialect, limits, policies */
+    const kiln_registry *reg;
+    kiln__store *store; /* NULL: record no state */
+} kiln__dispatch;
+
+/* What settle does with a delivery. */
+typedef enum kiln__verdict {
+    KILN__VERDICT_ACK = 0,    /* done: success, or an unregistered task the
+                                 signature or the policy says to drop */
+    KILN__VERDICT_DEADLETTER, /* bad input or task failure: a copy with the
+                                 reason goes to the dead-letter exchange */
+    KILN__VERDICT_RETRY,      /* republished with the asked-for delay */
+    KILN__VERDICT_REQUEUE     /* nacked back to the queue: the state could not
+                                 be written, or the unregistered policy is
+                                 REQUEUE */
+} kiln__verdict;
+
+/* One delivery on its way through the steps. Zero it before prepare;
+ * release it with kiln__job_release. Used by one thread at a time. */
+typedef struct kiln__job {
+    kiln_signature *sig; /* owned; NULL when the body did not decode */
+    kiln_task_fn fn;     /* NULL until prepare found the task */
+    void *user;
+    kiln__verdict verdict;
+    kiln_err status;         /* the task's return, or why it was refused */
+    uint64_t retry_delay_ms; /* RETRY: the delay the task asked for */
+    kiln_error reason;       /* DEADLETTER: the reason; FAILURE: the error */
+} kiln__job;
+
+/* Decodes `dl` and finds its task. Returns true when the job is ready for
+ * kiln__dispatch_run, false when its verdict is already decided (bad input,
+ * unregistered, too many deliveries). Writes FAILURE to the store for bad
+ * input whose UUID can be read. `dl` is borrowed for the call. */
+bool kiln__dispatch_prepare(const kiln__dispatch *d, const kiln__delivery *dl,
+                            kiln__job *job);
+
+/* Runs a prepared job's task and records its states. Never fails: the
+ * outcome is in job->verdict, job->status and job->reason. Any thread; no
+ * library lock is held while the task runs. */
+void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job);
+
+/* Carries out job->verdict for `dl` on `b`. Returns the broker's error when
+ * a publish or the ack failed; the delivery is then unsettled and the
+ * caller reconnects (the broker redelivers it). The broker's owner only. */
+kiln_err kiln__dispatch_settle(const kiln__dispatch *d, kiln__broker *b,
+                               const kiln__delivery *dl, const kiln__job *job,
+                               kiln_error *err);
+
+/* prepare, run and settle in a row; *verdict (may be NULL) gets the
+ * verdict. Same thread rule as settle. */
+kiln_err kiln__dispatch_delivery(const kiln__dispatch *d, kiln__broker *b,
+                                 const kiln__delivery *dl,
+                                 kiln__verdict *verdict, kiln_error *err);
+
+/* Frees what the job owns and zeroes it. */
+void kiln__job_release(kiln__job *job);
+
+/* Publishes a copy of `dl` to cfg->dead_letter_exchange with routing key
+ * cfg->dead_letter_queue and the headers x-kiln-reason, x-kiln-exchange and
+ * x-kiln-routing-key added, waits for the confirm, then acks `dl`. The
+ * broker's owner only. */
+kiln_err kiln__dead_letter(kiln__broker *b, const kiln_config *cfg,
+                           const kiln__delivery *dl, const char *reason,
+                           kiln_error *err);
+
+/* Producer side: encodes each of the `n` signatures in cfg->dialect,
+ * records PENDING in `store` (may be NULL) and publishes them in one
+ * confirmed batch to cfg->exchange, routed by the signature's routing key,
+ * or the binding key (the queue name when that is empty). status[i] (status
+ * may be NULL) gets each one's result; returns KILN_OK when all succeeded,
+ * else the first failure with its index in `err`. A signature whose PENDING
+ * write failed is not published. The broker's owner only. */
+kiln_err kiln__send_tasks(const kiln_config *cfg, kiln__broker *b,
+                          kiln__store *store, const kiln_signature *const *sigs,
+                          size_t n, kiln_err *status, kiln_error *err);
+
+#endif /* KILN_DISPATCH_H */
