@@ -61,7 +61,7 @@ STATIC := $(BUILD)/libkiln.a
 SHARED := $(BUILD)/libkiln.so.$(VERSION)
 SONAME := libkiln.so.$(VERSION_MAJOR)
 
-.PHONY: all lib examples tests check check-integration test deps install uninstall clean \
+.PHONY: all lib examples tests check check-integration test lint deps install uninstall clean \
         fuzz tidy cppcheck format format-check symbols install-check valgrind
 
 all: lib examples
@@ -116,6 +116,7 @@ deps:
 
 # Everything CI runs. Each step stops the run on failure.
 test: deps
+	$(MAKE) lint
 	$(MAKE) VARIANT=asan tests
 	$(MAKE) VARIANT=plain all tests
 	$(MAKE) symbols
@@ -178,6 +179,8 @@ fuzz:
 
 # One file per run: clang-tidy 14 carries va_list state across files in one
 # invocation and then reports false "uninitialized va_list" errors.
+lint: format-check cppcheck tidy
+
 tidy:
 	@for f in $(LIB_SRCS); do \
 	    clang-tidy --quiet $$f -- $(CSTD) -I. -Iinclude $(PC_CFLAGS) || exit 1; \

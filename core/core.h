@@ -33,7 +33,7 @@ void *kiln__calloc(size_t count, size_t size);
 void *kiln__realloc(void *p, size_t n);
 void kiln__free(void *p);
 char *kiln__strdup(const char *s);
-char *kiln__strndup(const char *s, size_t n);   /* copies n bytes, adds NUL */
+char *kiln__strndup(const char *s, size_t n); /* copies n bytes, adds NUL */
 
 /* kiln__alloc_fail_after makes the allocation `n` calls from now fail
  * (n = 0: the next one) and every later one succeed; a negative n turns the
@@ -51,8 +51,8 @@ size_t kiln__strlcpy(char *dst, const char *src, size_t n);
 bool kiln__utf8_valid(const char *s, size_t n);
 
 /* Clocks, in nanoseconds. */
-int64_t kiln__realtime_ns(void);   /* since the Unix epoch */
-int64_t kiln__monotonic_ns(void);  /* since an arbitrary point */
+int64_t kiln__realtime_ns(void);  /* since the Unix epoch */
+int64_t kiln__monotonic_ns(void); /* since an arbitrary point */
 
 /* kiln__random fills buf with n bytes from the kernel (getrandom).
  * Returns KILN_OK or KILN_EINVAL with the errno text in err. */

@@ -48,8 +48,8 @@ kiln_err kiln__vfail(kiln_error *err, kiln_err code, const char *fmt,
 {
     if (err != NULL) {
         err->code = code;
-        if (fmt == NULL || vsnprintf(err->message, sizeof(err->message), fmt,
-                                     ap) < 0)
+        if (fmt == NULL ||
+            vsnprintf(err->message, sizeof(err->message), fmt, ap) < 0)
             kiln__strlcpy(err->message, kiln_strerror(code),
                           sizeof(err->message));
     }
@@ -76,14 +76,14 @@ void kiln__ok(kiln_error *err)
 
 void kiln__prefix(kiln_error *err, const char *fmt, ...)
 {
-    char old[sizeof(err->message)];
+    char old[sizeof(kiln_error)]; /* holds a whole message */
     va_list ap;
     int n;
 
     if (err == NULL)
         return;
-    memcpy(old, err->message, sizeof(old));
-    old[sizeof(old) - 1] = '\0';
+    memcpy(old, err->message, sizeof(err->message));
+    old[sizeof(err->message) - 1] = '\0';
     va_start(ap, fmt);
     n = vsnprintf(err->message, sizeof(err->message), fmt, ap);
     va_end(ap);

@@ -29,8 +29,8 @@ extern "C" {
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)
-#define KILN_API           __attribute__((visibility("default")))
-#define KILN_PRINTF(f, a)  __attribute__((format(printf, f, a)))
+#define KILN_API          __attribute__((visibility("default")))
+#define KILN_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #else
 #define KILN_API
 #define KILN_PRINTF(f, a)
@@ -53,22 +53,22 @@ KILN_API const char *kiln_version_string(void);
  * ------------------------------------------------------------------------ */
 
 typedef enum kiln_err {
-    KILN_OK = 0,       /* not an error */
-    KILN_ENOMEM,       /* allocation failed */
-    KILN_EINVAL,       /* bad argument or configuration value */
-    KILN_EBROKER,      /* broker (AMQP) failure; the message has the detail */
-    KILN_ESTORE,       /* result store failure; the message has the detail */
-    KILN_ECODEC,       /* a task message could not be encoded or decoded */
-    KILN_ECLOSED,      /* the object is shutting down or closed */
-    KILN_ETIMEDOUT,    /* a deadline passed */
-    KILN_ENOHANDLER,   /* no task function is registered under the name */
-    KILN_EEXIST,       /* the name is already taken */
-    KILN_ENOTFOUND,    /* no such item (argument index, task id, ...) */
-    KILN_ETYPE,        /* a value has another type than the one asked for */
-    KILN_ERANGE,       /* a number does not fit the asked-for type */
-    KILN_ETOOBIG,      /* a message or value exceeds its size limit */
-    KILN_ETASK,        /* a task function reported failure */
-    KILN_ERETRY        /* a task function asked to be retried later */
+    KILN_OK = 0,     /* not an error */
+    KILN_ENOMEM,     /* allocation failed */
+    KILN_EINVAL,     /* bad argument or configuration value */
+    KILN_EBROKER,    /* broker (AMQP) failure; the message has the detail */
+    KILN_ESTORE,     /* result store failure; the message has the detail */
+    KILN_ECODEC,     /* a task message could not be encoded or decoded */
+    KILN_ECLOSED,    /* the object is shutting down or closed */
+    KILN_ETIMEDOUT,  /* a deadline passed */
+    KILN_ENOHANDLER, /* no task function is registered under the name */
+    KILN_EEXIST,     /* the name is already taken */
+    KILN_ENOTFOUND,  /* no such item (argument index, task id, ...) */
+    KILN_ETYPE,      /* a value has another type than the one asked for */
+    KILN_ERANGE,     /* a number does not fit the asked-for type */
+    KILN_ETOOBIG,    /* a message or value exceeds its size limit */
+    KILN_ETASK,      /* a task function reported failure */
+    KILN_ERETRY      /* a task function asked to be retried later */
 } kiln_err;
 
 /* The highest kiln_err value; lets callers and tests walk every code. */
@@ -98,7 +98,7 @@ KILN_API void kiln_free(void *ptr);
 /* Syslog level numbers. A message is emitted when its level is at or below
  * the active level (KILN_LOG_ERR is the most severe). */
 typedef enum kiln_log_level {
-    KILN_LOG_OFF = 0,  /* as an active level: log nothing */
+    KILN_LOG_OFF = 0, /* as an active level: log nothing */
     KILN_LOG_ERR = 3,
     KILN_LOG_WARN = 4,
     KILN_LOG_NOTICE = 5,
@@ -115,8 +115,7 @@ typedef enum kiln_log_format {
  * `line` is borrowed; valid only during the call, so copy it if kept.
  * Called from any kiln thread, possibly concurrently: a sink must be
  * thread-safe. */
-typedef void (*kiln_log_fn)(kiln_log_level level, const char *line,
-                            void *user);
+typedef void (*kiln_log_fn)(kiln_log_level level, const char *line, void *user);
 
 /* kiln_log_set_sink routes every line to `fn` with `user`; NULL restores
  * the default sink, which writes each line to stderr with one fputs.
@@ -184,8 +183,8 @@ typedef enum kiln_retry_policy {
  * signature does not set IgnoreWhenTaskNotRegistered. */
 typedef enum kiln_unregistered_policy {
     KILN_UNREGISTERED_DEADLETTER = 0, /* to the dead-letter queue */
-    KILN_UNREGISTERED_REQUEUE,        /* back to the queue, up to max_deliveries */
-    KILN_UNREGISTERED_DROP            /* ack and log */
+    KILN_UNREGISTERED_REQUEUE, /* back to the queue, up to max_deliveries */
+    KILN_UNREGISTERED_DROP     /* ack and log */
 } kiln_unregistered_policy;
 
 /* kiln_config holds every setting. It is a plain value: copy it freely, no
@@ -195,41 +194,41 @@ typedef enum kiln_unregistered_policy {
  * Thread-safety: a config is read-only once handed to the library. */
 typedef struct kiln_config {
     /* broker */
-    char broker_url[KILN_URL_MAX];       /* amqp[s]://user:pass@host:port/vhost */
+    char broker_url[KILN_URL_MAX]; /* amqp[s]://user:pass@host:port/vhost */
     char exchange[KILN_NAME_MAX];
-    char exchange_type[16];              /* direct, fanout, topic, headers
-                                            (lowercase) */
+    char exchange_type[16]; /* direct, fanout, topic, headers
+                               (lowercase) */
     char queue[KILN_NAME_MAX];
     char binding_key[KILN_NAME_MAX];
     kiln_queue_type queue_type;
-    unsigned max_priority;               /* 0: no priority queue; else 1..255 */
-    unsigned prefetch;                   /* 1..65535 unacked deliveries */
-    unsigned pool_size;                  /* publishing connections, 1..64 */
-    unsigned heartbeat_s;                /* 0 disables; 0..65535 */
-    unsigned connect_timeout_ms;         /* 1..3600000 */
-    unsigned publish_timeout_ms;         /* confirm wait, 1..3600000 */
+    unsigned max_priority;       /* 0: no priority queue; else 1..255 */
+    unsigned prefetch;           /* 1..65535 unacked deliveries */
+    unsigned pool_size;          /* publishing connections, 1..64 */
+    unsigned heartbeat_s;        /* 0 disables; 0..65535 */
+    unsigned connect_timeout_ms; /* 1..3600000 */
+    unsigned publish_timeout_ms; /* confirm wait, 1..3600000 */
     char dead_letter_exchange[KILN_NAME_MAX];
     char dead_letter_queue[KILN_NAME_MAX];
-    char delay_exchange[KILN_NAME_MAX];  /* prefix of the delay cascade */
-    unsigned delay_levels;               /* 1..32 binary delay levels */
-    unsigned delay_unit_ms;              /* duration of level 0, 1..3600000 */
-    char tls_ca[KILN_PATH_MAX];          /* amqps: CA bundle; empty = system */
-    char tls_cert[KILN_PATH_MAX];        /* amqps: client certificate */
-    char tls_key[KILN_PATH_MAX];         /* amqps: client key */
-    bool tls_verify;                     /* verify peer and host name */
+    char delay_exchange[KILN_NAME_MAX]; /* prefix of the delay cascade */
+    unsigned delay_levels;              /* 1..32 binary delay levels */
+    unsigned delay_unit_ms;             /* duration of level 0, 1..3600000 */
+    char tls_ca[KILN_PATH_MAX];         /* amqps: CA bundle; empty = system */
+    char tls_cert[KILN_PATH_MAX];       /* amqps: client certificate */
+    char tls_key[KILN_PATH_MAX];        /* amqps: client key */
+    bool tls_verify;                    /* verify peer and host name */
 
     /* workers */
-    unsigned concurrency;                /* worker threads, 1..1024 */
-    unsigned drain_timeout_ms;           /* SIGTERM drain limit, 0 = none,
-                                            at most 30 days */
-    size_t max_body_bytes;               /* largest body, 1024..536870912 */
+    unsigned concurrency;      /* worker threads, 1..1024 */
+    unsigned drain_timeout_ms; /* SIGTERM drain limit, 0 = none,
+                                  at most 30 days */
+    size_t max_body_bytes;     /* largest body, 1024..536870912 */
     kiln_retry_policy retry_policy;
-    unsigned retry_base_ms;              /* exponential base, 1..3600000 */
-    unsigned retry_max_ms;               /* cap, 1..2592000000 (30 days) */
-    unsigned max_deliveries;             /* poison limit, 1..1000000 */
+    unsigned retry_base_ms;  /* exponential base, 1..3600000 */
+    unsigned retry_max_ms;   /* cap, 1..2592000000 (30 days) */
+    unsigned max_deliveries; /* poison limit, 1..1000000 */
     kiln_unregistered_policy unregistered;
-    unsigned time_limit_ms;              /* default soft limit, 0 = none,
-                                            at most 30 days */
+    unsigned time_limit_ms; /* default soft limit, 0 = none,
+                               at most 30 days */
 
     /* wire */
     kiln_dialect dialect;
@@ -238,8 +237,8 @@ typedef struct kiln_config {
     kiln_store_kind store;
     char mongodb_url[KILN_URL_MAX];
     char mongodb_database[KILN_NAME_MAX];
-    unsigned results_expire_s;           /* TTL of task documents, 0 = keep,
-                                            at most 2147483647 */
+    unsigned results_expire_s; /* TTL of task documents, 0 = keep,
+                                  at most 2147483647 */
 
     /* logging */
     kiln_log_level log_level;
@@ -262,8 +261,7 @@ KILN_API kiln_err kiln_config_from_env(kiln_config *cfg, kiln_error *err);
 /* kiln_config_validate checks every field of `cfg` (ranges, enum values,
  * URL schemes, names that fit AMQP). Returns KILN_OK or KILN_EINVAL with
  * the field's variable name in `err`. Thread-safety: read-only on cfg. */
-KILN_API kiln_err kiln_config_validate(const kiln_config *cfg,
-                                       kiln_error *err);
+KILN_API kiln_err kiln_config_validate(const kiln_config *cfg, kiln_error *err);
 
 /* ------------------------------------------------------------------------
  * Typed values (machinery's 29 argument types)
@@ -298,8 +296,8 @@ typedef enum kiln_type {
     KILN_TYPE_UINT64_SLICE, /* "[]uint64" */
     KILN_TYPE_FLOAT32_SLICE, /* "[]float32" */
     KILN_TYPE_FLOAT64_SLICE, /* "[]float64" */
-    KILN_TYPE_STRING_SLICE, /* "[]string" */
-    KILN_TYPE_BYTES         /* "[]byte": base64 on the wire */
+    KILN_TYPE_STRING_SLICE,  /* "[]string" */
+    KILN_TYPE_BYTES          /* "[]byte": base64 on the wire */
 } kiln_type;
 
 #define KILN_TYPE_LAST KILN_TYPE_BYTES
@@ -328,8 +326,7 @@ typedef struct kiln_signature kiln_signature;
  * Returns: caller owns; free with kiln_signature_free. NULL when `name` is
  * NULL or empty (KILN_EINVAL) or memory ran out (KILN_ENOMEM), with `err`
  * filled in. Thread-safety: safe from any thread. */
-KILN_API kiln_signature *kiln_signature_new(const char *name,
-                                            kiln_error *err);
+KILN_API kiln_signature *kiln_signature_new(const char *name, kiln_error *err);
 
 /* kiln_signature_copy makes a deep copy of `sig`, including unknown keys
  * kept from a decoded message. Returns: caller owns; free with
@@ -365,8 +362,8 @@ KILN_API bool kiln_signature_created_at(const kiln_signature *sig,
 /* Setters copy their string arguments. They return KILN_EINVAL for a NULL
  * or oversized string (and for a priority above 255 or a negative count),
  * KILN_ENOMEM when a copy fails; the signature is unchanged on failure. */
-KILN_API kiln_err kiln_signature_set_uuid(kiln_signature *sig,
-                                          const char *uuid, kiln_error *err);
+KILN_API kiln_err kiln_signature_set_uuid(kiln_signature *sig, const char *uuid,
+                                          kiln_error *err);
 KILN_API kiln_err kiln_signature_set_routing_key(kiln_signature *sig,
                                                  const char *key,
                                                  kiln_error *err);
@@ -379,9 +376,8 @@ KILN_API kiln_err kiln_signature_set_priority(kiln_signature *sig,
                                               kiln_error *err);
 /* retry_count: the retries allowed; retry_timeout: seconds before the
  * first retry (machinery then grows it as Fibonacci). */
-KILN_API kiln_err kiln_signature_set_retry(kiln_signature *sig,
-                                           int retry_count, int retry_timeout,
-                                           kiln_error *err);
+KILN_API kiln_err kiln_signature_set_retry(kiln_signature *sig, int retry_count,
+                                           int retry_timeout, kiln_error *err);
 /* task_timeout_s: paota's TaskTimeOut, seconds; 0 = none. */
 KILN_API kiln_err kiln_signature_set_task_timeout(kiln_signature *sig,
                                                   int task_timeout_s,
@@ -408,16 +404,14 @@ KILN_API kiln_err kiln_signature_add_arg_int(kiln_signature *sig,
                                              int64_t v, kiln_error *err);
 /* type: KILN_TYPE_UINT, UINT8, UINT16, UINT32 or UINT64 */
 KILN_API kiln_err kiln_signature_add_arg_uint(kiln_signature *sig,
-                                              const char *name,
-                                              kiln_type type, uint64_t v,
-                                              kiln_error *err);
+                                              const char *name, kiln_type type,
+                                              uint64_t v, kiln_error *err);
 /* type: KILN_TYPE_FLOAT32 or FLOAT64; NaN and infinities are refused
  * (KILN_EINVAL) because JSON cannot carry them. A float32 is rounded to
  * the nearest float; magnitudes beyond FLT_MAX give KILN_ERANGE. */
 KILN_API kiln_err kiln_signature_add_arg_float(kiln_signature *sig,
-                                               const char *name,
-                                               kiln_type type, double v,
-                                               kiln_error *err);
+                                               const char *name, kiln_type type,
+                                               double v, kiln_error *err);
 /* Shorthands for the commonest types. */
 KILN_API kiln_err kiln_signature_add_arg_int64(kiln_signature *sig,
                                                const char *name, int64_t v,
@@ -430,8 +424,7 @@ KILN_API kiln_err kiln_signature_add_arg_float64(kiln_signature *sig,
                                                  kiln_error *err);
 /* `v` must be valid UTF-8 (KILN_EINVAL otherwise). */
 KILN_API kiln_err kiln_signature_add_arg_string(kiln_signature *sig,
-                                                const char *name,
-                                                const char *v,
+                                                const char *name, const char *v,
                                                 kiln_error *err);
 /* "[]byte"; `data` may be NULL when n is 0. */
 KILN_API kiln_err kiln_signature_add_arg_bytes(kiln_signature *sig,
@@ -454,12 +447,11 @@ KILN_API kiln_err kiln_signature_add_arg_int_slice(kiln_signature *sig,
 KILN_API kiln_err kiln_signature_add_arg_uint_slice(kiln_signature *sig,
                                                     const char *name,
                                                     kiln_type type,
-                                                    const uint64_t *v,
-                                                    size_t n, kiln_error *err);
+                                                    const uint64_t *v, size_t n,
+                                                    kiln_error *err);
 KILN_API kiln_err kiln_signature_add_arg_uint8_slice(kiln_signature *sig,
                                                      const char *name,
-                                                     const uint8_t *v,
-                                                     size_t n,
+                                                     const uint8_t *v, size_t n,
                                                      kiln_error *err);
 /* type: KILN_TYPE_FLOAT32_SLICE or FLOAT64_SLICE */
 KILN_API kiln_err kiln_signature_add_arg_float_slice(kiln_signature *sig,
@@ -482,41 +474,35 @@ KILN_API kiln_err kiln_signature_add_arg_string_slice(kiln_signature *sig,
  * NULL when *n is 0. Thread-safety: safe from several threads at once. */
 KILN_API size_t kiln_signature_arg_count(const kiln_signature *sig);
 /* The argument's type; KILN_ENOTFOUND past the end. */
-KILN_API kiln_err kiln_signature_arg_type(const kiln_signature *sig,
-                                          size_t i, kiln_type *out,
-                                          kiln_error *err);
+KILN_API kiln_err kiln_signature_arg_type(const kiln_signature *sig, size_t i,
+                                          kiln_type *out, kiln_error *err);
 /* The argument's name, "" when unnamed; NULL past the end. Borrowed. */
 KILN_API const char *kiln_signature_arg_name(const kiln_signature *sig,
                                              size_t i);
 KILN_API kiln_err kiln_signature_arg_bool(const kiln_signature *sig, size_t i,
                                           bool *out, kiln_error *err);
 /* Any integer type whose value fits in int64_t. */
-KILN_API kiln_err kiln_signature_arg_int64(const kiln_signature *sig,
-                                           size_t i, int64_t *out,
-                                           kiln_error *err);
+KILN_API kiln_err kiln_signature_arg_int64(const kiln_signature *sig, size_t i,
+                                           int64_t *out, kiln_error *err);
 /* Any integer type whose value is 0 or more. */
-KILN_API kiln_err kiln_signature_arg_uint64(const kiln_signature *sig,
-                                            size_t i, uint64_t *out,
-                                            kiln_error *err);
+KILN_API kiln_err kiln_signature_arg_uint64(const kiln_signature *sig, size_t i,
+                                            uint64_t *out, kiln_error *err);
 /* float32 or float64 (a float32 is widened exactly). */
-KILN_API kiln_err kiln_signature_arg_double(const kiln_signature *sig,
-                                            size_t i, double *out,
-                                            kiln_error *err);
+KILN_API kiln_err kiln_signature_arg_double(const kiln_signature *sig, size_t i,
+                                            double *out, kiln_error *err);
 /* Borrowed, NUL-terminated UTF-8. */
-KILN_API kiln_err kiln_signature_arg_string(const kiln_signature *sig,
-                                            size_t i, const char **out,
-                                            kiln_error *err);
+KILN_API kiln_err kiln_signature_arg_string(const kiln_signature *sig, size_t i,
+                                            const char **out, kiln_error *err);
 /* "[]byte" or "[]uint8". Borrowed; *out may be NULL when *n is 0. */
-KILN_API kiln_err kiln_signature_arg_bytes(const kiln_signature *sig,
-                                           size_t i, const uint8_t **out,
-                                           size_t *n, kiln_error *err);
+KILN_API kiln_err kiln_signature_arg_bytes(const kiln_signature *sig, size_t i,
+                                           const uint8_t **out, size_t *n,
+                                           kiln_error *err);
 KILN_API kiln_err kiln_signature_arg_bool_slice(const kiln_signature *sig,
                                                 size_t i, const bool **out,
                                                 size_t *n, kiln_error *err);
 /* "[]int", "[]int8" ... "[]int64", widened to int64_t. Borrowed. */
 KILN_API kiln_err kiln_signature_arg_int64_slice(const kiln_signature *sig,
-                                                 size_t i,
-                                                 const int64_t **out,
+                                                 size_t i, const int64_t **out,
                                                  size_t *n, kiln_error *err);
 /* "[]uint", "[]uint16", "[]uint32", "[]uint64", widened. Borrowed. */
 KILN_API kiln_err kiln_signature_arg_uint64_slice(const kiln_signature *sig,
@@ -525,8 +511,7 @@ KILN_API kiln_err kiln_signature_arg_uint64_slice(const kiln_signature *sig,
                                                   size_t *n, kiln_error *err);
 /* "[]float32" or "[]float64", widened to double. Borrowed. */
 KILN_API kiln_err kiln_signature_arg_double_slice(const kiln_signature *sig,
-                                                  size_t i,
-                                                  const double **out,
+                                                  size_t i, const double **out,
                                                   size_t *n, kiln_error *err);
 /* "[]string". Borrowed array of borrowed strings. */
 KILN_API kiln_err kiln_signature_arg_string_slice(const kiln_signature *sig,
@@ -555,8 +540,7 @@ KILN_API kiln_err kiln_signature_to_json(const kiln_signature *sig,
  * got string". On success *out is caller owns; free with
  * kiln_signature_free. Thread-safety: safe from any thread. */
 KILN_API kiln_err kiln_signature_from_json(const char *json, size_t len,
-                                           size_t max_len,
-                                           kiln_signature **out,
+                                           size_t max_len, kiln_signature **out,
                                            kiln_error *err);
 
 /* Paota's header mode: the body is any JSON (the task's raw argument) and
@@ -583,24 +567,22 @@ KILN_API kiln_err kiln_signature_set_raw_body(kiln_signature *sig,
  * body; caller owns; free with kiln_free) and *headers, an array of *n
  * headers whose strings live inside the same allocation (caller owns; free
  * the array with one kiln_free). */
-KILN_API kiln_err kiln_signature_to_raw(const kiln_signature *sig,
-                                        char **body, size_t *body_len,
-                                        kiln_header **headers, size_t *n,
-                                        kiln_error *err);
+KILN_API kiln_err kiln_signature_to_raw(const kiln_signature *sig, char **body,
+                                        size_t *body_len, kiln_header **headers,
+                                        size_t *n, kiln_error *err);
 
 /* kiln_signature_from_raw decodes a header-mode message: `headers` must
  * carry at least task_name; uuid, retry_count, retries_done, timeout, eta
  * and the other paota headers are read when present. On success *out is
  * caller owns; free with kiln_signature_free. */
 KILN_API kiln_err kiln_signature_from_raw(const char *body, size_t len,
-                                          const kiln_header *headers,
-                                          size_t n, size_t max_len,
-                                          kiln_signature **out,
+                                          const kiln_header *headers, size_t n,
+                                          size_t max_len, kiln_signature **out,
                                           kiln_error *err);
 
 /* kiln_uuid_new writes a fresh "task_<uuid4>" (41 characters, 42 bytes
- * with the NUL) into `out`. Uses the kernel's random source. Returns KILN_EINVAL when `n` is
- * too small. Thread-safety: safe from any thread. */
+ * with the NUL) into `out`. Uses the kernel's random source. Returns
+ * KILN_EINVAL when `n` is too small. Thread-safety: safe from any thread. */
 #define KILN_UUID_LEN 42
 KILN_API kiln_err kiln_uuid_new(char *out, size_t n, kiln_error *err);
 
@@ -641,14 +623,12 @@ KILN_API kiln_err kiln_task_add_result_bool(kiln_task_ctx *ctx, bool v,
                                             kiln_error *err);
 KILN_API kiln_err kiln_task_add_result_int(kiln_task_ctx *ctx, kiln_type type,
                                            int64_t v, kiln_error *err);
-KILN_API kiln_err kiln_task_add_result_uint(kiln_task_ctx *ctx,
-                                            kiln_type type, uint64_t v,
-                                            kiln_error *err);
-KILN_API kiln_err kiln_task_add_result_float(kiln_task_ctx *ctx,
-                                             kiln_type type, double v,
-                                             kiln_error *err);
-KILN_API kiln_err kiln_task_add_result_string(kiln_task_ctx *ctx,
-                                              const char *v, kiln_error *err);
+KILN_API kiln_err kiln_task_add_result_uint(kiln_task_ctx *ctx, kiln_type type,
+                                            uint64_t v, kiln_error *err);
+KILN_API kiln_err kiln_task_add_result_float(kiln_task_ctx *ctx, kiln_type type,
+                                             double v, kiln_error *err);
+KILN_API kiln_err kiln_task_add_result_string(kiln_task_ctx *ctx, const char *v,
+                                              kiln_error *err);
 KILN_API kiln_err kiln_task_add_result_bytes(kiln_task_ctx *ctx,
                                              const void *data, size_t n,
                                              kiln_error *err);
@@ -674,8 +654,9 @@ typedef struct kiln_registry kiln_registry;
 typedef struct kiln_task_def {
     const char *name;
     kiln_task_fn fn;
-    void *user;                 /* may be NULL */
-    void (*user_free)(void *);  /* may be NULL; called when the registry is freed */
+    void *user; /* may be NULL */
+    void (*user_free)(
+        void *); /* may be NULL; called when the registry is freed */
 } kiln_task_def;
 
 /* kiln_registry_new: caller owns; free with kiln_registry_free. NULL with
@@ -692,8 +673,7 @@ KILN_API void kiln_registry_free(kiln_registry *reg);
  * `user_free` when not NULL); on failure the caller keeps it. */
 KILN_API kiln_err kiln_registry_add(kiln_registry *reg, const char *name,
                                     kiln_task_fn fn, void *user,
-                                    void (*user_free)(void *),
-                                    kiln_error *err);
+                                    void (*user_free)(void *), kiln_error *err);
 
 /* kiln_registry_add_table registers `n` rows, all or none: on failure no
  * row is registered and the caller keeps every user pointer. */
@@ -720,8 +700,7 @@ KILN_API size_t kiln_registry_count(const kiln_registry *reg);
  * Useful for tests and for running a task in-process without a broker. */
 KILN_API kiln_err kiln_registry_run(const kiln_registry *reg,
                                     const kiln_signature *sig,
-                                    kiln_signature **results,
-                                    kiln_error *err);
+                                    kiln_signature **results, kiln_error *err);
 
 #ifdef __cplusplus
 }

@@ -13,8 +13,8 @@
  * nine fraction digits and a zone offset). The offset is kept so that a
  * decoded time is written back exactly as it came. */
 typedef struct kiln__time {
-    int64_t unix_ns;   /* instant, nanoseconds since the Unix epoch (UTC) */
-    int32_t offset_s;  /* zone offset east of UTC, seconds; 0 = "Z" */
+    int64_t unix_ns;  /* instant, nanoseconds since the Unix epoch (UTC) */
+    int32_t offset_s; /* zone offset east of UTC, seconds; 0 = "Z" */
 } kiln__time;
 
 /* One typed value: an argument or a result. */
@@ -54,8 +54,8 @@ kiln_err kiln__values_add_owned(kiln__values *list, kiln__value *v,
                                 kiln_error *err);
 kiln_err kiln__values_copy(kiln__values *dst, const kiln__values *src,
                            kiln_error *err);
-void kiln__values_clear(kiln__values *list);  /* frees items, keeps nothing */
-void kiln__value_release(kiln__value *v);      /* frees v's pointers */
+void kiln__values_clear(kiln__values *list); /* frees items, keeps nothing */
+void kiln__value_release(kiln__value *v);    /* frees v's pointers */
 
 /* The signature. Strings are owned and never NULL once created ("" when
  * absent, allocated). Fields the codec does not model are kept in `extra`
@@ -66,12 +66,12 @@ struct kiln_signature {
     char *routing_key;
     char *group_uuid;
     int group_task_count;
-    unsigned priority;          /* 0..255 */
-    int retry_count;            /* machinery: remaining; paota: total */
-    int retry_timeout;          /* seconds */
-    int retries_done;           /* paota */
-    int task_timeout;           /* paota TaskTimeOut, seconds */
-    int wait_time;              /* paota WaitTime */
+    unsigned priority; /* 0..255 */
+    int retry_count;   /* machinery: remaining; paota: total */
+    int retry_timeout; /* seconds */
+    int retries_done;  /* paota */
+    int task_timeout;  /* paota TaskTimeOut, seconds */
+    int wait_time;     /* paota WaitTime */
     bool immutable;
     bool ignore_unregistered;
     bool stop_task_deletion_on_error;
@@ -82,11 +82,11 @@ struct kiln_signature {
     char *broker_message_group_id;
     char *sqs_receipt_handle;
     kiln__values args;
-    char *raw_args;             /* paota RawArgs / header-mode body; NULL = none */
+    char *raw_args; /* paota RawArgs / header-mode body; NULL = none */
     size_t raw_args_len;
-    cJSON *headers;             /* machinery Headers object, or NULL */
-    cJSON *extra;               /* unknown and unmodelled keys, or NULL */
-    kiln_dialect dialect;       /* the dialect it was decoded from */
+    cJSON *headers;       /* machinery Headers object, or NULL */
+    cJSON *extra;         /* unknown and unmodelled keys, or NULL */
+    kiln_dialect dialect; /* the dialect it was decoded from */
 };
 
 /* Creates an empty signature: every string "" (allocated), no UUID
@@ -114,12 +114,12 @@ kiln_err kiln__base64_decode(const char *s, size_t len, uint8_t **out,
 
 /* The task context a function runs with. */
 struct kiln_task_ctx {
-    const kiln_signature *sig;  /* borrowed */
-    kiln_signature *results;    /* owned; results in args-shaped form */
-    kiln_error failure;         /* set by kiln_task_fail */
-    uint64_t retry_delay_ms;    /* set by kiln_task_retry */
+    const kiln_signature *sig; /* borrowed */
+    kiln_signature *results;   /* owned; results in args-shaped form */
+    kiln_error failure;        /* set by kiln_task_fail */
+    uint64_t retry_delay_ms;   /* set by kiln_task_retry */
     bool retry_requested;
-    int64_t deadline_ns;        /* monotonic; 0 = none */
+    int64_t deadline_ns; /* monotonic; 0 = none */
 };
 
 /* Prepares and releases a context for `sig` (borrowed). */

@@ -19,8 +19,8 @@ static kiln_err add(kiln_task_ctx *ctx, void *user)
     if (kiln_signature_arg_int64(sig, 0, &a, &err) != KILN_OK ||
         kiln_signature_arg_int64(sig, 1, &b, &err) != KILN_OK)
         return kiln_task_fail(ctx, "bad arguments: %s", err.message);
-    kiln_task_log(ctx, KILN_LOG_INFO, "adding %lld and %lld",
-                  (long long)a, (long long)b);
+    kiln_task_log(ctx, KILN_LOG_INFO, "adding %lld and %lld", (long long)a,
+                  (long long)b);
     return kiln_task_add_result_int(ctx, KILN_TYPE_INT64, a + b, NULL);
 }
 
@@ -46,8 +46,7 @@ int main(void)
         fprintf(stderr, "%s: %s\n", kiln_strerror(err.code), err.message);
         return 1;
     }
-    printf("%s\n%s = %lld\n", json, kiln_signature_uuid(back),
-           (long long)sum);
+    printf("%s\n%s = %lld\n", json, kiln_signature_uuid(back), (long long)sum);
     kiln_free(json);
     kiln_signature_free(results);
     kiln_signature_free(back);
