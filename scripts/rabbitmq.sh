@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# A private RabbitMQ node for tests, benchmarks and the demo: listens on
+# 127.0.0.1 only, with its own node name, ports, epmd and data directory,
+# so it never meets a broker another process runs.
+#
+#   scripts/rabbitmq.sh start [DIR]   start (installing rabbitmq-server when
+#                                     missing); prints the AMQP URL
+#   scripts/rabbitmq.sh stop  [DIR]   stop the node and the epmd it started
+#   scripts/rabbitmq.sh stop_app|start_app [DIR]   broker restart in place
+#   scripts/rabbitmq.sh url   [DIR]   print the AMQP URL
+#
+# Ports: KILN_RMQ_PORT (default 17672) for AMQP, +1 for epmd, +2 for Erlang
+# distribution; all below the kernel's ephemeral range (32768+), so no
+# client socket can be holding them. One node per DIR (default
+# build/rabbitmq).
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+cmd=${1:-}
+dir=$(realpath -m "${2:-$top/build/rabbitmq}")
+port=${KILN_RMQ_PORT:-17672}
+dist_port=$((port + 2))
+epmd_port=$((port + 1))
+node="kiln-$port@localhost"
+bin=/usr/lib/rabbitmq/bin
+
+setup_env() {
+    export HOME="$dir"  # the Erlang cookie lives here, shared with rabbitmqctl
+    export RABBITMQ_NODENAME="$node"
+    export RABBITMQ_DIST_PORT="$dist_port"
+    export ERL_EPMD_ADDRESS=127.0.0.1
+    export ERL_EPMD_PORT="$epmd_port"
+    export RABBITMQ_MNESIA_BASE="$dir/mnesia"
+    export RABBITMQ_LOG_BASE="$dir/log"
+    export RABBITMQ_PID_FILE="$dir/rabbitmq.pid"
+    export RABBITMQ_CONFIG_FILE="$dir/rabbitmq"   # .conf is appended
+    export RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins"
+    export RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config"
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+}
+
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+start() {
+    "$top/scripts/install-deps.sh" rabbitmq-server
+    mkdir -p "$dir/mnesia" "$dir/log"
+    setup_env
+    if port_open "$port"; then
+        if [ -f "$dir/rabbitmq.pid" ] && kill -0 "$(cat "$dir/rabbitmq.pid")" 2>/dev/null; then
+            echo "amqp://guest:guest@127.0.0.1:$port/"
+            return 0
+        fi
+        echo "rabbitmq.sh: port $port is held by another process; set KILN_RMQ_PORT" >&2
+        return 1
+    fi
+    for p in "$epmd_port" "$dist_port"; do
+        if port_open "$p"; then
+            echo "rabbitmq.sh: port $p is held by another process; set KILN_RMQ_PORT" >&2
+            return 1
+        fi
+    done
+    cat >"$dir/rabbitmq.conf" <<CONF
+listeners.tcp.1 = 127.0.0.1:$port
+loopback_users = none
+disk_free_limit.absolute = 50MB
+log.file.level = warning
+CONF
+    echo "[]." >"$dir/enabled_plugins"
+    echo "[]." >"$dir/advanced.config"
+    [ -f "$dir/.erlang.cookie" ] || { head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/.erlang.cookie"; chmod 400 "$dir/.erlang.cookie"; }
+    # Our own epmd, bound to loopback on its own port; stop kills it by pid.
+    if ! port_open "$epmd_port"; then
+        epmd -address 127.0.0.1 -port "$epmd_port" >"$dir/log/epmd.log" 2>&1 &
+        echo $! >"$dir/epmd.pid"
+    fi
+    "$bin/rabbitmq-server" >"$dir/log/console.log" 2>&1 &
+    echo $! >"$dir/server.pid"
+    for _ in $(seq 1 300); do
+        if port_open "$port"; then
+            echo "amqp://guest:guest@127.0.0.1:$port/"
+            return 0
+        fi
+        if ! kill -0 "$(cat "$dir/server.pid")" 2>/dev/null; then
+            echo "rabbitmq.sh: the broker exited; last lines of its log:" >&2
+            tail -n 30 "$dir/log/console.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "rabbitmq.sh: no AMQP listener on 127.0.0.1:$port after 30 s" >&2
+    return 1
+}
+
+stop() {
+    setup_env
+    if [ -f "$dir/server.pid" ]; then
+        "$bin/rabbitmqctl" -n "$node" stop >/dev/null 2>&1 || true
+        pid=$(cat "$dir/server.pid")
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+        [ -f "$dir/rabbitmq.pid" ] && kill -9 "$(cat "$dir/rabbitmq.pid")" 2>/dev/null || true
+        rm -f "$dir/server.pid" "$dir/rabbitmq.pid"
+    fi
+    if [ -f "$dir/epmd.pid" ]; then
+        kill "$(cat "$dir/epmd.pid")" 2>/dev/null || true
+        rm -f "$dir/epmd.pid"
+    fi
+}
+
+case "$cmd" in
+    start) start ;;
+    stop) stop ;;
+    stop_app|start_app)
+        setup_env
+        "$bin/rabbitmqctl" -n "$node" "$cmd" >/dev/null ;;
+    ctl)
+        setup_env
+        shift 2
+        "$bin/rabbitmqctl" -n "$node" "$@" ;;
+    url) echo "amqp://guest:guest@127.0.0.1:$port/" ;;
+    *) echo "usage: $0 start|stop|stop_app|start_app|url|ctl [DIR] [args]" >&2; exit 2 ;;
+esac
