@@ -127,6 +127,31 @@ typedef struct kiln__broker_ops {
     /* Closes and frees the object. NULL is not accepted here; use
      * kiln__broker_destroy, which is NULL-safe. */
     void (*destroy)(kiln__broker *b);
+
+    /* Optional (may be NULL), for owners that wait in poll(2) on several
+     * things at once. poll_fd: the descriptor to poll for reading, -1 when
+     * not connected or when the implementation has none (the owner then
+     * polls consume with short timeouts). pending: true when a delivery or
+     * frames already wait in memory, so poll must not block. tick: the
+     * connection's housekeeping without waiting (heartbeats, the server's
+     * frames); an idle publisher calls it at least every heartbeat / 2.
+     * cancel: stop the subscription (basic.cancel); deliveries already
+     * received stay valid and must still be settled. */
+    int (*poll_fd)(kiln__broker *b);
+    bool (*pending)(kiln__broker *b);
+    kiln_err (*tick)(kiln__broker *b, kiln_error *err);
+    kiln_err (*cancel)(kiln__broker *b, kiln_error *err);
+
+    /* Optional (may be NULL), for a publisher that sends again what a lost
+     * connection left unsettled. After publish returned: true when message
+     * i of that call failed only because the connection or its channel
+     * went away before the broker settled it (neither confirmed, nacked
+     * nor returned: the broker may or may not have it, so sending it again
+     * on a new connection is at least once, never a loss); false when it
+     * was confirmed, nacked, returned, refused or timed out. Valid until
+     * the next op on the object. Without it the publisher asks tick (or
+     * else declare) whether the connection survived. */
+    bool (*publish_lost)(kiln__broker *b, size_t i);
 } kiln__broker_ops;
 
 /* Every implementation starts its object with this struct, so a

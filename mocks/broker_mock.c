@@ -45,7 +45,7 @@ struct kiln__mock_server {
     struct binding *binds;
     size_t nb, capb;
     char *unroutable;
-    unsigned fail_publish_at, fail_consume;
+    unsigned fail_publish_at, fail_consume, fail_conn_at;
     size_t unacked, published;
     uint64_t stamp;
     bool shutdown;
@@ -55,6 +55,8 @@ struct conn {
     kiln__broker base;
     kiln__mock_server *srv;
     bool connected, subscribed;
+    bool broken;      /* lost (fail_connection): ops fail until close */
+    size_t lost_from; /* last publish: messages from here were lost */
     size_t queue;
     unsigned prefetch;
     uint64_t next_tag;
@@ -355,6 +357,13 @@ void kiln__mock_server_fail_publish(kiln__mock_server *srv, unsigned nth)
     pthread_mutex_unlock(&srv->mu);
 }
 
+void kiln__mock_server_fail_connection(kiln__mock_server *srv, unsigned nth)
+{
+    pthread_mutex_lock(&srv->mu);
+    srv->fail_conn_at = nth;
+    pthread_mutex_unlock(&srv->mu);
+}
+
 void kiln__mock_server_fail_consume(kiln__mock_server *srv, unsigned count)
 {
     pthread_mutex_lock(&srv->mu);
@@ -508,12 +517,30 @@ static kiln_err route_one(kiln__mock_server *srv, const kiln__message *m,
     return KILN_OK;
 }
 
+/* Caller holds srv->mu. The message that breaks the connection
+ * (fail_connection) reaches its queue, but its confirm is lost with the
+ * connection; every later one is lost before the broker sees it. */
+static kiln_err publish_one(struct conn *c, const kiln__message *m, size_t i,
+                            kiln_error *err)
+{
+    if (!c->broken && c->srv->fail_conn_at > 0 &&
+        --c->srv->fail_conn_at == 0) {
+        (void)route_one(c->srv, m, err);
+        c->broken = true;
+    }
+    if (!c->broken)
+        return route_one(c->srv, m, err);
+    c->lost_from = i < c->lost_from ? i : c->lost_from;
+    return kiln__fail(err, KILN_EBROKER, "connection lost (injected)");
+}
+
 static kiln_err conn_publish(kiln__broker *b, const kiln__message *msgs,
                              size_t n, kiln_err *status, kiln_error *err)
 {
     struct conn *c = (struct conn *)b;
     kiln_err first = KILN_OK;
 
+    c->lost_from = SIZE_MAX;
     if (!c->connected) {
         for (size_t i = 0; status != NULL && i < n; i++)
             status[i] = KILN_ECLOSED;
@@ -522,7 +549,7 @@ static kiln_err conn_publish(kiln__broker *b, const kiln__message *msgs,
     pthread_mutex_lock(&c->srv->mu);
     for (size_t i = 0; i < n; i++) {
         kiln_error e;
-        kiln_err rc = route_one(c->srv, &msgs[i], &e);
+        kiln_err rc = publish_one(c, &msgs[i], i, &e);
         if (status != NULL)
             status[i] = rc;
         if (rc != KILN_OK && first == KILN_OK)
@@ -541,6 +568,8 @@ static kiln_err conn_connect(kiln__broker *b, kiln_error *err)
     struct conn *c = (struct conn *)b;
     bool down;
 
+    if (c->broken)
+        b->ops->close(b);
     pthread_mutex_lock(&c->srv->mu);
     down = c->srv->shutdown;
     pthread_mutex_unlock(&c->srv->mu);
@@ -576,7 +605,7 @@ static void conn_close(kiln__broker *b)
     c->n_unacked = 0;
     pthread_cond_broadcast(&c->srv->cond);
     pthread_mutex_unlock(&c->srv->mu);
-    c->connected = c->subscribed = false;
+    c->connected = c->subscribed = c->broken = false;
     c->next_tag = 0;
 }
 
@@ -589,6 +618,8 @@ static kiln_err conn_declare(kiln__broker *b, const kiln_config *cfg,
 
     if (!c->connected)
         return kiln__fail(err, KILN_ECLOSED, "mock broker: not connected");
+    if (c->broken)
+        return kiln__fail(err, KILN_EBROKER, "connection lost (injected)");
     if ((rc = kiln__mock_server_bind(c->srv, cfg->exchange, key, cfg->queue,
                                      err)) != KILN_OK)
         return rc;
@@ -774,9 +805,49 @@ static void conn_destroy(kiln__broker *b)
     kiln__free(b);
 }
 
+/* basic.cancel: no more deliveries; those already handed out stay
+ * unacked until acked, nacked or the connection closes, as on RabbitMQ. */
+static kiln_err conn_cancel(kiln__broker *b, kiln_error *err)
+{
+    struct conn *c = (struct conn *)b;
+
+    if (!c->connected)
+        return kiln__fail(err, KILN_ECLOSED, "mock broker: not connected");
+    c->subscribed = false;
+    return KILN_OK;
+}
+
+/* The publisher's idle check, and how it tells a lost connection. */
+static kiln_err conn_tick(kiln__broker *b, kiln_error *err)
+{
+    const struct conn *c = (const struct conn *)b;
+
+    if (!c->connected)
+        return kiln__fail(err, KILN_ECLOSED, "mock broker: not connected");
+    if (c->broken)
+        return kiln__fail(err, KILN_EBROKER, "connection lost (injected)");
+    return KILN_OK;
+}
+
+static bool conn_publish_lost(kiln__broker *b, size_t i)
+{
+    return i >= ((const struct conn *)b)->lost_from;
+}
+
 static const kiln__broker_ops conn_ops = {
-    conn_connect, conn_close, conn_declare, conn_publish, conn_subscribe,
-    conn_consume, conn_ack,   conn_nack,    conn_release, conn_destroy,
+    .connect = conn_connect,
+    .close = conn_close,
+    .declare = conn_declare,
+    .publish = conn_publish,
+    .subscribe = conn_subscribe,
+    .consume = conn_consume,
+    .ack = conn_ack,
+    .nack = conn_nack,
+    .release = conn_release,
+    .destroy = conn_destroy,
+    .cancel = conn_cancel,
+    .tick = conn_tick,
+    .publish_lost = conn_publish_lost,
 };
 
 kiln__broker *kiln__mock_broker_new(kiln__mock_server *srv, kiln_error *err)

@@ -1,0 +1,1304 @@
+/* The AMQP broker against a real RabbitMQ: the node whose URL is in
+ * KILN_TEST_AMQP_URL (make check-integration starts a private one).
+ * Each test uses exchanges and queues with a random suffix and deletes
+ * them afterwards through a raw rabbitmq-c connection, which also checks
+ * queue depths independently of the code under test. */
+#include "broker/amqp.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <amqp.h>
+#include <amqp_framing.h>
+#include <amqp_tcp_socket.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BAD_PASSWORD "s3cret-Pa55word"
+
+typedef struct fixture {
+    kiln_config cfg;
+    kiln__broker *b;
+} fixture;
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static const char *test_url(void)
+{
+    const char *url = getenv("KILN_TEST_AMQP_URL");
+
+    if (url == NULL || url[0] == '\0')
+        fail_msg("KILN_TEST_AMQP_URL is not set: run the integration tests "
+                 "with `make check-integration` (or scripts/with-rabbitmq.sh)"
+                 ", which starts a private RabbitMQ node");
+    return url;
+}
+
+/* Log lines, kept to check that no password ever reaches them. */
+static char log_seen[1 << 16];
+
+static void capture_sink(kiln_log_level level, const char *line, void *user)
+{
+    size_t have = strlen(log_seen);
+
+    (void)level;
+    (void)user;
+    (void)snprintf(log_seen + have, sizeof(log_seen) - have, "%s\n", line);
+}
+
+static int64_t now_ms(void)
+{
+    return kiln__monotonic_ns() / 1000000;
+}
+
+static void name_cfg(kiln_config *cfg)
+{
+    unsigned char r[6];
+    char sfx[16];
+
+    kiln_config_init(cfg);
+    assert_int_equal(kiln__random(r, sizeof(r), NULL), KILN_OK);
+    (void)snprintf(sfx, sizeof(sfx), "%02x%02x%02x%02x%02x%02x", r[0], r[1],
+                   r[2], r[3], r[4], r[5]);
+    kiln__strlcpy(cfg->broker_url, test_url(), sizeof(cfg->broker_url));
+    (void)snprintf(cfg->exchange, sizeof(cfg->exchange), "kiln_it.%s.x", sfx);
+    (void)snprintf(cfg->queue, sizeof(cfg->queue), "kiln_it.%s.q", sfx);
+    (void)snprintf(cfg->binding_key, sizeof(cfg->binding_key), "task");
+    (void)snprintf(cfg->dead_letter_exchange, sizeof(cfg->dead_letter_exchange),
+                   "kiln_it.%s.dlx", sfx);
+    (void)snprintf(cfg->dead_letter_queue, sizeof(cfg->dead_letter_queue),
+                   "kiln_it.%s.dlq", sfx);
+    cfg->connect_timeout_ms = 5000;
+    cfg->publish_timeout_ms = 10000;
+}
+
+/* A raw rabbitmq-c connection for set-up checks and clean-up. */
+static amqp_connection_state_t raw_open(void)
+{
+    char buf[KILN_URL_MAX];
+    struct amqp_connection_info ci;
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *s = amqp_tcp_socket_new(c);
+    amqp_rpc_reply_t r;
+
+    kiln__strlcpy(buf, test_url(), sizeof(buf));
+    assert_int_equal(amqp_parse_url(buf, &ci), AMQP_STATUS_OK);
+    assert_int_equal(amqp_socket_open(s, ci.host, ci.port), AMQP_STATUS_OK);
+    r = amqp_login(c, "/", 0, AMQP_DEFAULT_FRAME_SIZE, 0,
+                   AMQP_SASL_METHOD_PLAIN, ci.user, ci.password);
+    assert_int_equal(r.reply_type, AMQP_RESPONSE_NORMAL);
+    (void)amqp_channel_open(c, 1);
+    assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    return c;
+}
+
+static void raw_close(amqp_connection_state_t c)
+{
+    (void)amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    (void)amqp_destroy_connection(c);
+}
+
+/* Messages ready in `queue`, or -1 when it does not exist. */
+static long raw_count(const char *queue)
+{
+    amqp_connection_state_t c = raw_open();
+    amqp_queue_declare_ok_t *ok;
+    long n;
+
+    ok = amqp_queue_declare(c, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0,
+                            amqp_empty_table);
+    n = ok != NULL ? (long)ok->message_count : -1;
+    if (ok == NULL)
+        (void)amqp_destroy_connection(c); /* channel closed by the 404 */
+    else
+        raw_close(c);
+    return n;
+}
+
+/* Polls until `queue` holds `want` messages or 5 s pass. */
+static long wait_count(const char *queue, long want)
+{
+    long n = -1;
+
+    for (int i = 0; i < 100 && (n = raw_count(queue)) != want; i++)
+        usleep(50000);
+    return n;
+}
+
+static void raw_delete(const kiln_config *cfg)
+{
+    amqp_connection_state_t c = raw_open();
+    const char *queues[] = {cfg->queue, cfg->dead_letter_queue};
+    const char *xs[] = {cfg->exchange, cfg->dead_letter_exchange};
+
+    for (size_t i = 0; i < 2; i++) {
+        (void)amqp_queue_delete(c, 1, amqp_cstring_bytes(queues[i]), 0, 0);
+        (void)amqp_exchange_delete(c, 1, amqp_cstring_bytes(xs[i]), 0);
+    }
+    raw_close(c);
+}
+
+static int setup(void **state)
+{
+    fixture *f;
+    kiln_error err;
+
+    (void)test_url(); /* fails the test, before anything to free, if unset */
+    f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    name_cfg(&f->cfg);
+    f->b = kiln__amqp_broker_new(&f->cfg, &err);
+    if (f->b == NULL)
+        fail_msg("broker_new: %s", err.message);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+
+    kiln__broker_destroy(f->b);
+    raw_delete(&f->cfg);
+    free(f);
+    return 0;
+}
+
+static void connect_declare(fixture *f)
+{
+    kiln_error err;
+
+    if (kiln__broker_connect(f->b, &err) != KILN_OK)
+        fail_msg("connect: %s", err.message);
+    if (f->b->ops->declare(f->b, &f->cfg, &err) != KILN_OK)
+        fail_msg("declare: %s", err.message);
+}
+
+static kiln__message msg_to(const kiln_config *cfg, const char *body)
+{
+    kiln__message m;
+
+    memset(&m, 0, sizeof(m));
+    m.exchange = cfg->exchange;
+    m.routing_key = cfg->binding_key;
+    m.body = body;
+    m.body_len = strlen(body);
+    m.persistent = true;
+    return m;
+}
+
+static void publish_one(fixture *f, const char *body, const char *id)
+{
+    kiln__message m = msg_to(&f->cfg, body);
+    kiln_error err;
+
+    m.message_id = id;
+    if (kiln__broker_publish(f->b, &m, 1, NULL, &err) != KILN_OK)
+        fail_msg("publish: %s", err.message);
+}
+
+static void subscribe(fixture *f, unsigned prefetch)
+{
+    kiln_error err;
+
+    if (f->b->ops->subscribe(f->b, f->cfg.queue, prefetch, &err) != KILN_OK)
+        fail_msg("subscribe: %s", err.message);
+}
+
+static void consume(fixture *f, kiln__delivery *d)
+{
+    kiln_error err;
+
+    if (kiln__broker_consume(f->b, d, 5000, &err) != KILN_OK)
+        fail_msg("consume: %s", err.message);
+}
+
+/* ---- connection ------------------------------------------------------- */
+
+static void test_url_is_set(void **state)
+{
+    (void)state;
+    assert_non_null(test_url());
+}
+
+static void test_connect_declare_close_reconnect(void **state)
+{
+    fixture *f = *state;
+    kiln__delivery d;
+    kiln_error err;
+
+    connect_declare(f);
+    /* connect on a connected object is a no-op */
+    assert_int_equal(kiln__broker_connect(f->b, &err), KILN_OK);
+    assert_true(kiln__amqp_fd(f->b) >= 0);
+    assert_int_equal(kiln__amqp_heartbeat_ms(f->b), 30000);
+    assert_int_equal(kiln__amqp_tick(f->b, &err), KILN_OK);
+    publish_one(f, "before", "id-1");
+    f->b->ops->close(f->b);
+    f->b->ops->close(f->b); /* twice is fine */
+    assert_int_equal(kiln__amqp_fd(f->b), -1);
+    assert_int_equal(kiln__broker_consume(f->b, &d, 0, &err), KILN_ECLOSED);
+    assert_int_equal(f->b->ops->declare(f->b, &f->cfg, &err), KILN_ECLOSED);
+
+    connect_declare(f);
+    publish_one(f, "after", "id-2");
+    subscribe(f, 10);
+    consume(f, &d);
+    assert_string_equal(d.body, "before");
+    assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+    consume(f, &d);
+    assert_string_equal(d.body, "after");
+    assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+    kiln__broker_release(f->b, &d); /* safe on a zeroed delivery */
+}
+
+static void test_ops_before_connect(void **state)
+{
+    fixture *f = *state;
+    kiln__message m = msg_to(&f->cfg, "x");
+    kiln_err st = KILN_OK;
+    kiln__delivery d;
+    kiln_error err;
+
+    assert_int_equal(kiln__broker_publish(f->b, &m, 1, &st, &err),
+                     KILN_ECLOSED);
+    assert_int_equal(st, KILN_ECLOSED);
+    assert_int_equal(kiln__broker_consume(f->b, &d, 10, &err), KILN_ECLOSED);
+    assert_int_equal(kiln__broker_ack(f->b, 1, false, &err), KILN_ECLOSED);
+    assert_int_equal(kiln__amqp_tick(f->b, &err), KILN_ECLOSED);
+    assert_false(kiln__amqp_pending(f->b));
+}
+
+static void test_bad_credentials(void **state)
+{
+    fixture *f = *state;
+    const char *at = strrchr(test_url(), '@');
+    kiln_error err;
+    int64_t t0;
+
+    assert_non_null(at);
+    (void)snprintf(f->cfg.broker_url, sizeof(f->cfg.broker_url),
+                   "amqp://guest:%s%s", BAD_PASSWORD, at);
+    kiln__broker_destroy(f->b);
+    f->b = kiln__amqp_broker_new(&f->cfg, &err);
+    assert_non_null(f->b);
+    log_seen[0] = '\0';
+    kiln_log_set_level(KILN_LOG_DEBUG);
+    kiln_log_set_sink(capture_sink, NULL);
+    t0 = now_ms();
+    assert_int_equal(kiln__broker_connect(f->b, &err), KILN_EBROKER);
+    kiln_log_set_level(KILN_LOG_INFO);
+    print_message("bad credentials: %s\n", err.message);
+    assert_true(now_ms() - t0 < 5000);
+    assert_non_null(strstr(err.message, "ACCESS_REFUSED"));
+    assert_non_null(strstr(err.message, "'guest'"));
+    assert_null(strstr(err.message, BAD_PASSWORD));
+    assert_null(strstr(log_seen, BAD_PASSWORD));
+    /* and the object stays usable with the right URL */
+    kiln__strlcpy(f->cfg.broker_url, test_url(), sizeof(f->cfg.broker_url));
+    kiln__broker_destroy(f->b);
+    f->b = kiln__amqp_broker_new(&f->cfg, &err);
+    connect_declare(f);
+}
+
+static void test_bad_port(void **state)
+{
+    fixture *f = *state;
+    kiln_error err;
+    int64_t t0;
+
+    (void)snprintf(f->cfg.broker_url, sizeof(f->cfg.broker_url),
+                   "amqp://guest:%s@127.0.0.1:1/", BAD_PASSWORD);
+    kiln__broker_destroy(f->b);
+    f->b = kiln__amqp_broker_new(&f->cfg, &err);
+    assert_non_null(f->b);
+    t0 = now_ms();
+    assert_int_equal(kiln__broker_connect(f->b, &err), KILN_EBROKER);
+    print_message("bad port: %s\n", err.message);
+    assert_true(now_ms() - t0 < 2000);
+    assert_non_null(strstr(err.message, "127.0.0.1:1: Connection refused"));
+    assert_null(strstr(err.message, BAD_PASSWORD));
+    /* every op fails fast afterwards */
+    assert_int_equal(f->b->ops->declare(f->b, &f->cfg, &err), KILN_ECLOSED);
+    kiln__strlcpy(f->cfg.broker_url, test_url(), sizeof(f->cfg.broker_url));
+}
+
+static void test_bad_url(void **state)
+{
+    fixture *f = *state;
+    kiln_error err;
+
+    kiln__strlcpy(f->cfg.broker_url, "amqp://guest:pw@host:notaport/",
+                  sizeof(f->cfg.broker_url));
+    kiln__broker_destroy(f->b);
+    f->b = kiln__amqp_broker_new(&f->cfg, &err);
+    if (f->b != NULL) /* config validation may already refuse it */
+        assert_int_equal(kiln__broker_connect(f->b, &err), KILN_EINVAL);
+    assert_int_equal(err.code, KILN_EINVAL);
+    assert_null(strstr(err.message, ":pw@"));
+    kiln__strlcpy(f->cfg.broker_url, test_url(), sizeof(f->cfg.broker_url));
+    if (f->b == NULL)
+        f->b = kiln__amqp_broker_new(&f->cfg, &err);
+}
+
+/* ---- topology --------------------------------------------------------- */
+
+static void test_declare_twice(void **state)
+{
+    fixture *f = *state;
+    kiln_error err;
+
+    connect_declare(f);
+    assert_int_equal(f->b->ops->declare(f->b, &f->cfg, &err), KILN_OK);
+    assert_int_equal(raw_count(f->cfg.queue), 0);
+    assert_int_equal(raw_count(f->cfg.dead_letter_queue), 0);
+}
+
+static void test_declare_conflict(void **state)
+{
+    fixture *f = *state;
+    kiln_config other = f->cfg;
+    kiln_error err;
+
+    connect_declare(f);
+    other.queue_type = KILN_QUEUE_QUORUM;
+    assert_int_equal(f->b->ops->declare(f->b, &other, &err), KILN_EBROKER);
+    print_message("queue conflict: %s\n", err.message);
+    assert_non_null(strstr(err.message, "406"));
+    assert_non_null(strstr(err.message, "x-queue-type"));
+    assert_non_null(strstr(err.message, "KILN_QUEUE_TYPE"));
+    /* the dead-letter queue, of the same type, is declared first */
+    assert_non_null(strstr(err.message, f->cfg.dead_letter_queue));
+
+    other = f->cfg;
+    kiln__strlcpy(other.exchange_type, "fanout", sizeof(other.exchange_type));
+    assert_int_equal(f->b->ops->declare(f->b, &other, &err), KILN_EBROKER);
+    print_message("exchange conflict: %s\n", err.message);
+    assert_non_null(strstr(err.message, "KILN_EXCHANGE_TYPE"));
+
+    /* the channel came back: the object works on */
+    assert_int_equal(f->b->ops->declare(f->b, &f->cfg, &err), KILN_OK);
+    publish_one(f, "still fine", NULL);
+    assert_int_equal(raw_count(f->cfg.queue), 1);
+}
+
+static void test_quorum_queue(void **state)
+{
+    fixture *f = *state;
+    kiln__delivery d;
+    kiln_config classic;
+    kiln_error err;
+
+    f->cfg.queue_type = KILN_QUEUE_QUORUM;
+    connect_declare(f);
+    publish_one(f, "q1", "id-q1");
+    subscribe(f, 10);
+    consume(f, &d);
+    assert_string_equal(d.body, "q1");
+    assert_false(d.redelivered);
+    assert_int_equal(d.delivery_count, 0);
+    assert_int_equal(kiln__broker_nack(f->b, d.tag, true, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+    consume(f, &d);
+    assert_string_equal(d.body, "q1");
+    assert_true(d.redelivered);
+    assert_int_equal(d.delivery_count, 1); /* x-delivery-count */
+    assert_string_equal(kiln__delivery_header(&d, "x-delivery-count"), "1");
+    assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+
+    classic = f->cfg;
+    classic.queue_type = KILN_QUEUE_CLASSIC;
+    assert_int_equal(f->b->ops->declare(f->b, &classic, &err), KILN_EBROKER);
+    assert_non_null(strstr(err.message, "KILN_QUEUE_TYPE"));
+}
+
+static void test_priority_queue(void **state)
+{
+    fixture *f = *state;
+    const uint8_t prio[] = {1, 9, 5, 0, 7};
+    const char *want[] = {"p9", "p7", "p5", "p1", "p0"};
+    kiln__message m[5];
+    char bodies[5][8];
+    kiln__delivery d;
+    kiln_config bad;
+    kiln_error err;
+
+    f->cfg.max_priority = 10;
+    connect_declare(f);
+    for (size_t i = 0; i < 5; i++) {
+        (void)snprintf(bodies[i], sizeof(bodies[i]), "p%u", prio[i]);
+        m[i] = msg_to(&f->cfg, bodies[i]);
+        m[i].priority = prio[i];
+    }
+    assert_int_equal(kiln__broker_publish(f->b, m, 5, NULL, &err), KILN_OK);
+    subscribe(f, 1);
+    for (size_t i = 0; i < 5; i++) {
+        consume(f, &d);
+        assert_string_equal(d.body, want[i]);
+        assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+        kiln__broker_release(f->b, &d);
+    }
+    /* quorum queues have no priorities: a config error, no round trip */
+    bad = f->cfg;
+    bad.queue_type = KILN_QUEUE_QUORUM;
+    assert_int_equal(f->b->ops->declare(f->b, &bad, &err), KILN_EINVAL);
+    assert_non_null(strstr(err.message, "KILN_MAX_PRIORITY"));
+    assert_null(kiln__amqp_broker_new(&bad, &err));
+    assert_int_equal(err.code, KILN_EINVAL);
+}
+
+/* ---- publish and consume ---------------------------------------------- */
+
+#define BATCH 1000
+
+static void test_batch_of_1000(void **state)
+{
+    fixture *f = *state;
+    static kiln__message m[BATCH];
+    static kiln_err st[BATCH];
+    static char bodies[BATCH][32], ids[BATCH][32], idx[BATCH][16];
+    static kiln_header hdrs[BATCH][2];
+    kiln__delivery d;
+    kiln_error err;
+
+    connect_declare(f);
+    for (size_t i = 0; i < BATCH; i++) {
+        (void)snprintf(bodies[i], sizeof(bodies[i]), "{\"n\":%zu}", i);
+        (void)snprintf(ids[i], sizeof(ids[i]), "task_%zu", i);
+        (void)snprintf(idx[i], sizeof(idx[i]), "%zu", i);
+        hdrs[i][0] = (kiln_header){"task_name", "add"};
+        hdrs[i][1] = (kiln_header){"idx", idx[i]};
+        m[i] = msg_to(&f->cfg, bodies[i]);
+        m[i].message_id = ids[i];
+        m[i].priority = (uint8_t)(i % 10);
+        m[i].headers = hdrs[i];
+        m[i].n_headers = 2;
+    }
+    assert_int_equal(kiln__broker_publish(f->b, m, BATCH, st, &err), KILN_OK);
+    for (size_t i = 0; i < BATCH; i++)
+        assert_int_equal(st[i], KILN_OK);
+    assert_int_equal(raw_count(f->cfg.queue), BATCH);
+
+    subscribe(f, 128);
+    for (size_t i = 0; i < BATCH; i++) {
+        consume(f, &d);
+        assert_string_equal(d.body, bodies[i]);
+        assert_int_equal(d.body_len, strlen(bodies[i]));
+        assert_string_equal(d.message_id, ids[i]);
+        assert_string_equal(d.exchange, f->cfg.exchange);
+        assert_string_equal(d.routing_key, f->cfg.binding_key);
+        assert_int_equal(d.priority, i % 10);
+        assert_int_equal(d.n_headers, 2);
+        assert_string_equal(kiln__delivery_header(&d, "task_name"), "add");
+        assert_string_equal(kiln__delivery_header(&d, "idx"), idx[i]);
+        assert_false(d.redelivered);
+        if (i % 50 == 49 || i == BATCH - 1)
+            assert_int_equal(kiln__broker_ack(f->b, d.tag, true, &err),
+                             KILN_OK);
+        kiln__broker_release(f->b, &d);
+    }
+    /* nothing left unacknowledged: closing requeues nothing */
+    f->b->ops->close(f->b);
+    assert_int_equal(wait_count(f->cfg.queue, 0), 0);
+}
+
+static void test_ack_multiple(void **state)
+{
+    fixture *f = *state;
+    kiln__delivery d[10];
+    kiln_error err;
+
+    connect_declare(f);
+    for (int i = 0; i < 10; i++)
+        publish_one(f, "m", NULL);
+    subscribe(f, 20);
+    for (int i = 0; i < 10; i++)
+        consume(f, &d[i]);
+    assert_int_equal(kiln__broker_ack(f->b, d[5].tag, true, &err), KILN_OK);
+    for (int i = 0; i < 10; i++)
+        kiln__broker_release(f->b, &d[i]);
+    f->b->ops->close(f->b); /* the 4 unacked ones go back */
+    assert_int_equal(wait_count(f->cfg.queue, 4), 4);
+}
+
+static void test_nack_requeue(void **state)
+{
+    fixture *f = *state;
+    kiln__delivery d;
+    kiln_error err;
+
+    connect_declare(f);
+    publish_one(f, "again", "id-again");
+    subscribe(f, 10);
+    consume(f, &d);
+    assert_false(d.redelivered);
+    assert_int_equal(kiln__broker_nack(f->b, d.tag, true, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+    consume(f, &d);
+    assert_true(d.redelivered);
+    assert_string_equal(d.message_id, "id-again");
+    assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+}
+
+static void test_nack_dead_letters(void **state)
+{
+    fixture *f = *state;
+    kiln_config dl = f->cfg;
+    kiln__broker *b2;
+    kiln__delivery d;
+    kiln_error err;
+    const char *death;
+
+    connect_declare(f);
+    publish_one(f, "poison", "id-poison");
+    subscribe(f, 10);
+    consume(f, &d);
+    assert_int_equal(kiln__broker_nack(f->b, d.tag, false, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+    assert_int_equal(wait_count(f->cfg.dead_letter_queue, 1), 1);
+    assert_int_equal(raw_count(f->cfg.queue), 0);
+
+    /* read it back: x-death arrives as JSON */
+    b2 = kiln__amqp_broker_new(&dl, &err);
+    assert_non_null(b2);
+    assert_int_equal(kiln__broker_connect(b2, &err), KILN_OK);
+    assert_int_equal(b2->ops->subscribe(b2, dl.dead_letter_queue, 1, &err),
+                     KILN_OK);
+    assert_int_equal(kiln__broker_consume(b2, &d, 5000, &err), KILN_OK);
+    assert_string_equal(d.body, "poison");
+    assert_string_equal(d.message_id, "id-poison");
+    assert_string_equal(d.exchange, f->cfg.dead_letter_exchange);
+    death = kiln__delivery_header(&d, "x-death");
+    assert_non_null(death);
+    print_message("x-death: %s\n", death != NULL ? death : "(none)");
+    assert_true(death[0] == '[');
+    assert_non_null(strstr(death, "\"reason\":\"rejected\""));
+    assert_non_null(strstr(death, f->cfg.queue));
+    assert_int_equal(kiln__broker_ack(b2, d.tag, false, &err), KILN_OK);
+    kiln__broker_release(b2, &d);
+    kiln__broker_destroy(b2);
+}
+
+static void test_unroutable_in_batch(void **state)
+{
+    fixture *f = *state;
+    kiln__message m[4];
+    kiln_err st[4];
+    kiln_error err;
+
+    connect_declare(f);
+    m[0] = msg_to(&f->cfg, "a");
+    m[1] = msg_to(&f->cfg, "lost");
+    m[1].routing_key = "no-such-binding";
+    m[1].message_id = "id-lost";
+    m[2] = msg_to(&f->cfg, "c");
+    m[3] = m[1]; /* twice the same unroutable message */
+    assert_int_equal(kiln__broker_publish(f->b, m, 4, st, &err), KILN_EBROKER);
+    print_message("unroutable: %s\n", err.message);
+    assert_int_equal(st[0], KILN_OK);
+    assert_int_equal(st[1], KILN_EBROKER);
+    assert_int_equal(st[2], KILN_OK);
+    assert_int_equal(st[3], KILN_EBROKER);
+    assert_non_null(strstr(err.message, "msgs[1]"));
+    assert_non_null(strstr(err.message, "unroutable"));
+    assert_non_null(strstr(err.message, "NO_ROUTE"));
+    assert_int_equal(raw_count(f->cfg.queue), 2);
+    /* the channel is fine: the next batch goes through */
+    assert_int_equal(kiln__broker_publish(f->b, m, 1, st, &err), KILN_OK);
+}
+
+/* Bad messages are refused before anything is written. */
+static void test_publish_bad_message(void **state)
+{
+    fixture *f = *state;
+    char long_id[300];
+    kiln__message m[2];
+    kiln_err st[2];
+    kiln_error err;
+
+    connect_declare(f);
+    memset(long_id, 'i', sizeof(long_id) - 1);
+    long_id[sizeof(long_id) - 1] = '\0';
+    m[0] = msg_to(&f->cfg, "fine");
+    m[1] = msg_to(&f->cfg, "bad");
+    m[1].message_id = long_id;
+    assert_int_equal(kiln__broker_publish(f->b, m, 2, st, &err), KILN_EINVAL);
+    assert_int_equal(st[0], KILN_EINVAL);
+    assert_int_equal(st[1], KILN_EINVAL);
+    assert_non_null(strstr(err.message, "msgs[1]"));
+    m[1].message_id = NULL;
+    m[1].routing_key = NULL;
+    assert_int_equal(kiln__broker_publish(f->b, m, 2, st, &err), KILN_EINVAL);
+    /* nothing was sent, and the connection is fine */
+    assert_int_equal(kiln__broker_publish(f->b, m, 1, st, &err), KILN_OK);
+    assert_int_equal(raw_count(f->cfg.queue), 1);
+}
+
+static void test_publish_to_missing_exchange(void **state)
+{
+    fixture *f = *state;
+    kiln__message m[2];
+    kiln_err st[2];
+    kiln_error err;
+
+    connect_declare(f);
+    m[0] = msg_to(&f->cfg, "x");
+    m[0].exchange = "kiln_it.no-such-exchange";
+    m[1] = msg_to(&f->cfg, "y");
+    m[1].exchange = "kiln_it.no-such-exchange";
+    assert_int_equal(kiln__broker_publish(f->b, m, 2, st, &err), KILN_EBROKER);
+    print_message("missing exchange: %s\n", err.message);
+    assert_int_equal(st[0], KILN_EBROKER);
+    assert_int_equal(st[1], KILN_EBROKER);
+    assert_non_null(strstr(err.message, "404"));
+    /* a new channel is opened for the next publish */
+    publish_one(f, "z", NULL);
+    assert_int_equal(raw_count(f->cfg.queue), 1);
+}
+
+static void test_consume_timeout(void **state)
+{
+    fixture *f = *state;
+    kiln__delivery d;
+    kiln_error err;
+    int64_t t0;
+
+    connect_declare(f);
+    assert_int_equal(kiln__broker_consume(f->b, &d, 0, &err), KILN_EINVAL);
+    subscribe(f, 10);
+    t0 = now_ms();
+    assert_int_equal(kiln__broker_consume(f->b, &d, 300, &err), KILN_ETIMEDOUT);
+    assert_in_range(now_ms() - t0, 250, 1000);
+    t0 = now_ms();
+    assert_int_equal(kiln__broker_consume(f->b, &d, 0, &err), KILN_ETIMEDOUT);
+    assert_in_range(now_ms() - t0, 0, 100);
+    assert_int_equal(f->b->ops->subscribe(f->b, f->cfg.queue, 10, &err),
+                     KILN_EINVAL);
+    assert_int_equal(f->b->ops->subscribe(f->b, f->cfg.queue, 70000, &err),
+                     KILN_EINVAL);
+}
+
+static void test_queue_deleted_while_consuming(void **state)
+{
+    fixture *f = *state;
+    amqp_connection_state_t c;
+    kiln__delivery d;
+    kiln_error err;
+    int64_t t0;
+
+    connect_declare(f);
+    subscribe(f, 10);
+    c = raw_open();
+    (void)amqp_queue_delete(c, 1, amqp_cstring_bytes(f->cfg.queue), 0, 0);
+    assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    raw_close(c);
+    t0 = now_ms();
+    assert_int_equal(kiln__broker_consume(f->b, &d, 5000, &err), KILN_EBROKER);
+    print_message("queue deleted: %s\n", err.message);
+    assert_true(now_ms() - t0 < 2000);
+    assert_non_null(strstr(err.message, "cancel"));
+    assert_int_equal(kiln__broker_consume(f->b, &d, 0, &err), KILN_EBROKER);
+    assert_int_equal(kiln__amqp_tick(f->b, &err), KILN_EBROKER);
+    /* recovery the pool's way: close, connect, declare, subscribe */
+    f->b->ops->close(f->b);
+    connect_declare(f);
+    subscribe(f, 10);
+    publish_one(f, "back", NULL);
+    consume(f, &d);
+    assert_string_equal(d.body, "back");
+    assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+}
+
+static void test_stale_tag_after_reconnect(void **state)
+{
+    fixture *f = *state;
+    kiln__delivery d;
+    uint64_t old;
+    kiln_error err;
+
+    connect_declare(f);
+    publish_one(f, "once", NULL);
+    subscribe(f, 10);
+    consume(f, &d);
+    old = d.tag;
+    kiln__broker_release(f->b, &d);
+    f->b->ops->close(f->b);
+    connect_declare(f);
+    subscribe(f, 10);
+    consume(f, &d); /* the same message, requeued by the close */
+    assert_string_equal(d.body, "once");
+    assert_true(d.redelivered);
+    assert_true(d.tag > old);
+    assert_int_equal(kiln__broker_ack(f->b, old, false, &err), KILN_ECLOSED);
+    assert_int_equal(kiln__broker_ack(f->b, d.tag + 5, false, &err),
+                     KILN_EINVAL);
+    assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+}
+
+/* A second ack of the same tag makes the broker close the channel; the
+ * next consume says so, and a new subscribe on the same object works. */
+static void test_double_ack(void **state)
+{
+    fixture *f = *state;
+    kiln__delivery d;
+    kiln_error err;
+
+    connect_declare(f);
+    publish_one(f, "one", NULL);
+    publish_one(f, "two", NULL);
+    subscribe(f, 1);
+    consume(f, &d);
+    assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+    assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+    /* "two" may arrive before the close; then the close comes next */
+    if (kiln__broker_consume(f->b, &d, 5000, &err) == KILN_OK) {
+        kiln__broker_release(f->b, &d);
+        assert_int_equal(kiln__broker_consume(f->b, &d, 5000, &err),
+                         KILN_EBROKER);
+    }
+    print_message("double ack: %s\n", err.message);
+    assert_int_equal(err.code, KILN_EBROKER);
+    assert_non_null(strstr(err.message, "unknown delivery tag"));
+    subscribe(f, 1);
+    consume(f, &d);
+    assert_string_equal(d.body, "two");
+    assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+}
+
+/* cancel stops the subscription; what the broker already sent is still
+ * handed out and settled, then consume says KILN_ECLOSED. */
+static void test_cancel_drains(void **state)
+{
+    fixture *f = *state;
+    kiln__delivery d;
+    uint64_t last = 0;
+    kiln_error err;
+    int got = 0;
+
+    connect_declare(f);
+    for (int i = 0; i < 20; i++)
+        publish_one(f, "c", NULL);
+    subscribe(f, 10);
+    for (int i = 0; i < 3; i++) {
+        consume(f, &d);
+        last = d.tag;
+        kiln__broker_release(f->b, &d);
+        got++;
+    }
+    assert_non_null(f->b->ops->cancel);
+    assert_int_equal(f->b->ops->cancel(f->b, &err), KILN_OK);
+    while (kiln__broker_consume(f->b, &d, 1000, &err) == KILN_OK) {
+        last = d.tag;
+        kiln__broker_release(f->b, &d);
+        got++;
+    }
+    assert_int_equal(err.code, KILN_ECLOSED);
+    assert_int_equal(got, 10); /* the prefetch window, no more */
+    assert_int_equal(kiln__broker_ack(f->b, last, true, &err), KILN_OK);
+    assert_int_equal(f->b->ops->cancel(f->b, &err), KILN_OK); /* again */
+    /* a new subscription on the same connection takes the rest */
+    subscribe(f, 10);
+    for (int i = 0; i < 10; i++) {
+        consume(f, &d);
+        assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+        kiln__broker_release(f->b, &d);
+    }
+    f->b->ops->close(f->b);
+    assert_int_equal(wait_count(f->cfg.queue, 0), 0);
+}
+
+/* The optional ops a poll loop uses. */
+static void test_poll_ops(void **state)
+{
+    fixture *f = *state;
+    const kiln__broker_ops *ops = f->b->ops;
+    struct pollfd p;
+    kiln__delivery d;
+    kiln_error err;
+
+    assert_int_equal(ops->poll_fd(f->b), -1);
+    assert_false(ops->pending(f->b));
+    connect_declare(f);
+    subscribe(f, 10);
+    p.fd = ops->poll_fd(f->b);
+    p.events = POLLIN;
+    assert_true(p.fd >= 0);
+    assert_false(ops->pending(f->b));
+    assert_int_equal(poll(&p, 1, 100), 0);
+    publish_one(f, "wake", NULL);
+    if (!ops->pending(f->b))
+        assert_int_equal(poll(&p, 1, 5000), 1);
+    consume(f, &d);
+    assert_string_equal(d.body, "wake");
+    assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+    assert_int_equal(ops->tick(f->b, &err), KILN_OK);
+}
+
+/* Deliveries that arrive while a publish waits for its confirms are kept
+ * for consume. */
+static void test_publish_while_consuming(void **state)
+{
+    fixture *f = *state;
+    static kiln__message m[300];
+    kiln__delivery d;
+    kiln_error err;
+    size_t got = 0;
+
+    connect_declare(f);
+    subscribe(f, 50);
+    for (size_t i = 0; i < 300; i++)
+        m[i] = msg_to(&f->cfg, "loop");
+    assert_int_equal(kiln__broker_publish(f->b, m, 300, NULL, &err), KILN_OK);
+    assert_true(kiln__amqp_pending(f->b));
+    while (got < 300) {
+        consume(f, &d);
+        assert_string_equal(d.body, "loop");
+        assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+        kiln__broker_release(f->b, &d);
+        got++;
+    }
+    assert_int_equal(kiln__broker_consume(f->b, &d, 100, &err), KILN_ETIMEDOUT);
+}
+
+/* Headers of every AMQP type, as another client would send them. */
+static void test_header_types(void **state)
+{
+    fixture *f = *state;
+    amqp_connection_state_t c;
+    amqp_table_entry_t inner[2], e[11];
+    amqp_field_value_t arr[2];
+    amqp_basic_properties_t p;
+    kiln__delivery d;
+    kiln_error err;
+
+    connect_declare(f);
+    subscribe(f, 10);
+    memset(e, 0, sizeof(e));
+    e[0].key = amqp_cstring_bytes("i64");
+    e[0].value.kind = AMQP_FIELD_KIND_I64;
+    e[0].value.value.i64 = -9007199254740993LL;
+    e[1].key = amqp_cstring_bytes("bool");
+    e[1].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+    e[1].value.value.boolean = 1;
+    e[2].key = amqp_cstring_bytes("f64");
+    e[2].value.kind = AMQP_FIELD_KIND_F64;
+    e[2].value.value.f64 = 0.5;
+    e[3].key = amqp_cstring_bytes("str");
+    e[3].value.kind = AMQP_FIELD_KIND_UTF8;
+    e[3].value.value.bytes = amqp_cstring_bytes("h\xc3\xa9llo");
+    e[4].key = amqp_cstring_bytes("ts");
+    e[4].value.kind = AMQP_FIELD_KIND_TIMESTAMP;
+    e[4].value.value.u64 = 1700000000;
+    e[5].key = amqp_cstring_bytes("dec");
+    e[5].value.kind = AMQP_FIELD_KIND_DECIMAL;
+    e[5].value.value.decimal.decimals = 3;
+    e[5].value.value.decimal.value = 12345;
+    e[6].key = amqp_cstring_bytes("u8");
+    e[6].value.kind = AMQP_FIELD_KIND_U8;
+    e[6].value.value.u8 = 200;
+    inner[0].key = amqp_cstring_bytes("k");
+    inner[0].value.kind = AMQP_FIELD_KIND_UTF8;
+    inner[0].value.value.bytes = amqp_cstring_bytes("v\"q");
+    inner[1].key = amqp_cstring_bytes("n");
+    inner[1].value.kind = AMQP_FIELD_KIND_I32;
+    inner[1].value.value.i32 = 7;
+    e[7].key = amqp_cstring_bytes("table");
+    e[7].value.kind = AMQP_FIELD_KIND_TABLE;
+    e[7].value.value.table.num_entries = 2;
+    e[7].value.value.table.entries = inner;
+    arr[0].kind = AMQP_FIELD_KIND_BOOLEAN;
+    arr[0].value.boolean = 0;
+    arr[1].kind = AMQP_FIELD_KIND_TABLE;
+    arr[1].value.table.num_entries = 0;
+    arr[1].value.table.entries = NULL;
+    e[8].key = amqp_cstring_bytes("array");
+    e[8].value.kind = AMQP_FIELD_KIND_ARRAY;
+    e[8].value.value.array.num_entries = 2;
+    e[8].value.value.array.entries = arr;
+    e[9].key = amqp_cstring_bytes("void");
+    e[9].value.kind = AMQP_FIELD_KIND_VOID;
+    e[10].key = amqp_cstring_bytes("x-delivery-count");
+    e[10].value.kind = AMQP_FIELD_KIND_I64;
+    e[10].value.value.i64 = 3;
+    memset(&p, 0, sizeof(p));
+    p._flags = AMQP_BASIC_HEADERS_FLAG;
+    p.headers.num_entries = 11;
+    p.headers.entries = e;
+    c = raw_open();
+    assert_int_equal(amqp_basic_publish(c, 1,
+                                        amqp_cstring_bytes(f->cfg.exchange),
+                                        amqp_cstring_bytes("task"), 0, 0, &p,
+                                        amqp_cstring_bytes("")),
+                     AMQP_STATUS_OK);
+    raw_close(c);
+    consume(f, &d);
+    assert_int_equal(d.body_len, 0);
+    assert_string_equal(d.body, "");
+    assert_string_equal(d.message_id, "");
+    assert_int_equal(d.n_headers, 11);
+    assert_string_equal(kiln__delivery_header(&d, "i64"), "-9007199254740993");
+    assert_string_equal(kiln__delivery_header(&d, "bool"), "true");
+    assert_string_equal(kiln__delivery_header(&d, "f64"), "0.5");
+    assert_string_equal(kiln__delivery_header(&d, "str"), "h\xc3\xa9llo");
+    assert_string_equal(kiln__delivery_header(&d, "ts"), "1700000000");
+    assert_string_equal(kiln__delivery_header(&d, "dec"), "12.345");
+    assert_string_equal(kiln__delivery_header(&d, "u8"), "200");
+    assert_string_equal(kiln__delivery_header(&d, "table"),
+                        "{\"k\":\"v\\\"q\",\"n\":7}");
+    assert_string_equal(kiln__delivery_header(&d, "array"), "[false,{}]");
+    assert_string_equal(kiln__delivery_header(&d, "void"), "");
+    assert_int_equal(d.delivery_count, 3);
+    assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+}
+
+/* ---- flow control ----------------------------------------------------- */
+
+static int rabbitmqctl(const char *args)
+{
+    const char *script = getenv("KILN_TEST_RABBITMQ");
+    const char *dir = getenv("KILN_TEST_RABBITMQ_DIR");
+    char cmd[2048];
+
+    if (script == NULL || dir == NULL)
+        return -1;
+    (void)snprintf(cmd, sizeof(cmd), "'%s' ctl '%s' %s >/dev/null 2>&1", script,
+                   dir, args);
+    return system(cmd);
+}
+
+/* A memory alarm blocks publishers (connection.blocked); confirms stop,
+ * so the publish times out rather than hanging. */
+static void test_blocked_publish_times_out(void **state)
+{
+    fixture *f = *state;
+    kiln__message m = msg_to(&f->cfg, "blocked");
+    kiln_err st;
+    kiln_error err;
+    int64_t t0;
+
+    if (getenv("KILN_TEST_RABBITMQ") == NULL) {
+        print_message("broker given from outside: no alarm test\n");
+        return;
+    }
+    f->cfg.publish_timeout_ms = 1500;
+    kiln__broker_destroy(f->b);
+    f->b = kiln__amqp_broker_new(&f->cfg, NULL);
+    connect_declare(f);
+    assert_int_equal(rabbitmqctl("set_vm_memory_high_watermark 0.0000001"), 0);
+    t0 = now_ms();
+    assert_int_equal(kiln__broker_publish(f->b, &m, 1, &st, &err),
+                     KILN_ETIMEDOUT);
+    print_message("blocked: %s (%lld ms)\n", err.message,
+                  (long long)(now_ms() - t0));
+    assert_int_equal(st, KILN_ETIMEDOUT);
+    assert_in_range(now_ms() - t0, 1400, 4000);
+    assert_true(kiln__amqp_blocked(f->b));
+    /* known blocked: nothing more is written, the wait is the timeout */
+    t0 = now_ms();
+    assert_int_equal(kiln__broker_publish(f->b, &m, 1, &st, &err),
+                     KILN_ETIMEDOUT);
+    print_message("still blocked: %s\n", err.message);
+    assert_int_equal(st, KILN_ETIMEDOUT);
+    assert_non_null(strstr(err.message, "not sent"));
+    assert_in_range(now_ms() - t0, 1400, 4000);
+    assert_int_equal(rabbitmqctl("set_vm_memory_high_watermark 0.4"), 0);
+    /* once unblocked, the next publish goes through */
+    f->cfg.publish_timeout_ms = 10000;
+    m.body = "free";
+    m.body_len = 4;
+    assert_int_equal(kiln__broker_publish(f->b, &m, 1, &st, &err), KILN_OK);
+    assert_false(kiln__amqp_blocked(f->b));
+}
+
+/* ---- a peer that stops answering ------------------------------------- */
+
+/* A one-connection TCP relay to the broker that can freeze: it then stops
+ * reading both sides without closing anything, as a crashed host or a
+ * dropped route would. Its thread never asserts. */
+typedef struct relay {
+    int lfd, port, broker_port;
+    atomic_bool frozen, stop;
+    pthread_t thread;
+} relay;
+
+static bool pump_bytes(int from, int to)
+{
+    char buf[16384];
+    ssize_t n = read(from, buf, sizeof(buf));
+
+    for (ssize_t off = 0; n > 0 && off < n;) {
+        ssize_t w = write(to, buf + off, (size_t)(n - off));
+        if (w <= 0)
+            return false;
+        off += w;
+    }
+    return n > 0;
+}
+
+static void *relay_run(void *arg)
+{
+    relay *r = arg;
+    struct sockaddr_in up = {0};
+    struct pollfd p[2];
+    int c, u;
+
+    p[0].fd = r->lfd;
+    p[0].events = POLLIN;
+    while (!atomic_load(&r->stop) && poll(p, 1, 50) == 0)
+        ;
+    if (atomic_load(&r->stop) || (c = accept(r->lfd, NULL, NULL)) < 0)
+        return NULL;
+    u = socket(AF_INET, SOCK_STREAM, 0);
+    up.sin_family = AF_INET;
+    up.sin_port = htons((uint16_t)r->broker_port);
+    up.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (u >= 0 && connect(u, (struct sockaddr *)&up, sizeof(up)) == 0) {
+        while (!atomic_load(&r->stop)) {
+            if (atomic_load(&r->frozen)) {
+                usleep(10000);
+                continue;
+            }
+            p[0] = (struct pollfd){c, POLLIN, 0};
+            p[1] = (struct pollfd){u, POLLIN, 0};
+            if (poll(p, 2, 50) <= 0)
+                continue;
+            if (((p[0].revents & (POLLIN | POLLHUP)) && !pump_bytes(c, u)) ||
+                ((p[1].revents & (POLLIN | POLLHUP)) && !pump_bytes(u, c)))
+                break;
+        }
+    }
+    if (u >= 0)
+        (void)close(u);
+    (void)close(c);
+    return NULL;
+}
+
+static void relay_start(relay *r)
+{
+    struct sockaddr_in a = {0};
+    socklen_t len = sizeof(a);
+    const char *colon = strrchr(test_url(), ':');
+
+    assert_non_null(colon);
+    r->broker_port = atoi(colon + 1);
+    atomic_init(&r->frozen, false);
+    atomic_init(&r->stop, false);
+    r->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(r->lfd >= 0);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(r->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(r->lfd, 1), 0);
+    assert_int_equal(getsockname(r->lfd, (struct sockaddr *)&a, &len), 0);
+    r->port = ntohs(a.sin_port);
+    assert_int_equal(pthread_create(&r->thread, NULL, relay_run, r), 0);
+}
+
+static void relay_stop(relay *r)
+{
+    atomic_store(&r->stop, true);
+    assert_int_equal(pthread_join(r->thread, NULL), 0);
+    (void)close(r->lfd);
+}
+
+static void through_relay(fixture *f, const relay *r)
+{
+    (void)snprintf(f->cfg.broker_url, sizeof(f->cfg.broker_url),
+                   "amqp://guest:guest@127.0.0.1:%d/", r->port);
+    f->cfg.heartbeat_s = 1;
+    kiln__broker_destroy(f->b);
+    f->b = kiln__amqp_broker_new(&f->cfg, NULL);
+    assert_non_null(f->b);
+    connect_declare(f);
+    kiln__strlcpy(f->cfg.broker_url, test_url(), sizeof(f->cfg.broker_url));
+}
+
+/* Missed heartbeats end a consume that waits on a silent peer; every op
+ * then fails at once. */
+static void test_dead_peer_while_consuming(void **state)
+{
+    fixture *f = *state;
+    kiln__message m = msg_to(&f->cfg, "x");
+    kiln__delivery d;
+    kiln_error err;
+    relay r;
+    int64_t t0;
+
+    relay_start(&r);
+    through_relay(f, &r);
+    subscribe(f, 10);
+    atomic_store(&r.frozen, true);
+    t0 = now_ms();
+    assert_int_equal(kiln__broker_consume(f->b, &d, 20000, &err), KILN_EBROKER);
+    print_message("dead peer: %s (%lld ms)\n", err.message,
+                  (long long)(now_ms() - t0));
+    assert_in_range(now_ms() - t0, 1000, 4000);
+    assert_non_null(strstr(err.message, "heartbeat"));
+    t0 = now_ms();
+    assert_int_equal(kiln__broker_publish(f->b, &m, 1, NULL, &err),
+                     KILN_EBROKER);
+    assert_int_equal(kiln__broker_ack(f->b, 1, false, &err), KILN_EBROKER);
+    assert_int_equal(kiln__amqp_tick(f->b, &err), KILN_EBROKER);
+    f->b->ops->close(f->b);
+    assert_true(now_ms() - t0 < 100);
+    relay_stop(&r);
+}
+
+/* A publish waiting for confirms from a silent peer ends with the
+ * heartbeat, long before its own timeout; close does not hang either. */
+static void test_dead_peer_while_publishing(void **state)
+{
+    fixture *f = *state;
+    kiln__message m = msg_to(&f->cfg, "x");
+    kiln_err st;
+    kiln_error err;
+    relay r;
+    int64_t t0;
+
+    f->cfg.publish_timeout_ms = 30000;
+    relay_start(&r);
+    through_relay(f, &r);
+    atomic_store(&r.frozen, true);
+    t0 = now_ms();
+    assert_int_equal(kiln__broker_publish(f->b, &m, 1, &st, &err),
+                     KILN_EBROKER);
+    print_message("dead peer publish: %s (%lld ms)\n", err.message,
+                  (long long)(now_ms() - t0));
+    assert_int_equal(st, KILN_EBROKER);
+    assert_true(now_ms() - t0 < 4000);
+    relay_stop(&r);
+
+    /* close on a silent peer not yet known dead: bounded by 2 s */
+    relay_start(&r);
+    through_relay(f, &r);
+    atomic_store(&r.frozen, true);
+    t0 = now_ms();
+    f->b->ops->close(f->b);
+    print_message("close on a silent peer: %lld ms\n",
+                  (long long)(now_ms() - t0));
+    assert_true(now_ms() - t0 < 3000);
+    relay_stop(&r);
+}
+
+/* An idle publisher that ticks keeps its connection past several
+ * heartbeat intervals; the server would drop one that stayed silent. */
+static void test_tick_keeps_idle_connection(void **state)
+{
+    fixture *f = *state;
+    kiln_error err;
+    int64_t t0;
+
+    f->cfg.heartbeat_s = 1;
+    kiln__broker_destroy(f->b);
+    f->b = kiln__amqp_broker_new(&f->cfg, NULL);
+    connect_declare(f);
+    assert_int_equal(kiln__amqp_heartbeat_ms(f->b), 1000);
+    t0 = now_ms();
+    while (now_ms() - t0 < 3500) {
+        assert_int_equal(kiln__amqp_tick(f->b, &err), KILN_OK);
+        usleep(200000);
+    }
+    publish_one(f, "still here", NULL);
+    assert_int_equal(raw_count(f->cfg.queue), 1);
+}
+
+/* The broker's application stops (a restart): consume reports the
+ * server's close, and a new connection works once it is back. */
+static void test_broker_restart(void **state)
+{
+    fixture *f = *state;
+    kiln__delivery d;
+    kiln_error err;
+    int64_t t0;
+    kiln_err rc = KILN_EBROKER;
+
+    if (getenv("KILN_TEST_RABBITMQ") == NULL) {
+        print_message("broker given from outside: no restart test\n");
+        return;
+    }
+    connect_declare(f);
+    publish_one(f, "survivor", "id-s");
+    subscribe(f, 10);
+    consume(f, &d);
+    kiln__broker_release(f->b, &d); /* not acked: requeued by the close */
+    assert_int_equal(rabbitmqctl("stop_app"), 0);
+    assert_int_equal(kiln__broker_consume(f->b, &d, 10000, &err), KILN_EBROKER);
+    print_message("restart: %s\n", err.message);
+    assert_non_null(strstr(err.message, "320"));
+    f->b->ops->close(f->b);
+    assert_int_equal(rabbitmqctl("start_app"), 0);
+    t0 = now_ms();
+    while (now_ms() - t0 < 30000 &&
+           (rc = kiln__broker_connect(f->b, &err)) != KILN_OK)
+        usleep(200000);
+    assert_int_equal(rc, KILN_OK);
+    connect_declare(f);
+    subscribe(f, 10);
+    consume(f, &d);
+    assert_string_equal(d.body, "survivor");
+    assert_true(d.redelivered);
+    assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
+    kiln__broker_release(f->b, &d);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_url_is_set),
+        T(test_connect_declare_close_reconnect),
+        T(test_ops_before_connect),
+        T(test_bad_credentials),
+        T(test_bad_port),
+        T(test_bad_url),
+        T(test_declare_twice),
+        T(test_declare_conflict),
+        T(test_quorum_queue),
+        T(test_priority_queue),
+        T(test_batch_of_1000),
+        T(test_ack_multiple),
+        T(test_nack_requeue),
+        T(test_nack_dead_letters),
+        T(test_unroutable_in_batch),
+        T(test_publish_bad_message),
+        T(test_publish_to_missing_exchange),
+        T(test_consume_timeout),
+        T(test_queue_deleted_while_consuming),
+        T(test_stale_tag_after_reconnect),
+        T(test_double_ack),
+        T(test_cancel_drains),
+        T(test_poll_ops),
+        T(test_publish_while_consuming),
+        T(test_header_types),
+        T(test_blocked_publish_times_out),
+        T(test_dead_peer_while_consuming),
+        T(test_dead_peer_while_publishing),
+        T(test_tick_keeps_idle_connection),
+        T(test_broker_restart),
+    };
+
+    kiln_log_set_sink(capture_sink, NULL);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
