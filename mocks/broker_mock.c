@@ -523,8 +523,7 @@ static kiln_err route_one(kiln__mock_server *srv, const kiln__message *m,
 static kiln_err publish_one(struct conn *c, const kiln__message *m, size_t i,
                             kiln_error *err)
 {
-    if (!c->broken && c->srv->fail_conn_at > 0 &&
-        --c->srv->fail_conn_at == 0) {
+    if (!c->broken && c->srv->fail_conn_at > 0 && --c->srv->fail_conn_at == 0) {
         (void)route_one(c->srv, m, err);
         c->broken = true;
     }

@@ -51,8 +51,14 @@ kiln_err kiln__mock_server_bind(kiln__mock_server *srv, const char *exchange,
  * fail_consume: the next `count` consume calls fail with KILN_EBROKER, as
  * a lost connection would, but the connection stays usable.
  * set_unroutable: messages with routing key `key` are returned unroutable
- * even when a queue is bound for them; NULL clears it. */
+ * even when a queue is bound for them; NULL clears it.
+ * fail_connection: the connection publishing the nth message from now
+ * (1 = the next one) is lost: that message reaches its queue but its
+ * confirm is lost, it and the rest of the call fail with KILN_EBROKER
+ * (publish_lost says so), and publish, declare and tick fail until the
+ * connection is closed or connected again; 0 disarms. */
 void kiln__mock_server_fail_publish(kiln__mock_server *srv, unsigned nth);
+void kiln__mock_server_fail_connection(kiln__mock_server *srv, unsigned nth);
 void kiln__mock_server_fail_consume(kiln__mock_server *srv, unsigned count);
 kiln_err kiln__mock_server_set_unroutable(kiln__mock_server *srv,
                                           const char *key, kiln_error *err);
