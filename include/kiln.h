@@ -702,6 +702,86 @@ KILN_API kiln_err kiln_registry_run(const kiln_registry *reg,
                                     const kiln_signature *sig,
                                     kiln_signature **results, kiln_error *err);
 
+/* ------------------------------------------------------------------------
+ * Worker pool
+ * ------------------------------------------------------------------------ */
+
+/* A pool runs registered task functions on `concurrency` worker threads,
+ * fed by one consumer thread that owns its broker connection, and sends
+ * tasks through a small set of publishing connections. Opaque.
+ * Thread-safety: kiln_pool_send_task(s) and kiln_pool_stop are safe from
+ * any thread, including from inside a task; register before start; start
+ * from one thread; free once start has returned and no thread uses it. */
+typedef struct kiln_pool kiln_pool;
+
+/* kiln_pool_new creates a pool for `cfg` (copied; validated here, so a bad
+ * value is a KILN_EINVAL naming the setting) and applies its log level
+ * and format to the process-wide logger. `concurrency` 0 means
+ * cfg->concurrency. `name` (may be NULL: "kiln") names the consumer and
+ * its connections in the broker's management view. Connects nothing yet.
+ * Returns: caller owns; free with kiln_pool_free. NULL with `err` on
+ * failure. */
+KILN_API kiln_pool *kiln_pool_new(const kiln_config *cfg, unsigned concurrency,
+                                  const char *name, kiln_error *err);
+
+/* kiln_pool_free waits for any task still running (after a timed-out
+ * drain), closes every connection and frees everything. Call it after
+ * kiln_pool_start returned, or for a pool never started. NULL is a no-op. */
+KILN_API void kiln_pool_free(kiln_pool *pool);
+
+/* kiln_pool_register adds a task function, as kiln_registry_add (same
+ * ownership of `user`). Before kiln_pool_start only: KILN_ECLOSED after. */
+KILN_API kiln_err kiln_pool_register(kiln_pool *pool, const char *name,
+                                     kiln_task_fn fn, void *user,
+                                     void (*user_free)(void *),
+                                     kiln_error *err);
+
+/* kiln_pool_register_table adds `n` rows, all or none. */
+KILN_API kiln_err kiln_pool_register_table(kiln_pool *pool,
+                                           const kiln_task_def *defs, size_t n,
+                                           kiln_error *err);
+
+/* kiln_pool_start connects, declares the topology, consumes the configured
+ * queue and runs tasks until kiln_pool_stop is called or the process gets
+ * SIGINT or SIGTERM (handlers are installed for the duration of the call
+ * and the previous ones restored after). A lost broker connection is
+ * re-established with capped, jittered backoff; start does not return for
+ * it. Stopping drains: no new deliveries are taken, deliveries not yet
+ * started go back to the queue, running tasks finish and are acked, the
+ * connection is closed. Returns KILN_OK after a complete drain;
+ * KILN_ETIMEDOUT when cfg->drain_timeout_ms passed or a second signal came
+ * first (unacked deliveries then return to the queue when the connection
+ * closes, and kiln_pool_free waits for the tasks still running);
+ * KILN_EINVAL when nothing is registered; KILN_ECLOSED when called twice.
+ * Blocks the calling thread. */
+KILN_API kiln_err kiln_pool_start(kiln_pool *pool, kiln_error *err);
+
+/* kiln_pool_stop asks a running kiln_pool_start to drain and return. Safe
+ * from any thread and from a task; returns at once. Calling it again stops
+ * at once, as a second signal does. */
+KILN_API void kiln_pool_stop(kiln_pool *pool);
+
+/* kiln_pool_send_task publishes `sig` (borrowed; not modified) to the
+ * configured exchange, persistent and mandatory, and returns once the
+ * broker has confirmed it: KILN_OK means the broker has taken the task.
+ * The routing key is the signature's, or cfg->binding_key when it has
+ * none. An unroutable task, a nack or no confirm within
+ * cfg->publish_timeout_ms is an error, never a silent loss. Concurrent
+ * calls share publisher confirms (one round trip for many tasks).
+ * Publishing connections are opened on first use. */
+KILN_API kiln_err kiln_pool_send_task(kiln_pool *pool,
+                                      const kiln_signature *sig,
+                                      kiln_error *err);
+
+/* kiln_pool_send_tasks publishes `n` signatures and waits once for all of
+ * their confirms. status[i] (status may be NULL) gets each one's result;
+ * returns KILN_OK when all were confirmed, else the first failure with its
+ * index in `err`. */
+KILN_API kiln_err kiln_pool_send_tasks(kiln_pool *pool,
+                                       const kiln_signature *const *sigs,
+                                       size_t n, kiln_err *status,
+                                       kiln_error *err);
+
 #ifdef __cplusplus
 }
 #endif

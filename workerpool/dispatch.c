@@ -329,16 +329,8 @@ kiln_err kiln__dispatch_delivery(const kiln__dispatch *d, kiln__broker *b,
 
 /* ---- producer ----------------------------------------------------------- */
 
-struct outgoing {
-    char *body;
-    size_t len;
-    kiln_header *headers; /* header mode only; one allocation */
-    size_t n_headers;
-    kiln_err rc;
-};
-
 static kiln_err encode(const kiln_config *cfg, const kiln_signature *sig,
-                       struct outgoing *o, kiln_error *err)
+                       kiln__staged *o, kiln_error *err)
 {
     if (sig == NULL)
         return kiln__fail(err, KILN_EINVAL, "NULL signature");
@@ -350,7 +342,7 @@ static kiln_err encode(const kiln_config *cfg, const kiln_signature *sig,
 
 static kiln__message outgoing_message(const kiln_config *cfg,
                                       const kiln_signature *sig,
-                                      const struct outgoing *o)
+                                      const kiln__staged *o)
 {
     const char *key = sig->routing_key[0]   ? sig->routing_key
                       : cfg->binding_key[0] ? cfg->binding_key
@@ -368,12 +360,10 @@ static kiln__message outgoing_message(const kiln_config *cfg,
         .persistent = true};
 }
 
-/* Encodes and records PENDING for each signature, collecting the ones to
- * publish in msgs/map. Returns how many. */
-static size_t stage(const kiln_config *cfg, kiln__store *store,
-                    const kiln_signature *const *sigs, size_t n,
-                    struct outgoing *out, kiln__message *msgs, size_t *map,
-                    size_t *first, kiln_error *err)
+size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
+                         const kiln_signature *const *sigs, size_t n,
+                         kiln__staged *out, kiln__message *msgs, size_t *map,
+                         size_t *first, kiln_error *err)
 {
     size_t m = 0;
 
@@ -401,11 +391,20 @@ static size_t stage(const kiln_config *cfg, kiln__store *store,
     return m;
 }
 
+void kiln__staged_release(kiln__staged *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        kiln__free(out[i].body);
+        kiln__free(out[i].headers);
+        memset(&out[i], 0, sizeof(out[i]));
+    }
+}
+
 kiln_err kiln__send_tasks(const kiln_config *cfg, kiln__broker *b,
                           kiln__store *store, const kiln_signature *const *sigs,
                           size_t n, kiln_err *status, kiln_error *err)
 {
-    struct outgoing *out;
+    kiln__staged *out;
     kiln__message *msgs;
     size_t *map, first = n, m;
     kiln_err *pst, rc = KILN_OK;
@@ -424,7 +423,7 @@ kiln_err kiln__send_tasks(const kiln_config *cfg, kiln__broker *b,
     msgs = (kiln__message *)(void *)(out + n);
     map = (size_t *)(void *)(msgs + n);
     pst = (kiln_err *)(void *)(map + n);
-    m = stage(cfg, store, sigs, n, out, msgs, map, &first, err);
+    m = kiln__stage_tasks(cfg, store, sigs, n, out, msgs, map, &first, err);
     for (size_t j = 0; j < m; j++)
         pst[j] = KILN_ETIMEDOUT; /* what a message nobody settled is */
     if (m > 0 && kiln__broker_publish(b, msgs, m, pst, &e) != KILN_OK) {
@@ -437,14 +436,11 @@ kiln_err kiln__send_tasks(const kiln_config *cfg, kiln__broker *b,
             }
         }
     }
-    for (size_t i = 0; i < n; i++) {
-        if (status != NULL)
-            status[i] = out[i].rc;
-        kiln__free(out[i].body);
-        kiln__free(out[i].headers);
-    }
+    for (size_t i = 0; status != NULL && i < n; i++)
+        status[i] = out[i].rc;
     if (first < n)
         rc = out[first].rc;
+    kiln__staged_release(out, n);
     kiln__free(out);
     return rc;
 }

@@ -91,6 +91,36 @@ kiln_err kiln__dead_letter(kiln__broker *b, const kiln_config *cfg,
                            const kiln__delivery *dl, const char *reason,
                            kiln_error *err);
 
+/* ---- producer side ------------------------------------------------------ */
+
+/* One signature encoded for publishing: the buffers a kiln__message built
+ * by kiln__stage_tasks borrows. */
+typedef struct kiln__staged {
+    char *body; /* owned; freed by kiln__staged_release */
+    size_t len;
+    kiln_header *headers; /* owned; paota header mode only; one block */
+    size_t n_headers;
+    kiln_err rc; /* KILN_OK once staged, else why it was not */
+} kiln__staged;
+
+/* Encodes each of the `n` signatures in cfg->dialect and records PENDING
+ * in `store` (may be NULL), on the calling thread: a producer with many
+ * threads encodes in parallel. out[i] gets signature i's buffers and
+ * result. Every signature staged becomes msgs[j] (persistent, to
+ * cfg->exchange, routed by its routing key, else cfg->binding_key, else
+ * the queue name) with map[j] = i; returns how many. The messages borrow
+ * from `out` and `sigs`. For a failure at an index below *first, *first
+ * becomes that index and `err` its reason ("task 3 (add): ..."). `out`
+ * (zeroed), `msgs` and `map` hold `n` entries each; free the buffers with
+ * kiln__staged_release, also after a failure. Any thread. */
+size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
+                         const kiln_signature *const *sigs, size_t n,
+                         kiln__staged *out, kiln__message *msgs, size_t *map,
+                         size_t *first, kiln_error *err);
+
+/* Frees the buffers of out[0..n) and zeroes the entries. */
+void kiln__staged_release(kiln__staged *out, size_t n);
+
 /* Producer side: encodes each of the `n` signatures in cfg->dialect,
  * records PENDING in `store` (may be NULL) and publishes them in one
  * confirmed batch to cfg->exchange, routed by the signature's routing key,

@@ -1,0 +1,386 @@
+/* The worker pool on the in-memory broker: every task runs, concurrency and
+ * prefetch bounds hold, bad input is dead-lettered, a lost connection is
+ * survived, stop and SIGTERM drain. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "mocks/mocks.h"
+#include "workerpool/pool.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define QUEUE "pool_tasks"
+
+typedef struct fixture {
+    kiln_config cfg;
+    kiln__mock_server *srv;
+    kiln__broker *producer; /* owned by the test thread */
+    kiln_pool *pool;
+    pthread_t thread;
+    bool started;
+    kiln_err start_rc;
+    kiln_error start_err;
+} fixture;
+
+/* What the tasks record; read on the test thread after joins only, or
+ * through atomics. */
+static atomic_int runs, running_now, max_running, finished;
+static atomic_int sleep_ms;
+static atomic_int raise_term_at; /* run number that sends SIGTERM, 0 = none */
+static atomic_int seen[4096];    /* runs per task index */
+
+static kiln__broker *factory(void *ctx, const kiln_config *cfg, kiln_error *err)
+{
+    (void)cfg;
+    return kiln__mock_broker_new(ctx, err);
+}
+
+static void sleep_for(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+static kiln_err work(kiln_task_ctx *ctx, void *user)
+{
+    int64_t idx = 0;
+    int now = atomic_fetch_add(&running_now, 1) + 1, max;
+    int n = atomic_fetch_add(&runs, 1) + 1;
+
+    (void)user;
+    max = atomic_load(&max_running);
+    while (now > max && !atomic_compare_exchange_weak(&max_running, &max, now))
+        ;
+    if (kiln_signature_arg_int64(kiln_task_signature(ctx), 0, &idx, NULL) ==
+            KILN_OK &&
+        idx >= 0 && idx < 4096)
+        atomic_fetch_add(&seen[idx], 1);
+    if (atomic_load(&raise_term_at) == n)
+        kill(getpid(), SIGTERM);
+    if (atomic_load(&sleep_ms) > 0)
+        sleep_for(atomic_load(&sleep_ms));
+    atomic_fetch_sub(&running_now, 1);
+    atomic_fetch_add(&finished, 1);
+    return KILN_OK;
+}
+
+static kiln_err fails(kiln_task_ctx *ctx, void *user)
+{
+    (void)user;
+    return kiln_task_fail(ctx, "disk full");
+}
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof(*f));
+    kiln_error err;
+
+    kiln_log_set_level(KILN_LOG_OFF);
+    atomic_store(&runs, 0);
+    atomic_store(&running_now, 0);
+    atomic_store(&max_running, 0);
+    atomic_store(&finished, 0);
+    atomic_store(&sleep_ms, 0);
+    atomic_store(&raise_term_at, 0);
+    for (int i = 0; i < 4096; i++)
+        atomic_store(&seen[i], 0);
+    kiln_config_init(&f->cfg);
+    strcpy(f->cfg.queue, QUEUE);
+    strcpy(f->cfg.binding_key, QUEUE);
+    strcpy(f->cfg.dead_letter_queue, QUEUE ".dead");
+    strcpy(f->cfg.dead_letter_exchange, QUEUE ".dlx");
+    f->cfg.prefetch = 16;
+    f->cfg.concurrency = 4;
+    f->cfg.log_level = KILN_LOG_OFF;
+    f->srv = kiln__mock_server_new(&err);
+    f->producer = kiln__mock_broker_new(f->srv, &err);
+    assert_int_equal(f->producer->ops->connect(f->producer, &err), KILN_OK);
+    assert_int_equal(f->producer->ops->declare(f->producer, &f->cfg, &err),
+                     KILN_OK);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+
+    kiln_pool_free(f->pool);
+    kiln__broker_destroy(f->producer);
+    kiln__mock_server_free(f->srv);
+    free(f);
+    return 0;
+}
+
+static void make_pool(fixture *f)
+{
+    kiln_error err;
+
+    f->pool = kiln_pool_new(&f->cfg, 0, "test", &err);
+    assert_non_null(f->pool);
+    kiln__pool_set_broker_factory(f->pool, factory, f->srv);
+    assert_int_equal(
+        kiln_pool_register(f->pool, "work", work, NULL, NULL, &err), KILN_OK);
+    assert_int_equal(
+        kiln_pool_register(f->pool, "fails", fails, NULL, NULL, &err), KILN_OK);
+}
+
+static void *start_main(void *arg)
+{
+    fixture *f = arg;
+
+    f->start_rc = kiln_pool_start(f->pool, &f->start_err);
+    return NULL;
+}
+
+static void start(fixture *f)
+{
+    assert_int_equal(pthread_create(&f->thread, NULL, start_main, f), 0);
+    f->started = true;
+}
+
+static kiln_err join(fixture *f)
+{
+    assert_true(f->started);
+    pthread_join(f->thread, NULL);
+    f->started = false;
+    return f->start_rc;
+}
+
+static void send_n(fixture *f, const char *name, int from, int n)
+{
+    kiln_error err;
+
+    for (int i = from; i < from + n; i++) {
+        kiln_signature *sig = kiln_signature_new(name, &err);
+        const kiln_signature *one[1] = {sig};
+        assert_non_null(sig);
+        assert_int_equal(kiln_signature_add_arg_int64(sig, "i", i, &err),
+                         KILN_OK);
+        assert_int_equal(
+            kiln__send_tasks(&f->cfg, f->producer, NULL, one, 1, NULL, &err),
+            KILN_OK);
+        kiln_signature_free(sig);
+    }
+}
+
+static void publish_raw(fixture *f, const char *body)
+{
+    kiln__message m = {.exchange = f->cfg.exchange,
+                       .routing_key = f->cfg.binding_key,
+                       .body = body,
+                       .body_len = strlen(body),
+                       .persistent = true};
+    kiln_error err;
+
+    assert_int_equal(kiln__broker_publish(f->producer, &m, 1, NULL, &err),
+                     KILN_OK);
+}
+
+/* Waits (bounded) until `counter` reaches `want`. */
+static void wait_count(atomic_int *counter, int want)
+{
+    for (int i = 0; i < 10000 && atomic_load(counter) < want; i++)
+        sleep_for(1);
+}
+
+static void test_runs_every_task_once(void **state)
+{
+    fixture *f = *state;
+
+    make_pool(f);
+    send_n(f, "work", 0, 1000);
+    start(f);
+    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 20000),
+                     KILN_OK);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    for (int i = 0; i < 1000; i++)
+        assert_int_equal(atomic_load(&seen[i]), 1);
+    assert_int_equal(atomic_load(&runs), 1000);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE), 0);
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+    assert_true(atomic_load(&max_running) <= 4);
+    assert_true(f->pool->max_running <= 4);
+}
+
+static void test_tasks_sent_while_running(void **state)
+{
+    fixture *f = *state;
+
+    make_pool(f);
+    start(f);
+    send_n(f, "work", 0, 300);
+    wait_count(&finished, 300);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    assert_int_equal(atomic_load(&runs), 300);
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+}
+
+static void test_concurrency_bound_with_slow_tasks(void **state)
+{
+    fixture *f = *state;
+
+    f->cfg.concurrency = 3;
+    make_pool(f);
+    atomic_store(&sleep_ms, 5);
+    send_n(f, "work", 0, 60);
+    start(f);
+    wait_count(&finished, 60);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    assert_int_equal(atomic_load(&finished), 60);
+    assert_int_equal(atomic_load(&max_running), 3);
+    assert_true(f->pool->max_running <= 3);
+}
+
+static void test_bad_input_goes_to_dead_letters(void **state)
+{
+    fixture *f = *state;
+
+    make_pool(f);
+    send_n(f, "work", 0, 10);
+    publish_raw(f, "{not json");
+    publish_raw(f, "{\"UUID\":\"task_x\",\"Name\":\"nobody\",\"Args\":null}");
+    send_n(f, "fails", 10, 3);
+    send_n(f, "work", 20, 10);
+    start(f);
+    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 20000),
+                     KILN_OK);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    assert_int_equal(atomic_load(&runs), 20);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE ".dead"), 5);
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+}
+
+static void test_survives_a_lost_connection(void **state)
+{
+    fixture *f = *state;
+
+    make_pool(f);
+    send_n(f, "work", 0, 200);
+    kiln__mock_server_fail_consume(f->srv, 2);
+    start(f);
+    wait_count(&finished, 200);
+    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 20000),
+                     KILN_OK);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    for (int i = 0; i < 200; i++)
+        assert_true(atomic_load(&seen[i]) >= 1); /* at least once */
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+}
+
+static void test_stop_drains_running_tasks(void **state)
+{
+    fixture *f = *state;
+
+    make_pool(f);
+    atomic_store(&sleep_ms, 100);
+    send_n(f, "work", 0, 50);
+    start(f);
+    wait_count(&runs, 4);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    /* Every task that started finished, and was acked; the rest wait in
+     * the queue for the next worker. */
+    assert_int_equal(atomic_load(&finished), atomic_load(&runs));
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE),
+                     50 - (size_t)atomic_load(&finished));
+}
+
+static void test_drain_timeout(void **state)
+{
+    fixture *f = *state;
+
+    f->cfg.drain_timeout_ms = 50;
+    make_pool(f);
+    atomic_store(&sleep_ms, 400);
+    send_n(f, "work", 0, 8);
+    start(f);
+    wait_count(&runs, 4);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_ETIMEDOUT);
+    assert_non_null(strstr(f->start_err.message, "still running"));
+    /* The connection closed: every unfinished delivery is back. */
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE), 8);
+    kiln_pool_free(f->pool); /* waits for the running tasks */
+    f->pool = NULL;
+    assert_int_equal(atomic_load(&finished), 4);
+}
+
+static void test_sigterm_drains(void **state)
+{
+    fixture *f = *state;
+
+    make_pool(f);
+    atomic_store(&raise_term_at, 5);
+    atomic_store(&sleep_ms, 20);
+    send_n(f, "work", 0, 100);
+    start(f);
+    assert_int_equal(join(f), KILN_OK);
+    assert_true(atomic_load(&runs) >= 5);
+    assert_int_equal(atomic_load(&finished), atomic_load(&runs));
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE),
+                     100 - (size_t)atomic_load(&finished));
+}
+
+static void test_misuse(void **state)
+{
+    fixture *f = *state;
+    kiln_error err;
+    kiln_config bad = f->cfg;
+
+    bad.prefetch = 0;
+    assert_null(kiln_pool_new(&bad, 0, "x", &err));
+    assert_int_equal(err.code, KILN_EINVAL);
+    assert_null(kiln_pool_new(NULL, 0, "x", &err));
+    f->pool = kiln_pool_new(&f->cfg, 0, NULL, &err);
+    assert_non_null(f->pool);
+    kiln__pool_set_broker_factory(f->pool, factory, f->srv);
+    assert_int_equal(kiln_pool_start(f->pool, &err), KILN_EINVAL);
+    assert_non_null(strstr(err.message, "no task registered"));
+    assert_int_equal(
+        kiln_pool_register(f->pool, "work", work, NULL, NULL, &err), KILN_OK);
+    kiln_pool_stop(f->pool); /* before start: start drains at once */
+    assert_int_equal(kiln_pool_start(f->pool, &err), KILN_OK);
+    assert_int_equal(kiln_pool_start(f->pool, &err), KILN_ECLOSED);
+    assert_int_equal(
+        kiln_pool_register(f->pool, "late", work, NULL, NULL, &err),
+        KILN_ECLOSED);
+    kiln_pool_free(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_runs_every_task_once, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_tasks_sent_while_running, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_concurrency_bound_with_slow_tasks,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_input_goes_to_dead_letters,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_survives_a_lost_connection, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_stop_drains_running_tasks, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_drain_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_drains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_misuse, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,884 @@
+/* The publisher behind kiln_pool_send_task(s), on the in-memory broker:
+ * concurrent sends are all confirmed and enqueued exactly once and share
+ * publish calls (group commit); nacks and returns are per message; a lost
+ * connection is re-established and what it left unsettled is sent again;
+ * deadlines and shutdown never leave a caller waiting. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "mocks/mocks.h"
+#include "workerpool/pool.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define THREADS    8
+#define PER_THREAD 2000
+
+/* ---- a counting wrapper around the mock broker --------------------------- */
+
+typedef struct env {
+    kiln__mock_server *srv;
+    atomic_uint publishes, connects, ticks;
+    atomic_size_t max_batch;
+    atomic_int refuse;       /* connects to refuse; negative: all */
+    atomic_bool tick_breaks; /* the next tick reports a lost connection */
+    atomic_int delay_ms;     /* each publish takes this long */
+    bool no_lost, no_tick;   /* leave these optional ops out */
+} env;
+
+typedef struct wrap {
+    kiln__broker base;
+    kiln__broker *in;
+    env *env;
+} wrap;
+
+#define IN(b) (((wrap *)(b))->in)
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+static int64_t now_ms(void)
+{
+    return kiln__monotonic_ns() / 1000000;
+}
+
+/* Waits until the broker has seen `n` publish calls (a batch is running). */
+static void await_publishes(const atomic_uint *calls, unsigned n)
+{
+    for (int i = 0; i < 500 && atomic_load(calls) < n; i++)
+        sleep_ms(2);
+}
+
+static kiln_err w_connect(kiln__broker *b, kiln_error *err)
+{
+    env *e = ((wrap *)b)->env;
+    int left = atomic_load(&e->refuse);
+
+    while (left > 0 &&
+           !atomic_compare_exchange_weak(&e->refuse, &left, left - 1))
+        ;
+    if (left != 0)
+        return kiln__fail(err, KILN_EBROKER, "connection refused (test)");
+    atomic_fetch_add(&e->connects, 1);
+    return IN(b)->ops->connect(IN(b), err);
+}
+
+static void w_close(kiln__broker *b)
+{
+    IN(b)->ops->close(IN(b));
+}
+
+static kiln_err w_declare(kiln__broker *b, const kiln_config *cfg,
+                          kiln_error *err)
+{
+    return IN(b)->ops->declare(IN(b), cfg, err);
+}
+
+static kiln_err w_publish(kiln__broker *b, const kiln__message *msgs, size_t n,
+                          kiln_err *status, kiln_error *err)
+{
+    env *e = ((wrap *)b)->env;
+    size_t max = atomic_load(&e->max_batch);
+
+    atomic_fetch_add(&e->publishes, 1);
+    while (n > max && !atomic_compare_exchange_weak(&e->max_batch, &max, n))
+        ;
+    if (atomic_load(&e->delay_ms) > 0)
+        sleep_ms(atomic_load(&e->delay_ms));
+    return IN(b)->ops->publish(IN(b), msgs, n, status, err);
+}
+
+static kiln_err w_subscribe(kiln__broker *b, const char *q, unsigned prefetch,
+                            kiln_error *err)
+{
+    return IN(b)->ops->subscribe(IN(b), q, prefetch, err);
+}
+
+static kiln_err w_consume(kiln__broker *b, kiln__delivery *out, int timeout_ms,
+                          kiln_error *err)
+{
+    return IN(b)->ops->consume(IN(b), out, timeout_ms, err);
+}
+
+static kiln_err w_ack(kiln__broker *b, uint64_t tag, bool multiple,
+                      kiln_error *err)
+{
+    return IN(b)->ops->ack(IN(b), tag, multiple, err);
+}
+
+static kiln_err w_nack(kiln__broker *b, uint64_t tag, bool requeue,
+                       kiln_error *err)
+{
+    return IN(b)->ops->nack(IN(b), tag, requeue, err);
+}
+
+static void w_release(kiln__broker *b, kiln__delivery *d)
+{
+    IN(b)->ops->release(IN(b), d);
+}
+
+static void w_destroy(kiln__broker *b)
+{
+    kiln__broker_destroy(IN(b));
+    free(b);
+}
+
+static kiln_err w_tick(kiln__broker *b, kiln_error *err)
+{
+    env *e = ((wrap *)b)->env;
+    bool breaks = true;
+
+    atomic_fetch_add(&e->ticks, 1);
+    if (atomic_compare_exchange_strong(&e->tick_breaks, &breaks, false))
+        return kiln__fail(err, KILN_EBROKER, "missed heartbeats (test)");
+    return IN(b)->ops->tick(IN(b), err);
+}
+
+static bool w_publish_lost(kiln__broker *b, size_t i)
+{
+    return IN(b)->ops->publish_lost(IN(b), i);
+}
+
+#define BASE_OPS                                                          \
+    .connect = w_connect, .close = w_close, .declare = w_declare,         \
+    .publish = w_publish, .subscribe = w_subscribe, .consume = w_consume, \
+    .ack = w_ack, .nack = w_nack, .release = w_release, .destroy = w_destroy
+
+static const kiln__broker_ops full_ops = {BASE_OPS, .tick = w_tick,
+                                          .publish_lost = w_publish_lost};
+static const kiln__broker_ops tick_ops = {BASE_OPS, .tick = w_tick};
+static const kiln__broker_ops bare_ops = {BASE_OPS};
+
+static kiln__broker *factory(void *ctx, const kiln_config *cfg, kiln_error *err)
+{
+    env *e = ctx;
+    wrap *w = calloc(1, sizeof(*w));
+
+    (void)cfg;
+    if (w == NULL) {
+        kiln__fail(err, KILN_ENOMEM, "test wrapper");
+        return NULL;
+    }
+    if ((w->in = kiln__mock_broker_new(e->srv, err)) == NULL) {
+        free(w);
+        return NULL;
+    }
+    w->base.ops = e->no_tick ? &bare_ops : e->no_lost ? &tick_ops : &full_ops;
+    w->env = e;
+    return &w->base;
+}
+
+/* ---- fixture ------------------------------------------------------------ */
+
+typedef struct fixture {
+    kiln_config cfg;
+    env env;
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof(*f));
+
+    if (f == NULL)
+        return -1;
+    kiln_log_set_level(KILN_LOG_OFF);
+    kiln_config_init(&f->cfg);
+    strcpy(f->cfg.exchange, "ex");
+    strcpy(f->cfg.queue, "q");
+    strcpy(f->cfg.binding_key, "rk");
+    strcpy(f->cfg.dead_letter_exchange, "dlx");
+    strcpy(f->cfg.dead_letter_queue, "dlq");
+    f->cfg.pool_size = 2;
+    if ((f->env.srv = kiln__mock_server_new(NULL)) == NULL) {
+        free(f);
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+
+    kiln__mock_server_free(f->env.srv);
+    free(f);
+    return 0;
+}
+
+static kiln__publisher *new_pub(fixture *f, unsigned n_conns)
+{
+    kiln_error err;
+    kiln__publisher *p =
+        kiln__publisher_new(&f->cfg, factory, &f->env, n_conns, "test", &err);
+
+    assert_non_null(p);
+    return p;
+}
+
+static kiln__message msg(const char *rk, const char *body)
+{
+    return (kiln__message){.exchange = "ex",
+                           .routing_key = rk,
+                           .body = body,
+                           .body_len = strlen(body),
+                           .message_id = body,
+                           .persistent = true};
+}
+
+/* Drains queue "q" through a consuming connection; counts[k] gets how many
+ * copies of body "m<k>" arrived. Returns the number of deliveries. */
+static size_t drain(kiln__mock_server *srv, unsigned *counts, size_t n)
+{
+    kiln__broker *c = kiln__mock_broker_new(srv, NULL);
+    kiln__delivery d;
+    size_t got = 0;
+
+    assert_non_null(c);
+    assert_int_equal(kiln__broker_connect(c, NULL), KILN_OK);
+    assert_int_equal(c->ops->subscribe(c, "q", 0, NULL), KILN_OK);
+    while (kiln__broker_consume(c, &d, 0, NULL) == KILN_OK) {
+        unsigned long k = strtoul(d.body + 1, NULL, 10);
+        if (d.body[0] == 'm' && k < n)
+            counts[k]++;
+        assert_int_equal(kiln__broker_ack(c, d.tag, false, NULL), KILN_OK);
+        kiln__broker_release(c, &d);
+        got++;
+    }
+    kiln__broker_destroy(c);
+    return got;
+}
+
+/* ---- many threads, single sends --------------------------------------------
+ */
+
+typedef struct sender {
+    kiln__publisher *pub;
+    unsigned id, count;
+    kiln_err *status; /* count of them, by the thread */
+    char (*bodies)[16];
+} sender;
+
+static void *send_singles(void *arg)
+{
+    sender *s = arg;
+
+    for (unsigned i = 0; i < s->count; i++) {
+        unsigned k = s->id * s->count + i;
+        kiln__message m;
+        (void)snprintf(s->bodies[i], sizeof(s->bodies[i]), "m%u", k);
+        m = msg("rk", s->bodies[i]);
+        s->status[i] = kiln__publisher_send(s->pub, &m, 1, NULL, NULL);
+    }
+    return NULL;
+}
+
+/* Runs THREADS senders of `per` messages each on `pub`; every status goes
+ * to status[k] for message "m<k>". */
+static void run_senders(kiln__publisher *pub, unsigned per, kiln_err *status)
+{
+    pthread_t t[THREADS];
+    sender s[THREADS];
+
+    for (unsigned i = 0; i < THREADS; i++) {
+        s[i] = (sender){pub, i, per, status + (size_t)i * per,
+                        calloc(per, sizeof(*s[i].bodies))};
+        assert_non_null(s[i].bodies);
+        assert_int_equal(pthread_create(&t[i], NULL, send_singles, &s[i]), 0);
+    }
+    for (unsigned i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        free(s[i].bodies);
+    }
+}
+
+static void test_concurrent_sends_group_commit(void **state)
+{
+    fixture *f = *state;
+    size_t total = (size_t)THREADS * PER_THREAD;
+    kiln_err *status = calloc(total, sizeof(*status));
+    unsigned *counts = calloc(total, sizeof(*counts));
+    kiln__publisher *pub = new_pub(f, 2);
+    unsigned calls;
+
+    assert_non_null(status);
+    assert_non_null(counts);
+    /* A publish that takes a moment, as a confirm round trip does: the
+     * callers that arrive meanwhile must share the next one. */
+    atomic_store(&f->env.delay_ms, 1);
+    run_senders(pub, PER_THREAD, status);
+    kiln__publisher_free(pub);
+    calls = atomic_load(&f->env.publishes);
+    printf("group commit: %zu sends in %u publish calls (%.1f per call)\n",
+           total, calls, (double)total / calls);
+    for (size_t k = 0; k < total; k++)
+        assert_int_equal(status[k], KILN_OK);
+    assert_int_equal(kiln__mock_server_published(f->env.srv), total);
+    assert_int_equal(drain(f->env.srv, counts, total), total);
+    for (size_t k = 0; k < total; k++)
+        assert_int_equal(counts[k], 1);
+    assert_true(calls * 3 <= total);
+    assert_int_equal(atomic_load(&f->env.connects), 2);
+    free(status);
+    free(counts);
+}
+
+/* ---- per-message outcomes --------------------------------------------------
+ */
+
+static void test_unroutable_and_nacked(void **state)
+{
+    fixture *f = *state;
+    kiln__publisher *pub = new_pub(f, 1);
+    kiln__message m[6] = {msg("rk", "m0"),      msg("rk", "m1"),
+                          msg("nowhere", "m2"), msg("rk", "m3"),
+                          msg("rk", "m4"),      msg("rk", "m5")};
+    kiln_err st[6];
+    kiln_error err;
+
+    assert_int_equal(kiln__publisher_send(pub, m, 6, st, &err), KILN_EBROKER);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(st[i], i == 2 ? KILN_EBROKER : KILN_OK);
+    assert_non_null(strstr(err.message, "message 2 of 6"));
+    assert_non_null(strstr(err.message, "NO_ROUTE"));
+    /* The 2nd message from now is nacked; a nack is final, not resent. */
+    kiln__mock_server_fail_publish(f->env.srv, 2);
+    assert_int_equal(kiln__publisher_send(pub, m + 3, 3, st, &err),
+                     KILN_EBROKER);
+    assert_int_equal(st[0], KILN_OK);
+    assert_int_equal(st[1], KILN_EBROKER);
+    assert_int_equal(st[2], KILN_OK);
+    assert_non_null(strstr(err.message, "message 1 of 3"));
+    assert_non_null(strstr(err.message, "nacked"));
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 5 + 2);
+    assert_int_equal(atomic_load(&f->env.connects), 1);
+    /* status may be NULL, and an empty send is fine. */
+    assert_int_equal(kiln__publisher_send(pub, m, 2, NULL, &err), KILN_OK);
+    assert_int_equal(kiln__publisher_send(pub, m, 0, NULL, &err), KILN_OK);
+    assert_int_equal(kiln__publisher_send(NULL, m, 1, NULL, &err), KILN_EINVAL);
+    assert_int_equal(kiln__publisher_send(pub, NULL, 1, NULL, &err),
+                     KILN_EINVAL);
+    kiln__publisher_free(pub);
+    kiln__publisher_free(NULL);
+}
+
+/* ---- lost connections ------------------------------------------------------
+ */
+
+/* The 4th message of 10 breaks the connection: it reaches the queue but its
+ * confirm is lost, so it and the 6 after it are sent again on a new
+ * connection. One duplicate, no loss. Run with each way of telling. */
+static void lost_mid_batch(fixture *f)
+{
+    kiln__publisher *pub = new_pub(f, 1);
+    char bodies[10][16];
+    kiln__message m[10];
+    kiln_err st[10];
+    unsigned counts[10] = {0};
+    kiln_error err;
+
+    for (int i = 0; i < 10; i++) {
+        (void)snprintf(bodies[i], sizeof(bodies[i]), "m%d", i);
+        m[i] = msg("rk", bodies[i]);
+    }
+    kiln__mock_server_fail_connection(f->env.srv, 4);
+    assert_int_equal(kiln__publisher_send(pub, m, 10, st, &err), KILN_OK);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(st[i], KILN_OK);
+    assert_int_equal(atomic_load(&f->env.connects), 2);
+    assert_int_equal(drain(f->env.srv, counts, 10), 11);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(counts[i], i == 3 ? 2 : 1);
+    kiln__publisher_free(pub);
+}
+
+static void test_lost_connection_resends(void **state)
+{
+    lost_mid_batch(*state);
+}
+
+static void test_lost_connection_probe_tick(void **state)
+{
+    fixture *f = *state;
+
+    f->env.no_lost = true;
+    lost_mid_batch(f);
+}
+
+static void test_lost_connection_probe_declare(void **state)
+{
+    fixture *f = *state;
+
+    f->env.no_tick = true;
+    lost_mid_batch(f);
+}
+
+typedef struct chaos {
+    kiln__mock_server *srv;
+    atomic_bool stop;
+    unsigned armed;
+} chaos;
+
+static void *break_connections(void *arg)
+{
+    chaos *c = arg;
+
+    while (!atomic_load(&c->stop)) {
+        kiln__mock_server_fail_connection(c->srv, 25);
+        c->armed++;
+        sleep_ms(15);
+    }
+    return NULL;
+}
+
+/* Connections keep breaking while 8 threads send: every send that says
+ * KILN_OK is in the queue (duplicates allowed), and with a generous
+ * deadline every send says KILN_OK. */
+static void test_lost_connections_under_load(void **state)
+{
+    fixture *f = *state;
+    enum { PER = 300 };
+    size_t total = (size_t)THREADS * PER, got;
+    kiln_err status[THREADS * PER];
+    unsigned counts[THREADS * PER] = {0};
+    chaos c = {.srv = f->env.srv};
+    kiln__publisher *pub = new_pub(f, 2);
+    pthread_t t;
+
+    atomic_init(&c.stop, false);
+    assert_int_equal(pthread_create(&t, NULL, break_connections, &c), 0);
+    run_senders(pub, PER, status);
+    atomic_store(&c.stop, true);
+    pthread_join(t, NULL);
+    kiln__mock_server_fail_connection(f->env.srv, 0);
+    kiln__publisher_free(pub);
+    got = drain(f->env.srv, counts, total);
+    printf("chaos: %u faults armed, %u connects, %zu deliveries for %zu "
+           "sends\n",
+           c.armed, atomic_load(&f->env.connects), got, total);
+    assert_true(atomic_load(&f->env.connects) > 2);
+    for (size_t k = 0; k < total; k++) {
+        assert_int_equal(status[k], KILN_OK);
+        assert_true(counts[k] >= 1);
+    }
+}
+
+/* The broker refuses connections for a while: backoff, then success. */
+static void test_reconnect_backoff(void **state)
+{
+    fixture *f = *state;
+    kiln__publisher *pub = new_pub(f, 1);
+    kiln__message m = msg("rk", "m0");
+    kiln_error err;
+
+    atomic_store(&f->env.refuse, 3);
+    assert_int_equal(kiln__publisher_send(pub, &m, 1, NULL, &err), KILN_OK);
+    assert_int_equal(atomic_load(&f->env.refuse), 0);
+    assert_int_equal(atomic_load(&f->env.connects), 1);
+    kiln__publisher_free(pub);
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 1);
+}
+
+/* Idle: ticks go out every heartbeat / 2; a tick that finds the
+ * connection dead makes the next send connect again. */
+static void test_idle_tick_and_lazy_reconnect(void **state)
+{
+    fixture *f = *state;
+    kiln__publisher *pub;
+    kiln__message m = msg("rk", "m0");
+
+    f->cfg.heartbeat_s = 1;
+    pub = new_pub(f, 1);
+    assert_int_equal(kiln__publisher_send(pub, &m, 1, NULL, NULL), KILN_OK);
+    sleep_ms(1300);
+    assert_true(atomic_load(&f->env.ticks) >= 2);
+    atomic_store(&f->env.tick_breaks, true);
+    for (int i = 0; i < 100 && atomic_load(&f->env.tick_breaks); i++)
+        sleep_ms(20);
+    assert_false(atomic_load(&f->env.tick_breaks));
+    assert_int_equal(kiln__publisher_send(pub, &m, 1, NULL, NULL), KILN_OK);
+    assert_int_equal(atomic_load(&f->env.connects), 2);
+    kiln__publisher_free(pub);
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 2);
+}
+
+/* ---- deadlines and shutdown
+ * -------------------------------------------------- */
+
+static void test_timeout_when_broker_down(void **state)
+{
+    fixture *f = *state;
+    kiln__publisher *pub;
+    kiln__message m[2] = {msg("rk", "m0"), msg("rk", "m1")};
+    kiln_err st[2];
+    kiln_error err;
+    int64_t t0;
+
+    f->cfg.publish_timeout_ms = 300;
+    atomic_store(&f->env.refuse, -1);
+    pub = new_pub(f, 1);
+    t0 = now_ms();
+    assert_int_equal(kiln__publisher_send(pub, m, 2, st, &err), KILN_ETIMEDOUT);
+    assert_true(now_ms() - t0 >= 290);
+    assert_true(now_ms() - t0 < 3000);
+    assert_int_equal(st[0], KILN_ETIMEDOUT);
+    assert_int_equal(st[1], KILN_ETIMEDOUT);
+    assert_non_null(strstr(err.message, "no confirm within 300 ms"));
+    assert_non_null(strstr(err.message, "connection refused"));
+    kiln__publisher_free(pub);
+}
+
+typedef struct one_send {
+    kiln__publisher *pub;
+    kiln__message m;
+    kiln_err rc;
+    int64_t took_ms;
+} one_send;
+
+static void *send_one(void *arg)
+{
+    one_send *s = arg;
+    int64_t t0 = now_ms();
+
+    s->rc = kiln__publisher_send(s->pub, &s->m, 1, NULL, NULL);
+    s->took_ms = now_ms() - t0;
+    return NULL;
+}
+
+/* A send queued behind a slow batch times out without being sent; the
+ * one in the batch is confirmed. */
+static void test_timeout_behind_slow_batch(void **state)
+{
+    fixture *f = *state;
+    one_send a, b;
+    pthread_t ta, tb;
+
+    f->cfg.publish_timeout_ms = 200;
+    atomic_store(&f->env.delay_ms, 500);
+    a = (one_send){new_pub(f, 1), msg("rk", "m0"), KILN_OK, 0};
+    b = (one_send){a.pub, msg("rk", "m1"), KILN_OK, 0};
+    assert_int_equal(pthread_create(&ta, NULL, send_one, &a), 0);
+    await_publishes(&f->env.publishes, 1);
+    assert_int_equal(pthread_create(&tb, NULL, send_one, &b), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    kiln__publisher_free(a.pub);
+    assert_int_equal(a.rc, KILN_OK);
+    assert_int_equal(b.rc, KILN_ETIMEDOUT);
+    assert_int_equal(atomic_load(&f->env.publishes), 1);
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 1);
+}
+
+/* free while callers wait: the batch in progress ends normally, queued
+ * sends get KILN_ECLOSED, nobody hangs. */
+static void test_free_with_waiting_callers(void **state)
+{
+    fixture *f = *state;
+    one_send s[4];
+    pthread_t t[4];
+    kiln__publisher *pub;
+    int64_t t0;
+
+    f->cfg.publish_timeout_ms = 60000;
+    atomic_store(&f->env.delay_ms, 400);
+    pub = new_pub(f, 1);
+    for (int i = 0; i < 4; i++) {
+        s[i] = (one_send){pub, msg("rk", "m0"), KILN_OK, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, send_one, &s[i]), 0);
+        if (i == 0) /* the others queue behind its batch */
+            await_publishes(&f->env.publishes, 1);
+    }
+    sleep_ms(50);
+    t0 = now_ms();
+    kiln__publisher_free(pub);
+    assert_true(now_ms() - t0 < 2000);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(s[i].rc, i == 0 ? KILN_OK : KILN_ECLOSED);
+    }
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 1);
+}
+
+static void test_free_while_broker_down(void **state)
+{
+    fixture *f = *state;
+    one_send s[3];
+    pthread_t t[3];
+    kiln__publisher *pub;
+
+    f->cfg.publish_timeout_ms = 60000;
+    atomic_store(&f->env.refuse, -1);
+    pub = new_pub(f, 2);
+    for (int i = 0; i < 3; i++) {
+        s[i] = (one_send){pub, msg("rk", "m0"), KILN_OK, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, send_one, &s[i]), 0);
+    }
+    sleep_ms(300);
+    kiln__publisher_free(pub);
+    for (int i = 0; i < 3; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(s[i].rc, KILN_ECLOSED);
+        assert_true(s[i].took_ms < 2000);
+    }
+}
+
+/* ---- batches ------------------------------------------------------------- */
+
+typedef struct big_send {
+    kiln__publisher *pub;
+    kiln__message *m;
+    size_t n;
+    kiln_err rc;
+    int64_t done_ms;
+} big_send;
+
+static void *send_big(void *arg)
+{
+    big_send *s = arg;
+
+    s->rc = kiln__publisher_send(s->pub, s->m, s->n, NULL, NULL);
+    s->done_ms = now_ms();
+    return NULL;
+}
+
+/* A send of 10,000 goes out in capped batches, and a small send made
+ * meanwhile is not held back until it is done. */
+static void test_big_send_is_capped_and_fair(void **state)
+{
+    fixture *f = *state;
+    enum { N = 10000 };
+    kiln__message *m = calloc(N, sizeof(*m));
+    big_send big;
+    one_send small;
+    int64_t small_done;
+    pthread_t t;
+
+    assert_non_null(m);
+    for (size_t i = 0; i < N; i++)
+        m[i] = msg("rk", "big");
+    big = (big_send){new_pub(f, 1), m, N, KILN_EINVAL, 0};
+    small = (one_send){big.pub, msg("rk", "small"), KILN_EINVAL, 0};
+    atomic_store(&f->env.delay_ms, 20);
+    assert_int_equal(pthread_create(&t, NULL, send_big, &big), 0);
+    await_publishes(&f->env.publishes, 1);
+    send_one(&small);
+    small_done = now_ms();
+    pthread_join(t, NULL);
+    kiln__publisher_free(big.pub);
+    assert_int_equal(big.rc, KILN_OK);
+    assert_int_equal(small.rc, KILN_OK);
+    assert_true(atomic_load(&f->env.max_batch) <= 4096);
+    assert_true(atomic_load(&f->env.publishes) >= 3);
+    /* It went out with the second batch, not after the last. */
+    assert_true(small_done < big.done_ms);
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), N + 1);
+    free(m);
+}
+
+/* ---- through the pool ------------------------------------------------------
+ */
+
+static kiln_pool *new_pool(fixture *f)
+{
+    kiln_error err;
+    kiln_pool *pool = kiln_pool_new(&f->cfg, 1, "test", &err);
+
+    assert_non_null(pool);
+    kiln__pool_set_broker_factory(pool, factory, &f->env);
+    return pool;
+}
+
+static kiln_signature *sig_with_key(const char *key)
+{
+    kiln_signature *s = kiln_signature_new("add", NULL);
+
+    assert_non_null(s);
+    assert_int_equal(kiln_signature_add_arg_int64(s, "x", 1, NULL), KILN_OK);
+    if (key != NULL)
+        assert_int_equal(kiln_signature_set_routing_key(s, key, NULL), KILN_OK);
+    return s;
+}
+
+static void test_pool_send_tasks_statuses(void **state)
+{
+    fixture *f = *state;
+    kiln_pool *pool = new_pool(f);
+    kiln__store *store = kiln__mock_store_new(NULL);
+    const kiln_signature *sigs[10];
+    kiln_signature *own[10];
+    kiln_err st[10];
+    kiln_error err;
+
+    assert_non_null(store);
+    kiln__pool_set_store(pool, store);
+    for (int i = 0; i < 10; i++)
+        sigs[i] = own[i] = sig_with_key(i == 5 ? "nowhere" : NULL);
+    assert_int_equal(kiln_pool_send_tasks(pool, sigs, 10, st, &err),
+                     KILN_EBROKER);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(st[i], i == 5 ? KILN_EBROKER : KILN_OK);
+    assert_non_null(strstr(err.message, "task 5 (add)"));
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 9);
+    assert_int_equal(kiln__mock_store_count(store, KILN__STATE_PENDING), 10);
+    /* A NULL signature fails alone; the others go. */
+    sigs[5] = NULL;
+    assert_int_equal(kiln_pool_send_tasks(pool, sigs, 10, st, &err),
+                     KILN_EINVAL);
+    assert_int_equal(st[5], KILN_EINVAL);
+    assert_int_equal(st[6], KILN_OK);
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 18);
+    assert_int_equal(kiln_pool_send_task(pool, own[0], &err), KILN_OK);
+    assert_int_equal(kiln_pool_send_task(pool, own[5], &err), KILN_EBROKER);
+    assert_int_equal(kiln_pool_send_task(pool, NULL, &err), KILN_EINVAL);
+    assert_int_equal(kiln_pool_send_task(NULL, own[0], &err), KILN_EINVAL);
+    assert_int_equal(kiln_pool_send_tasks(pool, NULL, 1, st, &err),
+                     KILN_EINVAL);
+    assert_int_equal(kiln_pool_send_tasks(pool, sigs, 0, NULL, &err), KILN_OK);
+    /* One thread sends: it keeps to its home connection. */
+    assert_int_equal(atomic_load(&f->env.connects), 1);
+    kiln_pool_free(pool);
+    kiln__store_destroy(store);
+    for (int i = 0; i < 10; i++)
+        kiln_signature_free(own[i]);
+}
+
+typedef struct pool_sender {
+    kiln_pool *pool;
+    const kiln_signature *sig;
+    unsigned count, failed;
+} pool_sender;
+
+static void *pool_send_singles(void *arg)
+{
+    pool_sender *s = arg;
+
+    for (unsigned i = 0; i < s->count; i++)
+        if (kiln_pool_send_task(s->pool, s->sig, NULL) != KILN_OK)
+            s->failed++;
+    return NULL;
+}
+
+static void test_pool_send_task_threads(void **state)
+{
+    fixture *f = *state;
+    kiln_pool *pool = new_pool(f);
+    kiln_signature *sig = sig_with_key(NULL);
+    pool_sender s[THREADS];
+    pthread_t t[THREADS];
+
+    for (int i = 0; i < THREADS; i++) {
+        s[i] = (pool_sender){pool, sig, 500, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, pool_send_singles, &s[i]),
+                         0);
+    }
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(t[i], NULL);
+    kiln_pool_free(pool);
+    for (int i = 0; i < THREADS; i++)
+        assert_int_equal(s[i].failed, 0);
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), THREADS * 500);
+    kiln_signature_free(sig);
+}
+
+/* ---- allocation failures
+ * ----------------------------------------------------- */
+
+/* Fails each allocation in turn, in the publisher's making, its threads
+ * and the send: every result is KILN_OK or KILN_ENOMEM, and exactly the
+ * messages said to be OK are in the queue. */
+static void test_alloc_failures_publisher(void **state)
+{
+    fixture *f = *state;
+    kiln__message m[3] = {msg("rk", "m0"), msg("rk", "m1"), msg("rk", "m2")};
+    size_t queued = 0;
+    bool fired = true;
+
+    for (long n = 0; fired; n++) {
+        kiln_err st[3] = {KILN_ENOMEM, KILN_ENOMEM, KILN_ENOMEM};
+        kiln__publisher *pub;
+        kiln_err rc = KILN_ENOMEM;
+
+        kiln__alloc_fail_after(n);
+        pub = kiln__publisher_new(&f->cfg, factory, &f->env, 2, "t", NULL);
+        if (pub != NULL)
+            rc = kiln__publisher_send(pub, m, 3, st, NULL);
+        kiln__publisher_free(pub);
+        fired = kiln__alloc_failed();
+        kiln__alloc_fail_after(-1);
+        assert_true(rc == KILN_OK || rc == KILN_ENOMEM);
+        for (int i = 0; i < 3; i++) {
+            assert_true(st[i] == KILN_OK || st[i] == KILN_ENOMEM);
+            queued += st[i] == KILN_OK;
+        }
+        assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), queued);
+    }
+}
+
+static void test_alloc_failures_pool_send(void **state)
+{
+    fixture *f = *state;
+    kiln_signature *own[3] = {sig_with_key(NULL), sig_with_key(NULL),
+                              sig_with_key(NULL)};
+    const kiln_signature *sigs[3] = {own[0], own[1], own[2]};
+    size_t queued = 0;
+    bool fired = true;
+
+    for (long n = 0; fired; n++) {
+        kiln_err st[3] = {KILN_ENOMEM, KILN_ENOMEM, KILN_ENOMEM};
+        kiln_pool *pool = new_pool(f);
+        kiln_err rc;
+
+        kiln__alloc_fail_after(n);
+        rc = kiln_pool_send_tasks(pool, sigs, 3, st, NULL);
+        fired = kiln__alloc_failed();
+        kiln__alloc_fail_after(-1);
+        kiln_pool_free(pool);
+        assert_true(rc == KILN_OK || rc == KILN_ENOMEM);
+        for (int i = 0; i < 3; i++) {
+            assert_true(st[i] == KILN_OK || st[i] == KILN_ENOMEM);
+            queued += st[i] == KILN_OK;
+        }
+        assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), queued);
+    }
+    for (int i = 0; i < 3; i++)
+        kiln_signature_free(own[i]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+        T(test_concurrent_sends_group_commit),
+        T(test_unroutable_and_nacked),
+        T(test_lost_connection_resends),
+        T(test_lost_connection_probe_tick),
+        T(test_lost_connection_probe_declare),
+        T(test_lost_connections_under_load),
+        T(test_reconnect_backoff),
+        T(test_idle_tick_and_lazy_reconnect),
+        T(test_timeout_when_broker_down),
+        T(test_timeout_behind_slow_batch),
+        T(test_free_with_waiting_callers),
+        T(test_free_while_broker_down),
+        T(test_big_send_is_capped_and_fair),
+        T(test_pool_send_tasks_statuses),
+        T(test_pool_send_task_threads),
+        T(test_alloc_failures_publisher),
+        T(test_alloc_failures_pool_send),
+#undef T
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

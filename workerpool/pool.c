@@ -1,0 +1,270 @@
+/* The worker pool's lifecycle: new, register, start, stop, free, and the
+ * signal handling of kiln_pool_start. */
+#include "workerpool/pool.h"
+
+#include "broker/amqp.h"
+#include "logger/logger.h"
+#include "workerpool/backoff.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+static kiln__broker *amqp_factory(void *ctx, const kiln_config *cfg,
+                                  kiln_error *err)
+{
+    (void)ctx;
+    return kiln__amqp_broker_new(cfg, err);
+}
+
+kiln_pool *kiln_pool_new(const kiln_config *cfg, unsigned concurrency,
+                         const char *name, kiln_error *err)
+{
+    kiln_pool *p;
+
+    if (cfg == NULL) {
+        kiln__fail(err, KILN_EINVAL, "kiln_pool_new: cfg is required");
+        return NULL;
+    }
+    if (kiln_config_validate(cfg, err) != KILN_OK)
+        return NULL;
+    if (cfg->store != KILN_STORE_NONE) {
+        kiln__fail(err, KILN_EINVAL,
+                   "KILN_STORE=%s: a worker pool records state in MongoDB, "
+                   "which this version does not have yet; use none",
+                   cfg->store == KILN_STORE_MEMORY ? "memory" : "mongodb");
+        return NULL;
+    }
+    if (concurrency > 1024) {
+        kiln__fail(err, KILN_EINVAL,
+                   "concurrency %u: expected 0 (the configured %u) to 1024",
+                   concurrency, cfg->concurrency);
+        return NULL;
+    }
+    if ((p = kiln__calloc(1, sizeof(*p))) == NULL) {
+        kiln__fail(err, KILN_ENOMEM, "pool");
+        return NULL;
+    }
+    p->cfg = *cfg;
+    /* The logger is process-wide; the configuration names its level and
+     * format, for producers as much as for workers. */
+    kiln_log_set_level(cfg->log_level);
+    kiln_log_set_format(cfg->log_format);
+    p->concurrency = concurrency == 0 ? cfg->concurrency : concurrency;
+    kiln__strlcpy(p->name, name != NULL && name[0] != '\0' ? name : "kiln",
+                  sizeof(p->name));
+    p->broker_new = amqp_factory;
+    p->wake_fd = -1;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->work_cv, NULL);
+    pthread_mutex_init(&p->pub_mu, NULL);
+    if ((p->reg = kiln_registry_new(err)) == NULL)
+        goto fail;
+    p->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->wake_fd < 0) {
+        kiln__fail(err, KILN_ENOMEM, "eventfd: errno %d", errno);
+        goto fail;
+    }
+    p->dispatch.cfg = &p->cfg;
+    p->dispatch.reg = p->reg;
+    return p;
+fail:
+    kiln_pool_free(p);
+    return NULL;
+}
+
+void kiln_pool_free(kiln_pool *pool)
+{
+    if (pool == NULL)
+        return;
+    kiln__publisher_free(pool->pub);
+    /* After a timed-out drain the workers may still run tasks. */
+    kiln__workers_join(pool);
+    for (size_t i = 0; i < pool->n_slots; i++) {
+        kiln__work *w = &pool->slots[i];
+        if (w->state == KILN__WORK_FREE)
+            continue;
+        if (pool->leftover != NULL)
+            kiln__broker_release(pool->leftover, &w->dl);
+        kiln__job_release(&w->job);
+    }
+    kiln__broker_destroy(pool->leftover);
+    kiln__free(pool->slots);
+    kiln_registry_free(pool->reg);
+    if (pool->wake_fd >= 0)
+        close(pool->wake_fd);
+    pthread_mutex_destroy(&pool->pub_mu);
+    pthread_cond_destroy(&pool->work_cv);
+    pthread_mutex_destroy(&pool->mu);
+    kiln__free(pool);
+}
+
+void kiln__pool_set_broker_factory(kiln_pool *p, kiln__broker_factory f,
+                                   void *ctx)
+{
+    p->broker_new = f;
+    p->broker_ctx = ctx;
+}
+
+void kiln__pool_set_store(kiln_pool *p, kiln__store *store)
+{
+    p->store = store;
+    p->dispatch.store = store;
+}
+
+static kiln_err registrable(kiln_pool *pool, kiln_error *err)
+{
+    if (pool == NULL)
+        return kiln__fail(err, KILN_EINVAL, "pool is NULL");
+    if (atomic_load(&pool->state) != KILN__POOL_NEW)
+        return kiln__fail(err, KILN_ECLOSED,
+                          "register tasks before kiln_pool_start");
+    return KILN_OK;
+}
+
+kiln_err kiln_pool_register(kiln_pool *pool, const char *name, kiln_task_fn fn,
+                            void *user, void (*user_free)(void *),
+                            kiln_error *err)
+{
+    kiln_err rc = registrable(pool, err);
+
+    if (rc != KILN_OK)
+        return rc;
+    return kiln_registry_add(pool->reg, name, fn, user, user_free, err);
+}
+
+kiln_err kiln_pool_register_table(kiln_pool *pool, const kiln_task_def *defs,
+                                  size_t n, kiln_error *err)
+{
+    kiln_err rc = registrable(pool, err);
+
+    if (rc != KILN_OK)
+        return rc;
+    return kiln_registry_add_table(pool->reg, defs, n, err);
+}
+
+void kiln__pool_wake(kiln_pool *p)
+{
+    uint64_t one = 1;
+    int saved = errno; /* called from a signal handler too */
+
+    if (p->wake_fd >= 0 && write(p->wake_fd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is already non-zero, the loop will wake. */
+    }
+    errno = saved;
+}
+
+void kiln_pool_stop(kiln_pool *pool)
+{
+    int level;
+
+    if (pool == NULL)
+        return;
+    level = atomic_load(&pool->stop_level);
+    while (level < 2 &&
+           !atomic_compare_exchange_weak(&pool->stop_level, &level, level + 1))
+        ;
+    kiln__pool_wake(pool);
+}
+
+/* Signals. One pool at a time owns SIGINT and SIGTERM while it runs; the
+ * handler only touches lock-free atomics and an eventfd, which are
+ * async-signal-safe. */
+static _Atomic(kiln_pool *) signal_pool;
+
+static void on_signal(int sig)
+{
+    kiln_pool *p = atomic_load(&signal_pool);
+
+    (void)sig;
+    if (p != NULL)
+        kiln_pool_stop(p);
+}
+
+struct saved_signals {
+    bool installed;
+    struct sigaction old_int, old_term;
+};
+
+static void signals_install(kiln_pool *p, struct saved_signals *s)
+{
+    struct sigaction sa;
+    kiln_pool *expected = NULL;
+
+    memset(s, 0, sizeof(*s));
+    if (!atomic_compare_exchange_strong(&signal_pool, &expected, p)) {
+        kiln__log(KILN_LOG_WARN, "pool",
+                  "another pool handles SIGINT/SIGTERM; pool=%s stops only "
+                  "by kiln_pool_stop",
+                  p->name);
+        return;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, &s->old_int);
+    sigaction(SIGTERM, &sa, &s->old_term);
+    s->installed = true;
+}
+
+static void signals_restore(kiln_pool *p, struct saved_signals *s)
+{
+    if (!s->installed)
+        return;
+    sigaction(SIGINT, &s->old_int, NULL);
+    sigaction(SIGTERM, &s->old_term, NULL);
+    atomic_compare_exchange_strong(&signal_pool, &p, NULL);
+}
+
+static kiln_err alloc_slots(kiln_pool *p, kiln_error *err)
+{
+    /* At most `prefetch` unacked deliveries on the live channel, plus the
+     * tasks still running from a lost one. */
+    p->n_slots = (size_t)p->cfg.prefetch + p->concurrency;
+    p->slots = kiln__calloc(p->n_slots, sizeof(*p->slots));
+    if (p->slots == NULL)
+        return kiln__fail(err, KILN_ENOMEM, "pool: %zu delivery slots",
+                          p->n_slots);
+    return KILN_OK;
+}
+
+kiln_err kiln_pool_start(kiln_pool *pool, kiln_error *err)
+{
+    int expected = KILN__POOL_NEW;
+    struct saved_signals sigs;
+    kiln_err rc;
+
+    if (pool == NULL)
+        return kiln__fail(err, KILN_EINVAL, "pool is NULL");
+    if (kiln_registry_count(pool->reg) == 0)
+        return kiln__fail(err, KILN_EINVAL,
+                          "no task registered: call kiln_pool_register first");
+    if (!atomic_compare_exchange_strong(&pool->state, &expected,
+                                        KILN__POOL_RUNNING))
+        return kiln__fail(err, KILN_ECLOSED,
+                          "kiln_pool_start: already started");
+    if ((rc = alloc_slots(pool, err)) != KILN_OK ||
+        (rc = kiln__workers_start(pool, err)) != KILN_OK) {
+        kiln__workers_join(pool);
+        atomic_store(&pool->state, KILN__POOL_DONE);
+        return rc;
+    }
+    signals_install(pool, &sigs);
+    kiln__log(KILN_LOG_NOTICE, "pool",
+              "pool=%s started: queue=%s concurrency=%u prefetch=%u",
+              pool->name, pool->cfg.queue, pool->concurrency,
+              pool->cfg.prefetch);
+    rc = kiln__consumer_run(pool, err);
+    signals_restore(pool, &sigs);
+    if (rc == KILN_OK)
+        kiln__workers_join(pool);
+    atomic_store(&pool->state, KILN__POOL_DONE);
+    kiln__log(rc == KILN_OK ? KILN_LOG_NOTICE : KILN_LOG_WARN, "pool",
+              "pool=%s stopped: %s", pool->name,
+              rc == KILN_OK ? "drained" : kiln_strerror(rc));
+    return rc;
+}

@@ -1,0 +1,290 @@
+/* The publisher behind kiln_pool_send_task(s): confirmed publishing from
+ * any thread over a few connections, each owned by its own thread because
+ * a rabbitmq-c connection is not thread-safe.
+ *
+ * A caller puts one request (its messages, borrowed, and a deadline of
+ * publish_timeout_ms) on the queue of its thread's home connection and
+ * sleeps on its own condition variable. The owner takes every request
+ * queued at that moment, publishes all their messages as one batch (at
+ * most KILN__PUB_BATCH_CAP) and settles the requests from the per-message
+ * statuses. Callers that arrive while a batch waits for its confirms share
+ * the next round trip: group commit (DESIGN "Where the time goes").
+ *
+ * Delivery is at least once. A message that a lost connection left
+ * unsettled is sent again on a new connection while its request's deadline
+ * holds (a duplicate is possible, a loss is not); a message the broker
+ * nacked or returned is a final KILN_EBROKER; what is unsettled at the
+ * deadline is KILN_ETIMEDOUT. A caller waits at most its deadline plus the
+ * rest of a batch already in progress, which the broker's own publish
+ * timeout bounds.
+ *
+ * Threads, and the lock rule: see workerpool/publisher.h. */
+#include "workerpool/publisher.h"
+
+#include <string.h>
+#include <time.h>
+
+/* ---- settling messages --------------------------------------------------- */
+
+void kiln__pub_finish(kiln__pub_req *r, size_t i, kiln_err s, const char *why)
+{
+    const kiln__message *m = &r->msgs[i];
+
+    r->status[i] = s;
+    r->pending--;
+    if (s == KILN_OK || i >= r->bad)
+        return;
+    r->bad = i;
+    if (why != NULL)
+        kiln__fail(&r->err, s, "%s", why);
+    else
+        kiln__fail(&r->err, s, "to '%s' key '%s': %s",
+                   m->exchange != NULL ? m->exchange : "", m->routing_key,
+                   s == KILN_EBROKER ? "nacked or returned unroutable"
+                                     : kiln_strerror(s));
+}
+
+/* Ends every message of `r` still pending with `code`. */
+void kiln__pub_finish_rest(kiln__pub_req *r, kiln_err code, const char *why)
+{
+    for (size_t i = r->low; i < r->n && r->pending > 0; i++)
+        if (r->status[i] == KILN__PUB_PENDING)
+            kiln__pub_finish(r, i, code, why);
+}
+
+/* Memory short: the old scratch stays, and batches are only smaller. */
+size_t kiln__pub_scratch(kiln__pub_conn *c, size_t want)
+{
+    size_t ncap = c->bcap > 0 ? c->bcap : KILN__PUB_SCRATCH_MIN,
+           each = sizeof(*c->bmsgs) + sizeof(*c->bslot) + sizeof(*c->bst);
+    void *block;
+
+    want = want < KILN__PUB_BATCH_CAP ? want : KILN__PUB_BATCH_CAP;
+    while (ncap < want)
+        ncap *= 2;
+    if (ncap == c->bcap || (block = kiln__malloc(ncap * each)) == NULL)
+        return c->bcap;
+    kiln__free(c->bmsgs);
+    c->bmsgs = block;
+    c->bslot = (kiln__pub_slot *)(void *)(c->bmsgs + ncap);
+    c->bst = (kiln_err *)(void *)(c->bslot + ncap);
+    c->bcap = ncap;
+    return ncap;
+}
+
+/* ---- life cycle ---------------------------------------------------------- */
+
+static kiln_err conn_init(kiln__publisher *p, kiln__pub_conn *c, unsigned id,
+                          kiln__broker_factory factory, void *ctx,
+                          kiln_error *err)
+{
+    pthread_condattr_t attr;
+    kiln_error e;
+    int rc;
+
+    c->pub = p;
+    c->id = id;
+    atomic_init(&c->load, 0);
+    if (pthread_condattr_init(&attr) != 0)
+        return kiln__fail(err, KILN_ENOMEM, "publisher: condattr");
+    rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    if (rc == 0 && (rc = pthread_mutex_init(&c->mu, NULL)) == 0) {
+        if ((rc = pthread_cond_init(&c->cv, &attr)) != 0)
+            pthread_mutex_destroy(&c->mu);
+        else if ((rc = pthread_cond_init(&c->idle_cv, NULL)) != 0) {
+            pthread_cond_destroy(&c->cv);
+            pthread_mutex_destroy(&c->mu);
+        }
+    }
+    (void)pthread_condattr_destroy(&attr);
+    if (rc != 0)
+        return kiln__fail(err, KILN_ENOMEM, "publisher: mutex or condvar");
+    c->sync_ok = true;
+    e.code = KILN_OK;
+    if ((c->b = factory(ctx, &p->cfg, &e)) == NULL) {
+        if (e.code == KILN_OK)
+            kiln__fail(&e, KILN_ENOMEM, "broker factory failed");
+        return kiln__fail(err, e.code, "publisher connection %u: %s", id,
+                          e.message);
+    }
+    if (kiln__pub_scratch(c, KILN__PUB_SCRATCH_MIN) == 0)
+        return kiln__fail(err, KILN_ENOMEM, "publisher: batch of %d",
+                          KILN__PUB_SCRATCH_MIN);
+    if (pthread_create(&c->thread, NULL, kiln__pub_owner_main, c) != 0)
+        return kiln__fail(err, KILN_ENOMEM, "publisher: thread %u", id);
+    c->started = true;
+    return KILN_OK;
+}
+
+kiln__publisher *kiln__publisher_new(const kiln_config *cfg,
+                                     kiln__broker_factory factory, void *ctx,
+                                     unsigned n_conns, const char *name,
+                                     kiln_error *err)
+{
+    kiln__publisher *p;
+
+    if (cfg == NULL || factory == NULL || n_conns == 0 || n_conns > 64) {
+        kiln__fail(err, KILN_EINVAL,
+                   "publisher: cfg, factory and 1..64 connections required");
+        return NULL;
+    }
+    if ((p = kiln__calloc(1, sizeof(*p))) == NULL ||
+        (p->conns = kiln__calloc(n_conns, sizeof(*p->conns))) == NULL) {
+        kiln__free(p);
+        kiln__fail(err, KILN_ENOMEM, "publisher");
+        return NULL;
+    }
+    p->cfg = *cfg;
+    kiln__strlcpy(p->name, name != NULL ? name : "kiln", sizeof(p->name));
+    p->n_conns = n_conns;
+    /* Half the heartbeat, so one tick always falls within it. */
+    p->tick_ns =
+        (cfg->heartbeat_s > 0 ? (int64_t)cfg->heartbeat_s * 500 : 1000) *
+        1000000;
+    for (unsigned i = 0; i < n_conns; i++) {
+        if (conn_init(p, &p->conns[i], i, factory, ctx, err) != KILN_OK) {
+            kiln__publisher_free(p);
+            return NULL;
+        }
+    }
+    kiln__ok(err);
+    return p;
+}
+
+void kiln__publisher_free(kiln__publisher *p)
+{
+    if (p == NULL)
+        return;
+    for (unsigned i = 0; i < p->n_conns; i++) {
+        kiln__pub_conn *c = &p->conns[i];
+        if (!c->sync_ok)
+            continue;
+        pthread_mutex_lock(&c->mu);
+        c->stopping = true;
+        pthread_cond_signal(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+    }
+    for (unsigned i = 0; i < p->n_conns; i++) {
+        kiln__pub_conn *c = &p->conns[i];
+        if (c->started)
+            pthread_join(c->thread, NULL);
+        if (!c->sync_ok)
+            continue;
+        /* Callers woken with their result may still be on their way out. */
+        pthread_mutex_lock(&c->mu);
+        while (c->users > 0)
+            pthread_cond_wait(&c->idle_cv, &c->mu);
+        pthread_mutex_unlock(&c->mu);
+        pthread_cond_destroy(&c->idle_cv);
+        pthread_cond_destroy(&c->cv);
+        pthread_mutex_destroy(&c->mu);
+    }
+    for (unsigned i = 0; i < p->n_conns; i++) {
+        kiln__broker_destroy(p->conns[i].b);
+        kiln__free(p->conns[i].bmsgs);
+    }
+    kiln__free(p->conns);
+    kiln__free(p);
+}
+
+/* ---- callers ------------------------------------------------------------- */
+
+/* Each calling thread has a home connection. Group commit needs its
+ * callers together: spread over the connections by load, the callers a
+ * batch wakes go different ways and no batch gathers them all again.
+ * Sticky homes keep one set of callers per connection. A thread moves
+ * only when its home is far busier than another (a huge send there). */
+static _Thread_local bool homed;
+static _Thread_local unsigned home;
+
+static kiln__pub_conn *pick(kiln__publisher *p)
+{
+    kiln__pub_conn *mine, *least;
+    size_t load, low;
+
+    if (!homed) {
+        home = atomic_fetch_add_explicit(&p->rr, 1, memory_order_relaxed);
+        homed = true;
+    }
+    mine = least = &p->conns[home % p->n_conns];
+    load = low = atomic_load_explicit(&mine->load, memory_order_relaxed);
+    for (unsigned k = 1; k < p->n_conns && load > KILN__PUB_SPILL; k++) {
+        kiln__pub_conn *c = &p->conns[(home + k) % p->n_conns];
+        size_t l = atomic_load_explicit(&c->load, memory_order_relaxed);
+        if (l < low) {
+            least = c;
+            low = l;
+        }
+    }
+    return load > KILN__PUB_SPILL && load / 2 > low ? least : mine;
+}
+
+/* Queues `r` on `c` and waits until the owner is done with it. */
+static bool wait_done(kiln__pub_conn *c, kiln__pub_req *r)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->stopping) {
+        pthread_mutex_unlock(&c->mu);
+        return false;
+    }
+    c->users++;
+    if (c->q_tail != NULL)
+        c->q_tail->next = r;
+    else
+        c->q_head = r;
+    c->q_tail = r;
+    c->q_len++;
+    atomic_fetch_add(&c->load, r->n);
+    pthread_cond_signal(&c->cv);
+    while (!r->done)
+        pthread_cond_wait(&r->cv, &c->mu);
+    if (--c->users == 0 && c->stopping)
+        pthread_cond_signal(&c->idle_cv);
+    pthread_mutex_unlock(&c->mu);
+    return true;
+}
+
+static kiln_err result(const kiln__pub_req *r, kiln_error *err)
+{
+    if (r->bad == r->n) {
+        kiln__ok(err);
+        return KILN_OK;
+    }
+    return kiln__fail(err, r->status[r->bad], "message %zu of %zu: %s", r->bad,
+                      r->n, r->err.message);
+}
+
+kiln_err kiln__publisher_send(kiln__publisher *p, const kiln__message *msgs,
+                              size_t n, kiln_err *status, kiln_error *err)
+{
+    kiln__pub_req r = {
+        .msgs = msgs, .n = n, .status = status, .pending = n, .bad = n};
+    kiln_err one, rc;
+
+    if (p == NULL || (msgs == NULL && n > 0) || n > SIZE_MAX / sizeof(one))
+        return kiln__fail(err, KILN_EINVAL,
+                          "publish: publisher and msgs required");
+    if (n == 0) {
+        kiln__ok(err);
+        return KILN_OK;
+    }
+    if (r.status == NULL)
+        r.status = n == 1 ? &one : kiln__malloc(n * sizeof(*r.status));
+    if (r.status == NULL)
+        return kiln__fail(err, KILN_ENOMEM, "publish: %zu statuses", n);
+    for (size_t i = 0; i < n; i++)
+        r.status[i] = KILN__PUB_PENDING;
+    r.deadline_ns =
+        kiln__monotonic_ns() + (int64_t)p->cfg.publish_timeout_ms * 1000000;
+    if (pthread_cond_init(&r.cv, NULL) != 0) {
+        kiln__pub_finish_rest(&r, KILN_ENOMEM, "publish: condition variable");
+    } else {
+        if (!wait_done(pick(p), &r))
+            kiln__pub_finish_rest(&r, KILN_ECLOSED, "the publisher is closing");
+        pthread_cond_destroy(&r.cv);
+    }
+    rc = result(&r, err);
+    if (r.status != status && r.status != &one)
+        kiln__free(r.status);
+    return rc;
+}
