@@ -1,0 +1,60 @@
+/*
+ * What the worker-pool integration tests (test_pool_*.c) and the programs
+ * they start (prog_worker.c, prog_sender.c) agree on: the environment
+ * variables beyond KILN_*, the lines of the task and send logs, and the
+ * counters file.
+ *
+ * Task log (KILN_IT_LOG), one line per event, each written with a single
+ * write(2) to a descriptor opened with O_APPEND, so a SIGKILL loses
+ * nothing already written and lines of concurrent tasks never mix:
+ *
+ *   S <uuid> <pid> <monotonic ms>    a task started (KILN_IT_LOG_STARTS=1)
+ *   F <uuid> <pid> <monotonic ms>    a task finished and returned KILN_OK
+ *
+ * Send log (KILN_IT_SENT), written by prog_sender after each batch:
+ *
+ *   C <uuid> <pid> <monotonic ms>    kiln_pool_send_tasks confirmed it
+ *   X <uuid> <pid> <monotonic ms>    its send failed (it may still run)
+ *
+ * CLOCK_MONOTONIC is shared by every process of the machine, so the
+ * drivers compare these times with their own.
+ */
+#ifndef KILN_POOL_IT_SHARED_H
+#define KILN_POOL_IT_SHARED_H
+
+#include <stdatomic.h>
+
+/* Both programs: the pid of the test that started them; they die with it. */
+#define IT_ENV_PARENT "KILN_IT_PARENT"
+
+/* prog_worker */
+#define IT_ENV_LOG        "KILN_IT_LOG"        /* task log path */
+#define IT_ENV_LOG_STARTS "KILN_IT_LOG_STARTS" /* 1: log S lines too */
+#define IT_ENV_SLEEP_MS   "KILN_IT_SLEEP_MS"   /* each task sleeps this */
+#define IT_ENV_COUNTERS   "KILN_IT_COUNTERS"   /* counters file path */
+#define IT_ENV_NAME       "KILN_IT_NAME"       /* pool name */
+
+/* prog_sender */
+#define IT_ENV_SENT     "KILN_IT_SENT"     /* send log path */
+#define IT_ENV_BATCH    "KILN_IT_BATCH"    /* signatures per send call */
+#define IT_ENV_PAUSE_MS "KILN_IT_PAUSE_MS" /* pause between calls */
+#define IT_ENV_TOTAL                                             \
+    "KILN_IT_TOTAL"                      /* stop after this many \
+                                            confirmed; 0: at SIGTERM */
+#define IT_ENV_SECONDS "KILN_IT_SECONDS" /* give up after this long */
+
+/* The task every test sends: logs, counts, sleeps KILN_IT_SLEEP_MS. */
+#define IT_TASK_RECORD "it.record"
+/* Fails unless argument 0 is an int64: a task-level bad argument. */
+#define IT_TASK_WANT_INT "it.want_int"
+
+/* The counters file (KILN_IT_COUNTERS): prog_worker maps it shared and
+ * the driver maps it too. The file must be at least this big. */
+typedef struct it_counters {
+    atomic_long running;     /* tasks inside the task function now */
+    atomic_long max_running; /* highest `running` seen */
+    atomic_long started;
+    atomic_long finished;
+} it_counters;
+
+#endif /* KILN_POOL_IT_SHARED_H */

@@ -1,0 +1,232 @@
+/*
+ * A worker process for the worker-pool integration tests: a kiln pool
+ * configured from the environment (KILN_* plus the KILN_IT_* variables of
+ * pool_it_shared.h) that runs until SIGTERM or SIGINT and exits 0 when
+ * kiln_pool_start reports a complete drain.
+ *
+ * Tasks:
+ *   it.record    appends "F <uuid> <pid> <ms>" to the task log after
+ *                sleeping KILN_IT_SLEEP_MS (and "S ..." before, with
+ *                KILN_IT_LOG_STARTS=1), and counts how many run at once
+ *                in the counters file;
+ *   it.want_int  fails unless argument 0 is an int64.
+ */
+#include "pool_it_shared.h"
+
+#include <kiln.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+_Static_assert(ATOMIC_LONG_LOCK_FREE == 2,
+               "the counters are shared between processes");
+
+typedef struct worker {
+    int log_fd; /* -1: no task log */
+    bool log_starts;
+    unsigned sleep_ms;
+    it_counters *counters; /* NULL: not counting */
+    atomic_long ran;
+} worker;
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000,
+                          .tv_nsec = (long)(ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* One line, one write: O_APPEND keeps lines of concurrent tasks whole. */
+static void log_event(const worker *w, char kind, const char *uuid)
+{
+    char line[160];
+    int n;
+
+    if (w->log_fd < 0)
+        return;
+    n = snprintf(line, sizeof(line), "%c %s %ld %lld\n", kind, uuid,
+                 (long)getpid(), now_ms());
+    if (n > 0 && (size_t)n < sizeof(line) &&
+        write(w->log_fd, line, (size_t)n) != (ssize_t)n)
+        (void)fprintf(stderr, "prog_worker: task log write failed\n");
+}
+
+static void count_in(it_counters *c)
+{
+    long now, max;
+
+    if (c == NULL)
+        return;
+    now = atomic_fetch_add(&c->running, 1) + 1;
+    atomic_fetch_add(&c->started, 1);
+    max = atomic_load(&c->max_running);
+    while (now > max &&
+           !atomic_compare_exchange_weak(&c->max_running, &max, now))
+        ;
+}
+
+static void count_out(it_counters *c)
+{
+    if (c == NULL)
+        return;
+    atomic_fetch_sub(&c->running, 1);
+    atomic_fetch_add(&c->finished, 1);
+}
+
+static kiln_err task_record(kiln_task_ctx *ctx, void *user)
+{
+    worker *w = user;
+    const char *uuid = kiln_task_uuid(ctx);
+
+    if (w->log_starts)
+        log_event(w, 'S', uuid);
+    count_in(w->counters);
+    if (w->sleep_ms > 0)
+        sleep_ms(w->sleep_ms);
+    count_out(w->counters);
+    log_event(w, 'F', uuid);
+    atomic_fetch_add(&w->ran, 1);
+    return KILN_OK;
+}
+
+static kiln_err task_want_int(kiln_task_ctx *ctx, void *user)
+{
+    int64_t v;
+    kiln_error err;
+
+    (void)user;
+    if (kiln_signature_arg_int64(kiln_task_signature(ctx), 0, &v, &err) !=
+        KILN_OK)
+        return kiln_task_fail(ctx, "it.want_int: argument 0: %s", err.message);
+    return KILN_OK;
+}
+
+static unsigned env_uint(const char *name)
+{
+    const char *v = getenv(name); /* NOLINT(concurrency-mt-unsafe): main
+                                     thread, before any other starts */
+
+    return v != NULL ? (unsigned)strtoul(v, NULL, 10) : 0;
+}
+
+static const char *env_str(const char *name)
+{
+    const char *v = getenv(name); /* NOLINT(concurrency-mt-unsafe) */
+
+    return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+static int setup(worker *w)
+{
+    const char *log = env_str(IT_ENV_LOG);
+    const char *counters = env_str(IT_ENV_COUNTERS);
+
+    w->log_fd = -1;
+    w->log_starts = env_uint(IT_ENV_LOG_STARTS) == 1;
+    w->sleep_ms = env_uint(IT_ENV_SLEEP_MS);
+    if (log != NULL &&
+        (w->log_fd =
+             open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644)) < 0) {
+        (void)fprintf(stderr, "prog_worker: cannot open %s\n", log);
+        return -1;
+    }
+    if (counters != NULL) {
+        int fd = open(counters, O_RDWR | O_CLOEXEC);
+        void *m;
+
+        if (fd < 0) {
+            (void)fprintf(stderr, "prog_worker: cannot open %s\n", counters);
+            return -1;
+        }
+        m = mmap(NULL, sizeof(it_counters), PROT_READ | PROT_WRITE, MAP_SHARED,
+                 fd, 0);
+        close(fd);
+        if (m == MAP_FAILED) {
+            (void)fprintf(stderr, "prog_worker: cannot map %s\n", counters);
+            return -1;
+        }
+        w->counters = m;
+    }
+    return 0;
+}
+
+static void cleanup(worker *w)
+{
+    if (w->counters != NULL)
+        munmap(w->counters, sizeof(it_counters));
+    if (w->log_fd >= 0)
+        close(w->log_fd);
+}
+
+/* The test that started this process may be killed (a timeout): go with
+ * it rather than stay behind. */
+static int it_die_with_parent(void)
+{
+    const char *want =
+        getenv(IT_ENV_PARENT); /* NOLINT(concurrency-mt-unsafe) */
+
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
+        return -1;
+    if (want != NULL && strtol(want, NULL, 10) != (long)getppid())
+        return -1; /* the parent is already gone */
+    return 0;
+}
+
+int main(void)
+{
+    static worker w;
+    const char *name = env_str(IT_ENV_NAME);
+    kiln_config cfg;
+    kiln_error err = {KILN_OK, ""};
+    kiln_pool *pool = NULL;
+    kiln_err rc = KILN_EINVAL;
+    const kiln_task_def tasks[] = {
+        {IT_TASK_RECORD, task_record, &w, NULL},
+        {IT_TASK_WANT_INT, task_want_int, NULL, NULL},
+    };
+
+    (void)setvbuf(stdout, NULL, _IOLBF, 0);
+    if (it_die_with_parent() != 0)
+        return 3;
+    if (setup(&w) != 0)
+        goto out;
+    kiln_config_init(&cfg);
+    if ((rc = kiln_config_from_env(&cfg, &err)) != KILN_OK)
+        goto out;
+    pool = kiln_pool_new(&cfg, 0, name != NULL ? name : "it-worker", &err);
+    if (pool == NULL) {
+        rc = err.code;
+        goto out;
+    }
+    if ((rc = kiln_pool_register_table(pool, tasks, 2, &err)) != KILN_OK)
+        goto out;
+    printf("prog_worker %ld: starting on %s, concurrency %u, prefetch %u\n",
+           (long)getpid(), cfg.queue, cfg.concurrency, cfg.prefetch);
+    rc = kiln_pool_start(pool, &err); /* until SIGTERM or SIGINT */
+out:
+    printf("prog_worker %ld: %s%s%s; ran %ld tasks\n", (long)getpid(),
+           rc == KILN_OK ? "drained" : kiln_strerror(rc),
+           rc == KILN_OK ? "" : ": ", rc == KILN_OK ? "" : err.message,
+           atomic_load(&w.ran));
+    kiln_pool_free(pool);
+    cleanup(&w);
+    return rc == KILN_OK ? 0 : 1;
+}
