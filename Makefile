@@ -51,6 +51,9 @@ TEST_SRCS    := $(wildcard test/test_*.c)
 TEST_BINS    := $(TEST_SRCS:test/%.c=$(BUILD)/test/%)
 IT_SRCS      := $(wildcard test/integration/test_*.c)
 IT_BINS      := $(IT_SRCS:test/integration/%.c=$(BUILD)/it/%)
+# Programs the integration tests start as separate processes.
+IT_PROG_SRCS := $(wildcard test/integration/prog_*.c)
+IT_PROGS     := $(IT_PROG_SRCS:test/integration/%.c=$(BUILD)/it/%)
 TEST_SUPPORT := $(wildcard test/support/*.c)
 TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 
@@ -61,7 +64,7 @@ STATIC := $(BUILD)/libkiln.a
 SHARED := $(BUILD)/libkiln.so.$(VERSION)
 SONAME := libkiln.so.$(VERSION_MAJOR)
 
-.PHONY: all lib examples tests check check-integration test lint deps install uninstall clean \
+.PHONY: all lib examples tests check check-integration test lint demo deps install uninstall clean \
         fuzz tidy cppcheck format format-check symbols install-check valgrind
 
 all: lib examples
@@ -70,7 +73,7 @@ lib: $(STATIC) $(SHARED)
 
 examples: $(EXAMPLE_BINS)
 
-tests: $(TEST_BINS) $(IT_BINS)
+tests: $(TEST_BINS) $(IT_BINS) $(IT_PROGS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -113,6 +116,12 @@ check-integration: tests
 
 deps:
 	@scripts/install-deps.sh
+
+# The example consumer and publisher end to end (scripts/demo.sh).
+DEMO_TASKS ?= 10000
+demo: deps
+	$(MAKE) VARIANT=plain all
+	@scripts/demo.sh $(DEMO_TASKS)
 
 # Everything CI runs. Each step stops the run on failure.
 test: deps

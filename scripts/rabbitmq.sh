@@ -95,8 +95,12 @@ CONF
 
 stop() {
     setup_env
-    if [ -f "$dir/server.pid" ]; then
+    # rabbitmqctl would start an epmd of its own when ours is gone, so it
+    # only runs while the node we started is alive.
+    if [ -f "$dir/server.pid" ] && kill -0 "$(cat "$dir/server.pid")" 2>/dev/null; then
         "$bin/rabbitmqctl" -n "$node" stop >/dev/null 2>&1 || true
+    fi
+    if [ -f "$dir/server.pid" ]; then
         pid=$(cat "$dir/server.pid")
         for _ in $(seq 1 100); do
             kill -0 "$pid" 2>/dev/null || break
