@@ -280,6 +280,31 @@ static void test_survives_a_lost_connection(void **state)
     assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
 }
 
+/* The dead-letter publish of a bad message fails: the connection is
+ * dropped while good jobs from the same fetch are in hand. They must be
+ * run or redelivered, and no slot may stay lost. */
+static void test_dead_letter_failure_mid_fetch(void **state)
+{
+    fixture *f = *state;
+
+    make_pool(f);
+    send_n(f, "work", 0, 20);
+    publish_raw(f, "{not json");
+    send_n(f, "work", 20, 20);
+    kiln__mock_server_fail_publish(f->srv, 1);
+    start(f);
+    wait_count(&finished, 40);
+    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 20000),
+                     KILN_OK);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    for (int i = 0; i < 40; i++)
+        assert_true(atomic_load(&seen[i]) >= 1);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE ".dead"), 1);
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+    assert_null(f->pool->leftover); /* every slot came back */
+}
+
 static void test_stop_drains_running_tasks(void **state)
 {
     fixture *f = *state;
@@ -376,6 +401,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_survives_a_lost_connection, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_dead_letter_failure_mid_fetch,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_drains_running_tasks, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_drain_timeout, setup, teardown),

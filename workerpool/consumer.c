@@ -291,7 +291,13 @@ static void fetch(consumer *c)
         w->next = NULL;
         win_push(c, w);
         if (!kiln__dispatch_prepare(&c->p->dispatch, &w->dl, &w->job)) {
-            finish(c, w); /* bad input: decided without a worker */
+            /* Bad input, decided without a worker. Its settling may lose
+             * the connection, so the jobs gathered so far go to the
+             * workers first: a loss then finds them queued, not adrift. */
+            enqueue(c, head, tail, n);
+            head = tail = NULL;
+            n = 0;
+            finish(c, w);
             if (!c->connected)
                 return;
             continue;
