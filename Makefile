@@ -57,6 +57,9 @@ IT_PROGS     := $(IT_PROG_SRCS:test/integration/%.c=$(BUILD)/it/%)
 TEST_SUPPORT := $(wildcard test/support/*.c)
 TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 
+BENCH_SRCS := $(wildcard bench/*.c)
+BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
+
 EXAMPLE_SRCS := $(wildcard examples/*/main.c)
 EXAMPLE_BINS := $(EXAMPLE_SRCS:examples/%/main.c=$(BUILD)/examples/%)
 
@@ -64,10 +67,12 @@ STATIC := $(BUILD)/libkiln.a
 SHARED := $(BUILD)/libkiln.so.$(VERSION)
 SONAME := libkiln.so.$(VERSION_MAJOR)
 
-.PHONY: all lib examples tests check check-integration test lint demo deps install uninstall clean \
+.PHONY: all lib examples benches tests check check-integration test lint demo deps install uninstall clean \
         fuzz tidy cppcheck format format-check symbols install-check valgrind
 
-all: lib examples
+all: lib examples benches
+
+benches: $(BENCH_BINS)
 
 lib: $(STATIC) $(SHARED)
 
@@ -100,6 +105,11 @@ $(BUILD)/it/%: test/integration/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
 	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
+
+$(BUILD)/bench/%: bench/%.c $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< -o $@ \
+	    $(ALL_LDFLAGS) $(STATIC) $(LIBS)
 
 $(BUILD)/examples/%: examples/%/main.c $(STATIC)
 	@mkdir -p $(dir $@)

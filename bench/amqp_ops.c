@@ -3,12 +3,8 @@
  * prefetch 128 and an ack with `multiple` every 50 deliveries. Medians of
  * three runs. Not part of the library or the tests.
  *
- *   make VARIANT=plain lib
- *   cc -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -O2 -I. \
- *      -Iinclude bench/amqp_ops.c build/plain/libkiln.a \
- *      $(pkg-config --libs librabbitmq libcjson libmongoc-1.0) -pthread -lm \
- *      -o build/amqp_ops
- *   scripts/with-rabbitmq.sh build/amqp_ops [messages]
+ *   make                     (builds build/plain/bench/amqp_ops)
+ *   scripts/with-rabbitmq.sh build/plain/bench/amqp_ops [messages]
  */
 #define KILN__AMQP_INTERNAL
 #include "broker/amqp.h"
