@@ -30,6 +30,7 @@ static const kiln__broker_ops amqp_ops = {
     .pending = kiln__amqp_pending,
     .tick = kiln__amqp_tick,
     .cancel = kiln__amqp_cancel,
+    .publish_lost = kiln__amqp_publish_lost,
 };
 
 static kiln__amqp *as_amqp(const kiln__broker *base)

@@ -13,6 +13,11 @@
  * first). A channel.close from the server (a 404 on publish, a 406 on
  * declare) costs only the channel: the next declare or publish opens a new
  * one, but a subscription dies with it and consume reports KILN_EBROKER.
+ * Neither kind of loss declares anything again: a publish to an exchange
+ * deleted meanwhile meets the same 404 on every new channel until the
+ * owner calls declare. After either kind of loss, publish_lost is true
+ * for the messages of the last publish that were left unsettled (or
+ * never written), and false for those confirmed, nacked or returned.
  *
  * Deliveries. Each is one allocation that release frees without touching
  * the connection, so release (only release) may run on any thread. ack
@@ -146,6 +151,11 @@ typedef struct kiln__amqp {
     size_t stash_head, stash_len, stash_cap;
     unsigned char *pub_state; /* per-message state of a publish */
     size_t pub_cap;
+    size_t pub_n;    /* messages of the last publish */
+    size_t pub_sent; /* of those, written to the socket */
+    bool pub_lost;   /* the connection or channel of the last publish went
+                        away before it ended, or was unusable before it
+                        began: what it left unsettled may be sent again */
     amqp_table_entry_t *hdr; /* scratch headers table for publish */
     size_t hdr_cap;
     kiln__amqp_batch *batch; /* publish waiting for confirms, or NULL */
@@ -215,6 +225,8 @@ void kiln__amqp_batch_returned(kiln__amqp *b, const amqp_basic_return_t *r,
 void kiln__amqp_batch_abort(kiln__amqp *b, const char *why);
 kiln_err kiln__amqp_publish(kiln__broker *base, const kiln__message *msgs,
                             size_t n, kiln_err *status, kiln_error *err);
+/* The publish_lost op of broker.h. */
+bool kiln__amqp_publish_lost(kiln__broker *base, size_t i);
 
 /* amqp_delivery.c: converts what rabbitmq-c received into *out (tag from
  * the channel's numbering to the object's). On ENOMEM the delivery is

@@ -352,13 +352,21 @@ kiln_err kiln__amqp_publish(kiln__broker *base, const kiln__message *msgs,
     size_t max_headers;
     kiln_err rc;
 
+    b->pub_n = n;
+    b->pub_sent = 0;
+    b->pub_lost = false;
     if (n == 0) {
         kiln__ok(err);
         return KILN_OK;
     }
-    if ((rc = validate(msgs, n, &max_headers, err)) != KILN_OK ||
-        (rc = kiln__amqp_ready(b, err)) != KILN_OK ||
-        (rc = grow(b, n, max_headers, err)) != KILN_OK)
+    if ((rc = validate(msgs, n, &max_headers, err)) != KILN_OK)
+        return fail_all(rc, n, status);
+    if ((rc = kiln__amqp_ready(b, err)) != KILN_OK) {
+        /* Nothing written: all of it can go on the next connection. */
+        b->pub_lost = true;
+        return fail_all(rc, n, status);
+    }
+    if ((rc = grow(b, n, max_headers, err)) != KILN_OK)
         return fail_all(rc, n, status);
     memset(&t, 0, sizeof(t));
     t.msgs = msgs;
@@ -370,5 +378,21 @@ kiln_err kiln__amqp_publish(kiln__broker *base, const kiln__message *msgs,
     if (rc == KILN_OK)
         (void)kiln__amqp_pump(b, deadline, settled, err);
     b->batch = NULL;
+    b->pub_sent = t.sent;
+    b->pub_lost = t.lost;
     return report(b, &t, n, status, err);
+}
+
+/* Unsettled when the channel went away: neither acked nor nacked, and not
+ * returned either (a return is the broker's final word on a message, even
+ * when its ack never came). Messages never written count too. */
+bool kiln__amqp_publish_lost(kiln__broker *base, size_t i)
+{
+    const kiln__amqp *b = (const kiln__amqp *)base;
+
+    if (!b->pub_lost || i >= b->pub_n)
+        return false;
+    if (i >= b->pub_sent)
+        return true;
+    return (b->pub_state[i] & (ST_SETTLED | ST_RETURNED)) == 0;
 }

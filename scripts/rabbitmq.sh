@@ -10,9 +10,15 @@
 #   scripts/rabbitmq.sh url   [DIR]   print the AMQP URL
 #
 # Ports: KILN_RMQ_PORT (default 17672) for AMQP, +1 for epmd, +2 for Erlang
-# distribution; all below the kernel's ephemeral range (32768+), so no
-# client socket can be holding them. One node per DIR (default
-# build/rabbitmq).
+# distribution, +3 for AMQP over TLS; all below the kernel's ephemeral
+# range (32768+), so no client socket can be holding them. One node per
+# DIR (default build/rabbitmq).
+#
+# TLS: with KILN_RMQ_TLS_DIR set to a directory holding ca.pem, server.pem
+# and server.key (scripts/tls-certs.sh makes them), start also opens a TLS
+# listener on 127.0.0.1:port+3 (amqps://guest:guest@localhost:17675/ by
+# default). It asks clients for a certificate and checks one against
+# ca.pem when given, but accepts clients without one.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,6 +27,8 @@ dir=$(realpath -m "${2:-$top/build/rabbitmq}")
 port=${KILN_RMQ_PORT:-17672}
 dist_port=$((port + 2))
 epmd_port=$((port + 1))
+tls_port=$((port + 3))
+tls_dir=${KILN_RMQ_TLS_DIR:-}
 node="kiln-$port@localhost"
 bin=/usr/lib/rabbitmq/bin
 
@@ -55,7 +63,18 @@ start() {
         echo "rabbitmq.sh: port $port is held by another process; set KILN_RMQ_PORT" >&2
         return 1
     fi
-    for p in "$epmd_port" "$dist_port"; do
+    ports=("$epmd_port" "$dist_port")
+    if [ -n "$tls_dir" ]; then
+        tls_dir=$(realpath "$tls_dir")
+        for f in ca.pem server.pem server.key; do
+            if [ ! -r "$tls_dir/$f" ]; then
+                echo "rabbitmq.sh: KILN_RMQ_TLS_DIR has no readable $f (make them with scripts/tls-certs.sh)" >&2
+                return 1
+            fi
+        done
+        ports+=("$tls_port")
+    fi
+    for p in "${ports[@]}"; do
         if port_open "$p"; then
             echo "rabbitmq.sh: port $p is held by another process; set KILN_RMQ_PORT" >&2
             return 1
@@ -67,6 +86,16 @@ loopback_users = none
 disk_free_limit.absolute = 50MB
 log.file.level = warning
 CONF
+    if [ -n "$tls_dir" ]; then
+        cat >>"$dir/rabbitmq.conf" <<CONF
+listeners.ssl.1 = 127.0.0.1:$tls_port
+ssl_options.cacertfile = $tls_dir/ca.pem
+ssl_options.certfile = $tls_dir/server.pem
+ssl_options.keyfile = $tls_dir/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+CONF
+    fi
     echo "[]." >"$dir/enabled_plugins"
     echo "[]." >"$dir/advanced.config"
     [ -f "$dir/.erlang.cookie" ] || { head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/.erlang.cookie"; chmod 400 "$dir/.erlang.cookie"; }
@@ -78,7 +107,7 @@ CONF
     "$bin/rabbitmq-server" >"$dir/log/console.log" 2>&1 &
     echo $! >"$dir/server.pid"
     for _ in $(seq 1 300); do
-        if port_open "$port"; then
+        if port_open "$port" && { [ -z "$tls_dir" ] || port_open "$tls_port"; }; then
             echo "amqp://guest:guest@127.0.0.1:$port/"
             return 0
         fi
@@ -89,7 +118,7 @@ CONF
         fi
         sleep 0.1
     done
-    echo "rabbitmq.sh: no AMQP listener on 127.0.0.1:$port after 30 s" >&2
+    echo "rabbitmq.sh: no AMQP listener on 127.0.0.1:$port${tls_dir:+ and $tls_port (TLS)} after 30 s" >&2
     return 1
 }
 

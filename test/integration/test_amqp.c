@@ -666,9 +666,56 @@ static void test_publish_to_missing_exchange(void **state)
     assert_int_equal(st[0], KILN_EBROKER);
     assert_int_equal(st[1], KILN_EBROKER);
     assert_non_null(strstr(err.message, "404"));
+    /* the channel went away before either was settled */
+    assert_true(f->b->ops->publish_lost(f->b, 0));
+    assert_true(f->b->ops->publish_lost(f->b, 1));
+    assert_false(f->b->ops->publish_lost(f->b, 2)); /* out of range */
     /* a new channel is opened for the next publish */
     publish_one(f, "z", NULL);
     assert_int_equal(raw_count(f->cfg.queue), 1);
+    assert_false(f->b->ops->publish_lost(f->b, 0));
+}
+
+/* The exchange is deleted under a connected publisher. The 404 costs the
+ * channel only; the next publish opens a new one and reports the same
+ * 404 again: nothing declares the exchange behind the caller's back. The
+ * messages count as lost (unsettled when the channel went away), so a
+ * publisher sends them again after reconnecting, and declaring first. */
+static void test_publish_to_deleted_exchange(void **state)
+{
+    fixture *f = *state;
+    amqp_connection_state_t c;
+    kiln__message m[3];
+    kiln_err st[3];
+    kiln_error err;
+
+    connect_declare(f);
+    publish_one(f, "before", NULL);
+    c = raw_open();
+    (void)amqp_exchange_delete(c, 1, amqp_cstring_bytes(f->cfg.exchange), 0);
+    assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    raw_close(c);
+    for (size_t i = 0; i < 3; i++)
+        m[i] = msg_to(&f->cfg, "after");
+    for (int round = 0; round < 2; round++) {
+        assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err),
+                         KILN_EBROKER);
+        print_message("deleted exchange (%d): %s\n", round, err.message);
+        assert_non_null(strstr(err.message, "404"));
+        assert_non_null(strstr(err.message, f->cfg.exchange));
+        for (size_t i = 0; i < 3; i++) {
+            assert_int_equal(st[i], KILN_EBROKER);
+            assert_true(f->b->ops->publish_lost(f->b, i));
+        }
+    }
+    /* the connection itself is fine, and declare brings the exchange
+     * (and its binding) back */
+    assert_int_equal(kiln__amqp_tick(f->b, &err), KILN_OK);
+    assert_int_equal(f->b->ops->declare(f->b, &f->cfg, &err), KILN_OK);
+    assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err), KILN_OK);
+    for (size_t i = 0; i < 3; i++)
+        assert_false(f->b->ops->publish_lost(f->b, i));
+    assert_int_equal(raw_count(f->cfg.queue), 4);
 }
 
 static void test_consume_timeout(void **state)
@@ -1035,17 +1082,25 @@ static void test_blocked_publish_times_out(void **state)
 
 /* A one-connection TCP relay to the broker that can freeze: it then stops
  * reading both sides without closing anything, as a crashed host or a
- * dropped route would. Its thread never asserts. */
+ * dropped route would. It can also cut the connection at a chosen point
+ * of the broker's stream, as a broker or a middlebox that goes away
+ * would. Its thread never asserts. */
 typedef struct relay {
     int lfd, port, broker_port;
     atomic_bool frozen, stop;
+    atomic_int cut_at;  /* > 0: drop the connection once the broker has
+                           sent this many bytes more (cut_after_chunk) */
+    atomic_int hold_at; /* > 0: forward only this many bytes more of the
+                           client's; the rest waits for the cut */
     pthread_t thread;
 } relay;
 
-static bool pump_bytes(int from, int to)
+/* Forwards what `from` has, at most `max` bytes; their number in *moved
+ * (may be NULL). */
+static bool pump_bytes(int from, int to, size_t max, ssize_t *moved)
 {
     char buf[16384];
-    ssize_t n = read(from, buf, sizeof(buf));
+    ssize_t n = read(from, buf, max < sizeof(buf) ? max : sizeof(buf));
 
     for (ssize_t off = 0; n > 0 && off < n;) {
         ssize_t w = write(to, buf + off, (size_t)(n - off));
@@ -1053,19 +1108,69 @@ static bool pump_bytes(int from, int to)
             return false;
         off += w;
     }
+    if (moved != NULL)
+        *moved = n > 0 ? n : 0;
     return n > 0;
+}
+
+/* The broker's side goes away right after the bytes just forwarded to
+ * the client: the client reads them, then end of file. What it still
+ * writes is read and dropped, so its sends never block. */
+static void cut_after_chunk(relay *r, int c, int u)
+{
+    char buf[16384];
+    struct pollfd p = {c, POLLIN, 0};
+
+    (void)close(u);
+    (void)shutdown(c, SHUT_WR);
+    while (!atomic_load(&r->stop))
+        if (poll(&p, 1, 50) > 0 && read(c, buf, sizeof(buf)) <= 0)
+            break;
+}
+
+/* Moves what is waiting each way once; false when a side has ended (or
+ * was cut). */
+static bool relay_step(relay *r, int c, int *u)
+{
+    struct pollfd p[2];
+    int hold = atomic_load(&r->hold_at), cut = atomic_load(&r->cut_at);
+    ssize_t n = 0;
+
+    /* a client held back is not read at all: its sends block */
+    p[0] = (struct pollfd){hold < 0 ? -1 : c, POLLIN, 0};
+    p[1] = (struct pollfd){*u, POLLIN, 0};
+    if (poll(p, 2, 50) <= 0)
+        return true;
+    if (p[0].revents & (POLLIN | POLLHUP)) {
+        if (!pump_bytes(c, *u, hold > 0 ? (size_t)hold : SIZE_MAX, &n))
+            return false;
+        if (hold > 0)
+            atomic_store(&r->hold_at, n < hold ? hold - (int)n : -1);
+    }
+    if (p[1].revents & (POLLIN | POLLHUP)) {
+        if (!pump_bytes(*u, c, SIZE_MAX, &n))
+            return false;
+        if (cut > 0 && n >= cut) {
+            cut_after_chunk(r, c, *u);
+            *u = -1;
+            return false;
+        }
+        if (cut > 0)
+            atomic_store(&r->cut_at, cut - (int)n);
+    }
+    return true;
 }
 
 static void *relay_run(void *arg)
 {
     relay *r = arg;
     struct sockaddr_in up = {0};
-    struct pollfd p[2];
+    struct pollfd p;
     int c, u;
 
-    p[0].fd = r->lfd;
-    p[0].events = POLLIN;
-    while (!atomic_load(&r->stop) && poll(p, 1, 50) == 0)
+    p.fd = r->lfd;
+    p.events = POLLIN;
+    while (!atomic_load(&r->stop) && poll(&p, 1, 50) == 0)
         ;
     if (atomic_load(&r->stop) || (c = accept(r->lfd, NULL, NULL)) < 0)
         return NULL;
@@ -1075,16 +1180,9 @@ static void *relay_run(void *arg)
     up.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (u >= 0 && connect(u, (struct sockaddr *)&up, sizeof(up)) == 0) {
         while (!atomic_load(&r->stop)) {
-            if (atomic_load(&r->frozen)) {
+            if (atomic_load(&r->frozen))
                 usleep(10000);
-                continue;
-            }
-            p[0] = (struct pollfd){c, POLLIN, 0};
-            p[1] = (struct pollfd){u, POLLIN, 0};
-            if (poll(p, 2, 50) <= 0)
-                continue;
-            if (((p[0].revents & (POLLIN | POLLHUP)) && !pump_bytes(c, u)) ||
-                ((p[1].revents & (POLLIN | POLLHUP)) && !pump_bytes(u, c)))
+            else if (!relay_step(r, c, &u))
                 break;
         }
     }
@@ -1104,6 +1202,8 @@ static void relay_start(relay *r)
     r->broker_port = atoi(colon + 1);
     atomic_init(&r->frozen, false);
     atomic_init(&r->stop, false);
+    atomic_init(&r->cut_at, 0);
+    atomic_init(&r->hold_at, 0);
     r->lfd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(r->lfd >= 0);
     a.sin_family = AF_INET;
@@ -1122,16 +1222,21 @@ static void relay_stop(relay *r)
     (void)close(r->lfd);
 }
 
-static void through_relay(fixture *f, const relay *r)
+static void through_relay_hb(fixture *f, const relay *r, unsigned heartbeat_s)
 {
     (void)snprintf(f->cfg.broker_url, sizeof(f->cfg.broker_url),
                    "amqp://guest:guest@127.0.0.1:%d/", r->port);
-    f->cfg.heartbeat_s = 1;
+    f->cfg.heartbeat_s = heartbeat_s;
     kiln__broker_destroy(f->b);
     f->b = kiln__amqp_broker_new(&f->cfg, NULL);
     assert_non_null(f->b);
     connect_declare(f);
     kiln__strlcpy(f->cfg.broker_url, test_url(), sizeof(f->cfg.broker_url));
+}
+
+static void through_relay(fixture *f, const relay *r)
+{
+    through_relay_hb(f, r, 1);
 }
 
 /* Missed heartbeats end a consume that waits on a silent peer; every op
@@ -1199,6 +1304,129 @@ static void test_dead_peer_while_publishing(void **state)
                   (long long)(now_ms() - t0));
     assert_true(now_ms() - t0 < 3000);
     relay_stop(&r);
+}
+
+#define CUT_BATCH 5000
+
+/* Polls until `queue` holds at least `least` messages or 5 s pass. */
+static long wait_at_least(const char *queue, long least)
+{
+    long n = -1;
+
+    for (int i = 0; i < 100 && (n = raw_count(queue)) < least; i++)
+        usleep(50000);
+    return n;
+}
+
+/* The connection drops in the middle of a batch, right after the broker
+ * confirmed its first messages: those are settled (publish_lost false),
+ * every other one is lost and goes again on a new connection, so the
+ * queue ends with every message at least once. */
+static void test_publish_lost_connection_cut(void **state)
+{
+    fixture *f = *state;
+    static kiln__message m[CUT_BATCH], again[CUT_BATCH];
+    static kiln_err st[CUT_BATCH];
+    size_t ok = 0, lost = 0;
+    kiln_error err;
+    relay r;
+    long n;
+
+    relay_start(&r);
+    through_relay_hb(f, &r, 60); /* no heartbeat in the broker's first bytes */
+    for (size_t i = 0; i < CUT_BATCH; i++)
+        m[i] = msg_to(&f->cfg, "cut");
+    /* The broker gets the first 64 KiB of the batch (some hundred
+     * messages), and the connection drops once it has confirmed one or
+     * more of them: after a whole basic.ack frame (21 bytes), the only
+     * thing it sends now. */
+    atomic_store(&r.hold_at, 65536);
+    atomic_store(&r.cut_at, 21);
+    assert_int_equal(kiln__broker_publish(f->b, m, CUT_BATCH, st, &err),
+                     KILN_EBROKER);
+    print_message("connection cut: %s\n", err.message);
+    for (size_t i = 0; i < CUT_BATCH; i++) {
+        bool is_lost = f->b->ops->publish_lost(f->b, i);
+        if (st[i] == KILN_OK) {
+            assert_false(is_lost);
+            ok++;
+        } else {
+            assert_int_equal(st[i], KILN_EBROKER);
+            assert_true(is_lost);
+            again[lost++] = m[i];
+        }
+    }
+    print_message("confirmed before the cut: %zu, lost: %zu\n", ok, lost);
+    assert_true(ok > 0);
+    assert_true(lost > 0);
+    relay_stop(&r);
+
+    /* the publisher's way: a new connection, declare, the lost ones again */
+    kiln__broker_destroy(f->b);
+    f->b = kiln__amqp_broker_new(&f->cfg, &err);
+    assert_non_null(f->b);
+    connect_declare(f);
+    assert_int_equal(kiln__broker_publish(f->b, again, lost, st, &err),
+                     KILN_OK);
+    for (size_t i = 0; i < lost; i++)
+        assert_false(f->b->ops->publish_lost(f->b, i));
+    /* at least once: the broker may have taken some lost ones too */
+    n = wait_at_least(f->cfg.queue, CUT_BATCH);
+    assert_in_range(n, CUT_BATCH, CUT_BATCH + (long)lost);
+}
+
+/* The broker closes the connection (rabbitmqctl close_all_connections)
+ * between two batches: the next batch is written into a connection the
+ * broker has already given up, so none of it is settled and all of it is
+ * lost; a batch after that finds the connection unusable before it
+ * starts, lost too. The first batch stays confirmed. */
+static void test_publish_lost_forced_close(void **state)
+{
+    fixture *f = *state;
+    kiln__message m[10];
+    kiln_err st[10];
+    kiln_error err;
+    struct pollfd p;
+
+    if (getenv("KILN_TEST_RABBITMQ") == NULL) {
+        print_message("broker given from outside: no forced close test\n");
+        return;
+    }
+    connect_declare(f);
+    for (size_t i = 0; i < 10; i++)
+        m[i] = msg_to(&f->cfg, "forced");
+    assert_int_equal(kiln__broker_publish(f->b, m, 10, st, &err), KILN_OK);
+    for (size_t i = 0; i < 10; i++)
+        assert_false(f->b->ops->publish_lost(f->b, i));
+    assert_int_equal(rabbitmqctl("close_all_connections kiln-test"), 0);
+    /* wait until connection.close has arrived, unread */
+    p.fd = kiln__amqp_fd(f->b);
+    p.events = POLLIN;
+    assert_int_equal(poll(&p, 1, 5000), 1);
+
+    assert_int_equal(kiln__broker_publish(f->b, m, 10, st, &err), KILN_EBROKER);
+    print_message("forced close: %s\n", err.message);
+    assert_non_null(strstr(err.message, "CONNECTION_FORCED"));
+    for (size_t i = 0; i < 10; i++) {
+        assert_int_equal(st[i], KILN_EBROKER);
+        assert_true(f->b->ops->publish_lost(f->b, i));
+    }
+    /* unusable before it starts: nothing written, all lost */
+    assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err), KILN_EBROKER);
+    for (size_t i = 0; i < 3; i++)
+        assert_true(f->b->ops->publish_lost(f->b, i));
+    assert_false(f->b->ops->publish_lost(f->b, 3));
+    /* a refused batch is not lost: nothing to send again */
+    m[0].routing_key = NULL;
+    assert_int_equal(kiln__broker_publish(f->b, m, 1, st, &err), KILN_EINVAL);
+    assert_false(f->b->ops->publish_lost(f->b, 0));
+    m[0].routing_key = f->cfg.binding_key;
+
+    f->b->ops->close(f->b);
+    connect_declare(f);
+    assert_int_equal(kiln__broker_publish(f->b, m, 10, st, &err), KILN_OK);
+    /* the broker discarded the batch sent after its close */
+    assert_int_equal(wait_count(f->cfg.queue, 20), 20);
 }
 
 /* An idle publisher that ticks keeps its connection past several
@@ -1284,6 +1512,7 @@ int main(void)
         T(test_unroutable_in_batch),
         T(test_publish_bad_message),
         T(test_publish_to_missing_exchange),
+        T(test_publish_to_deleted_exchange),
         T(test_consume_timeout),
         T(test_queue_deleted_while_consuming),
         T(test_stale_tag_after_reconnect),
@@ -1295,6 +1524,8 @@ int main(void)
         T(test_blocked_publish_times_out),
         T(test_dead_peer_while_consuming),
         T(test_dead_peer_while_publishing),
+        T(test_publish_lost_connection_cut),
+        T(test_publish_lost_forced_close),
         T(test_tick_keeps_idle_connection),
         T(test_broker_restart),
     };
