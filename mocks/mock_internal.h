@@ -1,0 +1,90 @@
+/*
+ * What the two halves of the mock broker share: the server
+ * (mocks/mock_server.c: exchanges, bindings, queues, routing, faults,
+ * inspection) and the connections to it (mocks/broker_mock.c: the
+ * broker/broker.h ops). Never installed; only those two files include it.
+ *
+ * Lock rule: srv->mu guards the whole server and every connection's
+ * unacked list (closing a connection moves its deliveries back to their
+ * queues). It is never held while calling out of these two files.
+ */
+#ifndef KILN_MOCK_INTERNAL_H
+#define KILN_MOCK_INTERNAL_H
+
+#include "mocks/mocks.h"
+
+#include <pthread.h>
+#include <time.h>
+
+/* A message in a queue or in a connection's unacked list. Its strings and
+ * headers live in the same allocation, after the struct. */
+struct msg {
+    struct msg *next;
+    size_t queue;        /* index in srv->queues */
+    uint64_t tag;        /* while unacked */
+    uint32_t deliveries; /* times delivered so far */
+    uint8_t priority;
+    bool persistent;
+    char *exchange, *routing_key, *message_id, *content_type, *body;
+    size_t body_len;
+    kiln_header *headers;
+    size_t n_headers;
+};
+
+struct queue {
+    char *name;
+    struct msg *head, *tail;
+    size_t ready;
+    uint64_t mark; /* routing: already chosen for the current message */
+};
+
+struct binding {
+    char *exchange, *key;
+    size_t queue;
+};
+
+struct kiln__mock_server {
+    pthread_mutex_t mu;
+    pthread_cond_t cond; /* broadcast on enqueue, settle and shutdown */
+    struct queue *queues;
+    size_t nq, capq;
+    struct binding *binds;
+    size_t nb, capb;
+    char *unroutable;
+    unsigned fail_publish_at, fail_consume, fail_conn_at;
+    size_t unacked, published;
+    uint64_t stamp;
+    bool shutdown;
+};
+
+/* Copies `m` into one allocation; free with kiln__free. NULL on ENOMEM or
+ * overflow. */
+struct msg *kiln__mock_msg_pack(const kiln__message *m);
+
+/* Queue operations; the caller holds srv->mu. push_head puts a message
+ * back in front (requeue, close); pop returns NULL on an empty queue. */
+void kiln__mock_queue_push_head(struct queue *q, struct msg *m);
+struct msg *kiln__mock_queue_pop(struct queue *q);
+
+/* Sets *idx to the index of queue `name` in srv->queues; false when there
+ * is none. Caller holds srv->mu. */
+bool kiln__mock_find_queue(const kiln__mock_server *srv, const char *name,
+                           size_t *idx);
+
+/* The absolute CLOCK_MONOTONIC time `timeout_ms` from now, for
+ * kiln__mock_wait_until. */
+void kiln__mock_deadline_after(struct timespec *ts, int timeout_ms);
+
+/* Waits on srv->cond; false once the deadline passed (timeout_ms < 0:
+ * never). Caller holds srv->mu. */
+bool kiln__mock_wait_until(kiln__mock_server *srv, const struct timespec *ts,
+                           int timeout_ms);
+
+/* Routes one message into every queue it reaches, all or none: KILN_EINVAL
+ * for an incomplete message, KILN_ECLOSED after a shutdown, KILN_EBROKER
+ * when it is nacked (fail_publish) or returned unroutable. Counts it as
+ * published on success. Caller holds srv->mu and broadcasts srv->cond. */
+kiln_err kiln__mock_route(kiln__mock_server *srv, const kiln__message *m,
+                          kiln_error *err);
+
+#endif /* KILN_MOCK_INTERNAL_H */

@@ -1,0 +1,446 @@
+/* The in-memory broker's server: exchanges, bindings and queues shared by
+ * any number of connections (mocks/broker_mock.c), routing, failure
+ * injection and inspection. The lock rule is in mocks/mock_internal.h. */
+#include "mocks/mock_internal.h"
+
+#include <string.h>
+
+/* ---- messages --------------------------------------------------------- */
+
+static bool add_size(size_t *total, size_t n)
+{
+    if (n > SIZE_MAX - *total)
+        return false;
+    *total += n;
+    return true;
+}
+
+static char *put(char **p, const char *s, size_t n)
+{
+    char *start = *p;
+
+    if (n > 0)
+        memcpy(start, s, n);
+    start[n] = '\0';
+    *p += n + 1;
+    return start;
+}
+
+/* Copies `m` into one allocation. NULL on ENOMEM or overflow. */
+struct msg *kiln__mock_msg_pack(const kiln__message *m)
+{
+    const char *mid = m->message_id ? m->message_id : "";
+    const char *ct = m->content_type ? m->content_type : "application/json";
+    size_t size = sizeof(struct msg), nh = m->n_headers;
+    bool ok = nh < SIZE_MAX / sizeof(kiln_header) &&
+              add_size(&size, nh * sizeof(kiln_header)) &&
+              add_size(&size, strlen(m->exchange) + strlen(m->routing_key)) &&
+              add_size(&size, strlen(mid) + strlen(ct) + 5) &&
+              add_size(&size, m->body_len);
+    struct msg *msg;
+    char *p;
+
+    for (size_t i = 0; ok && i < nh; i++) {
+        const kiln_header *h = &m->headers[i];
+        ok = add_size(&size, strlen(h->key ? h->key : "") + 1) &&
+             add_size(&size, strlen(h->value ? h->value : "") + 1);
+    }
+    if (!ok || (msg = kiln__malloc(size)) == NULL)
+        return NULL;
+    memset(msg, 0, sizeof(*msg));
+    msg->headers = nh > 0 ? (kiln_header *)(void *)(msg + 1) : NULL;
+    msg->n_headers = nh;
+    p = (char *)(msg + 1) + nh * sizeof(kiln_header);
+    for (size_t i = 0; i < nh; i++) {
+        const char *k = m->headers[i].key ? m->headers[i].key : "";
+        const char *v = m->headers[i].value ? m->headers[i].value : "";
+        msg->headers[i].key = put(&p, k, strlen(k));
+        msg->headers[i].value = put(&p, v, strlen(v));
+    }
+    msg->exchange = put(&p, m->exchange, strlen(m->exchange));
+    msg->routing_key = put(&p, m->routing_key, strlen(m->routing_key));
+    msg->message_id = put(&p, mid, strlen(mid));
+    msg->content_type = put(&p, ct, strlen(ct));
+    msg->body = put(&p, m->body, m->body_len);
+    msg->body_len = m->body_len;
+    msg->priority = m->priority;
+    msg->persistent = m->persistent;
+    return msg;
+}
+
+void kiln__mock_queue_push_head(struct queue *q, struct msg *m)
+{
+    m->next = q->head;
+    q->head = m;
+    if (q->tail == NULL)
+        q->tail = m;
+    q->ready++;
+}
+
+static void queue_push_tail(struct queue *q, struct msg *m)
+{
+    m->next = NULL;
+    if (q->tail != NULL)
+        q->tail->next = m;
+    else
+        q->head = m;
+    q->tail = m;
+    q->ready++;
+}
+
+struct msg *kiln__mock_queue_pop(struct queue *q)
+{
+    struct msg *m = q->head;
+
+    if (m != NULL) {
+        q->head = m->next;
+        if (q->head == NULL)
+            q->tail = NULL;
+        q->ready--;
+        m->next = NULL;
+    }
+    return m;
+}
+
+static void free_list(struct msg *m)
+{
+    while (m != NULL) {
+        struct msg *next = m->next;
+        kiln__free(m);
+        m = next;
+    }
+}
+
+/* ---- server ----------------------------------------------------------- */
+
+void kiln__mock_deadline_after(struct timespec *ts, int timeout_ms)
+{
+    int64_t ns = kiln__monotonic_ns() + (int64_t)timeout_ms * 1000000;
+
+    ts->tv_sec = (time_t)(ns / 1000000000);
+    ts->tv_nsec = (long)(ns % 1000000000);
+}
+
+/* Waits on srv->cond; false once the deadline passed (timeout_ms < 0:
+ * never). Caller holds srv->mu. */
+bool kiln__mock_wait_until(kiln__mock_server *srv, const struct timespec *ts,
+                           int timeout_ms)
+{
+    if (timeout_ms < 0)
+        return pthread_cond_wait(&srv->cond, &srv->mu) == 0;
+    return pthread_cond_timedwait(&srv->cond, &srv->mu, ts) == 0;
+}
+
+kiln__mock_server *kiln__mock_server_new(kiln_error *err)
+{
+    kiln__mock_server *srv = kiln__calloc(1, sizeof(*srv));
+    pthread_condattr_t attr;
+    bool cond_ok = false;
+
+    if (srv == NULL) {
+        kiln__fail(err, KILN_ENOMEM, "mock broker");
+        return NULL;
+    }
+    if (pthread_condattr_init(&attr) == 0) {
+        cond_ok = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0 &&
+                  pthread_cond_init(&srv->cond, &attr) == 0;
+        (void)pthread_condattr_destroy(&attr);
+    }
+    if (!cond_ok) {
+        kiln__free(srv);
+        kiln__fail(err, KILN_ENOMEM, "mock broker: condition variable");
+        return NULL;
+    }
+    if (pthread_mutex_init(&srv->mu, NULL) != 0) {
+        (void)pthread_cond_destroy(&srv->cond);
+        kiln__free(srv);
+        kiln__fail(err, KILN_ENOMEM, "mock broker: mutex");
+        return NULL;
+    }
+    return srv;
+}
+
+void kiln__mock_server_free(kiln__mock_server *srv)
+{
+    if (srv == NULL)
+        return;
+    for (size_t i = 0; i < srv->nq; i++) {
+        free_list(srv->queues[i].head);
+        kiln__free(srv->queues[i].name);
+    }
+    for (size_t i = 0; i < srv->nb; i++) {
+        kiln__free(srv->binds[i].exchange);
+        kiln__free(srv->binds[i].key);
+    }
+    kiln__free(srv->queues);
+    kiln__free(srv->binds);
+    kiln__free(srv->unroutable);
+    (void)pthread_mutex_destroy(&srv->mu);
+    (void)pthread_cond_destroy(&srv->cond);
+    kiln__free(srv);
+}
+
+void kiln__mock_server_shutdown(kiln__mock_server *srv)
+{
+    pthread_mutex_lock(&srv->mu);
+    srv->shutdown = true;
+    pthread_cond_broadcast(&srv->cond);
+    pthread_mutex_unlock(&srv->mu);
+}
+
+bool kiln__mock_find_queue(const kiln__mock_server *srv, const char *name,
+                           size_t *idx)
+{
+    for (size_t i = 0; i < srv->nq; i++)
+        if (strcmp(srv->queues[i].name, name) == 0) {
+            *idx = i;
+            return true;
+        }
+    return false;
+}
+
+/* Grows *arr (of `size`-byte items) to hold one more. */
+static bool grow(void **arr, size_t n, size_t *cap, size_t size)
+{
+    size_t ncap = *cap ? *cap * 2 : 8;
+    void *p;
+
+    if (n < *cap)
+        return true;
+    if ((p = kiln__realloc(*arr, ncap * size)) == NULL)
+        return false;
+    *arr = p;
+    *cap = ncap;
+    return true;
+}
+
+static kiln_err declare_queue(kiln__mock_server *srv, const char *name,
+                              size_t *idx, kiln_error *err)
+{
+    char *copy;
+
+    if (kiln__mock_find_queue(srv, name, idx))
+        return KILN_OK;
+    if (!grow((void **)&srv->queues, srv->nq, &srv->capq,
+              sizeof(*srv->queues)) ||
+        (copy = kiln__strdup(name)) == NULL)
+        return kiln__fail(err, KILN_ENOMEM, "mock broker: queue '%s'", name);
+    srv->queues[srv->nq] = (struct queue){.name = copy};
+    *idx = srv->nq++;
+    return KILN_OK;
+}
+
+static kiln_err bind_locked(kiln__mock_server *srv, const char *exchange,
+                            const char *key, const char *queue, kiln_error *err)
+{
+    struct binding *b;
+    size_t q = 0;
+    kiln_err rc;
+
+    if ((rc = declare_queue(srv, queue, &q, err)) != KILN_OK)
+        return rc;
+    for (size_t i = 0; i < srv->nb; i++) {
+        b = &srv->binds[i];
+        if (b->queue == q && strcmp(b->exchange, exchange) == 0 &&
+            strcmp(b->key, key) == 0)
+            return KILN_OK;
+    }
+    if (!grow((void **)&srv->binds, srv->nb, &srv->capb, sizeof(*b)))
+        return kiln__fail(err, KILN_ENOMEM, "mock broker: binding");
+    b = &srv->binds[srv->nb];
+    b->exchange = kiln__strdup(exchange);
+    b->key = kiln__strdup(key);
+    b->queue = q;
+    if (b->exchange == NULL || b->key == NULL) {
+        kiln__free(b->exchange);
+        kiln__free(b->key);
+        return kiln__fail(err, KILN_ENOMEM, "mock broker: binding");
+    }
+    srv->nb++;
+    return KILN_OK;
+}
+
+kiln_err kiln__mock_server_bind(kiln__mock_server *srv, const char *exchange,
+                                const char *binding_key, const char *queue,
+                                kiln_error *err)
+{
+    kiln_err rc;
+
+    if (srv == NULL || exchange == NULL || binding_key == NULL ||
+        queue == NULL || queue[0] == '\0')
+        return kiln__fail(err, KILN_EINVAL, "mock broker: bind arguments");
+    pthread_mutex_lock(&srv->mu);
+    rc = bind_locked(srv, exchange, binding_key, queue, err);
+    pthread_mutex_unlock(&srv->mu);
+    return rc;
+}
+
+/* ---- failure injection and inspection ---------------------------------- */
+
+void kiln__mock_server_fail_publish(kiln__mock_server *srv, unsigned nth)
+{
+    pthread_mutex_lock(&srv->mu);
+    srv->fail_publish_at = nth;
+    pthread_mutex_unlock(&srv->mu);
+}
+
+void kiln__mock_server_fail_connection(kiln__mock_server *srv, unsigned nth)
+{
+    pthread_mutex_lock(&srv->mu);
+    srv->fail_conn_at = nth;
+    pthread_mutex_unlock(&srv->mu);
+}
+
+void kiln__mock_server_fail_consume(kiln__mock_server *srv, unsigned count)
+{
+    pthread_mutex_lock(&srv->mu);
+    srv->fail_consume = count;
+    pthread_mutex_unlock(&srv->mu);
+}
+
+kiln_err kiln__mock_server_set_unroutable(kiln__mock_server *srv,
+                                          const char *key, kiln_error *err)
+{
+    char *copy = NULL;
+
+    if (key != NULL && (copy = kiln__strdup(key)) == NULL)
+        return kiln__fail(err, KILN_ENOMEM, "mock broker: unroutable key");
+    pthread_mutex_lock(&srv->mu);
+    kiln__free(srv->unroutable);
+    srv->unroutable = copy;
+    pthread_mutex_unlock(&srv->mu);
+    return KILN_OK;
+}
+
+size_t kiln__mock_server_ready(kiln__mock_server *srv, const char *queue)
+{
+    size_t idx, n = 0;
+
+    pthread_mutex_lock(&srv->mu);
+    if (kiln__mock_find_queue(srv, queue, &idx))
+        n = srv->queues[idx].ready;
+    pthread_mutex_unlock(&srv->mu);
+    return n;
+}
+
+size_t kiln__mock_server_unacked(kiln__mock_server *srv)
+{
+    size_t n;
+
+    pthread_mutex_lock(&srv->mu);
+    n = srv->unacked;
+    pthread_mutex_unlock(&srv->mu);
+    return n;
+}
+
+size_t kiln__mock_server_published(kiln__mock_server *srv)
+{
+    size_t n;
+
+    pthread_mutex_lock(&srv->mu);
+    n = srv->published;
+    pthread_mutex_unlock(&srv->mu);
+    return n;
+}
+
+kiln_err kiln__mock_server_wait_idle(kiln__mock_server *srv, const char *queue,
+                                     int timeout_ms)
+{
+    struct timespec ts;
+    size_t idx;
+    kiln_err rc = KILN_OK;
+
+    kiln__mock_deadline_after(&ts, timeout_ms);
+    pthread_mutex_lock(&srv->mu);
+    while ((kiln__mock_find_queue(srv, queue, &idx) &&
+            srv->queues[idx].ready > 0) ||
+           srv->unacked > 0) {
+        if (!kiln__mock_wait_until(srv, &ts, timeout_ms)) {
+            rc = KILN_ETIMEDOUT;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&srv->mu);
+    return rc;
+}
+
+/* ---- routing ------------------------------------------------------------ */
+
+/* Marks every queue `m` routes to; returns how many. Caller holds srv->mu. */
+static size_t mark_routes(kiln__mock_server *srv, const kiln__message *m)
+{
+    size_t n = 0, idx;
+
+    srv->stamp++;
+    if (m->exchange[0] == '\0') {
+        if (!kiln__mock_find_queue(srv, m->routing_key, &idx))
+            return 0;
+        srv->queues[idx].mark = srv->stamp;
+        return 1;
+    }
+    for (size_t i = 0; i < srv->nb; i++) {
+        const struct binding *b = &srv->binds[i];
+        struct queue *q = &srv->queues[b->queue];
+        if (q->mark == srv->stamp || strcmp(b->exchange, m->exchange) != 0)
+            continue;
+        if (strcmp(b->key, "#") == 0 || strcmp(b->key, m->routing_key) == 0) {
+            q->mark = srv->stamp;
+            n++;
+        }
+    }
+    return n;
+}
+
+/* Puts a copy of `m` into each marked queue, all or none. */
+static kiln_err enqueue_marked(kiln__mock_server *srv, const kiln__message *m,
+                               size_t n, kiln_error *err)
+{
+    struct msg *copies = NULL, *c;
+
+    for (size_t i = 0; i < n; i++) {
+        if ((c = kiln__mock_msg_pack(m)) == NULL) {
+            free_list(copies);
+            return kiln__fail(err, KILN_ENOMEM, "mock broker: message copy");
+        }
+        c->next = copies;
+        copies = c;
+    }
+    for (size_t i = 0; i < srv->nq && copies != NULL; i++) {
+        if (srv->queues[i].mark != srv->stamp)
+            continue;
+        c = copies;
+        copies = c->next;
+        c->queue = i;
+        queue_push_tail(&srv->queues[i], c);
+    }
+    return KILN_OK;
+}
+
+kiln_err kiln__mock_route(kiln__mock_server *srv, const kiln__message *m,
+                          kiln_error *err)
+{
+    size_t n;
+    kiln_err rc;
+
+    if (m->exchange == NULL || m->routing_key == NULL ||
+        (m->body == NULL && m->body_len > 0) ||
+        (m->headers == NULL && m->n_headers > 0))
+        return kiln__fail(err, KILN_EINVAL, "incomplete message");
+    if (srv->shutdown)
+        return kiln__fail(err, KILN_ECLOSED, "broker is shutting down");
+    if (srv->fail_publish_at > 0 && --srv->fail_publish_at == 0)
+        return kiln__fail(err, KILN_EBROKER,
+                          "nacked by the broker "
+                          "(injected)");
+    n = mark_routes(srv, m);
+    if (n == 0 || (srv->unroutable != NULL &&
+                   strcmp(srv->unroutable, m->routing_key) == 0))
+        return kiln__fail(err, KILN_EBROKER,
+                          "returned: 312 NO_ROUTE "
+                          "(exchange '%s', routing key '%s')",
+                          m->exchange, m->routing_key);
+    if ((rc = enqueue_marked(srv, m, n, err)) != KILN_OK)
+        return rc;
+    srv->published++;
+    return KILN_OK;
+}
