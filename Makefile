@@ -67,7 +67,7 @@ STATIC := $(BUILD)/libkiln.a
 SHARED := $(BUILD)/libkiln.so.$(VERSION)
 SONAME := libkiln.so.$(VERSION_MAJOR)
 
-.PHONY: all lib examples benches tests check check-integration test lint demo deps install uninstall clean \
+.PHONY: all lib examples benches tests check check-integration check-store test lint demo deps install uninstall clean \
         fuzz tidy cppcheck format format-check symbols install-check valgrind
 
 all: lib examples benches
@@ -119,10 +119,15 @@ $(BUILD)/examples/%: examples/%/main.c $(STATIC)
 check: tests
 	@scripts/run-tests.sh $(if $(VALGRIND),--valgrind) $(TEST_BINS)
 
-# Integration tests of one variant, beside a private RabbitMQ node.
+# Integration tests of one variant, beside a private RabbitMQ node and a
+# private FerretDB (KILN_TEST_MONGODB_URL set outside points at a MongoDB).
 check-integration: tests
-	@scripts/with-rabbitmq.sh scripts/run-tests.sh \
+	@scripts/with-rabbitmq.sh scripts/with-ferretdb.sh scripts/run-tests.sh \
 	    --summary-file build/summary-it-$(VARIANT).txt $(IT_BINS)
+
+# The MongoDB store's tests alone, beside a private FerretDB.
+check-store: tests
+	@scripts/with-ferretdb.sh scripts/run-tests.sh $(BUILD)/it/test_store_mongo
 
 deps:
 	@scripts/install-deps.sh

@@ -1,0 +1,288 @@
+/* A state write of the MongoDB store (see store/mongo.h): how the server
+ * takes conditional writes, and the expiry index with the sweep that
+ * stands in for it where the server has no TTL indexes. */
+#include "store/mongo_impl.h"
+
+#include <string.h>
+
+#define TTL_INDEX "delete_at_1"
+
+/* Server error codes that decide what a failed write means. */
+#define CODE_DUPLICATE_KEY   11000
+#define CODE_NOT_IMPLEMENTED 238
+#define CODE_INDEX_OPTIONS   85 /* IndexOptionsConflict */
+#define CODE_INDEX_KEYS      86 /* IndexKeySpecsConflict */
+
+static bool is_dup_key(const bson_error_t *be)
+{
+    return be->code == CODE_DUPLICATE_KEY ||
+           strstr(be->message, "E11000") != NULL ||
+           strstr(be->message, "duplicate key") != NULL;
+}
+
+/* ---- the expiry index -------------------------------------------------- */
+
+static bool create_index(mongoc_collection_t *coll, bool ttl, bson_error_t *be)
+{
+    bson_t cmd = BSON_INITIALIZER, arr, idx, key;
+    bool ok;
+
+    BSON_APPEND_UTF8(&cmd, "createIndexes", KILN__MONGO_TASKS);
+    BSON_APPEND_ARRAY_BEGIN(&cmd, "indexes", &arr);
+    BSON_APPEND_DOCUMENT_BEGIN(&arr, "0", &idx);
+    BSON_APPEND_DOCUMENT_BEGIN(&idx, "key", &key);
+    BSON_APPEND_INT32(&key, "delete_at", 1);
+    bson_append_document_end(&idx, &key);
+    BSON_APPEND_UTF8(&idx, "name", TTL_INDEX);
+    if (ttl)
+        BSON_APPEND_INT32(&idx, "expireAfterSeconds", 0);
+    bson_append_document_end(&arr, &idx);
+    bson_append_array_end(&cmd, &arr);
+    ok = mongoc_collection_write_command_with_opts(coll, &cmd, NULL, NULL, be);
+    bson_destroy(&cmd);
+    return ok;
+}
+
+/* Creates the index once per store object. Caller holds ms->index_mu. */
+static kiln_err make_index(struct kiln__mongo_store *ms,
+                           mongoc_collection_t *coll, kiln_error *err)
+{
+    bson_error_t be;
+
+    if (create_index(coll, true, &be)) {
+        atomic_store(&ms->index_ready, true);
+        return KILN_OK;
+    }
+    if (be.code == CODE_INDEX_OPTIONS || be.code == CODE_INDEX_KEYS) {
+        kiln__log(KILN_LOG_WARN, KILN__MONGO_MODULE,
+                  "index %s.%s exists with other options; expiry follows "
+                  "it: %s",
+                  KILN__MONGO_TASKS, TTL_INDEX, be.message);
+        atomic_store(&ms->index_ready, true);
+        return KILN_OK;
+    }
+    if (be.code != CODE_NOT_IMPLEMENTED)
+        return kiln__mongo_fail(err, KILN_ESTORE, &be, "creating index %s",
+                                TTL_INDEX);
+    /* FerretDB 1.x: "Index option expireAfterSeconds is not implemented". */
+    if (!create_index(coll, false, &be))
+        return kiln__mongo_fail(err, KILN_ESTORE, &be, "creating index %s",
+                                TTL_INDEX);
+    kiln__log(KILN_LOG_NOTICE, KILN__MONGO_MODULE,
+              "the server has no TTL indexes; expired task documents are "
+              "deleted by the store itself");
+    atomic_store(&ms->sweep, true);
+    atomic_store(&ms->index_ready, true);
+    return KILN_OK;
+}
+
+static kiln_err ensure_index(struct kiln__mongo_store *ms,
+                             mongoc_collection_t *coll, kiln_error *err)
+{
+    kiln_err rc = KILN_OK;
+
+    if (ms->expire_s == 0 || atomic_load(&ms->index_ready))
+        return KILN_OK;
+    pthread_mutex_lock(&ms->index_mu);
+    if (!atomic_load(&ms->index_ready))
+        rc = make_index(ms, coll, err);
+    pthread_mutex_unlock(&ms->index_mu);
+    return rc;
+}
+
+/* Deletes finished documents whose delete_at has passed, where the server
+ * will not. One thread at a time wins the CAS; failures wait for the next
+ * turn (the documents are only kept longer). */
+static void maybe_sweep(struct kiln__mongo_store *ms, mongoc_collection_t *coll,
+                        int64_t now)
+{
+    int64_t due = atomic_load(&ms->next_sweep_ms);
+    int64_t every = (ms->expire_s < 60 ? (int64_t)ms->expire_s : 60) * 1000;
+    bson_t filter = BSON_INITIALIZER, cond;
+    bson_error_t be;
+
+    if (!atomic_load(&ms->sweep) || now < due ||
+        !atomic_compare_exchange_strong(&ms->next_sweep_ms, &due, now + every))
+        return;
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "delete_at", &cond);
+    BSON_APPEND_DATE_TIME(&cond, "$lte", now);
+    bson_append_document_end(&filter, &cond);
+    if (!mongoc_collection_delete_many(coll, &filter, NULL, NULL, &be))
+        kiln__log(KILN_LOG_DEBUG, KILN__MONGO_MODULE,
+                  "deleting expired tasks: %s", be.message);
+    bson_destroy(&filter);
+}
+
+/* ---- how the server takes conditional writes -------------------------- */
+
+/* FerretDB 1.x runs an update as a query followed by a write of the whole
+ * document, not atomically, and pushes only a filter of exactly {_id} down
+ * to SQLite: a conditional filter scans the whole collection on every
+ * write. So against FerretDB the store reads the state by _id, applies the
+ * rules here and writes by _id, holding a per-task lock: writers in this
+ * process are serialised per task; writers in other processes are only as
+ * atomic as FerretDB's own updates. MongoDB gets one conditional upsert. */
+static kiln_err probe_server(struct kiln__mongo_store *ms,
+                             mongoc_client_t *client, kiln_error *err)
+{
+    bson_t cmd = BSON_INITIALIZER, reply;
+    bson_error_t be;
+    bson_iter_t it;
+    bool ferret;
+
+    if (atomic_load(&ms->server) != KILN__MONGO_UNKNOWN)
+        return KILN_OK;
+    BSON_APPEND_INT32(&cmd, "buildInfo", 1);
+    if (!mongoc_client_command_simple(client, "admin", &cmd, NULL, &reply,
+                                      &be)) {
+        bson_destroy(&cmd);
+        bson_destroy(&reply);
+        return kiln__mongo_fail(err, KILN_ESTORE, &be, "buildInfo");
+    }
+    ferret = bson_iter_init_find(&it, &reply, "ferretdbVersion");
+    if (ferret && atomic_exchange(&ms->server, KILN__MONGO_FERRETDB) == 0)
+        kiln__log(KILN_LOG_NOTICE, KILN__MONGO_MODULE,
+                  "the server is FerretDB %s: task states are read, checked "
+                  "and written under a per-task lock",
+                  BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL) : "?");
+    else if (!ferret)
+        atomic_store(&ms->server, KILN__MONGO_ATOMIC);
+    bson_destroy(&cmd);
+    bson_destroy(&reply);
+    return KILN_OK;
+}
+
+/* One conditional upsert (see kiln__mongo_filter). A duplicate _id means
+ * the document exists but failed the condition when the upsert looked, or
+ * a concurrent write created it in between; a plain conditional update
+ * then applies `update` or finds that a rule says to ignore it. */
+static bool write_atomic(mongoc_collection_t *coll, const kiln__state_update *u,
+                         const bson_t *update, bson_error_t *be)
+{
+    bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
+    bool ok;
+
+    kiln__mongo_filter(&filter, u);
+    BSON_APPEND_BOOL(&opts, "upsert", true);
+    ok = mongoc_collection_update_one(coll, &filter, update, &opts, NULL, be);
+    if (!ok && is_dup_key(be))
+        ok =
+            mongoc_collection_update_one(coll, &filter, update, NULL, NULL, be);
+    bson_destroy(&filter);
+    bson_destroy(&opts);
+    return ok;
+}
+
+/* The rules of store/store.h for a task now in `cur` (NULL: unknown). */
+static bool applies(const char *cur, kiln__task_state next)
+{
+    if (cur == NULL)
+        return true;
+    if (strcmp(cur, kiln__state_name(KILN__STATE_SUCCESS)) == 0 ||
+        strcmp(cur, kiln__state_name(KILN__STATE_FAILURE)) == 0)
+        return false;
+    return next != KILN__STATE_PENDING ||
+           strcmp(cur, kiln__state_name(KILN__STATE_PENDING)) == 0;
+}
+
+/* The `state` of a stored document; "" when it has none. */
+static const char *state_of(const bson_t *doc)
+{
+    bson_iter_t it;
+
+    if (bson_iter_init_find(&it, doc, "state") && BSON_ITER_HOLDS_UTF8(&it))
+        return bson_iter_utf8(&it, NULL);
+    return "";
+}
+
+/* Reads the state by _id, checks the rules, writes by _id (see
+ * probe_server). Caller holds the task's stripe lock. */
+static bool write_checked(mongoc_collection_t *coll,
+                          const kiln__state_update *u, const bson_t *update,
+                          bson_error_t *be)
+{
+    bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj;
+    mongoc_cursor_t *cur;
+    const bson_t *doc;
+    bool ok = true, apply = true;
+
+    BSON_APPEND_UTF8(&filter, "_id", u->uuid);
+    BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+    BSON_APPEND_INT32(&proj, "state", 1);
+    bson_append_document_end(&opts, &proj);
+    cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
+    if (mongoc_cursor_next(cur, &doc))
+        apply = applies(state_of(doc), u->state);
+    else if (mongoc_cursor_error(cur, be))
+        ok = apply = false;
+    mongoc_cursor_destroy(cur);
+    bson_reinit(&opts);
+    BSON_APPEND_BOOL(&opts, "upsert", true);
+    if (apply)
+        ok = mongoc_collection_update_one(coll, &filter, update, &opts, NULL,
+                                          be);
+    bson_destroy(&filter);
+    bson_destroy(&opts);
+    return ok;
+}
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 14695981039346656037ULL;
+
+    for (; *s != '\0'; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static bool write_one(struct kiln__mongo_store *ms, mongoc_collection_t *coll,
+                      const kiln__state_update *u, const bson_t *update,
+                      bson_error_t *be)
+{
+    pthread_mutex_t *mu;
+    bool ok;
+
+    if (atomic_load(&ms->server) != KILN__MONGO_FERRETDB)
+        return write_atomic(coll, u, update, be);
+    mu = &ms->stripes[hash_str(u->uuid) % KILN__MONGO_STRIPES];
+    pthread_mutex_lock(mu);
+    ok = write_checked(coll, u, update, be);
+    if (!ok && is_dup_key(be)) /* another process created it meanwhile */
+        ok = write_checked(coll, u, update, be);
+    pthread_mutex_unlock(mu);
+    return ok;
+}
+
+/* ---- the write ---------------------------------------------------------- */
+
+kiln_err kiln__mongo_write(struct kiln__mongo_store *ms,
+                           const kiln__state_update *u, const bson_t *update,
+                           kiln_error *err)
+{
+    mongoc_client_t *client;
+    mongoc_collection_t *coll;
+    bson_error_t be;
+    kiln_err rc;
+    bool ok = false;
+
+    for (int attempt = 0; attempt < 2; attempt++) {
+        client = mongoc_client_pool_pop(ms->pool);
+        coll = mongoc_client_get_collection(client, ms->db, KILN__MONGO_TASKS);
+        rc = probe_server(ms, client, err);
+        if (rc == KILN_OK)
+            rc = ensure_index(ms, coll, err);
+        if (rc == KILN_OK && (ok = write_one(ms, coll, u, update, &be)))
+            maybe_sweep(ms, coll, kiln__mongo_now_ms());
+        mongoc_collection_destroy(coll);
+        mongoc_client_pool_push(ms->pool, client);
+        if (rc != KILN_OK || ok || !kiln__mongo_stale_socket(&be))
+            break;
+    }
+    if (rc != KILN_OK)
+        return rc;
+    return ok ? KILN_OK
+              : kiln__mongo_fail(err, KILN_ESTORE, &be,
+                                 "writing state of '%.80s'", u->uuid);
+}
