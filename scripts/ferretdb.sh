@@ -63,8 +63,12 @@ port_open() {
 }
 
 have_binary() {
-    [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$build_id" ] &&
-        "$bin" --version 2>/dev/null | grep -qx "version: $version"
+    local out
+    [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$build_id" ] || return 1
+    # Captured first: with pipefail, `--version | grep -q` fails whenever
+    # grep exits before the binary finishes writing (SIGPIPE).
+    out=$("$bin" --version 2>/dev/null) || return 1
+    grep -qx "version: $version" <<<"$out"
 }
 
 # See the header: look documents up by the expression the _id index has.
