@@ -9,6 +9,8 @@
 
 #include <cmocka.h>
 
+#include "test/support/files.h"
+
 #include "task/codec.h"
 
 #include <float.h>
@@ -19,29 +21,6 @@
 #include <string.h>
 
 /* ---- helpers ------------------------------------------------------------ */
-
-/* Reads a whole file; a trailing newline is dropped. */
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-
-    assert_non_null(f);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    n = ftell(f);
-    assert_true(n >= 0);
-    rewind(f);
-    buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    while (n > 0 && buf[n - 1] == '\n')
-        n--;
-    buf[n] = '\0';
-    *len = (size_t)n;
-    return buf;
-}
 
 static kiln_signature *decode_ok(const char *json, size_t len)
 {
@@ -74,7 +53,7 @@ static void golden(const char *name, kiln_dialect want,
     kiln_signature *sig;
 
     (void)snprintf(path, sizeof(path), "test/data/golden/%s", name);
-    text = slurp(path, &len);
+    text = test_slurp(path, &len, true);
     sig = decode_ok(text, len);
     assert_int_equal(sig->dialect, want);
     check(sig);
@@ -423,7 +402,7 @@ static void test_cross_dialect_fields_kept(void **state)
     kiln_signature *sig, *back;
 
     (void)state;
-    text = slurp("test/data/golden/machinery_full.json", &len);
+    text = test_slurp("test/data/golden/machinery_full.json", &len, true);
     sig = decode_ok(text, len);
     sig->wait_time = 4;
     p = encode_ok(sig, KILN_DIALECT_PAOTA, &len);
@@ -478,7 +457,8 @@ static void test_unknown_keys_kept(void **state)
 static void test_compat_json_tags(void **state)
 {
     size_t len;
-    char *text = slurp("test/data/compat/machinery_json_tags.json", &len);
+    char *text =
+        test_slurp("test/data/compat/machinery_json_tags.json", &len, true);
     kiln_signature *sig = decode_ok(text, len);
 
     (void)state;
@@ -497,7 +477,9 @@ static void test_compat_json_tags(void **state)
 static void test_compat_uint8_arrays(void **state)
 {
     size_t len;
-    char *text = slurp("test/data/compat/uint8_number_array.json", &len), *out;
+    char *text =
+             test_slurp("test/data/compat/uint8_number_array.json", &len, true),
+         *out;
     kiln_signature *sig = decode_ok(text, len);
 
     (void)state;

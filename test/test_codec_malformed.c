@@ -8,6 +8,8 @@
 
 #include <cmocka.h>
 
+#include "test/support/files.h"
+
 #include "task/codec.h"
 
 #include <dirent.h>
@@ -192,26 +194,6 @@ static const struct {
     {"whitespace_only", "body: not JSON (error near byte 4)"},
 };
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-
-    assert_non_null(f);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    n = ftell(f);
-    assert_true(n >= 0);
-    rewind(f);
-    buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    buf[n] = '\0';
-    *len = (size_t)n;
-    return buf;
-}
-
 static void expect(const char *json, size_t len, size_t max_len, kiln_err code,
                    const char *message)
 {
@@ -237,7 +219,7 @@ static void test_malformed_files(void **state)
     for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
         (void)snprintf(path, sizeof(path), "test/data/malformed/%s.json",
                        cases[i].file);
-        text = slurp(path, &len);
+        text = test_slurp(path, &len, false);
         print_message("%s\n", cases[i].file);
         expect(text, len, 0, KILN_ECODEC, cases[i].message);
         free(text);
@@ -541,7 +523,7 @@ static kiln_err op_raw(const input *in)
 static void load(input *in, const char *path)
 {
     memset(in, 0, sizeof(*in));
-    in->text = slurp(path, &in->len);
+    in->text = test_slurp(path, &in->len, false);
     while (in->len > 0 && in->text[in->len - 1] == '\n')
         in->len--;
 }

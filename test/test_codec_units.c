@@ -8,6 +8,8 @@
 
 #include <cmocka.h>
 
+#include "test/support/files.h"
+
 #include "task/codec.h"
 
 #include <float.h>
@@ -18,29 +20,6 @@
 #include <string.h>
 
 /* ---- helpers ------------------------------------------------------------ */
-
-/* Reads a whole file; a trailing newline is dropped. */
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-
-    assert_non_null(f);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    n = ftell(f);
-    assert_true(n >= 0);
-    rewind(f);
-    buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    while (n > 0 && buf[n - 1] == '\n')
-        n--;
-    buf[n] = '\0';
-    *len = (size_t)n;
-    return buf;
-}
 
 static char *encode_ok(const kiln_signature *sig, kiln_dialect d, size_t *len)
 {
@@ -291,7 +270,8 @@ static void test_golden_paota_headers(void **state)
     kiln_error err = {0};
     size_t len, n, out_n = 0, body_len = 0;
     const char *body;
-    char *text = slurp("test/data/golden/paota_headers.txt", &len), *raw;
+    char *text = test_slurp("test/data/golden/paota_headers.txt", &len, true),
+         *raw;
 
     (void)state;
     n = parse_headers(text, in, 16, &body);

@@ -10,6 +10,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "test/support/amqp_raw.h"
+
 #include <amqp.h>
 #include <amqp_framing.h>
 #include <amqp_tcp_socket.h>
@@ -33,17 +35,6 @@ typedef struct fixture {
 } fixture;
 
 /* ---- helpers ---------------------------------------------------------- */
-
-static const char *test_url(void)
-{
-    const char *url = getenv("KILN_TEST_AMQP_URL");
-
-    if (url == NULL || url[0] == '\0')
-        fail_msg("KILN_TEST_AMQP_URL is not set: run the integration tests "
-                 "with `make check-integration` (or scripts/with-rabbitmq.sh)"
-                 ", which starts a private RabbitMQ node");
-    return url;
-}
 
 /* Log lines, kept to check that no password ever reaches them. */
 static char log_seen[1 << 16];
@@ -71,7 +62,7 @@ static void name_cfg(kiln_config *cfg)
     assert_int_equal(kiln__random(r, sizeof(r), NULL), KILN_OK);
     (void)snprintf(sfx, sizeof(sfx), "%02x%02x%02x%02x%02x%02x", r[0], r[1],
                    r[2], r[3], r[4], r[5]);
-    kiln__strlcpy(cfg->broker_url, test_url(), sizeof(cfg->broker_url));
+    kiln__strlcpy(cfg->broker_url, test_amqp_url(), sizeof(cfg->broker_url));
     (void)snprintf(cfg->exchange, sizeof(cfg->exchange), "kiln_it.%s.x", sfx);
     (void)snprintf(cfg->queue, sizeof(cfg->queue), "kiln_it.%s.q", sfx);
     (void)snprintf(cfg->binding_key, sizeof(cfg->binding_key), "task");
@@ -83,62 +74,19 @@ static void name_cfg(kiln_config *cfg)
     cfg->publish_timeout_ms = 10000;
 }
 
-/* A raw rabbitmq-c connection for set-up checks and clean-up. */
-static amqp_connection_state_t raw_open(void)
-{
-    char buf[KILN_URL_MAX];
-    struct amqp_connection_info ci;
-    amqp_connection_state_t c = amqp_new_connection();
-    amqp_socket_t *s = amqp_tcp_socket_new(c);
-    amqp_rpc_reply_t r;
-
-    kiln__strlcpy(buf, test_url(), sizeof(buf));
-    assert_int_equal(amqp_parse_url(buf, &ci), AMQP_STATUS_OK);
-    assert_int_equal(amqp_socket_open(s, ci.host, ci.port), AMQP_STATUS_OK);
-    r = amqp_login(c, "/", 0, AMQP_DEFAULT_FRAME_SIZE, 0,
-                   AMQP_SASL_METHOD_PLAIN, ci.user, ci.password);
-    assert_int_equal(r.reply_type, AMQP_RESPONSE_NORMAL);
-    (void)amqp_channel_open(c, 1);
-    assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
-    return c;
-}
-
-static void raw_close(amqp_connection_state_t c)
-{
-    (void)amqp_connection_close(c, AMQP_REPLY_SUCCESS);
-    (void)amqp_destroy_connection(c);
-}
-
-/* Messages ready in `queue`, or -1 when it does not exist. */
-static long raw_count(const char *queue)
-{
-    amqp_connection_state_t c = raw_open();
-    amqp_queue_declare_ok_t *ok;
-    long n;
-
-    ok = amqp_queue_declare(c, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0,
-                            amqp_empty_table);
-    n = ok != NULL ? (long)ok->message_count : -1;
-    if (ok == NULL)
-        (void)amqp_destroy_connection(c); /* channel closed by the 404 */
-    else
-        raw_close(c);
-    return n;
-}
-
 /* Polls until `queue` holds `want` messages or 5 s pass. */
 static long wait_count(const char *queue, long want)
 {
     long n = -1;
 
-    for (int i = 0; i < 100 && (n = raw_count(queue)) != want; i++)
+    for (int i = 0; i < 100 && (n = test_amqp_count(queue)) != want; i++)
         usleep(50000);
     return n;
 }
 
 static void raw_delete(const kiln_config *cfg)
 {
-    amqp_connection_state_t c = raw_open();
+    amqp_connection_state_t c = test_amqp_open();
     const char *queues[] = {cfg->queue, cfg->dead_letter_queue};
     const char *xs[] = {cfg->exchange, cfg->dead_letter_exchange};
 
@@ -146,7 +94,7 @@ static void raw_delete(const kiln_config *cfg)
         (void)amqp_queue_delete(c, 1, amqp_cstring_bytes(queues[i]), 0, 0);
         (void)amqp_exchange_delete(c, 1, amqp_cstring_bytes(xs[i]), 0);
     }
-    raw_close(c);
+    test_amqp_close(c);
 }
 
 static int setup(void **state)
@@ -154,7 +102,8 @@ static int setup(void **state)
     fixture *f;
     kiln_error err;
 
-    (void)test_url(); /* fails the test, before anything to free, if unset */
+    (void)
+        test_amqp_url(); /* fails the test, before anything to free, if unset */
     f = calloc(1, sizeof(*f));
     assert_non_null(f);
     name_cfg(&f->cfg);
@@ -229,7 +178,7 @@ static void consume(fixture *f, kiln__delivery *d)
 static void test_url_is_set(void **state)
 {
     (void)state;
-    assert_non_null(test_url());
+    assert_non_null(test_amqp_url());
 }
 
 static void test_connect_declare_close_reconnect(void **state)
@@ -285,7 +234,7 @@ static void test_ops_before_connect(void **state)
 static void test_bad_credentials(void **state)
 {
     fixture *f = *state;
-    const char *at = strrchr(test_url(), '@');
+    const char *at = strrchr(test_amqp_url(), '@');
     kiln_error err;
     int64_t t0;
 
@@ -308,7 +257,8 @@ static void test_bad_credentials(void **state)
     assert_null(strstr(err.message, BAD_PASSWORD));
     assert_null(strstr(log_seen, BAD_PASSWORD));
     /* and the object stays usable with the right URL */
-    kiln__strlcpy(f->cfg.broker_url, test_url(), sizeof(f->cfg.broker_url));
+    kiln__strlcpy(f->cfg.broker_url, test_amqp_url(),
+                  sizeof(f->cfg.broker_url));
     kiln__broker_destroy(f->b);
     f->b = kiln__amqp_broker_new(&f->cfg, &err);
     connect_declare(f);
@@ -333,7 +283,8 @@ static void test_bad_port(void **state)
     assert_null(strstr(err.message, BAD_PASSWORD));
     /* every op fails fast afterwards */
     assert_int_equal(f->b->ops->declare(f->b, &f->cfg, &err), KILN_ECLOSED);
-    kiln__strlcpy(f->cfg.broker_url, test_url(), sizeof(f->cfg.broker_url));
+    kiln__strlcpy(f->cfg.broker_url, test_amqp_url(),
+                  sizeof(f->cfg.broker_url));
 }
 
 static void test_bad_url(void **state)
@@ -349,7 +300,8 @@ static void test_bad_url(void **state)
         assert_int_equal(kiln__broker_connect(f->b, &err), KILN_EINVAL);
     assert_int_equal(err.code, KILN_EINVAL);
     assert_null(strstr(err.message, ":pw@"));
-    kiln__strlcpy(f->cfg.broker_url, test_url(), sizeof(f->cfg.broker_url));
+    kiln__strlcpy(f->cfg.broker_url, test_amqp_url(),
+                  sizeof(f->cfg.broker_url));
     if (f->b == NULL)
         f->b = kiln__amqp_broker_new(&f->cfg, &err);
 }
@@ -363,8 +315,8 @@ static void test_declare_twice(void **state)
 
     connect_declare(f);
     assert_int_equal(f->b->ops->declare(f->b, &f->cfg, &err), KILN_OK);
-    assert_int_equal(raw_count(f->cfg.queue), 0);
-    assert_int_equal(raw_count(f->cfg.dead_letter_queue), 0);
+    assert_int_equal(test_amqp_count(f->cfg.queue), 0);
+    assert_int_equal(test_amqp_count(f->cfg.dead_letter_queue), 0);
 }
 
 static void test_declare_conflict(void **state)
@@ -392,7 +344,7 @@ static void test_declare_conflict(void **state)
     /* the channel came back: the object works on */
     assert_int_equal(f->b->ops->declare(f->b, &f->cfg, &err), KILN_OK);
     publish_one(f, "still fine", NULL);
-    assert_int_equal(raw_count(f->cfg.queue), 1);
+    assert_int_equal(test_amqp_count(f->cfg.queue), 1);
 }
 
 static void test_quorum_queue(void **state)
@@ -491,7 +443,7 @@ static void test_batch_of_1000(void **state)
     assert_int_equal(kiln__broker_publish(f->b, m, BATCH, st, &err), KILN_OK);
     for (size_t i = 0; i < BATCH; i++)
         assert_int_equal(st[i], KILN_OK);
-    assert_int_equal(raw_count(f->cfg.queue), BATCH);
+    assert_int_equal(test_amqp_count(f->cfg.queue), BATCH);
 
     subscribe(f, 128);
     for (size_t i = 0; i < BATCH; i++) {
@@ -571,7 +523,7 @@ static void test_nack_dead_letters(void **state)
     assert_int_equal(kiln__broker_nack(f->b, d.tag, false, &err), KILN_OK);
     kiln__broker_release(f->b, &d);
     assert_int_equal(wait_count(f->cfg.dead_letter_queue, 1), 1);
-    assert_int_equal(raw_count(f->cfg.queue), 0);
+    assert_int_equal(test_amqp_count(f->cfg.queue), 0);
 
     /* read it back: x-death arrives as JSON */
     b2 = kiln__amqp_broker_new(&dl, &err);
@@ -617,7 +569,7 @@ static void test_unroutable_in_batch(void **state)
     assert_non_null(strstr(err.message, "msgs[1]"));
     assert_non_null(strstr(err.message, "unroutable"));
     assert_non_null(strstr(err.message, "NO_ROUTE"));
-    assert_int_equal(raw_count(f->cfg.queue), 2);
+    assert_int_equal(test_amqp_count(f->cfg.queue), 2);
     /* the channel is fine: the next batch goes through */
     assert_int_equal(kiln__broker_publish(f->b, m, 1, st, &err), KILN_OK);
 }
@@ -646,7 +598,7 @@ static void test_publish_bad_message(void **state)
     assert_int_equal(kiln__broker_publish(f->b, m, 2, st, &err), KILN_EINVAL);
     /* nothing was sent, and the connection is fine */
     assert_int_equal(kiln__broker_publish(f->b, m, 1, st, &err), KILN_OK);
-    assert_int_equal(raw_count(f->cfg.queue), 1);
+    assert_int_equal(test_amqp_count(f->cfg.queue), 1);
 }
 
 static void test_publish_to_missing_exchange(void **state)
@@ -672,7 +624,7 @@ static void test_publish_to_missing_exchange(void **state)
     assert_false(f->b->ops->publish_lost(f->b, 2)); /* out of range */
     /* a new channel is opened for the next publish */
     publish_one(f, "z", NULL);
-    assert_int_equal(raw_count(f->cfg.queue), 1);
+    assert_int_equal(test_amqp_count(f->cfg.queue), 1);
     assert_false(f->b->ops->publish_lost(f->b, 0));
 }
 
@@ -691,10 +643,10 @@ static void test_publish_to_deleted_exchange(void **state)
 
     connect_declare(f);
     publish_one(f, "before", NULL);
-    c = raw_open();
+    c = test_amqp_open();
     (void)amqp_exchange_delete(c, 1, amqp_cstring_bytes(f->cfg.exchange), 0);
     assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
-    raw_close(c);
+    test_amqp_close(c);
     for (size_t i = 0; i < 3; i++)
         m[i] = msg_to(&f->cfg, "after");
     for (int round = 0; round < 2; round++) {
@@ -715,7 +667,7 @@ static void test_publish_to_deleted_exchange(void **state)
     assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err), KILN_OK);
     for (size_t i = 0; i < 3; i++)
         assert_false(f->b->ops->publish_lost(f->b, i));
-    assert_int_equal(raw_count(f->cfg.queue), 4);
+    assert_int_equal(test_amqp_count(f->cfg.queue), 4);
 }
 
 static void test_consume_timeout(void **state)
@@ -750,10 +702,10 @@ static void test_queue_deleted_while_consuming(void **state)
 
     connect_declare(f);
     subscribe(f, 10);
-    c = raw_open();
+    c = test_amqp_open();
     (void)amqp_queue_delete(c, 1, amqp_cstring_bytes(f->cfg.queue), 0, 0);
     assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
-    raw_close(c);
+    test_amqp_close(c);
     t0 = now_ms();
     assert_int_equal(kiln__broker_consume(f->b, &d, 5000, &err), KILN_EBROKER);
     print_message("queue deleted: %s\n", err.message);
@@ -991,13 +943,13 @@ static void test_header_types(void **state)
     p._flags = AMQP_BASIC_HEADERS_FLAG;
     p.headers.num_entries = 11;
     p.headers.entries = e;
-    c = raw_open();
+    c = test_amqp_open();
     assert_int_equal(amqp_basic_publish(c, 1,
                                         amqp_cstring_bytes(f->cfg.exchange),
                                         amqp_cstring_bytes("task"), 0, 0, &p,
                                         amqp_cstring_bytes("")),
                      AMQP_STATUS_OK);
-    raw_close(c);
+    test_amqp_close(c);
     consume(f, &d);
     assert_int_equal(d.body_len, 0);
     assert_string_equal(d.body, "");
@@ -1196,7 +1148,7 @@ static void relay_start(relay *r)
 {
     struct sockaddr_in a = {0};
     socklen_t len = sizeof(a);
-    const char *colon = strrchr(test_url(), ':');
+    const char *colon = strrchr(test_amqp_url(), ':');
 
     assert_non_null(colon);
     r->broker_port = atoi(colon + 1);
@@ -1231,7 +1183,8 @@ static void through_relay_hb(fixture *f, const relay *r, unsigned heartbeat_s)
     f->b = kiln__amqp_broker_new(&f->cfg, NULL);
     assert_non_null(f->b);
     connect_declare(f);
-    kiln__strlcpy(f->cfg.broker_url, test_url(), sizeof(f->cfg.broker_url));
+    kiln__strlcpy(f->cfg.broker_url, test_amqp_url(),
+                  sizeof(f->cfg.broker_url));
 }
 
 static void through_relay(fixture *f, const relay *r)
@@ -1313,7 +1266,7 @@ static long wait_at_least(const char *queue, long least)
 {
     long n = -1;
 
-    for (int i = 0; i < 100 && (n = raw_count(queue)) < least; i++)
+    for (int i = 0; i < 100 && (n = test_amqp_count(queue)) < least; i++)
         usleep(50000);
     return n;
 }
@@ -1448,7 +1401,7 @@ static void test_tick_keeps_idle_connection(void **state)
         usleep(200000);
     }
     publish_one(f, "still here", NULL);
-    assert_int_equal(raw_count(f->cfg.queue), 1);
+    assert_int_equal(test_amqp_count(f->cfg.queue), 1);
 }
 
 /* The broker's application stops (a restart): consume reports the

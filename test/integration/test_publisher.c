@@ -11,6 +11,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "test/support/amqp_raw.h"
+
 #include <amqp_tcp_socket.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -29,17 +31,6 @@ typedef struct fixture {
 
 /* ---- helpers ---------------------------------------------------------- */
 
-static const char *test_url(void)
-{
-    const char *url = getenv("KILN_TEST_AMQP_URL");
-
-    if (url == NULL || url[0] == '\0')
-        fail_msg("KILN_TEST_AMQP_URL is not set: run the integration tests "
-                 "with `make check-integration` (or scripts/with-rabbitmq.sh)"
-                 ", which starts a private RabbitMQ node");
-    return url;
-}
-
 static int64_t now_ms(void)
 {
     return kiln__monotonic_ns() / 1000000;
@@ -54,7 +45,7 @@ static void name_cfg(kiln_config *cfg)
     assert_int_equal(kiln__random(r, sizeof(r), NULL), KILN_OK);
     (void)snprintf(sfx, sizeof(sfx), "%02x%02x%02x%02x%02x%02x", r[0], r[1],
                    r[2], r[3], r[4], r[5]);
-    kiln__strlcpy(cfg->broker_url, test_url(), sizeof(cfg->broker_url));
+    kiln__strlcpy(cfg->broker_url, test_amqp_url(), sizeof(cfg->broker_url));
     (void)snprintf(cfg->exchange, sizeof(cfg->exchange), "kiln_pt.%s.x", sfx);
     (void)snprintf(cfg->queue, sizeof(cfg->queue), "kiln_pt.%s.q", sfx);
     (void)snprintf(cfg->binding_key, sizeof(cfg->binding_key), "task.%s", sfx);
@@ -66,51 +57,9 @@ static void name_cfg(kiln_config *cfg)
     cfg->publish_timeout_ms = 30000;
 }
 
-static amqp_connection_state_t raw_open(void)
-{
-    char buf[KILN_URL_MAX];
-    struct amqp_connection_info ci;
-    amqp_connection_state_t c = amqp_new_connection();
-    amqp_socket_t *s = amqp_tcp_socket_new(c);
-    amqp_rpc_reply_t r;
-
-    kiln__strlcpy(buf, test_url(), sizeof(buf));
-    assert_int_equal(amqp_parse_url(buf, &ci), AMQP_STATUS_OK);
-    assert_int_equal(amqp_socket_open(s, ci.host, ci.port), AMQP_STATUS_OK);
-    r = amqp_login(c, "/", 0, AMQP_DEFAULT_FRAME_SIZE, 0,
-                   AMQP_SASL_METHOD_PLAIN, ci.user, ci.password);
-    assert_int_equal(r.reply_type, AMQP_RESPONSE_NORMAL);
-    (void)amqp_channel_open(c, 1);
-    assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
-    return c;
-}
-
-static void raw_close(amqp_connection_state_t c)
-{
-    (void)amqp_connection_close(c, AMQP_REPLY_SUCCESS);
-    (void)amqp_destroy_connection(c);
-}
-
-/* Messages ready in `queue` (passive declare), or -1 when it is missing. */
-static long raw_count(const char *queue)
-{
-    amqp_connection_state_t c = raw_open();
-    amqp_queue_declare_ok_t *ok;
-    long n;
-
-    ok = amqp_queue_declare(c, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0,
-                            amqp_empty_table);
-    n = ok != NULL ? (long)ok->message_count : -1;
-    if (ok == NULL)
-        (void)amqp_destroy_connection(c); /* channel closed by the 404 */
-    else
-        raw_close(c);
-    return n;
-}
-
 static void raw_delete(const kiln_config *cfg)
 {
-    amqp_connection_state_t c = raw_open();
+    amqp_connection_state_t c = test_amqp_open();
     const char *queues[] = {cfg->queue, cfg->dead_letter_queue};
     const char *xs[] = {cfg->exchange, cfg->dead_letter_exchange};
 
@@ -118,7 +67,7 @@ static void raw_delete(const kiln_config *cfg)
         (void)amqp_queue_delete(c, 1, amqp_cstring_bytes(queues[i]), 0, 0);
         (void)amqp_exchange_delete(c, 1, amqp_cstring_bytes(xs[i]), 0);
     }
-    raw_close(c);
+    test_amqp_close(c);
 }
 
 static int rabbitmqctl(const char *args)
@@ -165,7 +114,8 @@ static int setup(void **state)
     fixture *f;
     kiln_error err;
 
-    (void)test_url(); /* fails the test, before anything to free, if unset */
+    (void)
+        test_amqp_url(); /* fails the test, before anything to free, if unset */
     f = calloc(1, sizeof(*f));
     assert_non_null(f);
     name_cfg(&f->cfg);
@@ -254,7 +204,7 @@ static void test_send_task_8_threads(void **state)
         assert_int_equal(s[i].ok, PER_THREAD);
         free_sigs(s[i].sigs, PER_THREAD);
     }
-    n = raw_count(f->cfg.queue);
+    n = test_amqp_count(f->cfg.queue);
     printf("throughput: kiln_pool_send_task from %d threads: %d tasks in "
            "%lld ms = %.0f tasks/s (pool_size %u)\n",
            THREADS, THREADS * PER_THREAD, (long long)ms,
@@ -288,7 +238,7 @@ static void test_send_tasks_10000_waits_once(void **state)
     printf("throughput: one kiln_pool_send_tasks of %d: %lld ms = %.0f "
            "tasks/s\n",
            N, (long long)t0, N * 1000.0 / (double)(t0 > 0 ? t0 : 1));
-    assert_int_equal(raw_count(f->cfg.queue), N);
+    assert_int_equal(test_amqp_count(f->cfg.queue), N);
     free(st);
     free_sigs(own, N);
 }
@@ -311,7 +261,7 @@ static void test_send_tasks_batches_of_1000(void **state)
            "thread: %lld ms = %.0f tasks/s\n",
            BATCHES, BATCH, (long long)t0,
            BATCHES * BATCH * 1000.0 / (double)(t0 > 0 ? t0 : 1));
-    assert_int_equal(raw_count(f->cfg.queue), BATCH * BATCHES);
+    assert_int_equal(test_amqp_count(f->cfg.queue), BATCH * BATCHES);
     free_sigs(own, BATCH);
 }
 
@@ -335,7 +285,7 @@ static void test_send_tasks_unroutable_in_batch(void **state)
     assert_non_null(strstr(err.message, "NO_ROUTE"));
     /* The connection is still fine: the next send goes through. */
     assert_int_equal(kiln_pool_send_task(f->pool, own[0], &err), KILN_OK);
-    assert_int_equal(raw_count(f->cfg.queue), 9 + 1);
+    assert_int_equal(test_amqp_count(f->cfg.queue), 9 + 1);
     free_sigs(own, 10);
 }
 
@@ -387,7 +337,7 @@ static void test_broker_restart_while_sending(void **state)
         free_sigs(s[i].sigs, N);
     }
     pthread_barrier_destroy(&go);
-    n = raw_count(f->cfg.queue);
+    n = test_amqp_count(f->cfg.queue);
     printf("restart: %zu sends confirmed, %ld messages in the queue\n", ok, n);
     assert_true(n >= (long)ok);
 }

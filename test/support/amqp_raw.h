@@ -1,0 +1,18 @@
+/* A plain rabbitmq-c connection for integration tests' set-up checks and
+ * clean-up, independent of the code under test. */
+#ifndef KILN_TEST_AMQP_RAW_H
+#define KILN_TEST_AMQP_RAW_H
+
+#include <amqp.h>
+
+/* KILN_TEST_AMQP_URL; fails the test, with how to run it, when unset. */
+const char *test_amqp_url(void);
+
+/* A connection with channel 1 open; fails the test when it cannot. */
+amqp_connection_state_t test_amqp_open(void);
+void test_amqp_close(amqp_connection_state_t c);
+
+/* Messages ready in `queue` (passive declare), or -1 when it is missing. */
+long test_amqp_count(const char *queue);
+
+#endif
