@@ -88,6 +88,13 @@ size_t kiln__mock_store_count(kiln__store *s, int state);
 /* The next `count` set_state calls fail with KILN_ESTORE. */
 void kiln__mock_store_fail_writes(kiln__store *s, unsigned count);
 
+/* While `down`, every set_state call fails with KILN_ESTORE, as against a
+ * stopped server. Any thread. */
+void kiln__mock_store_set_down(kiln__store *s, bool down);
+
+/* How many set_state calls failed because the store was down. */
+unsigned kiln__mock_store_failed_while_down(kiln__store *s);
+
 /* Waits up to `timeout_ms` until task `uuid` is finished; KILN_OK or
  * KILN_ETIMEDOUT. */
 kiln_err kiln__mock_store_wait_finished(kiln__store *s, const char *uuid,
