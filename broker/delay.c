@@ -250,11 +250,17 @@ bool kiln__delay_exchange_level(const kiln_config *cfg, const char *exchange,
         *level = -1;
         return true;
     }
-    for (unsigned k = 0; k < cfg->delay_levels; k++) {
-        if (level_name(cfg, k, name, sizeof(name), NULL) == KILN_OK &&
-            strcmp(exchange, name) == 0) {
-            *level = (int)k;
-            return true;
+    /* Either type's levels: a consumer need not share the producer's
+     * KILN_QUEUE_TYPE. */
+    for (int quorum = 0; quorum < 2; quorum++) {
+        kiln_config c = *cfg;
+        c.queue_type = quorum ? KILN_QUEUE_QUORUM : KILN_QUEUE_CLASSIC;
+        for (unsigned k = 0; k < cfg->delay_levels; k++) {
+            if (level_name(&c, k, name, sizeof(name), NULL) == KILN_OK &&
+                strcmp(exchange, name) == 0) {
+                *level = (int)k;
+                return true;
+            }
         }
     }
     return false;

@@ -129,15 +129,19 @@ kiln_err kiln__delay_dest_binding(const kiln_config *cfg,
  * NULL) gets the delay it spells, *dest the destination routing key,
  * borrowed from `rk` (a pointer into it). KILN_EINVAL when `rk` does not
  * start with KILN_DELAY_LEVELS words "0" or "1". Use it on deliveries
- * whose exchange is the delivery exchange. */
+ * whose exchange belongs to the cascade (kiln__delay_exchange_level):
+ * RabbitMQ reports the exchange the last level dead-lettered the message
+ * to (level j-1's for a message whose lowest set bit is j, the delivery
+ * exchange for j = 0), or the one it was published to for 0 units. */
 kiln_err kiln__delay_parse(const kiln_config *cfg, const char *rk,
                            uint64_t *units, const char **dest, kiln_error *err);
 
 /* kiln__delay_exchange_level tells whether `exchange` belongs to the
- * cascade of `cfg`: true with *level = k for level k's exchange, or
- * *level = -1 for the delivery exchange; false for any other name. A
- * message published to level k's exchange waits only for the bits 0..k
- * of its key. */
+ * cascade of `cfg`: true with *level = k for level k's exchange (classic
+ * or quorum, whatever cfg->queue_type says, since the producer's may
+ * differ), or *level = -1 for the delivery exchange; false for any other
+ * name. A message published to level k's exchange waits only for the
+ * bits 0..k of its key. */
 bool kiln__delay_exchange_level(const kiln_config *cfg, const char *exchange,
                                 int *level);
 

@@ -113,18 +113,25 @@ static kiln_err take(kiln__mock_server *srv, size_t ci, const kiln__message *m,
 {
     const struct cascade *c = &srv->cascades[ci];
     kiln__message view = *m;
+    kiln__delay_level lv;
     struct msg *copy;
     size_t n = 0;
     kiln_err rc;
+    unsigned low = 0;
 
-    /* What a consumer sees after the last level dead-lettered it. */
-    view.exchange = c->delivery;
     if (units == 0) {
         if ((rc = kiln__mock_deliver(srv, c->delivery, dest, &view, &n, err)) !=
             KILN_OK)
             return rc;
         return n > 0 ? KILN_OK : no_route(m, err);
     }
+    /* A consumer sees the exchange the last level it waited in (that of
+     * the lowest set bit) dead-lettered it to, as on RabbitMQ. */
+    while (((units >> low) & 1u) == 0)
+        low++;
+    if ((rc = kiln__delay_level_get(&c->cfg, low, &lv, err)) != KILN_OK)
+        return rc;
+    view.exchange = lv.next;
     if ((copy = kiln__mock_msg_pack(&view)) == NULL)
         return kiln__fail(err, KILN_ENOMEM, "mock broker: delayed message");
     copy->queue = ci;
@@ -143,7 +150,14 @@ kiln_err kiln__mock_route_delay(kiln__mock_server *srv, const kiln__message *m,
         uint64_t units;
         int level;
 
-        if (!kiln__delay_exchange_level(cfg, m->exchange, &level))
+        kiln__delay_level lv;
+
+        /* Only this cascade's type: the other type's levels are other
+         * exchanges, which need a declare of their own. */
+        if (!kiln__delay_exchange_level(cfg, m->exchange, &level) ||
+            (level >= 0 && (kiln__delay_level_get(cfg, (unsigned)level, &lv,
+                                                  NULL) != KILN_OK ||
+                            strcmp(lv.name, m->exchange) != 0)))
             continue;
         *taken = true;
         /* A key that does not spell a delay matches no level binding. */

@@ -46,8 +46,7 @@ static bool match_words(const char *pat, const char *key)
         return false;
     size_t kl = word_len(key);
     const char *knext = key[kl] == '.' ? key + kl + 1 : NULL;
-    if (!(pl == 1 && pat[0] == '*') &&
-        (pl != kl || memcmp(pat, key, kl) != 0))
+    if (!(pl == 1 && pat[0] == '*') && (pl != kl || memcmp(pat, key, kl) != 0))
         return false;
     if (pnext == NULL)
         return knext == NULL;
@@ -99,9 +98,8 @@ static uint64_t simulate(const kiln_config *cfg, const char *exch,
     kiln__delay_level lv;
     int level, hops = 0;
 
-    assert_int_equal(kiln__delay_delivery(cfg, delivery, sizeof(delivery),
-                                          NULL),
-                     KILN_OK);
+    assert_int_equal(
+        kiln__delay_delivery(cfg, delivery, sizeof(delivery), NULL), KILN_OK);
     kiln__strlcpy(cur, exch, sizeof(cur));
     for (;;) {
         bool to_queue, to_next;
@@ -109,8 +107,7 @@ static uint64_t simulate(const kiln_config *cfg, const char *exch,
         assert_true(kiln__delay_exchange_level(cfg, cur, &level));
         if (level < 0)
             break;
-        assert_int_equal(kiln__delay_level_get(cfg, (unsigned)level, &lv,
-                                               NULL),
+        assert_int_equal(kiln__delay_level_get(cfg, (unsigned)level, &lv, NULL),
                          KILN_OK);
         to_queue = topic_match(lv.queue_key, rk);
         to_next = topic_match(lv.next_key, rk);
@@ -145,13 +142,11 @@ static void check_delay(const kiln_config *cfg, uint64_t delay_ms,
                  (unsigned long long)simulate(cfg, exch, rk),
                  (unsigned long long)want, rk);
     assert_true(want >= delay_ms && want - delay_ms < unit);
-    assert_int_equal(kiln__delay_dest_binding(cfg, dest, bind, sizeof(bind),
-                                              NULL),
-                     KILN_OK);
+    assert_int_equal(
+        kiln__delay_dest_binding(cfg, dest, bind, sizeof(bind), NULL), KILN_OK);
     assert_true(topic_match(bind, rk));
     assert_int_equal(kiln__delay_units(cfg, delay_ms, &units, NULL), KILN_OK);
-    assert_int_equal(kiln__delay_parse(cfg, rk, &parsed, &back, NULL),
-                     KILN_OK);
+    assert_int_equal(kiln__delay_parse(cfg, rk, &parsed, &back, NULL), KILN_OK);
     assert_int_equal(parsed, units);
     assert_string_equal(back, dest);
 }
@@ -177,7 +172,7 @@ static void check_all_delays(const kiln_config *cfg)
     check_delay(cfg, max - unit + 1, "task");
     for (unsigned k = 0; k < cfg->delay_levels; k++) {
         uint64_t p = (1ull << k) * unit;
-        check_delay(cfg, p, "task");       /* one level */
+        check_delay(cfg, p, "task");        /* one level */
         check_delay(cfg, p - unit, "task"); /* 2^k - 1 units: k levels */
         check_delay(cfg, p - 1, "task");
         if (p + 1 <= max)
@@ -321,9 +316,9 @@ static void test_dotted_and_long_destinations(void **state)
         }
     }
     /* A topic binding key keeps its wildcards. */
-    assert_int_equal(kiln__delay_dest_binding(&cfg, "orders.#", bind,
-                                              sizeof(bind), NULL),
-                     KILN_OK);
+    assert_int_equal(
+        kiln__delay_dest_binding(&cfg, "orders.#", bind, sizeof(bind), NULL),
+        KILN_OK);
     assert_int_equal(kiln__delay_route(&cfg, 50, "orders.eu.fr", exch,
                                        sizeof(exch), rk, sizeof(rk), NULL),
                      KILN_OK);
@@ -348,12 +343,12 @@ static void test_dotted_and_long_destinations(void **state)
                      KILN_EINVAL);
     assert_non_null(strstr(err.message, "empty"));
     /* Buffers too small are refused, not overrun. */
-    assert_int_equal(kiln__delay_route(&cfg, 50, "orders", exch, 10, rk,
-                                       sizeof(rk), NULL),
-                     KILN_EINVAL);
-    assert_int_equal(kiln__delay_route(&cfg, 50, "orders", exch, sizeof(exch),
-                                       rk, 70, NULL),
-                     KILN_EINVAL);
+    assert_int_equal(
+        kiln__delay_route(&cfg, 50, "orders", exch, 10, rk, sizeof(rk), NULL),
+        KILN_EINVAL);
+    assert_int_equal(
+        kiln__delay_route(&cfg, 50, "orders", exch, sizeof(exch), rk, 70, NULL),
+        KILN_EINVAL);
 }
 
 static void test_parse_and_names(void **state)
@@ -365,16 +360,15 @@ static void test_parse_and_names(void **state)
     kiln_error err;
 
     (void)state;
-    assert_int_equal(kiln__delay_parse(&cfg, "1.0.1.1.a.b", &units, &dest,
-                                       NULL),
-                     KILN_OK);
+    assert_int_equal(
+        kiln__delay_parse(&cfg, "1.0.1.1.a.b", &units, &dest, NULL), KILN_OK);
     assert_int_equal(units, 13);
     assert_string_equal(dest, "a.b");
     assert_int_equal(kiln__delay_parse(&cfg, "0.0.0.0.", &units, &dest, NULL),
                      KILN_OK);
     assert_string_equal(dest, "");
-    static const char *const bad[] = {"", "1.0.1", "1.0.1.1", "1.0.2.1.a",
-                                      "10.1.1.1.a", "1.0.1.1a"};
+    static const char *const bad[] = {"",          "1.0.1",      "1.0.1.1",
+                                      "1.0.2.1.a", "10.1.1.1.a", "1.0.1.1a"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(kiln__delay_parse(&cfg, bad[i], &units, &dest, &err),
                          KILN_EINVAL);
@@ -385,10 +379,14 @@ static void test_parse_and_names(void **state)
     assert_true(
         kiln__delay_exchange_level(&cfg, "kiln_tasks.delay.delivery", &level));
     assert_int_equal(level, -1);
-    assert_false(kiln__delay_exchange_level(&cfg, "kiln_tasks.delay.4", &level));
+    assert_false(
+        kiln__delay_exchange_level(&cfg, "kiln_tasks.delay.4", &level));
     assert_false(kiln__delay_exchange_level(&cfg, "kiln_tasks", &level));
-    assert_false(kiln__delay_exchange_level(&cfg, "kiln_tasks.delay.quorum.1",
-                                            &level));
+    assert_true(
+        kiln__delay_exchange_level(&cfg, "kiln_tasks.delay.quorum.1", &level));
+    assert_int_equal(level, 1);
+    assert_false(
+        kiln__delay_exchange_level(&cfg, "kiln_tasks.delay.quorum.4", &level));
     assert_string_equal(kiln__delay_dest_key(&cfg), "kiln_task");
     cfg.binding_key[0] = '\0';
     assert_string_equal(kiln__delay_dest_key(&cfg), "kiln_tasks");
@@ -429,7 +427,8 @@ static void test_settings_checked(void **state)
     assert_int_equal(kiln__delay_check(NULL, &err), KILN_EINVAL);
 }
 
-/* ---- the mock broker ------------------------------------------------------ */
+/* ---- the mock broker ------------------------------------------------------
+ */
 
 typedef struct mock_fix {
     kiln_config cfg;
@@ -476,7 +475,7 @@ static kiln_err send_delayed(mock_fix *f, uint64_t delay_ms, const char *dest,
     return kiln__broker_publish(f->pub, &m, 1, NULL, err);
 }
 
-static void expect_delivery(mock_fix *f, const char *body)
+static void expect_delivery(mock_fix *f, const char *body, const char *exchange)
 {
     kiln__delivery d;
     kiln_error err;
@@ -484,10 +483,9 @@ static void expect_delivery(mock_fix *f, const char *body)
 
     assert_int_equal(kiln__broker_consume(f->sub, &d, 0, &err), KILN_OK);
     assert_string_equal(d.body, body);
-    assert_string_equal(d.exchange, "kiln_tasks.delay.delivery");
-    assert_int_equal(kiln__delay_parse(&f->cfg, d.routing_key, NULL, &dest,
-                                       NULL),
-                     KILN_OK);
+    assert_string_equal(d.exchange, exchange);
+    assert_int_equal(
+        kiln__delay_parse(&f->cfg, d.routing_key, NULL, &dest, NULL), KILN_OK);
     assert_string_equal(dest, "kiln_task");
     assert_int_equal(kiln__broker_ack(f->sub, d.tag, false, &err), KILN_OK);
     kiln__broker_release(f->sub, &d);
@@ -504,18 +502,19 @@ static void test_mock_holds_until_due(void **state)
     assert_int_equal(send_delayed(f, 1000, "kiln_task", "1s", &err), KILN_OK);
     assert_int_equal(send_delayed(f, 0, "kiln_task", "now", &err), KILN_OK);
     assert_int_equal(kiln__mock_server_published(f->srv), 3);
-    expect_delivery(f, "now");
+    expect_delivery(f, "now", "kiln_tasks.delay.delivery");
     assert_int_equal(kiln__mock_server_delayed(f->srv), 2);
-    assert_int_equal(kiln__broker_consume(f->sub, &d, 0, &err),
-                     KILN_ETIMEDOUT);
+    assert_int_equal(kiln__broker_consume(f->sub, &d, 0, &err), KILN_ETIMEDOUT);
     kiln__mock_server_advance(f->srv, 999);
     assert_int_equal(kiln__mock_server_ready(f->srv, f->cfg.queue), 0);
     kiln__mock_server_advance(f->srv, 1);
     assert_int_equal(kiln__mock_server_ready(f->srv, f->cfg.queue), 1);
-    expect_delivery(f, "1s"); /* the 1 s task is not stuck behind the 1 h */
+    /* Not stuck behind the 1 h one. 20 units: bits 2 and 4, so level 2
+     * dead-lettered it last, to level 1. */
+    expect_delivery(f, "1s", "kiln_tasks.delay.1");
     assert_int_equal(kiln__mock_server_delayed(f->srv), 1);
     kiln__mock_server_advance(f->srv, 3600000);
-    expect_delivery(f, "1h");
+    expect_delivery(f, "1h", "kiln_tasks.delay.5");
     assert_int_equal(kiln__mock_server_delayed(f->srv), 0);
 }
 
@@ -572,11 +571,10 @@ static void test_mock_routes_and_refuses(void **state)
     kiln__mock_server_advance(f->srv, 149);
     assert_int_equal(kiln__mock_server_ready(f->srv, f->cfg.queue), 0);
     kiln__mock_server_advance(f->srv, 1);
-    expect_delivery(f, "3 units");
+    expect_delivery(f, "3 units", "kiln_tasks.delay.delivery");
     /* Another unit for the same cascade is a 406, as on RabbitMQ. */
     other.delay_unit_ms = 100;
-    assert_int_equal(f->pub->ops->declare(f->pub, &other, &err),
-                     KILN_EBROKER);
+    assert_int_equal(f->pub->ops->declare(f->pub, &other, &err), KILN_EBROKER);
     assert_non_null(strstr(err.message, "KILN_DELAY_UNIT_MS=100"));
     /* A quorum cascade is another set of levels, same delivery. */
     other = f->cfg;
@@ -588,7 +586,7 @@ static void test_mock_routes_and_refuses(void **state)
                  "quorum");
     assert_int_equal(kiln__broker_publish(f->pub, &m, 1, NULL, &err), KILN_OK);
     kiln__mock_server_advance(f->srv, 50);
-    expect_delivery(f, "quorum");
+    expect_delivery(f, "quorum", "kiln_tasks.delay.delivery");
 }
 
 int main(void)
