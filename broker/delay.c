@@ -109,8 +109,10 @@ static kiln_err pattern(unsigned words, const char *tail, char *out, size_t n,
 
     if (2 * (size_t)words + tail_len >= n)
         return kiln__fail(err, KILN_EINVAL, "delay pattern: buffer of %zu", n);
-    for (unsigned i = 0; i < words; i++)
-        memcpy(out + 2 * i, "*.", 2);
+    for (size_t i = 0; i < words; i++) {
+        out[2 * i] = '*';
+        out[2 * i + 1] = '.';
+    }
     memcpy(out + 2 * (size_t)words, tail, tail_len + 1);
     return KILN_OK;
 }
@@ -174,7 +176,7 @@ kiln_err kiln__delay_route(const kiln_config *cfg, uint64_t delay_ms,
                            char *rk, size_t rk_len, kiln_error *err)
 {
     unsigned top = 0, n;
-    uint64_t units;
+    uint64_t units = 0;
     size_t len;
     kiln_err rc;
 
@@ -197,11 +199,11 @@ kiln_err kiln__delay_route(const kiln_config *cfg, uint64_t delay_ms,
     if (2 * (size_t)n + len >= rk_len)
         return kiln__fail(err, KILN_EINVAL, "delay route: buffer of %zu",
                           rk_len);
-    for (unsigned k = 0; k < n; k++) {
+    for (size_t k = 0; k < n; k++) {
         bool set = (units >> k) & 1u;
         rk[2 * k] = set ? '1' : '0';
         rk[2 * k + 1] = '.';
-        top = set ? k : top;
+        top = set ? (unsigned)k : top;
     }
     memcpy(rk + 2 * (size_t)n, dest_rk, len + 1);
     /* Straight into the highest level the message waits in: the levels
@@ -242,7 +244,8 @@ bool kiln__delay_exchange_level(const kiln_config *cfg, const char *exchange,
 {
     char name[KILN_NAME_MAX];
 
-    if (kiln__delay_delivery(cfg, name, sizeof(name), NULL) != KILN_OK ||
+    if (cfg == NULL || exchange == NULL ||
+        kiln__delay_delivery(cfg, name, sizeof(name), NULL) != KILN_OK ||
         strncmp(exchange, cfg->delay_exchange, strlen(cfg->delay_exchange)) !=
             0)
         return false;
