@@ -135,9 +135,11 @@ deps:
 
 # The example consumer and publisher end to end (scripts/demo.sh).
 DEMO_TASKS ?= 10000
+# DEMO_STORE=mongodb records task states in a private FerretDB as well.
+DEMO_STORE ?= none
 demo: deps
 	$(MAKE) VARIANT=plain all
-	@scripts/demo.sh $(DEMO_TASKS)
+	@KILN_STORE=$(DEMO_STORE) scripts/demo.sh $(DEMO_TASKS)
 
 # Everything CI runs. Each step stops the run on failure.
 test: deps
