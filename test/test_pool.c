@@ -364,6 +364,29 @@ static void test_sigterm_drains(void **state)
                      100 - (size_t)atomic_load(&finished));
 }
 
+/* The connection is lost while a task runs: the broker redelivers it, but
+ * it must not start again while its first run still holds a thread. It
+ * waits in the delay queues and runs once the first run is over. */
+static void test_no_duplicate_while_running(void **state)
+{
+    fixture *f = *state;
+
+    make_pool(f);
+    atomic_store(&sleep_ms, 600);
+    send_n(f, "work", 0, 1);
+    start(f);
+    wait_count(&runs, 1);
+    kiln__mock_server_fail_consume(f->srv, 1); /* the connection drops */
+    wait_count(&runs, 2);
+    assert_int_equal(atomic_load(&max_running), 1); /* never two at once */
+    wait_count(&finished, 2);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    assert_int_equal(atomic_load(&seen[0]), 2);
+    assert_int_equal(atomic_load(&max_running), 1);
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+}
+
 /* A pool recording states in a (mock) store: every task ends in its
  * final state, bad input with a readable UUID included. */
 static void test_store_records_final_states(void **state)
@@ -499,6 +522,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_drain_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_drains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_duplicate_while_running, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_store_records_final_states, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_store_outage_holds_deliveries,

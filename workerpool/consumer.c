@@ -42,6 +42,7 @@ typedef struct consumer {
     size_t ack_batch;
     int64_t flush_due_ns; /* 0: nothing waits */
     size_t in_workers;    /* QUEUED entries: in the queue or running */
+    size_t orphans;       /* tasks of a lost connection still running */
 } consumer;
 
 static kiln__work *win_at(consumer *c, size_t i)
@@ -95,10 +96,12 @@ static void lose(consumer *c, const kiln_error *why)
     }
     for (size_t i = 0; i < c->win_len; i++) {
         kiln__work *e = win_at(c, i);
-        if (e->state == KILN__WORK_QUEUED)
+        if (e->state == KILN__WORK_QUEUED) {
             e->orphan = true; /* running now */
-        else
+            c->orphans++;
+        } else {
             work_release(c, e);
+        }
     }
     c->win_head = c->win_len = 0;
     c->done_unacked = 0;
@@ -242,6 +245,8 @@ static void take_outcomes(consumer *c)
         c->in_workers--;
         /* An orphan's connection is gone, and after a loss the broker
          * redelivers anyway: only a live delivery is settled. */
+        if (w->orphan)
+            c->orphans--;
         if (!w->orphan && c->connected)
             finish(c, w);
         else
@@ -270,6 +275,29 @@ static void enqueue(consumer *c, kiln__work *head, kiln__work *tail, size_t n)
     c->in_workers += n;
 }
 
+/* True when the task of `w` is still running here on behalf of a lost
+ * connection: the broker redelivered it, and running it again now would
+ * run it twice at once. It goes back through the delay queues instead,
+ * until the first run is over. Orphans are rare, so this costs nothing
+ * on the usual path. */
+static bool still_running(consumer *c, kiln__work *w)
+{
+    const char *uuid = w->job.sig->uuid;
+
+    for (size_t i = 0; c->orphans > 0 && i < c->p->n_slots; i++) {
+        kiln__work *o = &c->p->slots[i];
+        if (o->orphan && o->state == KILN__WORK_QUEUED && o->job.sig != NULL &&
+            strcmp(o->job.sig->uuid, uuid) == 0) {
+            kiln__job_hold(&w->job, 1000);
+            kiln__log_task(KILN_LOG_NOTICE, "pool", uuid, w->job.sig->name,
+                           "redelivered while its first run is still going "
+                           "on here: back to the delay queues for 1 s");
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Takes deliveries that already arrived, without waiting. */
 static void fetch(consumer *c)
 {
@@ -290,7 +318,8 @@ static void fetch(consumer *c)
         c->free_list = w->next;
         w->next = NULL;
         win_push(c, w);
-        if (!kiln__dispatch_prepare(&c->p->dispatch, &w->dl, &w->job)) {
+        if (!kiln__dispatch_prepare(&c->p->dispatch, &w->dl, &w->job) ||
+            (c->orphans > 0 && w->job.fn != NULL && still_running(c, w))) {
             /* Bad input, decided without a worker. Its settling may lose
              * the connection, so the jobs gathered so far go to the
              * workers first: a loss then finds them queued, not adrift. */

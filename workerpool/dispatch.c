@@ -390,6 +390,15 @@ void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job)
     kiln__task_ctx_release(&ctx);
 }
 
+void kiln__job_hold(kiln__job *job, uint64_t delay_ms)
+{
+    job->fn = NULL;
+    job->failed_uuid[0] = '\0';
+    job->verdict = KILN__VERDICT_RETRY;
+    job->delay_ms = delay_ms;
+    job->count = false;
+}
+
 void kiln__job_release(kiln__job *job)
 {
     if (job == NULL)

@@ -128,6 +128,11 @@ kiln_err kiln__dispatch_delivery(const kiln__dispatch *d, kiln__broker *b,
                                  const kiln__delivery *dl,
                                  kiln__verdict *verdict, kiln_error *err);
 
+/* Turns a prepared job into one sent on through the delay queues after
+ * `delay_ms`, unchanged and not counted as a delivery: for a task that
+ * must not start now. Its task is not run. */
+void kiln__job_hold(kiln__job *job, uint64_t delay_ms);
+
 /* Frees what the job owns and zeroes it. */
 void kiln__job_release(kiln__job *job);
 
