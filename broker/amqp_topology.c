@@ -44,9 +44,14 @@ static void hint_for(const char *arg, const want *w, char *out, size_t n)
                        quorum ? "quorum" : "classic");
     else if (strcmp(arg, "x-max-priority") == 0 && !w->dead_letter)
         (void)snprintf(out, n, "from KILN_MAX_PRIORITY=%u", c->max_priority);
-    else if (strcmp(arg, "x-dead-letter-exchange") == 0 && !w->dead_letter)
-        (void)snprintf(out, n, "from KILN_DEAD_LETTER_EXCHANGE=%s",
+    else if (strcmp(arg, "x-dead-letter-exchange") == 0 && !w->dead_letter &&
+             c->queue_dlx_arg)
+        (void)snprintf(out, n,
+                       "from KILN_DEAD_LETTER_EXCHANGE=%s; "
+                       "KILN_QUEUE_DLX_ARG=false omits it",
                        c->dead_letter_exchange);
+    else if (strcmp(arg, "x-dead-letter-exchange") == 0 && !w->dead_letter)
+        (void)snprintf(out, n, "KILN_QUEUE_DLX_ARG=false omits it");
     else
         (void)snprintf(out, n, "kiln does not set it here");
 }
@@ -56,7 +61,7 @@ static void hint_for(const char *arg, const want *w, char *out, size_t n)
  * so drop " for ... in vhost 'V'" to make room for the setting to change. */
 static void explain(kiln_error *err, const want *w)
 {
-    char arg[64], hint[KILN_NAME_MAX + 64];
+    char arg[64], hint[KILN_NAME_MAX + 96];
     char msg[sizeof(err->message) * 2 + sizeof(hint)];
     const char *p, *q, *rest;
     size_t len;
@@ -123,7 +128,10 @@ static kiln_err queue(kiln__amqp *b, const char *name, const want *w,
         e->value.kind = AMQP_FIELD_KIND_I32;
         e->value.value.i32 = (int32_t)c->max_priority;
     }
-    if (!w->dead_letter && c->dead_letter_exchange[0] != '\0')
+    /* Off for a queue shared with machinery or paota, which declare it
+     * without arguments; kiln publishes its dead letters itself either way. */
+    if (!w->dead_letter && c->queue_dlx_arg &&
+        c->dead_letter_exchange[0] != '\0')
         args[table.num_entries++] =
             text_arg("x-dead-letter-exchange", c->dead_letter_exchange);
     (void)amqp_queue_declare(
