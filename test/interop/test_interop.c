@@ -237,6 +237,51 @@ static kiln_signature *all_types_signature(void)
     return sig;
 }
 
+/* ---- the task queue's arguments ----------------------------------------- */
+
+/* machinery and paota declare the task queue without arguments, and
+ * RabbitMQ refuses a second declaration that differs (406). With kiln's
+ * default (KILN_QUEUE_DLX_ARG=true) a Go service cannot declare the queue
+ * kiln declared, and kiln's error says which setting to change. */
+static void test_default_dlx_arg_conflicts(void **state)
+{
+    iop_fix *x = *state;
+    kiln_config cfg = x->it->cfg;
+    kiln_error err;
+    kiln_signature *sig;
+    kiln_pool *p;
+    size_t go;
+
+    /* paota first: kiln's declaration is refused, naming the setting. */
+    it_expect_exit0(x->it, start_peer(x, "paota-send", false, NULL), 30000);
+    cfg.queue_dlx_arg = true;
+    cfg.publish_timeout_ms = 1000; /* the send retries until then */
+    p = kiln_pool_new(&cfg, 1, "iop-default", &err);
+    assert_non_null(p);
+    sig = kiln_signature_new(IOP_TASK_ETA, &err);
+    assert_non_null(sig);
+    assert_int_not_equal(kiln_pool_send_task(p, sig, &err), KILN_OK);
+    kiln_signature_free(sig);
+    kiln_pool_free(p);
+    if (strstr(err.message, "x-dead-letter-exchange") == NULL ||
+        strstr(err.message, "KILN_QUEUE_DLX_ARG=false") == NULL)
+        fail_msg("kiln's 406 does not name the setting: %s", err.message);
+    /* kiln first: machinery's declaration is refused. */
+    it_delete_topology(&cfg);
+    p = kiln_pool_new(&cfg, 1, "iop-default", &err);
+    assert_non_null(p);
+    sig = kiln_signature_new(IOP_TASK_ETA, &err);
+    assert_non_null(sig);
+    assert_int_equal(kiln_pool_send_task(p, sig, &err), KILN_OK);
+    kiln_signature_free(sig);
+    kiln_pool_free(p);
+    go = start_peer(x, "machinery-send", false, NULL);
+    assert_true(it_wait_exit(x->it, go, 30000));
+    assert_true(WIFEXITED(x->it->procs[go].status));
+    assert_int_equal(WEXITSTATUS(x->it->procs[go].status), 1);
+    x->it->passed = true;
+}
+
 /* ---- machinery ---------------------------------------------------------- */
 
 /* A machinery producer's task reaches a kiln worker with every argument
@@ -526,6 +571,8 @@ static void test_kiln_eta_paota_worker(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_default_dlx_arg_conflicts, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_machinery_producer_kiln_worker,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
