@@ -146,7 +146,7 @@ check: tests
 # Integration tests of one variant, beside a private RabbitMQ node and a
 # private FerretDB (KILN_TEST_MONGODB_URL set outside points at a MongoDB).
 check-integration: tests
-	@KILN_TEST_TIMEOUT=420 scripts/with-rabbitmq.sh scripts/with-ferretdb.sh \
+	@KILN_TEST_TIMEOUT=600 scripts/with-rabbitmq.sh scripts/with-ferretdb.sh \
 	    scripts/run-tests.sh --summary-file build/summary-it-$(VARIANT).txt \
 	    $(IT_BINS)
 
@@ -167,9 +167,11 @@ deps:
 
 # The example consumer and publisher end to end (scripts/demo.sh).
 DEMO_TASKS ?= 10000
+# DEMO_STORE=mongodb records task states in a private FerretDB as well.
+DEMO_STORE ?= none
 demo: deps
 	$(MAKE) VARIANT=plain all
-	@scripts/demo.sh $(DEMO_TASKS)
+	@KILN_STORE=$(DEMO_STORE) scripts/demo.sh $(DEMO_TASKS)
 
 # Everything CI runs. Each step stops the run on failure.
 test: deps

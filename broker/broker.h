@@ -29,6 +29,10 @@
 #define KILN__HDR_EXCHANGE    "x-kiln-exchange"       /* original exchange */
 #define KILN__HDR_RETRY_DELAY "x-kiln-retry-delay-ms" /* asked-for delay */
 #define KILN__HDR_TASK_NAME   "task_name"             /* paota header mode */
+#define KILN__HDR_DELIVERIES  "x-kiln-deliveries"     /* earlier deliveries */
+#define KILN__HDR_RETRIES     "x-kiln-retries"        /* retries so far */
+#define KILN__HDR_ATTEMPTS    "x-kiln-attempts" /* runs, in a dead letter */
+#define KILN__HDR_WORKER      "x-kiln-worker"   /* host:pid, dead letter */
 
 /* One message to publish. Every pointer is borrowed for the publish call. */
 typedef struct kiln__message {

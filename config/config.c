@@ -14,6 +14,7 @@ _Static_assert(sizeof(kiln_store_kind) == sizeof(int), "enum size");
 _Static_assert(sizeof(kiln_dialect) == sizeof(int), "enum size");
 _Static_assert(sizeof(kiln_retry_policy) == sizeof(int), "enum size");
 _Static_assert(sizeof(kiln_unregistered_policy) == sizeof(int), "enum size");
+_Static_assert(sizeof(kiln_expired_policy) == sizeof(int), "enum size");
 _Static_assert(sizeof(kiln_log_level) == sizeof(int), "enum size");
 _Static_assert(sizeof(kiln_log_format) == sizeof(int), "enum size");
 
@@ -28,6 +29,12 @@ static const kiln__cfg_word queue_types[] = {
 static const kiln__cfg_word retry_policies[] = {
     {"fibonacci", KILN_RETRY_FIBONACCI},
     {"exponential", KILN_RETRY_EXPONENTIAL},
+    {NULL, 0}};
+
+static const kiln__cfg_word expired_policies[] = {
+    {"deadletter", KILN_EXPIRED_DEADLETTER},
+    {"dead-letter", KILN_EXPIRED_DEADLETTER},
+    {"drop", KILN_EXPIRED_DROP},
     {NULL, 0}};
 
 static const kiln__cfg_word unregistered_policies[] = {
@@ -138,6 +145,8 @@ const kiln__cfg_field kiln__cfg_fields[] = {
      1000000, NULL, NULL},
     {"KILN_UNREGISTERED", NULL, KILN__CFG_ENUM, 0, F(unregistered), 0, 0,
      unregistered_policies, "deadletter, requeue or drop"},
+    {"KILN_EXPIRED", NULL, KILN__CFG_ENUM, 0, F(expired), 0, 0,
+     expired_policies, "deadletter or drop"},
     {"KILN_TIME_LIMIT_MS", NULL, KILN__CFG_UINT, 0, F(time_limit_ms), 0,
      MONTH_MS, NULL, NULL},
     /* wire */
@@ -231,6 +240,7 @@ void kiln_config_init(kiln_config *cfg)
     cfg->retry_max_ms = HOUR_MS;
     cfg->max_deliveries = 10;
     cfg->unregistered = KILN_UNREGISTERED_DEADLETTER;
+    cfg->expired = KILN_EXPIRED_DEADLETTER;
     cfg->time_limit_ms = 0;
     cfg->dialect = KILN_DIALECT_MACHINERY;
     cfg->store = KILN_STORE_NONE;

@@ -187,6 +187,14 @@ typedef enum kiln_unregistered_policy {
     KILN_UNREGISTERED_DROP     /* ack and log */
 } kiln_unregistered_policy;
 
+/* What a worker does with a task that arrives after its start deadline
+ * (paota's TaskTimeOut counted from CreatedAt): it is recorded FAILURE
+ * "expired" in both cases. */
+typedef enum kiln_expired_policy {
+    KILN_EXPIRED_DEADLETTER = 0, /* to the dead-letter queue */
+    KILN_EXPIRED_DROP            /* ack and log */
+} kiln_expired_policy;
+
 /* kiln_config holds every setting. It is a plain value: copy it freely, no
  * pointers inside, nothing to free. kiln_config_init fills the defaults;
  * kiln_config_from_env overrides them from KILN_* variables. The README's
@@ -230,6 +238,7 @@ typedef struct kiln_config {
     unsigned retry_max_ms;   /* cap, 1..2592000000 (30 days) */
     unsigned max_deliveries; /* poison limit, 1..1000000 */
     kiln_unregistered_policy unregistered;
+    kiln_expired_policy expired;
     unsigned time_limit_ms; /* default soft limit, 0 = none,
                                at most 30 days */
 
@@ -620,6 +629,15 @@ KILN_API kiln_err kiln_task_fail(kiln_task_ctx *ctx, const char *fmt, ...)
  * KILN_ERETRY for the task to return. */
 KILN_API kiln_err kiln_task_retry(kiln_task_ctx *ctx, uint64_t delay_ms);
 
+/* The task's soft time limit (KILN_TIME_LIMIT_MS, or the one given with
+ * kiln_pool_set_time_limit). A task that runs past it is recorded as
+ * FAILURE "time limit" whatever it returns, so a long task should check
+ * and stop: kiln_task_time_left_ms returns the milliseconds left (0 once
+ * past), or INT64_MAX when the task has no limit; kiln_task_expired is
+ * true once past. Any thread holding the context. */
+KILN_API int64_t kiln_task_time_left_ms(const kiln_task_ctx *ctx);
+KILN_API bool kiln_task_expired(const kiln_task_ctx *ctx);
+
 /* Results, stored as machinery stores them ([{Type, Value}]). Each call
  * appends one typed value; same rules as the argument setters. */
 KILN_API kiln_err kiln_task_add_result_bool(kiln_task_ctx *ctx, bool v,
@@ -684,6 +702,14 @@ KILN_API kiln_err kiln_registry_add_table(kiln_registry *reg,
                                           const kiln_task_def *defs, size_t n,
                                           kiln_error *err);
 
+/* kiln_registry_set_time_limit gives the task registered under `name` a
+ * soft time limit of its own (0: back to the default, KILN_TIME_LIMIT_MS).
+ * KILN_ENOHANDLER when nothing is registered under it. Thread-safe. */
+KILN_API kiln_err kiln_registry_set_time_limit(kiln_registry *reg,
+                                               const char *name,
+                                               unsigned time_limit_ms,
+                                               kiln_error *err);
+
 /* kiln_registry_lookup finds `name`. Returns KILN_OK and sets *fn and
  * *user (either may be NULL), or KILN_ENOHANDLER. */
 KILN_API kiln_err kiln_registry_lookup(const kiln_registry *reg,
@@ -738,6 +764,12 @@ KILN_API kiln_err kiln_pool_register(kiln_pool *pool, const char *name,
                                      kiln_task_fn fn, void *user,
                                      void (*user_free)(void *),
                                      kiln_error *err);
+
+/* kiln_pool_set_time_limit: kiln_registry_set_time_limit on the pool's
+ * registry. Before kiln_pool_start. */
+KILN_API kiln_err kiln_pool_set_time_limit(kiln_pool *pool, const char *name,
+                                           unsigned time_limit_ms,
+                                           kiln_error *err);
 
 /* kiln_pool_register_table adds `n` rows, all or none. */
 KILN_API kiln_err kiln_pool_register_table(kiln_pool *pool,

@@ -19,9 +19,6 @@ kiln_err kiln__task_ctx_init(kiln_task_ctx *ctx, const kiln_signature *sig,
                           "required");
     memset(ctx, 0, sizeof(*ctx));
     ctx->sig = sig;
-    if (sig->task_timeout > 0)
-        ctx->deadline_ns =
-            kiln__monotonic_ns() + (int64_t)sig->task_timeout * 1000000000;
     return KILN_OK;
 }
 
@@ -58,6 +55,22 @@ kiln_err kiln_task_fail(kiln_task_ctx *ctx, const char *fmt, ...)
     (void)kiln__vfail(&ctx->failure, KILN_ETASK, fmt, ap);
     va_end(ap);
     return KILN_ETASK;
+}
+
+int64_t kiln_task_time_left_ms(const kiln_task_ctx *ctx)
+{
+    int64_t left;
+
+    if (ctx == NULL || ctx->deadline_ns == 0)
+        return INT64_MAX;
+    left = (ctx->deadline_ns - kiln__monotonic_ns()) / 1000000;
+    return left > 0 ? left : 0;
+}
+
+bool kiln_task_expired(const kiln_task_ctx *ctx)
+{
+    return ctx != NULL && ctx->deadline_ns != 0 &&
+           kiln__monotonic_ns() >= ctx->deadline_ns;
 }
 
 kiln_err kiln_task_retry(kiln_task_ctx *ctx, uint64_t delay_ms)

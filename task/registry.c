@@ -23,6 +23,7 @@ struct slot {
     kiln_task_fn fn;
     void *user;
     void (*user_free)(void *);
+    unsigned time_limit_ms; /* 0: the pool's default */
 };
 
 struct kiln_registry {
@@ -189,7 +190,7 @@ static kiln_err add_locked(kiln_registry *reg, const kiln_task_def *defs,
     for (i = 0; i < n; i++) {
         uint64_t h = hash_name(names[i]);
         *probe(reg->slots, reg->cap, names[i], h) = (struct slot){
-            names[i], h, defs[i].fn, defs[i].user, defs[i].user_free};
+            names[i], h, defs[i].fn, defs[i].user, defs[i].user_free, 0};
     }
     reg->count += n;
     kiln__free(names);
@@ -244,6 +245,39 @@ kiln_err kiln_registry_lookup(const kiln_registry *reg, const char *name,
     }
     (void)pthread_rwlock_unlock(&r->lock);
     return s != NULL ? KILN_OK : KILN_ENOHANDLER;
+}
+
+kiln_err kiln_registry_set_time_limit(kiln_registry *reg, const char *name,
+                                      unsigned time_limit_ms, kiln_error *err)
+{
+    struct slot *s;
+
+    if (reg == NULL || name == NULL)
+        return kiln__fail(err, KILN_EINVAL, "registry and name are required");
+    if (pthread_rwlock_wrlock(&reg->lock) != 0)
+        return kiln__fail(err, KILN_EINVAL, "registry lock");
+    s = (struct slot *)find(reg, name);
+    if (s != NULL)
+        s->time_limit_ms = time_limit_ms;
+    (void)pthread_rwlock_unlock(&reg->lock);
+    if (s == NULL)
+        return kiln__fail(err, KILN_ENOHANDLER,
+                          "no task registered under '%.200s'", name);
+    return KILN_OK;
+}
+
+unsigned kiln__registry_time_limit(const kiln_registry *reg, const char *name)
+{
+    kiln_registry *r = (kiln_registry *)reg;
+    const struct slot *s;
+    unsigned ms = 0;
+
+    if (reg == NULL || name == NULL || pthread_rwlock_rdlock(&r->lock) != 0)
+        return 0;
+    if ((s = find(reg, name)) != NULL)
+        ms = s->time_limit_ms;
+    (void)pthread_rwlock_unlock(&r->lock);
+    return ms;
 }
 
 size_t kiln_registry_count(const kiln_registry *reg)

@@ -122,6 +122,10 @@ struct kiln_task_ctx {
     int64_t deadline_ns; /* monotonic; 0 = none */
 };
 
+/* The soft time limit set for `name` with kiln_registry_set_time_limit;
+ * 0 when none was. Thread-safe. */
+unsigned kiln__registry_time_limit(const kiln_registry *reg, const char *name);
+
 /* Prepares and releases a context for `sig` (borrowed). */
 kiln_err kiln__task_ctx_init(kiln_task_ctx *ctx, const kiln_signature *sig,
                              kiln_error *err);

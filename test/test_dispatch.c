@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "test/support/mock_fixture.h"
+#include "workerpool/retry.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -48,10 +49,24 @@ static kiln_err flaky_task(kiln_task_ctx *ctx, void *user)
     return (*calls)++ == 0 ? kiln_task_retry(ctx, 250) : KILN_OK;
 }
 
+/* Sleeps 30 ms; records what it saw of its time limit in *user. */
+static kiln_err slow_task(kiln_task_ctx *ctx, void *user)
+{
+    int64_t *left = user;
+    struct timespec ts = {0, 30 * 1000000};
+
+    *left = kiln_task_time_left_ms(ctx);
+    nanosleep(&ts, NULL);
+    return kiln_task_expired(ctx) ? KILN_OK : kiln_task_fail(ctx, "early");
+}
+
+static int64_t slow_left;
+
 static int fx_setup(void **state)
 {
     struct fixture *fx = calloc(1, sizeof(*fx));
     kiln_task_def defs[] = {
+        {"slow", slow_task, &slow_left, NULL},
         {"ok", ok_task, NULL, NULL},
         {"boom", boom_task, NULL, NULL},
         {"flaky", flaky_task, &fx->flaky_calls, NULL},
@@ -66,7 +81,7 @@ static int fx_setup(void **state)
     fx->dlq = open_conn(fx->srv, fx->cfg.dead_letter_queue, 0);
     fx->store = kiln__mock_store_new(NULL);
     fx->reg = kiln_registry_new(NULL);
-    assert_int_equal(kiln_registry_add_table(fx->reg, defs, 3, NULL), KILN_OK);
+    assert_int_equal(kiln_registry_add_table(fx->reg, defs, 4, NULL), KILN_OK);
     fx->d =
         (kiln__dispatch){.cfg = &fx->cfg, .reg = fx->reg, .store = fx->store};
     *state = fx;
@@ -144,13 +159,17 @@ static void test_dispatch_retry(void **state)
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_RETRY);
     assert_int_equal(state_of(fx, &r), KILN__STATE_RETRY);
-    assert_string_equal(r.error, "retry in 250 ms");
+    assert_string_equal(r.error, "the task asked for a retry");
     kiln__task_record_release(&r);
     assert_int_equal(kiln__mock_server_unacked(fx->srv), 0);
 
-    assert_int_equal(kiln__broker_consume(fx->c, &dl, 0, NULL), KILN_OK);
-    assert_string_equal(kiln__delivery_header(&dl, KILN__HDR_RETRY_DELAY),
-                        "250");
+    /* It waits in the delay queues, not in the task queue. */
+    assert_int_equal(kiln__mock_server_delayed(fx->srv), 1);
+    assert_int_equal(kiln__broker_consume(fx->c, &dl, 0, NULL), KILN_ETIMEDOUT);
+    /* The copy carries its ETA, which the worker checks on the real
+     * clock: wait it out. */
+    assert_int_equal(kiln__broker_consume(fx->c, &dl, 2000, NULL), KILN_OK);
+    assert_string_equal(kiln__delivery_header(&dl, KILN__HDR_RETRIES), "1");
     assert_string_equal(dl.message_id, fx->uuid);
     assert_int_equal(kiln__dispatch_delivery(&fx->d, fx->c, &dl, &v, NULL),
                      KILN_OK);
@@ -159,6 +178,244 @@ static void test_dispatch_retry(void **state)
     assert_int_equal(fx->flaky_calls, 2);
     assert_int_equal(state_of(fx, &r), KILN__STATE_SUCCESS);
     kiln__task_record_release(&r);
+}
+
+/* Sends `sig` (owned; freed here). */
+static void send_sig(struct fixture *fx, kiln_signature *sig)
+{
+    const kiln_signature *const sigs[1] = {sig};
+    kiln_error err;
+
+    (void)snprintf(fx->uuid, sizeof(fx->uuid), "%s", kiln_signature_uuid(sig));
+    assert_int_equal(
+        kiln__send_tasks(&fx->cfg, fx->p, fx->store, sigs, 1, NULL, &err),
+        KILN_OK);
+    kiln_signature_free(sig);
+}
+
+/* The next delivery of the task queue, decoded (caller frees). */
+static kiln_signature *peek_next(struct fixture *fx, int timeout_ms,
+                                 char *hdr_retries, size_t n)
+{
+    kiln__delivery dl;
+    kiln_signature *sig = NULL;
+
+    assert_int_equal(kiln__broker_consume(fx->c, &dl, timeout_ms, NULL),
+                     KILN_OK);
+    assert_int_equal(
+        kiln_signature_from_json(dl.body, dl.body_len, 0, &sig, NULL), KILN_OK);
+    (void)snprintf(hdr_retries, n, "%s",
+                   kiln__delivery_header(&dl, KILN__HDR_RETRIES));
+    assert_int_equal(kiln__broker_nack(fx->c, dl.tag, true, NULL), KILN_OK);
+    kiln__broker_release(fx->c, &dl);
+    return sig;
+}
+
+/* machinery's counters: RetryCount is what is left, RetryTimeout grows as
+ * Fibonacci; exhausted retries end in FAILURE and the dead-letter queue
+ * with the runs and the worker in headers. */
+static void test_retry_counts_machinery(void **state)
+{
+    struct fixture *fx = *state;
+    kiln_signature *sig = kiln_signature_new("boom", NULL);
+    kiln__verdict v;
+    kiln__task_record r;
+    kiln__delivery dl;
+    char retries[16];
+
+    fx->cfg.retry_policy = KILN_RETRY_EXPONENTIAL; /* short delays */
+    fx->cfg.retry_base_ms = 5;
+    fx->cfg.retry_max_ms = 20;
+    assert_int_equal(kiln_signature_set_retry(sig, 2, 0, NULL), KILN_OK);
+    send_sig(fx, sig);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(dispatch_next(fx, &v), KILN_OK);
+        assert_int_equal(v, KILN__VERDICT_RETRY);
+        assert_int_equal(state_of(fx, &r), KILN__STATE_RETRY);
+        assert_string_equal(r.error, "boom");
+        kiln__task_record_release(&r);
+        sig = peek_next(fx, 2000, retries, sizeof(retries));
+        assert_int_equal(kiln_signature_retry_count(sig), 1 - i);
+        assert_true(kiln_signature_eta(sig, &(int64_t){0}));
+        assert_int_equal(atoi(retries), i + 1);
+        kiln_signature_free(sig);
+    }
+    assert_int_equal(dispatch_next(fx, &v), KILN_OK);
+    assert_int_equal(v, KILN__VERDICT_DEADLETTER);
+    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    kiln__task_record_release(&r);
+    assert_int_equal(kiln__broker_consume(fx->dlq, &dl, 0, NULL), KILN_OK);
+    assert_string_equal(kiln__delivery_header(&dl, KILN__HDR_REASON), "boom");
+    assert_string_equal(kiln__delivery_header(&dl, KILN__HDR_ATTEMPTS), "3");
+    assert_string_equal(kiln__delivery_header(&dl, KILN__HDR_WORKER),
+                        kiln__worker_id());
+    assert_int_equal(kiln__broker_ack(fx->dlq, dl.tag, false, NULL), KILN_OK);
+    kiln__broker_release(fx->dlq, &dl);
+}
+
+/* paota's counters: RetryCount is the total, RetriesDone counts up. */
+static void test_retry_counts_paota(void **state)
+{
+    struct fixture *fx = *state;
+    kiln_signature *sig = kiln_signature_new("boom", NULL);
+    kiln__verdict v;
+    char retries[16];
+
+    fx->cfg.dialect = KILN_DIALECT_PAOTA;
+    fx->cfg.retry_policy = KILN_RETRY_EXPONENTIAL;
+    fx->cfg.retry_base_ms = 5;
+    fx->cfg.retry_max_ms = 20;
+    assert_int_equal(kiln_signature_set_retry(sig, 1, 0, NULL), KILN_OK);
+    send_sig(fx, sig);
+    assert_int_equal(dispatch_next(fx, &v), KILN_OK);
+    assert_int_equal(v, KILN__VERDICT_RETRY);
+    sig = peek_next(fx, 2000, retries, sizeof(retries));
+    assert_int_equal(kiln_signature_retry_count(sig), 1);
+    assert_int_equal(kiln_signature_retries_done(sig), 1);
+    kiln_signature_free(sig);
+    assert_int_equal(dispatch_next(fx, &v), KILN_OK);
+    assert_int_equal(v, KILN__VERDICT_DEADLETTER);
+}
+
+static void test_retry_delays(void **state)
+{
+    kiln_config cfg;
+    kiln_signature *sig = kiln_signature_new("x", NULL);
+    static const uint64_t fib[] = {1, 2, 3, 5, 8, 13, 21};
+    uint64_t ms;
+
+    (void)state;
+    kiln_config_init(&cfg);
+    assert_int_equal(kiln__fibonacci_next(0), 1);
+    assert_int_equal(kiln__fibonacci_next(1), 2);
+    assert_int_equal(kiln__fibonacci_next(4), 5);
+    assert_true(kiln__fibonacci_next(UINT64_MAX / 2) > 0);
+    /* machinery's RetryTimeout: 1, 2, 3, 5 ... seconds. */
+    assert_int_equal(kiln_signature_set_retry(sig, 7, 0, NULL), KILN_OK);
+    for (size_t i = 0; i < KILN__ARRAY_LEN(fib); i++) {
+        assert_true(kiln__retry_plan(&cfg, sig, (unsigned)i, &ms));
+        assert_int_equal(ms, fib[i] * 1000);
+        assert_int_equal(kiln_signature_retry_timeout(sig), (int)fib[i]);
+    }
+    assert_false(kiln__retry_plan(&cfg, sig, 7, &ms)); /* none left */
+    /* Exponential with full jitter, capped. */
+    cfg.retry_policy = KILN_RETRY_EXPONENTIAL;
+    cfg.retry_base_ms = 100;
+    cfg.retry_max_ms = 1000;
+    assert_int_equal(kiln_signature_set_retry(sig, 100, 0, NULL), KILN_OK);
+    for (unsigned i = 0; i < 20; i++) {
+        assert_true(kiln__retry_plan(&cfg, sig, i, &ms));
+        assert_true(ms >= 1 && ms <= 1000);
+        assert_true(ms <= 100ull << (i < 10 ? i : 10));
+    }
+    kiln_signature_free(sig);
+}
+
+/* An ETA in the future: the send goes into the delay queues; a message
+ * that arrives early anyway goes back into them. */
+static void test_eta(void **state)
+{
+    struct fixture *fx = *state;
+    kiln_signature *sig = kiln_signature_new("ok", NULL);
+    kiln__message m;
+    kiln__verdict v;
+    kiln__delivery dl;
+    char *body;
+    size_t len;
+
+    kiln_signature_set_eta(sig, kiln__realtime_ns() + 200 * 1000000LL);
+    assert_int_equal(
+        kiln_signature_to_json(sig, KILN_DIALECT_MACHINERY, &body, &len, NULL),
+        KILN_OK);
+    send_sig(fx, sig);
+    assert_int_equal(kiln__mock_server_delayed(fx->srv), 1);
+    assert_int_equal(kiln__mock_server_ready(fx->srv, fx->cfg.queue), 0);
+    /* The same task published straight to the queue by another producer. */
+    m = (kiln__message){.exchange = fx->cfg.exchange,
+                        .routing_key = fx->cfg.binding_key,
+                        .body = body,
+                        .body_len = len,
+                        .persistent = true};
+    assert_int_equal(kiln__broker_publish(fx->p, &m, 1, NULL, NULL), KILN_OK);
+    kiln__free(body);
+    assert_int_equal(dispatch_next(fx, &v), KILN_OK);
+    assert_int_equal(v, KILN__VERDICT_RETRY);
+    assert_int_equal(kiln__mock_server_delayed(fx->srv), 2);
+    /* Both arrive after the ETA and run. */
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(kiln__broker_consume(fx->c, &dl, 3000, NULL), KILN_OK);
+        assert_int_equal(kiln__dispatch_delivery(&fx->d, fx->c, &dl, &v, NULL),
+                         KILN_OK);
+        kiln__broker_release(fx->c, &dl);
+        assert_int_equal(v, KILN__VERDICT_ACK);
+    }
+}
+
+/* paota's TaskTimeOut counted from CreatedAt: a late task does not run. */
+static void test_expired(void **state)
+{
+    static const char body[] = "{\"UUID\":\"task_exp1\",\"Name\":\"ok\","
+                               "\"CreatedAt\":\"2020-01-01T00:00:00Z\","
+                               "\"TaskTimeOut\":1}";
+    struct fixture *fx = *state;
+    kiln_signature *sig = NULL;
+    kiln__verdict v;
+    kiln__task_record r;
+    char reason[256];
+
+    fx->cfg.dialect = KILN_DIALECT_PAOTA;
+    assert_int_equal(
+        kiln_signature_from_json(body, strlen(body), 0, &sig, NULL), KILN_OK);
+    send_sig(fx, sig);
+    assert_int_equal(dispatch_next(fx, &v), KILN_OK);
+    assert_int_equal(v, KILN__VERDICT_DEADLETTER);
+    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_non_null(strstr(r.error, "expired"));
+    kiln__task_record_release(&r);
+    next_reason(fx, reason, sizeof(reason));
+    assert_non_null(strstr(reason, "expired"));
+
+    /* KILN_EXPIRED=drop: recorded, acked, not dead-lettered. */
+    fx->cfg.expired = KILN_EXPIRED_DROP;
+    assert_int_equal(
+        kiln_signature_from_json(body, strlen(body), 0, &sig, NULL), KILN_OK);
+    assert_int_equal(kiln_signature_set_uuid(sig, "task_exp2", NULL), KILN_OK);
+    send_sig(fx, sig);
+    assert_int_equal(dispatch_next(fx, &v), KILN_OK);
+    assert_int_equal(v, KILN__VERDICT_ACK);
+    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    kiln__task_record_release(&r);
+    next_reason(fx, reason, sizeof(reason));
+    assert_string_equal(reason, "");
+}
+
+/* A task past its soft limit is a FAILURE "time limit", whatever it
+ * returns; it saw the limit through its context. */
+static void test_time_limit(void **state)
+{
+    struct fixture *fx = *state;
+    kiln__verdict v;
+    kiln__task_record r;
+
+    assert_int_equal(kiln_registry_set_time_limit(fx->reg, "slow", 10, NULL),
+                     KILN_OK);
+    assert_int_equal(kiln_registry_set_time_limit(fx->reg, "nobody", 10, NULL),
+                     KILN_ENOHANDLER);
+    send_one(fx, "slow");
+    assert_int_equal(dispatch_next(fx, &v), KILN_OK);
+    assert_int_equal(v, KILN__VERDICT_DEADLETTER);
+    assert_true(slow_left > 0 && slow_left <= 10);
+    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_non_null(strstr(r.error, "time limit"));
+    kiln__task_record_release(&r);
+    /* The default applies to every task without a limit of its own. */
+    assert_int_equal(kiln_registry_set_time_limit(fx->reg, "slow", 0, NULL),
+                     KILN_OK);
+    fx->cfg.time_limit_ms = 1000;
+    send_one(fx, "slow");
+    assert_int_equal(dispatch_next(fx, &v), KILN_OK);
+    assert_int_equal(v, KILN__VERDICT_DEADLETTER); /* "early": it failed */
+    assert_true(slow_left > 900 && slow_left <= 1000);
 }
 
 static void test_dispatch_store_failure_requeues(void **state)
@@ -194,7 +451,10 @@ static void test_dispatch_unregistered_policies(void **state)
     send_one(fx, "nobody");
     for (int i = 0; i < 3; i++) {
         assert_int_equal(dispatch_next(fx, &v), KILN_OK);
-        assert_int_equal(v, KILN__VERDICT_REQUEUE);
+        assert_int_equal(v, KILN__VERDICT_RETRY);
+        /* Requeued later (1 s, 2 s, 4 s), not at once: no loop. */
+        assert_int_equal(kiln__mock_server_ready(fx->srv, fx->cfg.queue), 0);
+        kiln__mock_server_advance(fx->srv, 1000LL << i);
     }
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
@@ -727,6 +987,14 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_dispatch_retry, fx_setup,
                                         fx_teardown),
+        cmocka_unit_test_setup_teardown(test_retry_counts_machinery, fx_setup,
+                                        fx_teardown),
+        cmocka_unit_test_setup_teardown(test_retry_counts_paota, fx_setup,
+                                        fx_teardown),
+        cmocka_unit_test(test_retry_delays),
+        cmocka_unit_test_setup_teardown(test_eta, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_expired, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_time_limit, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_dispatch_store_failure_requeues,
                                         fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_dispatch_unregistered_policies,

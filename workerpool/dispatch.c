@@ -10,6 +10,7 @@
 
 #include "logger/logger.h"
 #include "workerpool/backoff.h"
+#include "workerpool/retry.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -134,13 +135,14 @@ static void salvage_ids(const kiln__dispatch *d, const kiln__delivery *dl,
     cJSON_Delete(root);
 }
 
-/* Bad input: dead-letter with the reason, after a worker wrote FAILURE
- * when there is a store and the UUID can be read. */
-static bool refuse(const kiln__dispatch *d, const kiln__delivery *dl,
-                   kiln__job *job, kiln_err status)
+/* A task that will not run: FAILURE (written by a worker when there is a
+ * store and the UUID can be read), then `verdict` (dead-letter or drop).
+ * Returns whether a worker must write that FAILURE. */
+static bool refuse_as(const kiln__dispatch *d, const kiln__delivery *dl,
+                      kiln__job *job, kiln_err status, kiln__verdict verdict)
 {
     job->status = status;
-    job->verdict = KILN__VERDICT_DEADLETTER;
+    job->verdict = verdict;
     if (job->sig != NULL) {
         kiln__strlcpy(job->failed_uuid, job->sig->uuid,
                       sizeof(job->failed_uuid));
@@ -151,12 +153,31 @@ static bool refuse(const kiln__dispatch *d, const kiln__delivery *dl,
                     sizeof(job->failed_uuid));
     }
     kiln__log_task(KILN_LOG_WARN, MODULE, job->failed_uuid, job->failed_name,
-                   "dead-lettered: %s", job->reason.message);
+                   "%s: %s",
+                   verdict == KILN__VERDICT_ACK ? "dropped" : "dead-lettered",
+                   job->reason.message);
     if (d->store == NULL || job->failed_uuid[0] == '\0') {
         job->failed_uuid[0] = '\0';
         return false;
     }
     return true;
+}
+
+/* Bad input: dead-lettered with the reason, FAILURE where possible. */
+static bool refuse(const kiln__dispatch *d, const kiln__delivery *dl,
+                   kiln__job *job, kiln_err status)
+{
+    return refuse_as(d, dl, job, status, KILN__VERDICT_DEADLETTER);
+}
+
+/* Requeued later through the delay cascade, counting the delivery, so an
+ * unregistered task waits for a worker that knows it without looping:
+ * 1 s, doubling, at most KILN_RETRY_MAX_MS, until KILN_MAX_DELIVERIES. */
+static uint64_t requeue_delay(const kiln__dispatch *d, uint32_t deliveries)
+{
+    uint64_t ms = 1000ull << (deliveries < 16 ? deliveries : 16);
+
+    return ms < d->cfg->retry_max_ms ? ms : d->cfg->retry_max_ms;
 }
 
 static bool unregistered(const kiln__dispatch *d, const kiln__delivery *dl,
@@ -178,13 +199,56 @@ static bool unregistered(const kiln__dispatch *d, const kiln__delivery *dl,
     }
     if (d->cfg->unregistered == KILN_UNREGISTERED_REQUEUE) {
         job->status = KILN_ENOHANDLER;
-        job->verdict = KILN__VERDICT_REQUEUE;
+        job->verdict = KILN__VERDICT_RETRY;
+        job->count = true;
+        job->delay_ms = requeue_delay(d, job->deliveries);
         kiln__log_task(KILN_LOG_WARN, MODULE, sig->uuid, sig->name,
-                       "requeued: unregistered task (delivery %u)",
-                       dl->delivery_count + 1);
+                       "requeued in %llu ms: unregistered task (delivery %u)",
+                       (unsigned long long)job->delay_ms, job->deliveries + 1);
         return false;
     }
     return refuse(d, dl, job, KILN_ENOHANDLER);
+}
+
+/* A task that arrived before its ETA (from a producer that does not use
+ * the delay cascade, or released a little early) goes back into the
+ * cascade for the time left: it never holds a worker or the queue. */
+static bool early(const kiln__dispatch *d, kiln__job *job)
+{
+    int64_t left_ns;
+
+    /* RabbitMQ counts TTLs in whole milliseconds: within one of the ETA
+     * is on time. */
+    if (!job->sig->has_eta ||
+        (left_ns = job->sig->eta.unix_ns - kiln__realtime_ns()) <= 1000000)
+        return false;
+    job->verdict = KILN__VERDICT_RETRY;
+    job->delay_ms = (uint64_t)(left_ns + 999999) / 1000000;
+    kiln__log_task(KILN_LOG_DEBUG, MODULE, job->sig->uuid, job->sig->name,
+                   "early by %llu ms: back to the delay queues",
+                   (unsigned long long)job->delay_ms);
+    (void)d;
+    return true;
+}
+
+/* paota's TaskTimeOut: the task must start within that many seconds of
+ * its CreatedAt. */
+static bool expired(kiln__job *job)
+{
+    const kiln_signature *sig = job->sig;
+    int64_t late_ms;
+
+    if (sig->task_timeout <= 0 || !sig->has_created_at)
+        return false;
+    late_ms = (kiln__realtime_ns() - sig->created_at.unix_ns) / 1000000 -
+              (int64_t)sig->task_timeout * 1000;
+    if (late_ms <= 0)
+        return false;
+    kiln__fail(&job->reason, KILN_ETIMEDOUT,
+               "expired: not started within TaskTimeOut %d s of CreatedAt "
+               "(%lld ms late)",
+               sig->task_timeout, (long long)late_ms);
+    return true;
 }
 
 bool kiln__dispatch_prepare(const kiln__dispatch *d, const kiln__delivery *dl,
@@ -194,16 +258,25 @@ bool kiln__dispatch_prepare(const kiln__dispatch *d, const kiln__delivery *dl,
     kiln_err rc;
 
     memset(job, 0, sizeof(*job));
+    job->deliveries = kiln__earlier_deliveries(dl);
+    job->retries = kiln__header_uint(dl, KILN__HDR_RETRIES);
     if ((rc = decode(d, dl, &job->sig, &job->reason)) != KILN_OK) {
         kiln__prefix(&job->reason, "undecodable message");
         return refuse(d, dl, job, rc);
     }
-    if (max > 0 && dl->delivery_count >= max) {
+    if (max > 0 && job->deliveries >= max) {
         kiln__fail(&job->reason, KILN_EINVAL,
                    "delivered %u times (max_deliveries %u)",
-                   dl->delivery_count + 1, max);
+                   job->deliveries + 1, max);
         return refuse(d, dl, job, KILN_EINVAL);
     }
+    if (early(d, job))
+        return false;
+    if (expired(job))
+        return refuse_as(d, dl, job, KILN_ETIMEDOUT,
+                         d->cfg->expired == KILN_EXPIRED_DROP
+                             ? KILN__VERDICT_ACK
+                             : KILN__VERDICT_DEADLETTER);
     if (kiln_registry_lookup(d->reg, job->sig->name, &job->fn, &job->user) !=
         KILN_OK)
         return unregistered(d, dl, job);
@@ -212,15 +285,44 @@ bool kiln__dispatch_prepare(const kiln__dispatch *d, const kiln__delivery *dl,
 
 /* ---- run ---------------------------------------------------------------- */
 
+/* Sends the task again after `delay_ms`, re-encoded with its new counters
+ * and ETA, and records RETRY. False when it could not be encoded (the
+ * task then fails). */
+static bool retry(const kiln__dispatch *d, kiln__job *job, uint64_t delay_ms)
+{
+    kiln_signature *sig = job->sig;
+    kiln_error e;
+
+    if (kiln__encode_again(sig, delay_ms, job, &e) != KILN_OK) {
+        kiln__fail(&job->reason, e.code, "retry: %s", e.message);
+        return false;
+    }
+    job->verdict = KILN__VERDICT_RETRY;
+    kiln__log_task(KILN_LOG_INFO, MODULE, sig->uuid, sig->name,
+                   "retry %u in %llu ms: %s", job->retries + 1,
+                   (unsigned long long)delay_ms, job->reason.message);
+    (void)record(d, sig->uuid, sig->name, KILN__STATE_RETRY, NULL,
+                 job->reason.message);
+    return true;
+}
+
 /* Turns the task's return into a verdict and records the state. */
 static void conclude(const kiln__dispatch *d, kiln__job *job,
-                     const kiln_task_ctx *ctx, kiln_err rc)
+                     const kiln_task_ctx *ctx, kiln_err rc, int64_t ran_ms,
+                     unsigned limit_ms)
 {
-    const kiln_signature *sig = job->sig;
+    kiln_signature *sig = job->sig;
     const kiln__values *res = ctx->results ? &ctx->results->args : NULL;
+    uint64_t delay_ms;
 
     job->status = rc;
-    if (rc == KILN_OK) {
+    if (limit_ms > 0 && ran_ms > (int64_t)limit_ms) {
+        /* Past its soft limit: a failure whatever it returned, and not
+         * retried (it would likely run as long again). */
+        job->status = rc = KILN_ETIMEDOUT;
+        kiln__fail(&job->reason, rc, "time limit: ran %lld ms, limit %u ms",
+                   (long long)ran_ms, limit_ms);
+    } else if (rc == KILN_OK) {
         job->verdict = KILN__VERDICT_ACK;
         kiln__log_task(KILN_LOG_DEBUG, MODULE, sig->uuid, sig->name,
                        "succeeded");
@@ -228,24 +330,24 @@ static void conclude(const kiln__dispatch *d, kiln__job *job,
             KILN_OK)
             job->verdict = KILN__VERDICT_REQUEUE;
         return;
+    } else if (rc == KILN_ERETRY) {
+        /* machinery's retry-later: the count is not used up. */
+        kiln__fail(&job->reason, KILN_ERETRY, "the task asked for a retry");
+        if (retry(d, job, ctx->retry_delay_ms))
+            return;
+    } else {
+        if (rc == KILN_ETASK && ctx->failure.code == KILN_ETASK)
+            job->reason = ctx->failure;
+        else
+            kiln__fail(&job->reason, rc, "task returned: %s",
+                       kiln_strerror(rc));
+        if (kiln__retry_plan(d->cfg, sig, job->retries, &delay_ms) &&
+            retry(d, job, delay_ms))
+            return;
     }
-    if (rc == KILN_ERETRY) {
-        job->verdict = KILN__VERDICT_RETRY;
-        job->retry_delay_ms = ctx->retry_delay_ms;
-        kiln__fail(&job->reason, KILN_ERETRY, "retry in %llu ms",
-                   (unsigned long long)ctx->retry_delay_ms);
-        kiln__log_task(KILN_LOG_INFO, MODULE, sig->uuid, sig->name, "%s",
-                       job->reason.message);
-        (void)record(d, sig->uuid, sig->name, KILN__STATE_RETRY, NULL,
-                     job->reason.message);
-        return;
-    }
-    if (rc == KILN_ETASK && ctx->failure.code == KILN_ETASK)
-        job->reason = ctx->failure;
-    else
-        kiln__fail(&job->reason, rc, "task returned: %s", kiln_strerror(rc));
     job->verdict = KILN__VERDICT_DEADLETTER;
-    kiln__log_task(KILN_LOG_WARN, MODULE, sig->uuid, sig->name, "failed: %s",
+    kiln__log_task(KILN_LOG_WARN, MODULE, sig->uuid, sig->name,
+                   "failed after %u run(s): %s", job->retries + 1,
                    job->reason.message);
     if (record(d, sig->uuid, sig->name, KILN__STATE_FAILURE, NULL,
                job->reason.message) != KILN_OK)
@@ -256,6 +358,8 @@ void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job)
 {
     const kiln_signature *sig = job->sig;
     kiln_task_ctx ctx;
+    unsigned limit;
+    int64_t t0;
     kiln_err rc;
 
     if (job->fn == NULL) {
@@ -275,8 +379,14 @@ void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job)
         job->verdict = KILN__VERDICT_REQUEUE;
         return;
     }
+    limit = kiln__registry_time_limit(d->reg, sig->name);
+    if (limit == 0)
+        limit = d->cfg->time_limit_ms;
+    t0 = kiln__monotonic_ns();
+    if (limit > 0)
+        ctx.deadline_ns = t0 + (int64_t)limit * 1000000;
     rc = job->fn(&ctx, job->user);
-    conclude(d, job, &ctx, rc);
+    conclude(d, job, &ctx, rc, (kiln__monotonic_ns() - t0) / 1000000, limit);
     kiln__task_ctx_release(&ctx);
 }
 
@@ -285,6 +395,8 @@ void kiln__job_release(kiln__job *job)
     if (job == NULL)
         return;
     kiln_signature_free(job->sig);
+    kiln__free(job->out_body);
+    kiln__free(job->out_headers);
     memset(job, 0, sizeof(*job));
 }
 
@@ -325,14 +437,19 @@ static kiln_err publish_copy(kiln__broker *b, const char *exchange,
     return rc;
 }
 
-kiln_err kiln__dead_letter(kiln__broker *b, const kiln_config *cfg,
-                           const kiln__delivery *dl, const char *reason,
-                           kiln_error *err)
+/* The dead-letter copy; `attempts` > 0 adds how many times the task ran
+ * and which worker ran it last. */
+static kiln_err dead_letter(kiln__broker *b, const kiln_config *cfg,
+                            const kiln__delivery *dl, const char *reason,
+                            unsigned attempts, kiln_error *err)
 {
+    char runs[16];
     const kiln_header extra[] = {
         {KILN__HDR_REASON, reason},
         {KILN__HDR_EXCHANGE, dl->exchange},
         {KILN__HDR_ROUTING_KEY, dl->routing_key},
+        {KILN__HDR_ATTEMPTS, runs},
+        {KILN__HDR_WORKER, kiln__worker_id()},
     };
     kiln_err rc;
 
@@ -343,8 +460,9 @@ kiln_err kiln__dead_letter(kiln__broker *b, const kiln_config *cfg,
                   dl->message_id, reason);
         return kiln__broker_nack(b, dl->tag, false, err);
     }
+    (void)snprintf(runs, sizeof(runs), "%u", attempts);
     rc = publish_copy(b, cfg->dead_letter_exchange, cfg->dead_letter_queue, dl,
-                      extra, KILN__ARRAY_LEN(extra), err);
+                      extra, attempts > 0 ? 5 : 3, err);
     if (rc != KILN_OK) {
         kiln__prefix(err, "dead-letter");
         return rc;
@@ -352,22 +470,11 @@ kiln_err kiln__dead_letter(kiln__broker *b, const kiln_config *cfg,
     return kiln__broker_ack(b, dl->tag, false, err);
 }
 
-/* For now a retry goes straight back to the queue it came from, with the
- * asked-for delay in a header; the delay cascade will honour it later. */
-static kiln_err retry_later(kiln__broker *b, const kiln__delivery *dl,
-                            uint64_t delay_ms, kiln_error *err)
+kiln_err kiln__dead_letter(kiln__broker *b, const kiln_config *cfg,
+                           const kiln__delivery *dl, const char *reason,
+                           kiln_error *err)
 {
-    char delay[24];
-    kiln_header extra[1] = {{KILN__HDR_RETRY_DELAY, delay}};
-    kiln_err rc;
-
-    (void)snprintf(delay, sizeof(delay), "%llu", (unsigned long long)delay_ms);
-    rc = publish_copy(b, dl->exchange, dl->routing_key, dl, extra, 1, err);
-    if (rc != KILN_OK) {
-        kiln__prefix(err, "retry");
-        return rc;
-    }
-    return kiln__broker_ack(b, dl->tag, false, err);
+    return dead_letter(b, cfg, dl, reason, 0, err);
 }
 
 kiln_err kiln__dispatch_settle(const kiln__dispatch *d, kiln__broker *b,
@@ -378,9 +485,11 @@ kiln_err kiln__dispatch_settle(const kiln__dispatch *d, kiln__broker *b,
     case KILN__VERDICT_ACK:
         return kiln__broker_ack(b, dl->tag, false, err);
     case KILN__VERDICT_DEADLETTER:
-        return kiln__dead_letter(b, d->cfg, dl, job->reason.message, err);
+        /* A task that ran: its runs and worker too. */
+        return dead_letter(b, d->cfg, dl, job->reason.message,
+                           job->fn != NULL ? job->retries + 1 : 0, err);
     case KILN__VERDICT_RETRY:
-        return retry_later(b, dl, job->retry_delay_ms, err);
+        return kiln__republish(d->cfg, b, dl, job, err);
     case KILN__VERDICT_REQUEUE:
         return kiln__broker_nack(b, dl->tag, true, err);
     }
@@ -401,171 +510,5 @@ kiln_err kiln__dispatch_delivery(const kiln__dispatch *d, kiln__broker *b,
         *verdict = job.verdict;
     rc = kiln__dispatch_settle(d, b, dl, &job, err);
     kiln__job_release(&job);
-    return rc;
-}
-
-/* ---- producer ----------------------------------------------------------- */
-
-static kiln_err encode(const kiln_config *cfg, const kiln_signature *sig,
-                       kiln__staged *o, kiln_error *err)
-{
-    if (sig == NULL)
-        return kiln__fail(err, KILN_EINVAL, "NULL signature");
-    if (cfg->dialect == KILN_DIALECT_PAOTA_HEADERS)
-        return kiln_signature_to_raw(sig, &o->body, &o->len, &o->headers,
-                                     &o->n_headers, err);
-    return kiln_signature_to_json(sig, cfg->dialect, &o->body, &o->len, err);
-}
-
-static kiln__message outgoing_message(const kiln_config *cfg,
-                                      const kiln_signature *sig,
-                                      const kiln__staged *o)
-{
-    const char *key = sig->routing_key[0]   ? sig->routing_key
-                      : cfg->binding_key[0] ? cfg->binding_key
-                                            : cfg->queue;
-
-    return (kiln__message){
-        .exchange = cfg->exchange,
-        .routing_key = key,
-        .body = o->body,
-        .body_len = o->len,
-        .headers = o->headers,
-        .n_headers = o->n_headers,
-        .message_id = sig->uuid,
-        .priority = (uint8_t)(sig->priority > 255 ? 255 : sig->priority),
-        .persistent = true};
-}
-
-/* Records PENDING for every signature staged so far (out[i].rc == OK),
- * in one store call; a failure marks that signature. */
-static void stage_pending(kiln__store *store, const kiln_signature *const *sigs,
-                          size_t n, kiln__staged *out, size_t *first,
-                          kiln_error *err)
-{
-    kiln__state_update *u =
-        kiln__calloc(n, sizeof(*u) + sizeof(kiln_err) + sizeof(size_t));
-    kiln_err *st;
-    size_t *idx, m = 0;
-    kiln_error e;
-
-    if (u == NULL) {
-        for (size_t i = 0; i < n; i++) {
-            if (out[i].rc != KILN_OK)
-                continue;
-            out[i].rc = KILN_ENOMEM;
-            if (i < *first) {
-                kiln__fail(err, KILN_ENOMEM, "task %zu (%s): PENDING", i,
-                           sigs[i]->name);
-                *first = i;
-            }
-        }
-        return;
-    }
-    /* One block; alignments decrease along it. */
-    idx = (size_t *)(void *)(u + n);
-    st = (kiln_err *)(void *)(idx + n);
-    for (size_t i = 0; i < n; i++) {
-        if (out[i].rc != KILN_OK)
-            continue;
-        u[m] = (kiln__state_update){.uuid = sigs[i]->uuid,
-                                    .task_name = sigs[i]->name,
-                                    .state = KILN__STATE_PENDING};
-        idx[m++] = i;
-    }
-    if (m > 0 && kiln__store_add_pending(store, u, m, st, &e) != KILN_OK) {
-        for (size_t j = 0; j < m; j++) {
-            size_t i = idx[j];
-            if ((out[i].rc = st[j]) == KILN_OK)
-                continue;
-            if (i < *first)
-                kiln__fail(err, st[j], "task %zu (%s): %s", i, sigs[i]->name,
-                           e.message);
-            *first = i < *first ? i : *first;
-        }
-    }
-    kiln__free(u);
-}
-
-size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
-                         const kiln_signature *const *sigs, size_t n,
-                         kiln__staged *out, kiln__message *msgs, size_t *map,
-                         size_t *first, kiln_error *err)
-{
-    size_t m = 0;
-
-    for (size_t i = 0; i < n; i++) {
-        const kiln_signature *sig = sigs[i];
-        kiln_error e;
-
-        if ((out[i].rc = encode(cfg, sig, &out[i], &e)) != KILN_OK) {
-            if (i < *first)
-                kiln__fail(err, out[i].rc, "task %zu (%s): %s", i,
-                           sig ? sig->name : "?", e.message);
-            *first = i < *first ? i : *first;
-        }
-    }
-    if (store != NULL)
-        stage_pending(store, sigs, n, out, first, err);
-    for (size_t i = 0; i < n; i++) {
-        if (out[i].rc != KILN_OK)
-            continue;
-        msgs[m] = outgoing_message(cfg, sigs[i], &out[i]);
-        map[m++] = i;
-    }
-    return m;
-}
-
-void kiln__staged_release(kiln__staged *out, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        kiln__free(out[i].body);
-        kiln__free(out[i].headers);
-        memset(&out[i], 0, sizeof(out[i]));
-    }
-}
-
-kiln_err kiln__send_tasks(const kiln_config *cfg, kiln__broker *b,
-                          kiln__store *store, const kiln_signature *const *sigs,
-                          size_t n, kiln_err *status, kiln_error *err)
-{
-    kiln__staged *out;
-    kiln__message *msgs;
-    size_t *map, first = n, m;
-    kiln_err *pst, rc = KILN_OK;
-    kiln_error e;
-
-    if (cfg == NULL || b == NULL || (sigs == NULL && n > 0))
-        return kiln__fail(err, KILN_EINVAL, "cfg, broker and sigs required");
-    if (n == 0)
-        return KILN_OK;
-    /* One block: the per-task state, the batch, its index map and the
-     * publish statuses (alignments decrease along the block). */
-    out = kiln__calloc(n, sizeof(*out) + sizeof(*msgs) + sizeof(*map) +
-                              sizeof(*pst));
-    if (out == NULL)
-        return kiln__fail(err, KILN_ENOMEM, "send: %zu tasks", n);
-    msgs = (kiln__message *)(void *)(out + n);
-    map = (size_t *)(void *)(msgs + n);
-    pst = (kiln_err *)(void *)(map + n);
-    m = kiln__stage_tasks(cfg, store, sigs, n, out, msgs, map, &first, err);
-    for (size_t j = 0; j < m; j++)
-        pst[j] = KILN_ETIMEDOUT; /* what a message nobody settled is */
-    if (m > 0 && kiln__broker_publish(b, msgs, m, pst, &e) != KILN_OK) {
-        for (size_t j = 0; j < m; j++) {
-            out[map[j]].rc = pst[j];
-            if (pst[j] != KILN_OK && map[j] < first) {
-                first = map[j];
-                kiln__fail(err, pst[j], "task %zu (%s): %s", first,
-                           sigs[first]->name, e.message);
-            }
-        }
-    }
-    for (size_t i = 0; status != NULL && i < n; i++)
-        status[i] = out[i].rc;
-    if (first < n)
-        rc = out[first].rc;
-    kiln__staged_release(out, n);
-    kiln__free(out);
     return rc;
 }

@@ -57,14 +57,16 @@ typedef struct kiln__dispatch {
 
 /* What settle does with a delivery. */
 typedef enum kiln__verdict {
-    KILN__VERDICT_ACK = 0,    /* done: success, or an unregistered task the
-                                 signature or the policy says to drop */
+    KILN__VERDICT_ACK = 0,    /* done: success, or an unregistered or
+                                 expired task the policy says to drop */
     KILN__VERDICT_DEADLETTER, /* bad input or task failure: a copy with the
                                  reason goes to the dead-letter exchange */
-    KILN__VERDICT_RETRY,      /* republished with the asked-for delay */
-    KILN__VERDICT_REQUEUE     /* nacked back to the queue: the state could not
-                                 be written, or the unregistered policy is
-                                 REQUEUE */
+    KILN__VERDICT_RETRY,      /* sent again through the delay cascade after
+                                 job->delay_ms: a retry (re-encoded), a task
+                                 that arrived before its ETA, or an
+                                 unregistered one the policy requeues */
+    KILN__VERDICT_REQUEUE     /* nacked back to the queue: the final state
+                                 could not be written and the pool stops */
 } kiln__verdict;
 
 /* One delivery on its way through the steps. Zero it before prepare;
@@ -79,9 +81,21 @@ typedef struct kiln__job {
     char failed_uuid[KILN_NAME_MAX];
     char failed_name[KILN_NAME_MAX];
     kiln__verdict verdict;
-    kiln_err status;         /* the task's return, or why it was refused */
-    uint64_t retry_delay_ms; /* RETRY: the delay the task asked for */
-    kiln_error reason;       /* DEADLETTER: the reason; FAILURE: the error */
+    kiln_err status;     /* the task's return, or why it was refused */
+    kiln_error reason;   /* DEADLETTER: the reason; FAILURE: the error */
+    uint32_t deliveries; /* earlier deliveries of this message, counted by
+                            x-delivery-count, x-kiln-deliveries or the
+                            redelivered flag */
+    unsigned retries;    /* retries before this run (x-kiln-retries) */
+    /* RETRY: how long to wait, and what to send. Without out_body the
+     * delivery's own body and headers go again; `count` adds one to the
+     * delivery count it carries (a requeue, not a new attempt). */
+    uint64_t delay_ms;
+    bool count;
+    char *out_body; /* owned */
+    size_t out_len;
+    kiln_header *out_headers; /* owned; paota header mode */
+    size_t n_out_headers;
 } kiln__job;
 
 /* Decodes `dl` and finds its task. Returns true when the job needs
@@ -135,6 +149,10 @@ typedef struct kiln__staged {
     kiln_header *headers; /* owned; paota header mode only; one block */
     size_t n_headers;
     kiln_err rc; /* KILN_OK once staged, else why it was not */
+    /* Set for a task with an ETA in the future: where the delay cascade
+     * takes it in. Empty otherwise. */
+    char exchange[KILN_NAME_MAX];
+    char routing_key[KILN_NAME_MAX];
 } kiln__staged;
 
 /* Encodes each of the `n` signatures in cfg->dialect and records PENDING
@@ -142,7 +160,9 @@ typedef struct kiln__staged {
  * threads encodes in parallel. out[i] gets signature i's buffers and
  * result. Every signature staged becomes msgs[j] (persistent, to
  * cfg->exchange, routed by its routing key, else cfg->binding_key, else
- * the queue name) with map[j] = i; returns how many. The messages borrow
+ * the queue name; a signature whose ETA is in the future goes to the
+ * delay cascade instead, to reach that routing key at its ETA) with
+ * map[j] = i; returns how many. The messages borrow
  * from `out` and `sigs`. For a failure at an index below *first, *first
  * becomes that index and `err` its reason ("task 3 (add): ..."). `out`
  * (zeroed), `msgs` and `map` hold `n` entries each; free the buffers with

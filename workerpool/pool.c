@@ -142,6 +142,18 @@ void kiln__pool_set_store(kiln_pool *p, kiln__store *store)
     p->dispatch.store = store;
 }
 
+static kiln_err registrable(kiln_pool *pool, kiln_error *err);
+
+kiln_err kiln_pool_set_time_limit(kiln_pool *pool, const char *name,
+                                  unsigned time_limit_ms, kiln_error *err)
+{
+    kiln_err rc = registrable(pool, err);
+
+    if (rc != KILN_OK)
+        return rc;
+    return kiln_registry_set_time_limit(pool->reg, name, time_limit_ms, err);
+}
+
 static kiln_err registrable(kiln_pool *pool, kiln_error *err)
 {
     if (pool == NULL)

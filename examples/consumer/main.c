@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 struct stats {
@@ -41,6 +42,10 @@ static kiln_err print(kiln_task_ctx *ctx, void *user)
         KILN_OK)
         return kiln_task_fail(ctx, "want a user record: %s", err.message);
     kiln_task_log(ctx, KILN_LOG_DEBUG, "user record %s", record);
+    /* A typed result, recorded when a store is configured. */
+    if (kiln_task_add_result_int(ctx, KILN_TYPE_INT64, (int64_t)strlen(record),
+                                 &err) != KILN_OK)
+        return kiln_task_fail(ctx, "result: %s", err.message);
     n = atomic_fetch_add(&st->done, 1) + 1;
     if (n == 1)
         st->t0 = now_s();

@@ -44,6 +44,7 @@ int main(int argc, char **argv)
 {
     long n = argc > 1 ? strtol(argv[1], NULL, 10) : 10, sent = 0;
     kiln_signature *batch[BATCH];
+    char last[KILN_UUID_LEN] = "";
     kiln_config cfg;
     kiln_error err;
     kiln_pool *pool;
@@ -64,6 +65,9 @@ int main(int argc, char **argv)
                              : kiln_pool_send_tasks(
                                    pool, (const kiln_signature *const *)batch,
                                    k, NULL, &err);
+        if (k > 0)
+            snprintf(last, sizeof(last), "%s",
+                     kiln_signature_uuid(batch[k - 1]));
         for (size_t j = 0; j < k; j++)
             kiln_signature_free(batch[j]);
         if (rc != KILN_OK) {
@@ -78,6 +82,8 @@ int main(int argc, char **argv)
     double secs = now_s() - t0;
     fprintf(stderr, "\npublisher: %ld tasks in %.2f s, %.0f tasks/s\n", sent,
             secs, secs > 0 ? (double)sent / secs : 0.0);
+    /* The last task's UUID, for `status` (examples/status) to look up. */
+    printf("%s\n", last);
     kiln_pool_free(pool);
     return 0;
 }

@@ -1,0 +1,173 @@
+/* Retries and delays of the worker (see retry.h). */
+#include "workerpool/retry.h"
+
+#include "broker/delay.h"
+#include "workerpool/backoff.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+unsigned kiln__header_uint(const kiln__delivery *dl, const char *key)
+{
+    const char *v = kiln__delivery_header(dl, key);
+    char *end;
+    unsigned long n;
+
+    if (v == NULL || v[0] < '0' || v[0] > '9')
+        return 0;
+    n = strtoul(v, &end, 10);
+    return *end == '\0' && n <= UINT32_MAX ? (unsigned)n : 0;
+}
+
+uint32_t kiln__earlier_deliveries(const kiln__delivery *dl)
+{
+    uint32_t n = dl->delivery_count;
+    unsigned own = kiln__header_uint(dl, KILN__HDR_DELIVERIES);
+
+    if (own > n)
+        n = own;
+    if (n == 0 && dl->redelivered)
+        n = 1;
+    return n;
+}
+
+uint64_t kiln__fibonacci_next(uint64_t n)
+{
+    uint64_t a = 1, b = 1;
+
+    while (a <= n && b < UINT64_MAX / 2) {
+        uint64_t c = a + b;
+        a = b;
+        b = c;
+    }
+    return a > n ? a : b;
+}
+
+bool kiln__retry_plan(const kiln_config *cfg, kiln_signature *sig,
+                      unsigned retries, uint64_t *delay_ms)
+{
+    bool paota = sig->dialect != KILN_DIALECT_MACHINERY;
+    uint64_t ms;
+
+    if (paota ? sig->retries_done >= sig->retry_count : sig->retry_count <= 0)
+        return false;
+    if (cfg->retry_policy == KILN_RETRY_FIBONACCI) {
+        uint64_t next = kiln__fibonacci_next(
+            sig->retry_timeout > 0 ? (uint64_t)sig->retry_timeout : 0);
+        sig->retry_timeout = next > INT32_MAX ? INT32_MAX : (int)next;
+        ms = (uint64_t)sig->retry_timeout * 1000;
+    } else {
+        ms = kiln__backoff_ms(retries, cfg->retry_base_ms, cfg->retry_max_ms);
+    }
+    if (paota)
+        sig->retries_done++;
+    else
+        sig->retry_count--;
+    *delay_ms = ms < cfg->retry_max_ms ? ms : cfg->retry_max_ms;
+    return true;
+}
+
+kiln_err kiln__encode_again(kiln_signature *sig, uint64_t delay_ms,
+                            kiln__job *job, kiln_error *err)
+{
+    kiln_signature_set_eta(sig,
+                           kiln__realtime_ns() + (int64_t)delay_ms * 1000000);
+    job->delay_ms = delay_ms;
+    if (sig->dialect == KILN_DIALECT_PAOTA_HEADERS)
+        return kiln_signature_to_raw(sig, &job->out_body, &job->out_len,
+                                     &job->out_headers, &job->n_out_headers,
+                                     err);
+    return kiln_signature_to_json(sig, sig->dialect, &job->out_body,
+                                  &job->out_len, err);
+}
+
+/* Headers of the copy: those of the new encoding (header mode) or of the
+ * delivery, less what RabbitMQ adds when dead-lettering and the counts,
+ * which go last with their new values. */
+static size_t copy_headers(const kiln__delivery *dl, const kiln__job *job,
+                           kiln_header *h, char *retries, char *deliveries)
+{
+    const kiln_header *src =
+        job->out_body != NULL ? job->out_headers : dl->headers;
+    size_t n_src = job->out_body != NULL ? job->n_out_headers : dl->n_headers;
+    size_t n = 0;
+
+    for (size_t i = 0; i < n_src; i++) {
+        if (!kiln__delay_keep_header(src[i].key) ||
+            strcmp(src[i].key, KILN__HDR_RETRIES) == 0 ||
+            strcmp(src[i].key, KILN__HDR_DELIVERIES) == 0)
+            continue;
+        h[n++] = src[i];
+    }
+    h[n++] = (kiln_header){KILN__HDR_RETRIES, retries};
+    h[n++] = (kiln_header){KILN__HDR_DELIVERIES, deliveries};
+    return n;
+}
+
+kiln_err kiln__republish(const kiln_config *cfg, kiln__broker *b,
+                         const kiln__delivery *dl, const kiln__job *job,
+                         kiln_error *err)
+{
+    char exch[KILN_NAME_MAX], rk[KILN_NAME_MAX], retries[16], deliveries[16];
+    uint64_t max = kiln__delay_max_ms(cfg);
+    size_t n_max =
+        (job->out_body != NULL ? job->n_out_headers : dl->n_headers) + 2;
+    kiln_header *h;
+    kiln__message m;
+    kiln_err rc;
+
+    rc = kiln__delay_route(cfg, job->delay_ms < max ? job->delay_ms : max,
+                           kiln__delay_dest_key(cfg), exch, sizeof(exch), rk,
+                           sizeof(rk), err);
+    if (rc != KILN_OK)
+        return rc;
+    if ((h = kiln__malloc(n_max * sizeof(*h))) == NULL)
+        return kiln__fail(err, KILN_ENOMEM, "headers of a copy");
+    (void)snprintf(retries, sizeof(retries), "%u",
+                   job->retries + (job->out_body != NULL ? 1 : 0));
+    /* A requeue counts a delivery; a retry starts counting afresh; a task
+     * early for its ETA keeps its count. */
+    (void)snprintf(deliveries, sizeof(deliveries), "%u",
+                   job->count              ? job->deliveries + 1
+                   : job->out_body != NULL ? 0
+                                           : job->deliveries);
+    m = (kiln__message){
+        .exchange = exch,
+        .routing_key = rk,
+        .body = job->out_body != NULL ? job->out_body : dl->body,
+        .body_len = job->out_body != NULL ? job->out_len : dl->body_len,
+        .message_id = dl->message_id,
+        .priority = dl->priority,
+        .persistent = true};
+    m.headers = h;
+    m.n_headers = copy_headers(dl, job, h, retries, deliveries);
+    rc = kiln__broker_publish(b, &m, 1, NULL, err);
+    kiln__free(h);
+    if (rc != KILN_OK) {
+        kiln__prefix(err, "sending on through the delay queues");
+        return rc;
+    }
+    return kiln__broker_ack(b, dl->tag, false, err);
+}
+
+static char worker_id[320];
+static pthread_once_t worker_once = PTHREAD_ONCE_INIT;
+
+static void make_worker_id(void)
+{
+    char host[256] = "";
+
+    if (gethostname(host, sizeof(host) - 1) != 0)
+        kiln__strlcpy(host, "unknown", sizeof(host));
+    (void)snprintf(worker_id, sizeof(worker_id), "%s:%ld", host,
+                   (long)getpid());
+}
+
+const char *kiln__worker_id(void)
+{
+    (void)pthread_once(&worker_once, make_worker_id);
+    return worker_id;
+}

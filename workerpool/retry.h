@@ -1,0 +1,57 @@
+/*
+ * Retries and delays of the worker: counting deliveries, planning a retry
+ * with each dialect's counters, encoding the signature again and sending
+ * a delivery on through the delay cascade. Used by dispatch.c. Never
+ * installed.
+ */
+#ifndef KILN_RETRY_H
+#define KILN_RETRY_H
+
+#include "workerpool/dispatch.h"
+
+/* The decimal header `key` of `dl`, or 0 when absent or not a number. */
+unsigned kiln__header_uint(const kiln__delivery *dl, const char *key);
+
+/* Earlier deliveries of `dl`: the largest of a quorum queue's
+ * x-delivery-count, kiln's own x-kiln-deliveries (carried by requeues
+ * through the cascade) and 1 for a set redelivered flag (all a classic
+ * queue tells). */
+uint32_t kiln__earlier_deliveries(const kiln__delivery *dl);
+
+/* machinery's retry.FibonacciNext: the first Fibonacci number (1, 2, 3,
+ * 5, 8 ...) greater than `n`. */
+uint64_t kiln__fibonacci_next(uint64_t n);
+
+/* Decides whether a task that failed is run again, and when. The
+ * counters follow the signature's dialect: machinery's RetryCount is what
+ * is left (decremented here), paota's is the total and RetriesDone is
+ * counted up here. The delay: KILN_RETRY_POLICY fibonacci grows
+ * RetryTimeout as machinery does (1, 2, 3, 5 ... seconds, the first one
+ * after RetryTimeout); exponential is full jitter over
+ * min(KILN_RETRY_MAX_MS, KILN_RETRY_BASE_MS x 2^retries). Either is capped
+ * by KILN_RETRY_MAX_MS. Returns false, leaving `sig` as it is, when no
+ * retry is left. */
+bool kiln__retry_plan(const kiln_config *cfg, kiln_signature *sig,
+                      unsigned retries, uint64_t *delay_ms);
+
+/* Sets the ETA of `sig` to now + delay_ms and encodes it in the dialect
+ * it came in, into job->out_body (and out_headers for paota's header
+ * mode), with job->delay_ms = delay_ms. */
+kiln_err kiln__encode_again(kiln_signature *sig, uint64_t delay_ms,
+                            kiln__job *job, kiln_error *err);
+
+/* Sends `dl` on through the delay cascade as job->delay_ms and the
+ * out_* fields of `job` say, to reach cfg's queue again (the key the
+ * queue is bound with on the cascade's delivery exchange), waits for the
+ * confirm and acks `dl`. Headers RabbitMQ added when dead-lettering are
+ * left out; x-kiln-retries and x-kiln-deliveries carry the counts. The
+ * broker's owner only. */
+kiln_err kiln__republish(const kiln_config *cfg, kiln__broker *b,
+                         const kiln__delivery *dl, const kiln__job *job,
+                         kiln_error *err);
+
+/* "host:pid" of this process, for dead-letter headers. Static storage;
+ * thread-safe. */
+const char *kiln__worker_id(void);
+
+#endif /* KILN_RETRY_H */

@@ -1,0 +1,194 @@
+/* The producer side of a send: encode each signature, record PENDING,
+ * route it (through the delay cascade when it has an ETA in the future)
+ * and publish the batch. See dispatch.h. */
+#include "broker/delay.h"
+#include "workerpool/dispatch.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static kiln_err encode(const kiln_config *cfg, const kiln_signature *sig,
+                       kiln__staged *o, kiln_error *err)
+{
+    if (sig == NULL)
+        return kiln__fail(err, KILN_EINVAL, "NULL signature");
+    if (cfg->dialect == KILN_DIALECT_PAOTA_HEADERS)
+        return kiln_signature_to_raw(sig, &o->body, &o->len, &o->headers,
+                                     &o->n_headers, err);
+    return kiln_signature_to_json(sig, cfg->dialect, &o->body, &o->len, err);
+}
+
+static const char *destination(const kiln_config *cfg,
+                               const kiln_signature *sig)
+{
+    return sig->routing_key[0]   ? sig->routing_key
+           : cfg->binding_key[0] ? cfg->binding_key
+                                 : cfg->queue;
+}
+
+/* An ETA in the future sends the task through the delay cascade. */
+static kiln_err route_eta(const kiln_config *cfg, const kiln_signature *sig,
+                          kiln__staged *o, kiln_error *err)
+{
+    int64_t left_ns;
+
+    if (!sig->has_eta ||
+        (left_ns = sig->eta.unix_ns - kiln__realtime_ns()) <= 0)
+        return KILN_OK;
+    return kiln__delay_route(cfg, (uint64_t)(left_ns + 999999) / 1000000,
+                             destination(cfg, sig), o->exchange,
+                             sizeof(o->exchange), o->routing_key,
+                             sizeof(o->routing_key), err);
+}
+
+static kiln__message outgoing_message(const kiln_config *cfg,
+                                      const kiln_signature *sig,
+                                      const kiln__staged *o)
+{
+    bool delayed = o->exchange[0] != '\0';
+
+    return (kiln__message){
+        .exchange = delayed ? o->exchange : cfg->exchange,
+        .routing_key = delayed ? o->routing_key : destination(cfg, sig),
+        .body = o->body,
+        .body_len = o->len,
+        .headers = o->headers,
+        .n_headers = o->n_headers,
+        .message_id = sig->uuid,
+        .priority = (uint8_t)(sig->priority > 255 ? 255 : sig->priority),
+        .persistent = true};
+}
+
+/* Records PENDING for every signature staged so far (out[i].rc == OK),
+ * in one store call; a failure marks that signature. */
+static void stage_pending(kiln__store *store, const kiln_signature *const *sigs,
+                          size_t n, kiln__staged *out, size_t *first,
+                          kiln_error *err)
+{
+    kiln__state_update *u =
+        kiln__calloc(n, sizeof(*u) + sizeof(kiln_err) + sizeof(size_t));
+    kiln_err *st;
+    size_t *idx, m = 0;
+    kiln_error e;
+
+    if (u == NULL) {
+        for (size_t i = 0; i < n; i++) {
+            if (out[i].rc != KILN_OK)
+                continue;
+            out[i].rc = KILN_ENOMEM;
+            if (i < *first) {
+                kiln__fail(err, KILN_ENOMEM, "task %zu (%s): PENDING", i,
+                           sigs[i]->name);
+                *first = i;
+            }
+        }
+        return;
+    }
+    /* One block; alignments decrease along it. */
+    idx = (size_t *)(void *)(u + n);
+    st = (kiln_err *)(void *)(idx + n);
+    for (size_t i = 0; i < n; i++) {
+        if (out[i].rc != KILN_OK)
+            continue;
+        u[m] = (kiln__state_update){.uuid = sigs[i]->uuid,
+                                    .task_name = sigs[i]->name,
+                                    .state = KILN__STATE_PENDING};
+        idx[m++] = i;
+    }
+    if (m > 0 && kiln__store_add_pending(store, u, m, st, &e) != KILN_OK) {
+        for (size_t j = 0; j < m; j++) {
+            size_t i = idx[j];
+            if ((out[i].rc = st[j]) == KILN_OK)
+                continue;
+            if (i < *first)
+                kiln__fail(err, st[j], "task %zu (%s): %s", i, sigs[i]->name,
+                           e.message);
+            *first = i < *first ? i : *first;
+        }
+    }
+    kiln__free(u);
+}
+
+size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
+                         const kiln_signature *const *sigs, size_t n,
+                         kiln__staged *out, kiln__message *msgs, size_t *map,
+                         size_t *first, kiln_error *err)
+{
+    size_t m = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        const kiln_signature *sig = sigs[i];
+        kiln_error e;
+
+        if ((out[i].rc = encode(cfg, sig, &out[i], &e)) != KILN_OK ||
+            (out[i].rc = route_eta(cfg, sig, &out[i], &e)) != KILN_OK) {
+            if (i < *first)
+                kiln__fail(err, out[i].rc, "task %zu (%s): %s", i,
+                           sig ? sig->name : "?", e.message);
+            *first = i < *first ? i : *first;
+        }
+    }
+    if (store != NULL)
+        stage_pending(store, sigs, n, out, first, err);
+    for (size_t i = 0; i < n; i++) {
+        if (out[i].rc != KILN_OK)
+            continue;
+        msgs[m] = outgoing_message(cfg, sigs[i], &out[i]);
+        map[m++] = i;
+    }
+    return m;
+}
+
+void kiln__staged_release(kiln__staged *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        kiln__free(out[i].body);
+        kiln__free(out[i].headers);
+        memset(&out[i], 0, sizeof(out[i]));
+    }
+}
+
+kiln_err kiln__send_tasks(const kiln_config *cfg, kiln__broker *b,
+                          kiln__store *store, const kiln_signature *const *sigs,
+                          size_t n, kiln_err *status, kiln_error *err)
+{
+    kiln__staged *out;
+    kiln__message *msgs;
+    size_t *map, first = n, m;
+    kiln_err *pst, rc = KILN_OK;
+    kiln_error e;
+
+    if (cfg == NULL || b == NULL || (sigs == NULL && n > 0))
+        return kiln__fail(err, KILN_EINVAL, "cfg, broker and sigs required");
+    if (n == 0)
+        return KILN_OK;
+    /* One block: the per-task state, the batch, its index map and the
+     * publish statuses (alignments decrease along the block). */
+    out = kiln__calloc(n, sizeof(*out) + sizeof(*msgs) + sizeof(*map) +
+                              sizeof(*pst));
+    if (out == NULL)
+        return kiln__fail(err, KILN_ENOMEM, "send: %zu tasks", n);
+    msgs = (kiln__message *)(void *)(out + n);
+    map = (size_t *)(void *)(msgs + n);
+    pst = (kiln_err *)(void *)(map + n);
+    m = kiln__stage_tasks(cfg, store, sigs, n, out, msgs, map, &first, err);
+    for (size_t j = 0; j < m; j++)
+        pst[j] = KILN_ETIMEDOUT; /* what a message nobody settled is */
+    if (m > 0 && kiln__broker_publish(b, msgs, m, pst, &e) != KILN_OK) {
+        for (size_t j = 0; j < m; j++) {
+            out[map[j]].rc = pst[j];
+            if (pst[j] != KILN_OK && map[j] < first) {
+                first = map[j];
+                kiln__fail(err, pst[j], "task %zu (%s): %s", first,
+                           sigs[first]->name, e.message);
+            }
+        }
+    }
+    for (size_t i = 0; status != NULL && i < n; i++)
+        status[i] = out[i].rc;
+    if (first < n)
+        rc = out[first].rc;
+    kiln__staged_release(out, n);
+    kiln__free(out);
+    return rc;
+}
