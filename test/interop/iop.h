@@ -43,8 +43,10 @@
 
 /* What paota's header-mode sender puts in its headers besides the counts
  * (peer/paota.go, paotaRawSend). */
-#define IOP_RAW_TIMEOUT_S  30
-#define IOP_RAW_CREATED_AT 1700000000 /* Unix seconds */
+#define IOP_RAW_TIMEOUT_S 30
+/* created_at, Unix seconds: recent, since kiln expires a paota task not
+ * started within TaskTimeOut of CreatedAt. */
+#define IOP_ENV_RAW_CREATED "IOP_RAW_CREATED_AT"
 
 #define IOP_UTF8 "h\xc3\xa9llo" /* "héllo" */
 /* With U+2028 and U+1F600, which JSON encoders treat specially. */

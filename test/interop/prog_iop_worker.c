@@ -73,7 +73,8 @@ static kiln_err task_record(kiln_task_ctx *ctx, void *user)
 static kiln_err task_raw(kiln_task_ctx *ctx, void *user)
 {
     const kiln_signature *sig = kiln_task_signature(ctx);
-    const char *want = getenv(IOP_ENV_RAW_BODY); /* NOLINT */
+    const char *want = getenv(IOP_ENV_RAW_BODY);       /* NOLINT */
+    const char *created = getenv(IOP_ENV_RAW_CREATED); /* NOLINT */
     const char *body;
     char verdict[256] = "ok";
     int64_t created_ns = 0;
@@ -89,8 +90,8 @@ static kiln_err task_raw(kiln_task_ctx *ctx, void *user)
     else if (kiln_signature_task_timeout(sig) != IOP_RAW_TIMEOUT_S)
         (void)snprintf(verdict, sizeof(verdict), "bad: timeout %d",
                        kiln_signature_task_timeout(sig));
-    else if (!kiln_signature_created_at(sig, &created_ns) ||
-             created_ns != (int64_t)IOP_RAW_CREATED_AT * 1000000000)
+    else if (created == NULL || !kiln_signature_created_at(sig, &created_ns) ||
+             created_ns != strtoll(created, NULL, 10) * 1000000000)
         (void)snprintf(verdict, sizeof(verdict), "bad: created_at %lld ns",
                        (long long)created_ns);
     record_run(ctx, verdict);

@@ -120,7 +120,8 @@ static size_t start_peer(iop_fix *x, const char *mode, bool mongo,
 
 /* Starts prog_iop_worker; with `mongo` it records task states in the
  * test's database. Returns once it consumes the queue. */
-static size_t start_kiln_worker(iop_fix *x, bool mongo, const char *raw_body)
+static size_t start_kiln_worker(iop_fix *x, bool mongo, const char *raw_body,
+                                long long raw_created)
 {
     it_env e;
     size_t i;
@@ -128,8 +129,10 @@ static size_t start_kiln_worker(iop_fix *x, bool mongo, const char *raw_body)
     it_env_init(&e, x->it);
     it_env_add(&e, "KILN_QUEUE_DLX_ARG", "false");
     it_env_add(&e, IOP_ENV_OUT, "%s", x->kiln_out);
-    if (raw_body != NULL)
+    if (raw_body != NULL) {
         it_env_add(&e, IOP_ENV_RAW_BODY, "%s", raw_body);
+        it_env_add(&e, IOP_ENV_RAW_CREATED, "%lld", raw_created);
+    }
     if (mongo) {
         it_env_add(&e, "KILN_STORE", "mongodb");
         it_env_add(&e, "KILN_MONGODB_URL", "%s", mongo_url(x));
@@ -290,7 +293,7 @@ static void test_machinery_producer_kiln_worker(void **state)
     iop_fix *x = *state;
     iop_event sent, run;
 
-    (void)start_kiln_worker(x, false, NULL);
+    (void)start_kiln_worker(x, false, NULL, 0);
     it_expect_exit0(x->it, start_peer(x, "machinery-send", false, NULL), 30000);
     sent = wait_event(x->go_out, "SENT", IOP_TASK_ALL_TYPES, NULL, 1000);
     run = wait_event(x->kiln_out, "RUN", IOP_TASK_ALL_TYPES, sent.uuid, 10000);
@@ -320,7 +323,7 @@ static void test_machinery_backend_reads_kiln_results(void **state)
         skip();
     }
     kiln_pool_free(p);
-    (void)start_kiln_worker(x, true, NULL);
+    (void)start_kiln_worker(x, true, NULL, 0);
     it_expect_exit0(x->it, start_peer(x, "machinery-send", true, wait), 45000);
     sent = wait_event(x->go_out, "SENT", IOP_TASK_ALL_TYPES, NULL, 1000);
     res = wait_event(x->kiln_out, "RUN", IOP_TASK_ALL_TYPES, sent.uuid, 1000);
@@ -417,7 +420,7 @@ static iop_event retry_through_go(iop_fix *x, const char *mode,
     kiln_signature_free(sig);
     it_expect_exit0(x->it, go, 30000);
     *first = wait_event(x->go_out, "RUN", IOP_TASK_RETRY, uuid, 1000);
-    (void)start_kiln_worker(x, false, NULL);
+    (void)start_kiln_worker(x, false, NULL, 0);
     return wait_event(x->kiln_out, "RUN", IOP_TASK_RETRY, uuid, 15000);
 }
 
@@ -452,7 +455,7 @@ static void test_paota_producer_kiln_worker(void **state)
     iop_fix *x = *state;
     iop_event sent, run;
 
-    (void)start_kiln_worker(x, false, NULL);
+    (void)start_kiln_worker(x, false, NULL, 0);
     it_expect_exit0(x->it, start_peer(x, "paota-send", false, NULL), 30000);
     sent = wait_event(x->go_out, "SENT", IOP_TASK_ALL_TYPES, NULL, 1000);
     run = wait_event(x->kiln_out, "RUN", IOP_TASK_ALL_TYPES, sent.uuid, 10000);
@@ -485,13 +488,17 @@ static void test_paota_header_mode_kiln_worker(void **state)
 {
     iop_fix *x = *state;
     const char *body = "{\"order\":42,\"items\":[\"a\",\"\\u00e9\"],\"n\":1e3}";
-    char body_env[128];
-    const char *const extra[] = {body_env, "IOP_RAW_TASK=" IOP_TASK_RAW,
+    long long created = iop_unix_ms() / 1000;
+    char body_env[128], created_env[64];
+    const char *const extra[] = {body_env, created_env,
+                                 "IOP_RAW_TASK=" IOP_TASK_RAW,
                                  "IOP_RAW_RETRY_COUNT=3", NULL};
     iop_event sent, run;
 
     (void)snprintf(body_env, sizeof(body_env), "%s=%s", IOP_ENV_RAW_BODY, body);
-    (void)start_kiln_worker(x, false, body);
+    (void)snprintf(created_env, sizeof(created_env), "%s=%lld",
+                   IOP_ENV_RAW_CREATED, created);
+    (void)start_kiln_worker(x, false, body, created);
     it_expect_exit0(
         x->it,
         start_peer(x, "paota-raw-send", false, (const char *const *)extra),
@@ -530,12 +537,7 @@ static void test_paota_retry_reaches_kiln(void **state)
 /* ---- kiln's delayed tasks on Go workers --------------------------------- */
 
 /* kiln sends iop.eta due in 3 s; the Go worker, which runs what it gets at
- * once, must run it at its ETA: kiln's delay cascade holds it until then.
- * The pool does not send delayed tasks through the cascade yet (README,
- * "Delayed tasks": that comes with retries) and publishes them at once. A
- * task the cascade held is never seconds early, so one that ran more than
- * half its delay early was published at once: the case says so and skips
- * until the pool routes delayed tasks. */
+ * once, must run it at its ETA: kiln's delay cascade holds it until then. */
 static void eta_on_go_worker(iop_fix *x, const char *mode, kiln_dialect dialect)
 {
     const long long delay_ms = 3000;
@@ -553,17 +555,10 @@ static void eta_on_go_worker(iop_fix *x, const char *mode, kiln_dialect dialect)
                      (int)delay_ms + 15000);
     kiln_signature_free(sig);
     assert_int_equal(run.eta_ms, eta_ms);
-    if (eta_ms - run.ms > delay_ms / 2) {
-        printf("  skipped: kiln_pool_send_task published the task at once "
-               "(the pool does not send delayed tasks through the delay "
-               "cascade yet); %s ran it %lld ms before its ETA\n",
-               mode, eta_ms - run.ms);
-        x->it->passed = true;
-        skip();
-    }
     if (run.ms < eta_ms - (long long)x->it->cfg.delay_unit_ms)
         fail_msg("%s ran the task %lld ms before its ETA", mode,
                  eta_ms - run.ms);
+    printf("  %s ran the task %lld ms after its ETA\n", mode, run.ms - eta_ms);
     if (run.ms > eta_ms + 2000)
         fail_msg("%s ran the task %lld ms after its ETA", mode,
                  run.ms - eta_ms);

@@ -165,7 +165,8 @@ func paotaRawSend() error {
 	}
 	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, 1))
 	uuid := "task_7d3c1f0e-2b4a-4c6d-8e9f-0a1b2c3d4e5f"
-	created := time.Unix(1700000000, 0)
+	createdAt, _ := strconv.ParseInt(need("IOP_RAW_CREATED_AT"), 10, 64)
+	created := time.Unix(createdAt, 0)
 	retries, _ := strconv.Atoi(need("IOP_RAW_RETRY_COUNT"))
 	headers := amqp.Table{
 		"uuid":                   uuid,
