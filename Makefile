@@ -6,6 +6,8 @@
 #                        check, the install check and a bounded fuzz run
 #   make install PREFIX=/usr/local
 #   make check           unit tests of one variant (VARIANT=plain|asan)
+#   make check-interop   kiln beside machinery and paota (Go, from the module
+#                        proxy) on a private RabbitMQ and FerretDB
 #   make fuzz FUZZ_SECONDS=60
 #   make tidy | cppcheck | format | format-check
 #
@@ -57,6 +59,15 @@ IT_PROGS     := $(IT_PROG_SRCS:test/integration/%.c=$(BUILD)/it/%)
 TEST_SUPPORT := $(wildcard test/support/*.c)
 TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 
+# Interop tests: the driver and the kiln programs it starts, and the Go
+# peer (machinery and paota), built once into build/interop with its build
+# cache in build/go-cache, whatever the variant.
+IOP_TEST  := $(BUILD)/interop/test_interop
+IOP_PROGS := $(BUILD)/interop/prog_iop_worker
+GO_PEER   := build/interop/bin/peer
+GO_PEER_SRCS := $(wildcard test/interop/peer/*.go) test/interop/go.mod \
+                test/interop/go.sum
+
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 
@@ -67,7 +78,7 @@ STATIC := $(BUILD)/libkiln.a
 SHARED := $(BUILD)/libkiln.so.$(VERSION)
 SONAME := libkiln.so.$(VERSION_MAJOR)
 
-.PHONY: all lib examples benches tests check check-integration check-store test lint demo deps install uninstall clean \
+.PHONY: all lib examples benches tests check check-integration check-store check-interop interop-progs test lint demo deps install uninstall clean \
         fuzz tidy cppcheck format format-check symbols install-check valgrind
 
 all: lib examples benches
@@ -78,7 +89,7 @@ lib: $(STATIC) $(SHARED)
 
 examples: $(EXAMPLE_BINS)
 
-tests: $(TEST_BINS) $(IT_BINS) $(IT_PROGS)
+tests: $(TEST_BINS) $(IT_BINS) $(IT_PROGS) $(IOP_TEST) $(IOP_PROGS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -106,6 +117,19 @@ $(BUILD)/it/%: test/integration/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
 	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
 	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
 
+$(BUILD)/interop/%: test/interop/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
+	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
+
+# scripts/install-go.sh prints a Go new enough for go.mod, installing one
+# when missing; the modules come from the proxy, pinned by go.sum.
+$(GO_PEER): $(GO_PEER_SRCS) scripts/install-go.sh
+	@mkdir -p $(dir $@)
+	@go=$$(scripts/install-go.sh) && cd test/interop && \
+	    GOCACHE=$(CURDIR)/build/go-cache GOFLAGS="-mod=readonly -buildvcs=false" \
+	    GOTOOLCHAIN=local GOWORK=off "$$go" build -trimpath -o $(CURDIR)/$@ ./peer
+
 $(BUILD)/bench/%: bench/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< -o $@ \
@@ -130,6 +154,14 @@ check-integration: tests
 check-store: tests
 	@scripts/with-ferretdb.sh scripts/run-tests.sh $(BUILD)/it/test_store_mongo
 
+# kiln beside machinery v2 and paota (test/interop), on a private RabbitMQ
+# node and a private FerretDB.
+interop-progs: $(IOP_TEST) $(IOP_PROGS) $(GO_PEER)
+
+check-interop: interop-progs
+	@scripts/with-rabbitmq.sh scripts/with-ferretdb.sh scripts/run-tests.sh \
+	    --summary-file build/summary-interop-$(VARIANT).txt $(IOP_TEST)
+
 deps:
 	@scripts/install-deps.sh
 
@@ -153,9 +185,11 @@ test: deps
 	@scripts/run-tests.sh --valgrind --summary-file build/summary-valgrind.txt \
 	    $(patsubst test/%.c,build/plain/test/%,$(TEST_SRCS))
 	$(if $(IT_SRCS),$(MAKE) VARIANT=asan check-integration)
+	$(MAKE) VARIANT=asan check-interop
 	$(MAKE) fuzz
 	@scripts/run-tests.sh --total build/summary-asan.txt \
-	    build/summary-valgrind.txt $(if $(IT_SRCS),build/summary-it-asan.txt)
+	    build/summary-valgrind.txt $(if $(IT_SRCS),build/summary-it-asan.txt) \
+	    build/summary-interop-asan.txt
 
 # Only kiln_ names may leave the library: the static archive may hold
 # kiln__ internals, the shared object must export kiln_ API names only.
@@ -220,6 +254,7 @@ cppcheck:
 FORMAT_SRCS = $(LIB_SRCS) $(wildcard core/*.h config/*.h logger/*.h task/*.h \
               broker/*.h store/*.h workerpool/*.h mocks/*.h include/*.h \
               include/kiln/*.h test/*.c test/support/*.[ch] test/fuzz/*.c \
+              test/interop/*.[ch] \
               examples/*/*.c)
 format:
 	clang-format -i $(FORMAT_SRCS)
@@ -230,4 +265,4 @@ format-check:
 clean:
 	rm -rf build
 
--include $(LIB_OBJS:.o=.d) $(TEST_SUPPORT_OBJS:.o=.d)
+-include $(LIB_OBJS:.o=.d) $(TEST_SUPPORT_OBJS:.o=.d) $(IOP_TEST:=.d) $(IOP_PROGS:=.d)

@@ -44,19 +44,25 @@ static void hint_for(const char *arg, const want *w, char *out, size_t n)
                        quorum ? "quorum" : "classic");
     else if (strcmp(arg, "x-max-priority") == 0 && !w->dead_letter)
         (void)snprintf(out, n, "from KILN_MAX_PRIORITY=%u", c->max_priority);
-    else if (strcmp(arg, "x-dead-letter-exchange") == 0 && !w->dead_letter)
-        (void)snprintf(out, n, "from KILN_DEAD_LETTER_EXCHANGE=%s",
+    else if (strcmp(arg, "x-dead-letter-exchange") == 0 && !w->dead_letter &&
+             c->queue_dlx_arg)
+        (void)snprintf(out, n,
+                       "KILN_QUEUE_DLX_ARG=false omits it; "
+                       "from KILN_DEAD_LETTER_EXCHANGE=%s",
                        c->dead_letter_exchange);
+    else if (strcmp(arg, "x-dead-letter-exchange") == 0 && !w->dead_letter)
+        (void)snprintf(out, n, "KILN_QUEUE_DLX_ARG=false omits it");
     else
         (void)snprintf(out, n, "kiln does not set it here");
 }
 
 /* RabbitMQ's 406 text is "inequivalent arg 'A' for queue 'Q' in vhost 'V':
  * received ... but current is ...". The message already names the queue,
- * so drop " for ... in vhost 'V'" to make room for the setting to change. */
+ * so drop " for ... in vhost 'V'" to make room for the setting to change,
+ * which goes after 'A'. */
 static void explain(kiln_error *err, const want *w)
 {
-    char arg[64], hint[KILN_NAME_MAX + 64];
+    char arg[64], hint[KILN_NAME_MAX + 96];
     char msg[sizeof(err->message) * 2 + sizeof(hint)];
     const char *p, *q, *rest;
     size_t len;
@@ -73,8 +79,11 @@ static void explain(kiln_error *err, const want *w)
     rest = strstr(q, " in vhost '");
     rest = rest != NULL ? strstr(rest + strlen(" in vhost '"), "'") : NULL;
     rest = rest != NULL ? rest + 1 : q + 1;
-    (void)snprintf(msg, sizeof(msg), "%.*s%s (%s)", (int)(q + 1 - err->message),
-                   err->message, rest, hint);
+    /* The setting goes right after the argument's name: callers prefix
+     * their own context, and a cut at the message's size then loses only
+     * the tail of RabbitMQ's text. */
+    (void)snprintf(msg, sizeof(msg), "%.*s (%s)%s", (int)(q + 1 - err->message),
+                   err->message, hint, rest);
     kiln__strlcpy(err->message, msg, sizeof(err->message));
 }
 
@@ -123,7 +132,10 @@ static kiln_err queue(kiln__amqp *b, const char *name, const want *w,
         e->value.kind = AMQP_FIELD_KIND_I32;
         e->value.value.i32 = (int32_t)c->max_priority;
     }
-    if (!w->dead_letter && c->dead_letter_exchange[0] != '\0')
+    /* Off for a queue shared with machinery or paota, which declare it
+     * without arguments; kiln publishes its dead letters itself either way. */
+    if (!w->dead_letter && c->queue_dlx_arg &&
+        c->dead_letter_exchange[0] != '\0')
         args[table.num_entries++] =
             text_arg("x-dead-letter-exchange", c->dead_letter_exchange);
     (void)amqp_queue_declare(

@@ -109,6 +109,10 @@ const kiln__cfg_field kiln__cfg_fields[] = {
      F(dead_letter_exchange), 1, NAME_MAX_BYTES, NULL, NULL},
     {"KILN_DEAD_LETTER_QUEUE", "PAOTA_AMQP_FAILED_QUEUE", KILN__CFG_NAME,
      KILN__CFG_ENTITY, F(dead_letter_queue), 1, NAME_MAX_BYTES, NULL, NULL},
+    /* machinery and paota declare the task queue without arguments; a
+     * second declaration with other arguments is refused (406). */
+    {"KILN_QUEUE_DLX_ARG", NULL, KILN__CFG_BOOL, 0, F(queue_dlx_arg), 0, 1,
+     NULL, NULL},
     {"KILN_DELAY_EXCHANGE", NULL, KILN__CFG_NAME, KILN__CFG_ENTITY,
      F(delay_exchange), 1, NAME_MAX_BYTES, NULL, NULL},
     {"KILN_DELAY_LEVELS", NULL, KILN__CFG_UINT, 0, F(delay_levels), 1, 32, NULL,
@@ -217,6 +221,7 @@ void kiln_config_init(kiln_config *cfg)
                   sizeof(cfg->dead_letter_exchange));
     kiln__strlcpy(cfg->dead_letter_queue, "kiln_tasks.dead",
                   sizeof(cfg->dead_letter_queue));
+    cfg->queue_dlx_arg = true;
     kiln__strlcpy(cfg->delay_exchange, "kiln_tasks.delay",
                   sizeof(cfg->delay_exchange));
     /* Delays are rounded up to whole units, so a task never starts early

@@ -217,6 +217,9 @@ typedef struct kiln_config {
     unsigned publish_timeout_ms; /* confirm wait, 1..3600000 */
     char dead_letter_exchange[KILN_NAME_MAX];
     char dead_letter_queue[KILN_NAME_MAX];
+    bool queue_dlx_arg;                 /* declare the task queue with
+                                           x-dead-letter-exchange; false declares it
+                                           without arguments, as machinery and paota do */
     char delay_exchange[KILN_NAME_MAX]; /* prefix of the delay cascade */
     unsigned delay_levels;              /* 1..32 binary delay levels */
     unsigned delay_unit_ms;             /* duration of level 0, 1..3600000 */

@@ -80,6 +80,8 @@ static const struct var vars[] = {
      "kiln_tasks.dlx", "dlx", NULL, NULL, NULL},
     {"KILN_DEAD_LETTER_QUEUE", "PAOTA_AMQP_FAILED_QUEUE", R_ENTITY,
      O(dead_letter_queue), 0, 0, "kiln_tasks.dead", "failed", NULL, NULL, NULL},
+    {"KILN_QUEUE_DLX_ARG", NULL, R_BOOL, O(queue_dlx_arg), 0, 0, "1", "no", "0",
+     NULL, NULL},
     {"KILN_DELAY_EXCHANGE", NULL, R_ENTITY, O(delay_exchange), 0, 0,
      "kiln_tasks.delay", "delays", NULL, NULL, NULL},
     {"KILN_DELAY_LEVELS", NULL, R_UINT, O(delay_levels), 1, 32, "32", "28",
