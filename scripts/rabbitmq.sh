@@ -143,6 +143,15 @@ stop() {
         kill "$(cat "$dir/epmd.pid")" 2>/dev/null || true
         rm -f "$dir/epmd.pid"
     fi
+    # An Erlang tool that finds our epmd gone starts `epmd -daemon` on the
+    # same port, which then outlives us and holds the port. It inherited
+    # our HOME (the data directory), so it is ours to stop. (No grep -q:
+    # with pipefail, tr's SIGPIPE would fail the test.)
+    for p in $(pgrep -x epmd || true); do
+        if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -x "HOME=$dir" >/dev/null; then
+            kill "$p" 2>/dev/null || true
+        fi
+    done
 }
 
 case "$cmd" in
