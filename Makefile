@@ -146,7 +146,7 @@ check: tests
 # Integration tests of one variant, beside a private RabbitMQ node and a
 # private FerretDB (KILN_TEST_MONGODB_URL set outside points at a MongoDB).
 check-integration: tests
-	@KILN_TEST_TIMEOUT=600 scripts/with-rabbitmq.sh scripts/with-ferretdb.sh \
+	@KILN_TEST_TIMEOUT=900 scripts/with-rabbitmq.sh scripts/with-ferretdb.sh \
 	    scripts/run-tests.sh --summary-file build/summary-it-$(VARIANT).txt \
 	    $(IT_BINS)
 

@@ -372,7 +372,7 @@ static void test_eight_producers(void **state)
             fail_msg("producer %u: %s", i, p[i].err.message);
     }
     t_sent = it_ms();
-    assert_true(wait_state_count(f, "SUCCESS", total, 480000));
+    assert_true(wait_state_count(f, "SUCCESS", total, 600000));
     printf("  %lld tasks: sent in %.1f s, all SUCCESS after %.1f s "
            "(%.0f tasks/s; PENDING, STARTED, SUCCESS each)\n",
            total, (double)(t_sent - t0) / 1000, (double)(it_ms() - t0) / 1000,
