@@ -14,8 +14,8 @@
  * - expiry (paota's TaskTimeOut from CreatedAt): not run, FAILURE
  *   "expired", dead-lettered or, with KILN_EXPIRED=drop, acked and logged;
  * - time limit: FAILURE "time limit", dead-lettered, never started twice;
- * - poison: on a quorum queue, a task that kills its worker is
- *   dead-lettered after KILN_MAX_DELIVERIES deliveries;
+ * - poison: on a quorum and on a classic queue, a task that kills its
+ *   worker is dead-lettered after KILN_MAX_DELIVERIES deliveries;
  * - unregistered tasks with KILN_UNREGISTERED=requeue wait in the delay
  *   queues (the worker stays under 5% CPU) and end in the dead-letter
  *   queue; IgnoreWhenTaskNotRegistered is still honoured.
@@ -99,48 +99,9 @@ static void stop_worker(it_fix *f, size_t w)
 
 /* ---- the task log's extra lines ------------------------------------------ */
 
-/* A line of the task log with up to three numbers after the time. */
-typedef struct xline {
-    char kind;
-    it_uuid uuid;
-    long pid;
-    long long ms;
-    long long v[3];
-} xline;
-
-/* The lines of `kind` about `uuid` (NULL: any), in the order written, into
- * out[max]; returns how many there are (may exceed max). */
-static size_t read_lines(const char *log, char kind, const char *uuid,
-                         xline *out, size_t max)
-{
-    size_t len, n = 0;
-    char *buf = it_slurp(log, &len), *p = buf;
-
-    while (buf != NULL && p < buf + len) {
-        char *nl = memchr(p, '\n', (size_t)(buf + len - p));
-        xline x;
-        char id[64];
-        if (nl == NULL)
-            break;
-        *nl = '\0';
-        memset(&x, 0, sizeof(x));
-        if (sscanf(p, "%c %63s %ld %lld %lld %lld %lld", &x.kind, id, &x.pid,
-                   &x.ms, &x.v[0], &x.v[1], &x.v[2]) >= 4 &&
-            x.kind == kind && (uuid == NULL || strcmp(id, uuid) == 0)) {
-            kiln__strlcpy(x.uuid, id, sizeof(x.uuid));
-            if (n < max)
-                out[n] = x;
-            n++;
-        }
-        p = nl + 1;
-    }
-    free(buf);
-    return n;
-}
-
 static size_t count_lines(const char *log, char kind, const char *uuid)
 {
-    return read_lines(log, kind, uuid, NULL, 0);
+    return it_read_xlines(log, kind, uuid, NULL, 0);
 }
 
 /* Polls until the log has `want` lines of `kind` about `uuid`. */
@@ -302,7 +263,7 @@ static void test_priority_highest_first(void **state)
     kiln_signature *sigs[PRIO_TASKS];
     it_uuid uuids[PRIO_TASKS];
     unsigned prio[PRIO_TASKS], last = 10, inversions = 0;
-    xline *fin = calloc(PRIO_TASKS, sizeof(*fin));
+    it_xline *fin = calloc(PRIO_TASKS, sizeof(*fin));
     kiln_error err;
     size_t w;
 
@@ -324,7 +285,7 @@ static void test_priority_highest_first(void **state)
     w = start_worker(f, "worker", NULL);
     assert_int_equal(wait_lines(f->log, 'F', NULL, PRIO_TASKS, 30000),
                      PRIO_TASKS);
-    assert_int_equal(read_lines(f->log, 'F', NULL, fin, PRIO_TASKS),
+    assert_int_equal(it_read_xlines(f->log, 'F', NULL, fin, PRIO_TASKS),
                      PRIO_TASKS);
     printf("  priorities in the order run:");
     for (size_t i = 0; i < PRIO_TASKS; i++) {
@@ -370,7 +331,7 @@ static void retry_case(it_fix *f, kiln_dialect dialect,
 {
     bool paota = dialect != KILN_DIALECT_MACHINERY;
     size_t runs_bad = (size_t)retries + 1, runs_ok = (size_t)fails_then_ok + 1;
-    xline r[16];
+    it_xline r[16];
     it_uuid bad, ok;
     kiln_signature *sigs[2];
     dead_msg dead[MAX_DEAD];
@@ -399,7 +360,7 @@ static void retry_case(it_fix *f, kiln_dialect dialect,
     wait_dead(f, 1, 30000);
     assert_int_equal(wait_lines(f->log, 'R', ok, runs_ok, 10000), runs_ok);
     expect_settled(f);
-    n = read_lines(f->log, 'R', bad, r, 16);
+    n = it_read_xlines(f->log, 'R', bad, r, 16);
     assert_int_equal(n, runs_bad);
     printf("  %s, %s: runs of the failing task (RetryCount RetryTimeout "
            "RetriesDone, ms since the first):",
@@ -494,7 +455,7 @@ static void test_retry_confirmed_before_ack(void **state)
     kiln__delay_level lv;
     kiln_signature *sig;
     dead_msg dead[MAX_DEAD];
-    xline r[8];
+    it_xline r[8];
     it_uuid uuid;
     kiln_error err;
     amqp_connection_state_t c;
@@ -515,7 +476,7 @@ static void test_retry_confirmed_before_ack(void **state)
     it_raw_close(c);
 
     wait_dead(f, 1, 30000);
-    n = read_lines(f->log, 'R', uuid, r, 8);
+    n = it_read_xlines(f->log, 'R', uuid, r, 8);
     printf("  runs (RetryCount, ms since the first):");
     for (size_t i = 0; i < n && i < 8; i++)
         printf(" [%lld, %lld]", r[i].v[0], r[i].ms - r[0].ms);
@@ -572,7 +533,7 @@ static void test_eta_short_not_behind_long(void **state)
     kiln_signature *sigs[ETA_SHORT];
     it_uuid hour, second, shorts[ETA_SHORT];
     long long late_min = LLONG_MAX, late_max = LLONG_MIN;
-    xline e;
+    it_xline e;
     size_t w;
 
     w = start_worker(f, "worker", NULL);
@@ -584,13 +545,13 @@ static void test_eta_short_not_behind_long(void **state)
 
     assert_int_equal(wait_lines(f->log, 'E', NULL, ETA_SHORT + 1, 15000),
                      ETA_SHORT + 1);
-    assert_int_equal(read_lines(f->log, 'E', second, &e, 1), 1);
+    assert_int_equal(it_read_xlines(f->log, 'E', second, &e, 1), 1);
     printf("  due in 1 s, sent after one due in 1 h: started %.1f ms after "
            "its ETA\n",
            (double)e.v[0] / 1000.0);
     assert_true(e.v[0] >= -EARLY_MAX_US && e.v[0] <= LATE_MAX_US);
     for (size_t i = 0; i < ETA_SHORT; i++) {
-        assert_int_equal(read_lines(f->log, 'E', shorts[i], &e, 1), 1);
+        assert_int_equal(it_read_xlines(f->log, 'E', shorts[i], &e, 1), 1);
         if (e.v[0] < -EARLY_MAX_US || e.v[0] > LATE_MAX_US)
             fail_msg("task due in %lld ms started %lld us after its ETA",
                      (long long)due[i], e.v[0]);
@@ -728,15 +689,17 @@ static void test_time_limit(void **state)
 
 #define POISON_MAX 3
 
-static void test_poison_quorum(void **state)
+/* A task that kills every worker that takes it. A quorum queue counts
+ * the deliveries; a classic one only flags a redelivery, and the worker
+ * carries the count in x-kiln-deliveries. */
+static void poison_case(it_fix *f, kiln_queue_type type)
 {
-    it_fix *f = *state;
     dead_msg dead[MAX_DEAD];
     it_uuid uuid;
     char want[64];
     size_t w, n;
 
-    f->cfg.queue_type = KILN_QUEUE_QUORUM;
+    f->cfg.queue_type = type;
     f->cfg.max_deliveries = POISON_MAX;
     send_one(f, new_sig(IT_TASK_CRASH, uuid));
     /* Each delivery kills the worker that takes it; start another. */
@@ -753,7 +716,8 @@ static void test_poison_quorum(void **state)
     assert_int_equal(count_lines(f->log, 'K', uuid), POISON_MAX);
     n = take_dead(&f->cfg, dead, MAX_DEAD);
     assert_int_equal(n, 1);
-    printf("  crashed %d workers, then dead-lettered: \"%s\"\n", POISON_MAX,
+    printf("  %s queue: crashed %d workers, then dead-lettered: \"%s\"\n",
+           type == KILN_QUEUE_QUORUM ? "quorum" : "classic", POISON_MAX,
            dead[0].reason);
     (void)snprintf(want, sizeof(want), "delivered %d times", POISON_MAX + 1);
     assert_non_null(strstr(dead[0].reason, want));
@@ -761,6 +725,16 @@ static void test_poison_quorum(void **state)
     expect_settled(f);
     stop_worker(f, w);
     f->passed = true;
+}
+
+static void test_poison_quorum(void **state)
+{
+    poison_case(*state, KILN_QUEUE_QUORUM);
+}
+
+static void test_poison_classic(void **state)
+{
+    poison_case(*state, KILN_QUEUE_CLASSIC);
 }
 
 /* ---- unregistered ------------------------------------------------------- */
@@ -857,6 +831,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_time_limit, setup_store,
                                         it_teardown_store),
         cmocka_unit_test_setup_teardown(test_poison_quorum, setup_plain,
+                                        it_teardown),
+        cmocka_unit_test_setup_teardown(test_poison_classic, setup_plain,
                                         it_teardown),
         cmocka_unit_test_setup_teardown(test_unregistered_requeue, setup_plain,
                                         it_teardown),
