@@ -6,6 +6,9 @@
 #                        check, the install check and a bounded fuzz run
 #   make install PREFIX=/usr/local
 #   make check           unit tests of one variant (VARIANT=plain|asan)
+#   make test-long       the long ETA run (about 3 minutes): 5,000 delayed
+#                        tasks and a broker restart; figures in
+#                        build/test-long.txt
 #   make fuzz FUZZ_SECONDS=60
 #   make tidy | cppcheck | format | format-check
 #
@@ -54,6 +57,9 @@ IT_BINS      := $(IT_SRCS:test/integration/%.c=$(BUILD)/it/%)
 # Programs the integration tests start as separate processes.
 IT_PROG_SRCS := $(wildcard test/integration/prog_*.c)
 IT_PROGS     := $(IT_PROG_SRCS:test/integration/%.c=$(BUILD)/it/%)
+# Long runs, kept out of `make test` (make test-long).
+LONG_SRCS    := $(wildcard test/long/test_*.c)
+LONG_BINS    := $(LONG_SRCS:test/long/%.c=$(BUILD)/long/%)
 TEST_SUPPORT := $(wildcard test/support/*.c)
 TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 
@@ -67,7 +73,7 @@ STATIC := $(BUILD)/libkiln.a
 SHARED := $(BUILD)/libkiln.so.$(VERSION)
 SONAME := libkiln.so.$(VERSION_MAJOR)
 
-.PHONY: all lib examples benches tests check check-integration check-store test lint demo deps install uninstall clean \
+.PHONY: all lib examples benches tests longs check check-integration check-store test test-long lint demo deps install uninstall clean \
         fuzz tidy cppcheck format format-check symbols install-check valgrind
 
 all: lib examples benches
@@ -79,6 +85,8 @@ lib: $(STATIC) $(SHARED)
 examples: $(EXAMPLE_BINS)
 
 tests: $(TEST_BINS) $(IT_BINS) $(IT_PROGS)
+
+longs: $(LONG_BINS) $(IT_PROGS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -106,6 +114,11 @@ $(BUILD)/it/%: test/integration/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
 	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
 	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
 
+$(BUILD)/long/%: test/long/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
+	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
+
 $(BUILD)/bench/%: bench/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< -o $@ \
@@ -129,6 +142,14 @@ check-integration: tests
 # The MongoDB store's tests alone, beside a private FerretDB.
 check-store: tests
 	@scripts/with-ferretdb.sh scripts/run-tests.sh $(BUILD)/it/test_store_mongo
+
+# The long runs, plain build (timing is what they measure), beside a
+# private RabbitMQ node; the figures go to build/test-long.txt.
+test-long: deps
+	$(MAKE) VARIANT=plain longs
+	@KILN_TEST_TIMEOUT=600 KILN_TEST_LONG_OUT=build/test-long.txt \
+	    scripts/with-rabbitmq.sh scripts/run-tests.sh \
+	    $(LONG_SRCS:test/long/%.c=build/plain/long/%)
 
 deps:
 	@scripts/install-deps.sh
