@@ -664,4 +664,33 @@ static inline void it_send(it_fix *f, size_t n, size_t batch, it_uuid *uuids)
     free(st);
 }
 
+/* A new signature named `name`; its UUID goes to `uuid` (may be NULL).
+ * Caller owns; kiln_signature_free, or hand it to it_send_free. */
+static inline kiln_signature *it_new_sig(const char *name, it_uuid uuid)
+{
+    kiln_error err;
+    kiln_signature *sig = kiln_signature_new(name, &err);
+
+    if (sig == NULL)
+        fail_msg("kiln_signature_new: %s", err.message);
+    if (uuid != NULL)
+        kiln__strlcpy(uuid, kiln_signature_uuid(sig), sizeof(it_uuid));
+    return sig;
+}
+
+/* Sends `n` signatures in one kiln_pool_send_tasks call, asserting that
+ * all are confirmed, and frees them. */
+static inline void it_send_free(it_fix *f, kiln_signature **sigs, size_t n)
+{
+    kiln_error err;
+    kiln_err rc = kiln_pool_send_tasks(
+        it_pool(f), (const kiln_signature *const *)sigs, n, NULL, &err);
+
+    for (size_t i = 0; i < n; i++)
+        kiln_signature_free(sigs[i]);
+    if (rc != KILN_OK)
+        fail_msg("kiln_pool_send_tasks: %s: %s", kiln_strerror(rc),
+                 err.message);
+}
+
 #endif /* KILN_POOL_IT_H */

@@ -44,35 +44,9 @@ static int setup_store(void **state)
 
 /* ---- sending ------------------------------------------------------------ */
 
-static kiln_signature *new_sig(const char *name, it_uuid uuid)
-{
-    kiln_error err;
-    kiln_signature *sig = kiln_signature_new(name, &err);
-
-    if (sig == NULL)
-        fail_msg("kiln_signature_new: %s", err.message);
-    if (uuid != NULL)
-        kiln__strlcpy(uuid, kiln_signature_uuid(sig), sizeof(it_uuid));
-    return sig;
-}
-
-/* Sends `n` signatures in one confirmed batch and frees them. */
-static void send_free(it_fix *f, kiln_signature **sigs, size_t n)
-{
-    kiln_error err;
-    kiln_err rc = kiln_pool_send_tasks(
-        it_pool(f), (const kiln_signature *const *)sigs, n, NULL, &err);
-
-    for (size_t i = 0; i < n; i++)
-        kiln_signature_free(sigs[i]);
-    if (rc != KILN_OK)
-        fail_msg("kiln_pool_send_tasks: %s: %s", kiln_strerror(rc),
-                 err.message);
-}
-
 static void send_one(it_fix *f, kiln_signature *sig)
 {
-    send_free(f, &sig, 1);
+    it_send_free(f, &sig, 1);
 }
 
 static int64_t now_real_ns(void)
@@ -274,11 +248,11 @@ static void test_priority_highest_first(void **state)
     /* 0..9 four times each, mixed; the backlog waits for the worker. */
     for (size_t i = 0; i < PRIO_TASKS; i++) {
         prio[i] = (unsigned)((i * 7 + 3) % 10);
-        sigs[i] = new_sig(IT_TASK_RECORD, uuids[i]);
+        sigs[i] = it_new_sig(IT_TASK_RECORD, uuids[i]);
         assert_int_equal(kiln_signature_set_priority(sigs[i], prio[i], &err),
                          KILN_OK);
     }
-    send_free(f, sigs, PRIO_TASKS);
+    it_send_free(f, sigs, PRIO_TASKS);
     assert_int_equal(it_wait_ready(f->cfg.queue, PRIO_TASKS, 10000),
                      PRIO_TASKS);
 
@@ -346,8 +320,8 @@ static void retry_case(it_fix *f, kiln_dialect dialect,
     f->cfg.retry_base_ms = 100;
     f->cfg.retry_max_ms = 2000;
     w = start_worker(f, "worker", NULL);
-    sigs[0] = new_sig(IT_TASK_FLAKY, bad);
-    sigs[1] = new_sig(IT_TASK_FLAKY, ok);
+    sigs[0] = it_new_sig(IT_TASK_FLAKY, bad);
+    sigs[1] = it_new_sig(IT_TASK_FLAKY, ok);
     assert_int_equal(kiln_signature_set_retry(sigs[0], retries, 0, &err),
                      KILN_OK);
     assert_int_equal(kiln_signature_set_retry(sigs[1], retries, 0, &err),
@@ -355,7 +329,7 @@ static void retry_case(it_fix *f, kiln_dialect dialect,
     assert_int_equal(
         kiln_signature_add_arg_int64(sigs[1], "fails", fails_then_ok, &err),
         KILN_OK);
-    send_free(f, sigs, 2);
+    it_send_free(f, sigs, 2);
 
     wait_dead(f, 1, 30000);
     assert_int_equal(wait_lines(f->log, 'R', ok, runs_ok, 10000), runs_ok);
@@ -462,7 +436,7 @@ static void test_retry_confirmed_before_ack(void **state)
     size_t w, n;
 
     w = start_worker(f, "worker", extra);
-    sig = new_sig(IT_TASK_FLAKY, uuid);
+    sig = it_new_sig(IT_TASK_FLAKY, uuid);
     assert_int_equal(kiln_signature_set_retry(sig, 1, 0, &err), KILN_OK);
     send_one(f, sig);
     assert_int_equal(wait_lines(f->log, 'R', uuid, 1, 10000), 1);
@@ -506,7 +480,7 @@ static void test_retry_confirmed_before_ack(void **state)
 
 static kiln_signature *eta_sig(int64_t due_ms, it_uuid uuid)
 {
-    kiln_signature *sig = new_sig(IT_TASK_ETA, uuid);
+    kiln_signature *sig = it_new_sig(IT_TASK_ETA, uuid);
 
     kiln_signature_set_eta(sig, now_real_ns() + due_ms * 1000000);
     return sig;
@@ -541,7 +515,7 @@ static void test_eta_short_not_behind_long(void **state)
     send_one(f, eta_sig(1000, second));
     for (size_t i = 0; i < ETA_SHORT; i++)
         sigs[i] = eta_sig(due[i], shorts[i]);
-    send_free(f, sigs, ETA_SHORT);
+    it_send_free(f, sigs, ETA_SHORT);
 
     assert_int_equal(wait_lines(f->log, 'E', NULL, ETA_SHORT + 1, 15000),
                      ETA_SHORT + 1);
@@ -659,7 +633,7 @@ static void test_time_limit(void **state)
     f->cfg.time_limit_ms = 300;
     f->cfg.concurrency = 2;
     w = start_worker(f, "worker", extra);
-    send_one(f, new_sig(IT_TASK_RECORD, uuid));
+    send_one(f, it_new_sig(IT_TASK_RECORD, uuid));
     assert_int_equal(wait_lines(f->log, 'S', uuid, 1, 10000), 1);
     /* Past its limit the run still holds its thread and its delivery. */
     it_sleep_ms(400);
@@ -701,7 +675,7 @@ static void poison_case(it_fix *f, kiln_queue_type type)
 
     f->cfg.queue_type = type;
     f->cfg.max_deliveries = POISON_MAX;
-    send_one(f, new_sig(IT_TASK_CRASH, uuid));
+    send_one(f, it_new_sig(IT_TASK_CRASH, uuid));
     /* Each delivery kills the worker that takes it; start another. */
     for (size_t i = 1; i <= POISON_MAX; i++) {
         w = it_start_worker(f, "worker", NULL);
@@ -781,12 +755,12 @@ static void test_unregistered_requeue(void **state)
     f->cfg.max_deliveries = UNREG_MAX;
     f->cfg.retry_max_ms = 2000; /* waits of 1, 2, 2, 2, 2 s */
     w = start_worker(f, "worker", info);
-    ign = new_sig("it.nobody", ignored);
+    ign = it_new_sig("it.nobody", ignored);
     kiln_signature_set_ignore_unregistered(ign, true);
     send_one(f, ign);
     t0 = it_ms();
     cpu0 = cpu_ms(f->procs[w].pid);
-    send_one(f, new_sig("it.nobody", bounce));
+    send_one(f, it_new_sig("it.nobody", bounce));
     wait_dead(f, 1, 30000);
     cpu = cpu_ms(f->procs[w].pid) - cpu0;
     ms = it_ms() - t0;

@@ -63,27 +63,10 @@ static uint64_t next_rand(uint64_t *s)
 
 static kiln_signature *eta_sig(int64_t eta_ns, it_uuid uuid)
 {
-    kiln_error err;
-    kiln_signature *sig = kiln_signature_new(IT_TASK_ETA, &err);
+    kiln_signature *sig = it_new_sig(IT_TASK_ETA, uuid);
 
-    if (sig == NULL)
-        fail_msg("kiln_signature_new: %s", err.message);
     kiln_signature_set_eta(sig, eta_ns);
-    kiln__strlcpy(uuid, kiln_signature_uuid(sig), sizeof(it_uuid));
     return sig;
-}
-
-static void send_batch(it_fix *f, kiln_signature **sigs, size_t n)
-{
-    kiln_error err;
-    kiln_err rc = kiln_pool_send_tasks(
-        it_pool(f), (const kiln_signature *const *)sigs, n, NULL, &err);
-
-    for (size_t i = 0; i < n; i++)
-        kiln_signature_free(sigs[i]);
-    if (rc != KILN_OK)
-        fail_msg("kiln_pool_send_tasks: %s: %s", kiln_strerror(rc),
-                 err.message);
 }
 
 /* Sends the N_TASKS tasks with random delays, a batch a second from t0
@@ -104,7 +87,7 @@ static void send_all(it_fix *f, due *d, uint64_t seed, long long t0)
             x->eta_ns = now + ms * 1000000;
             sigs[i] = eta_sig(x->eta_ns, x->uuid);
         }
-        send_batch(f, sigs, BATCH);
+        it_send_free(f, sigs, BATCH);
     }
 }
 
@@ -306,9 +289,9 @@ static void test_eta_long(void **state)
 
     t0 = it_ms();
     sig = eta_sig(kiln__realtime_ns() + 3600LL * 1000000000, hour);
-    send_batch(f, &sig, 1);
+    it_send_free(f, &sig, 1);
     sig = eta_sig(kiln__realtime_ns() + 1000000000LL, second);
-    send_batch(f, &sig, 1);
+    it_send_free(f, &sig, 1);
     send_all(f, d, seed, t0);
     printf("  %d tasks sent in %.1f s\n", N_TASKS,
            (double)(it_ms() - t0) / 1000.0);
