@@ -590,13 +590,9 @@ static inline void it_rm_dir(const char *dir)
     (void)rmdir(dir);
 }
 
-/* Kills and reaps every process still running, brings the broker back if
- * a test left it stopped, deletes the topology and the scratch files.
- * After a failure it prints the output of each process first. */
-static inline int it_teardown(void **state)
+/* Kills and reaps every process of the fixture still running. */
+static inline void it_kill_all(it_fix *f)
 {
-    it_fix *f = *state;
-
     for (size_t i = 0; i < f->n_procs; i++) {
         it_proc *p = &f->procs[i];
         if (p->pid > 0) {
@@ -604,9 +600,19 @@ static inline int it_teardown(void **state)
             (void)waitpid(p->pid, &p->status, 0);
             p->pid = 0;
         }
-        if (!f->passed)
-            it_tail(p->out, 30);
     }
+}
+
+/* Kills and reaps every process still running, brings the broker back if
+ * a test left it stopped, deletes the topology and the scratch files.
+ * After a failure it prints the output of each process first. */
+static inline int it_teardown(void **state)
+{
+    it_fix *f = *state;
+
+    it_kill_all(f);
+    for (size_t i = 0; i < f->n_procs && !f->passed; i++)
+        it_tail(f->procs[i].out, 30);
     kiln_pool_free(f->pool);
     if (f->broker_stopped && it_rabbitmq("start_app") != 0)
         printf("  (teardown: start_app failed)\n");
