@@ -813,6 +813,7 @@ int main(void)
     };
 
     (void)setvbuf(stdout, NULL, _IOLBF, 0);
+    /* KILN_IT_FILTER=test_time_limit runs one test (cmocka's pattern). */
     if (getenv("KILN_IT_FILTER") != NULL)
         cmocka_set_test_filter(getenv("KILN_IT_FILTER"));
     kiln_log_set_level(KILN_LOG_WARN);
