@@ -8,6 +8,9 @@
 #   make check           unit tests of one variant (VARIANT=plain|asan)
 #   make check-interop   kiln beside machinery and paota (Go, from the module
 #                        proxy) on a private RabbitMQ and FerretDB
+#   make test-long       the long ETA run (about 3 minutes): 5,000 delayed
+#                        tasks and a broker restart; figures in
+#                        build/test-long.txt
 #   make fuzz FUZZ_SECONDS=60
 #   make tidy | cppcheck | format | format-check
 #
@@ -56,6 +59,9 @@ IT_BINS      := $(IT_SRCS:test/integration/%.c=$(BUILD)/it/%)
 # Programs the integration tests start as separate processes.
 IT_PROG_SRCS := $(wildcard test/integration/prog_*.c)
 IT_PROGS     := $(IT_PROG_SRCS:test/integration/%.c=$(BUILD)/it/%)
+# Long runs, kept out of `make test` (make test-long).
+LONG_SRCS    := $(wildcard test/long/test_*.c)
+LONG_BINS    := $(LONG_SRCS:test/long/%.c=$(BUILD)/long/%)
 TEST_SUPPORT := $(wildcard test/support/*.c)
 TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 
@@ -78,7 +84,7 @@ STATIC := $(BUILD)/libkiln.a
 SHARED := $(BUILD)/libkiln.so.$(VERSION)
 SONAME := libkiln.so.$(VERSION_MAJOR)
 
-.PHONY: all lib examples benches tests check check-integration check-store check-interop interop-progs test lint demo deps install uninstall clean \
+.PHONY: all lib examples benches tests longs check check-integration check-store check-interop interop-progs test test-long lint demo deps install uninstall clean \
         fuzz tidy cppcheck format format-check symbols install-check valgrind
 
 all: lib examples benches
@@ -90,6 +96,8 @@ lib: $(STATIC) $(SHARED)
 examples: $(EXAMPLE_BINS)
 
 tests: $(TEST_BINS) $(IT_BINS) $(IT_PROGS) $(IOP_TEST) $(IOP_PROGS)
+
+longs: $(LONG_BINS) $(IT_PROGS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -118,6 +126,11 @@ $(BUILD)/it/%: test/integration/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
 	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
 
 $(BUILD)/interop/%: test/interop/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
+	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
+
+$(BUILD)/long/%: test/long/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
 	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
@@ -161,6 +174,14 @@ interop-progs: $(IOP_TEST) $(IOP_PROGS) $(GO_PEER)
 check-interop: interop-progs
 	@scripts/with-rabbitmq.sh scripts/with-ferretdb.sh scripts/run-tests.sh \
 	    --summary-file build/summary-interop-$(VARIANT).txt $(IOP_TEST)
+
+# The long runs, plain build (timing is what they measure), beside a
+# private RabbitMQ node; the figures go to build/test-long.txt.
+test-long: deps
+	$(MAKE) VARIANT=plain longs
+	@KILN_TEST_TIMEOUT=600 KILN_TEST_LONG_OUT=build/test-long.txt \
+	    scripts/with-rabbitmq.sh scripts/run-tests.sh \
+	    $(LONG_SRCS:test/long/%.c=build/plain/long/%)
 
 deps:
 	@scripts/install-deps.sh

@@ -485,6 +485,52 @@ static void test_dispatch_unregistered_policies(void **state)
     assert_int_equal(kiln__mock_server_unacked(fx->srv), 0);
 }
 
+/* A classic queue flags a redelivery but does not count it (the mock
+ * counts as a quorum queue does: the count is cleared here). Each
+ * redelivery is sent on once with the count in x-kiln-deliveries, so a
+ * task that kills its worker runs max_deliveries times and is then
+ * dead-lettered, as on a quorum queue. */
+static void test_poison_classic_queue(void **state)
+{
+    struct fixture *fx = *state;
+    kiln__verdict v = KILN__VERDICT_ACK;
+    kiln__task_record r;
+    char reason[256];
+    int runs = 0, bounces = 0;
+
+    fx->cfg.max_deliveries = 3;
+    send_one(fx, "ok");
+    for (int i = 0; i < 20 && v != KILN__VERDICT_DEADLETTER; i++) {
+        kiln__delivery dl;
+        kiln__job job;
+
+        assert_int_equal(kiln__broker_consume(fx->c, &dl, 0, NULL), KILN_OK);
+        dl.delivery_count = 0;
+        if (kiln__dispatch_prepare(&fx->d, &dl, &job) && job.fn != NULL) {
+            /* The worker dies in the task: the delivery goes back. */
+            runs++;
+            assert_int_equal(kiln__broker_nack(fx->c, dl.tag, true, NULL),
+                             KILN_OK);
+        } else {
+            kiln__dispatch_run(&fx->d, &job);
+            v = job.verdict;
+            bounces += v == KILN__VERDICT_RETRY;
+            assert_int_equal(
+                kiln__dispatch_settle(&fx->d, fx->c, &dl, &job, NULL), KILN_OK);
+        }
+        kiln__job_release(&job);
+        kiln__broker_release(fx->c, &dl);
+    }
+    assert_int_equal(v, KILN__VERDICT_DEADLETTER);
+    assert_int_equal(runs, 3);
+    assert_int_equal(bounces, 2);
+    next_reason(fx, reason, sizeof(reason));
+    assert_string_equal(reason, "delivered 4 times (max_deliveries 3)");
+    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    kiln__task_record_release(&r);
+    assert_int_equal(kiln__mock_server_ready(fx->srv, fx->cfg.queue), 0);
+}
+
 static void test_dispatch_unsettled_on_broker_error(void **state)
 {
     struct fixture *fx = *state;
@@ -999,6 +1045,8 @@ int main(void)
                                         fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_dispatch_unregistered_policies,
                                         fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_poison_classic_queue, fx_setup,
+                                        fx_teardown),
         cmocka_unit_test_setup_teardown(test_dispatch_unsettled_on_broker_error,
                                         fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_send_failures, fx_setup,

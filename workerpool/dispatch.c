@@ -270,6 +270,16 @@ bool kiln__dispatch_prepare(const kiln__dispatch *d, const kiln__delivery *dl,
                    job->deliveries + 1, max);
         return refuse(d, dl, job, KILN_EINVAL);
     }
+    if (max > 0 && kiln__classic_redelivery(dl)) {
+        /* A classic queue only flags a redelivery. Send the message on at
+         * once with the count in x-kiln-deliveries, so that a task that
+         * kills its worker is still stopped after max_deliveries runs. */
+        job->verdict = KILN__VERDICT_RETRY;
+        kiln__log_task(KILN_LOG_DEBUG, MODULE, job->sig->uuid, job->sig->name,
+                       "redelivered (%u earlier): counted, sent on",
+                       job->deliveries);
+        return false;
+    }
     if (early(d, job))
         return false;
     if (expired(job))

@@ -63,8 +63,10 @@ typedef enum kiln__verdict {
                                  reason goes to the dead-letter exchange */
     KILN__VERDICT_RETRY,      /* sent again through the delay cascade after
                                  job->delay_ms: a retry (re-encoded), a task
-                                 that arrived before its ETA, or an
-                                 unregistered one the policy requeues */
+                                 that arrived before its ETA, an
+                                 unregistered one the policy requeues, or
+                                 a classic queue's redelivery (to carry
+                                 its count) */
     KILN__VERDICT_REQUEUE     /* nacked back to the queue: the final state
                                  could not be written and the pool stops */
 } kiln__verdict;

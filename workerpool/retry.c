@@ -27,11 +27,14 @@ uint32_t kiln__earlier_deliveries(const kiln__delivery *dl)
     uint32_t n = dl->delivery_count;
     unsigned own = kiln__header_uint(dl, KILN__HDR_DELIVERIES);
 
-    if (own > n)
-        n = own;
-    if (n == 0 && dl->redelivered)
-        n = 1;
-    return n;
+    if (kiln__classic_redelivery(dl))
+        return own < UINT32_MAX ? own + 1 : own;
+    return own > n ? own : n;
+}
+
+bool kiln__classic_redelivery(const kiln__delivery *dl)
+{
+    return dl->redelivered && dl->delivery_count == 0;
 }
 
 uint64_t kiln__fibonacci_next(uint64_t n)
@@ -129,7 +132,8 @@ kiln_err kiln__republish(const kiln_config *cfg, kiln__broker *b,
     (void)snprintf(retries, sizeof(retries), "%u",
                    job->retries + (job->out_body != NULL ? 1 : 0));
     /* A requeue counts a delivery; a retry starts counting afresh; a task
-     * early for its ETA keeps its count. */
+     * early for its ETA, or a classic redelivery (whose count already
+     * includes the delivery before), keeps its count. */
     (void)snprintf(deliveries, sizeof(deliveries), "%u",
                    job->count              ? job->deliveries + 1
                    : job->out_body != NULL ? 0

@@ -12,11 +12,18 @@
 /* The decimal header `key` of `dl`, or 0 when absent or not a number. */
 unsigned kiln__header_uint(const kiln__delivery *dl, const char *key);
 
-/* Earlier deliveries of `dl`: the largest of a quorum queue's
- * x-delivery-count, kiln's own x-kiln-deliveries (carried by requeues
- * through the cascade) and 1 for a set redelivered flag (all a classic
- * queue tells). */
+/* Earlier deliveries of `dl`: the larger of a quorum queue's
+ * x-delivery-count and kiln's own x-kiln-deliveries (carried by messages
+ * kiln sent on through the cascade); for a classic redelivery (see
+ * kiln__classic_redelivery) x-kiln-deliveries plus one. */
 uint32_t kiln__earlier_deliveries(const kiln__delivery *dl);
+
+/* True for a delivery that was delivered before and carries no
+ * x-delivery-count: a classic queue's redelivery, which says only "at
+ * least once before". The worker sends it on through the cascade with
+ * the count in x-kiln-deliveries before running it, so that counts add
+ * up across redeliveries as a quorum queue's do. */
+bool kiln__classic_redelivery(const kiln__delivery *dl);
 
 /* machinery's retry.FibonacciNext: the first Fibonacci number (1, 2, 3,
  * 5, 8 ...) greater than `n`. */

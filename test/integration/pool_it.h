@@ -20,6 +20,7 @@
 #include "core/core.h"
 #include "pool_it_log.h"
 #include "pool_it_shared.h"
+#include "test/support/amqp_raw.h"
 
 #include <kiln.h>
 
@@ -188,21 +189,18 @@ static inline long it_wait_ready(const char *queue, long want, int timeout_ms)
     return n;
 }
 
+/* Deletes the fixture's queues and exchanges, the delay cascade its
+ * pools declared included. */
 static inline void it_delete_topology(const kiln_config *cfg)
 {
     amqp_connection_state_t c = it_raw_open();
-    const char *queues[] = {cfg->queue, cfg->dead_letter_queue};
-    const char *xs[] = {cfg->exchange, cfg->dead_letter_exchange};
 
     if (c == NULL) {
         printf("  (teardown: broker unreachable, %s not deleted)\n",
                cfg->queue);
         return;
     }
-    for (size_t i = 0; i < 2; i++) {
-        (void)amqp_queue_delete(c, 1, amqp_cstring_bytes(queues[i]), 0, 0);
-        (void)amqp_exchange_delete(c, 1, amqp_cstring_bytes(xs[i]), 0);
-    }
+    test_amqp_delete_topology(c, cfg);
     it_raw_close(c);
 }
 
@@ -342,6 +340,28 @@ static inline void it_env_init(it_env *e, const it_fix *f)
     it_env_add(e, "KILN_CONNECT_TIMEOUT_MS", "%u", c->connect_timeout_ms);
     it_env_add(e, "KILN_PUBLISH_TIMEOUT_MS", "%u", c->publish_timeout_ms);
     it_env_add(e, "KILN_HEARTBEAT", "%u", c->heartbeat_s);
+    it_env_add(e, "KILN_QUEUE_TYPE", "%s",
+               c->queue_type == KILN_QUEUE_QUORUM ? "quorum" : "classic");
+    it_env_add(e, "KILN_MAX_PRIORITY", "%u", c->max_priority);
+    it_env_add(e, "KILN_DELAY_LEVELS", "%u", c->delay_levels);
+    it_env_add(e, "KILN_DELAY_UNIT_MS", "%u", c->delay_unit_ms);
+    it_env_add(e, "KILN_RETRY_POLICY", "%s",
+               c->retry_policy == KILN_RETRY_EXPONENTIAL ? "exponential"
+                                                         : "fibonacci");
+    it_env_add(e, "KILN_RETRY_BASE_MS", "%u", c->retry_base_ms);
+    it_env_add(e, "KILN_RETRY_MAX_MS", "%u", c->retry_max_ms);
+    it_env_add(e, "KILN_MAX_DELIVERIES", "%u", c->max_deliveries);
+    it_env_add(e, "KILN_UNREGISTERED", "%s",
+               c->unregistered == KILN_UNREGISTERED_REQUEUE ? "requeue"
+               : c->unregistered == KILN_UNREGISTERED_DROP  ? "drop"
+                                                            : "deadletter");
+    it_env_add(e, "KILN_EXPIRED", "%s",
+               c->expired == KILN_EXPIRED_DROP ? "drop" : "deadletter");
+    it_env_add(e, "KILN_TIME_LIMIT_MS", "%u", c->time_limit_ms);
+    it_env_add(e, "KILN_DIALECT", "%s",
+               c->dialect == KILN_DIALECT_PAOTA           ? "paota"
+               : c->dialect == KILN_DIALECT_PAOTA_HEADERS ? "paota-headers"
+                                                          : "machinery");
     it_env_add(e, "KILN_LOG_LEVEL", "notice");
     if (c->store == KILN_STORE_MONGODB) {
         it_env_add(e, "KILN_STORE", "mongodb");
@@ -351,7 +371,8 @@ static inline void it_env_init(it_env *e, const it_fix *f)
     it_env_add(e, IT_ENV_PARENT, "%ld", (long)getpid());
 }
 
-/* The path of program `prog`, built in the directory of this binary. */
+/* The path of program `prog`, built in the directory of this binary, or
+ * in ../it beside it (for tests built elsewhere, such as test/long). */
 static inline void it_prog_path(const char *prog, char *out, size_t n)
 {
     char self[PATH_MAX];
@@ -364,6 +385,9 @@ static inline void it_prog_path(const char *prog, char *out, size_t n)
     assert_non_null(slash);
     *slash = '\0';
     if ((size_t)snprintf(out, n, "%s/%s", self, prog) >= n)
+        fail_msg("path of %s too long", prog);
+    if (access(out, X_OK) != 0 &&
+        (size_t)snprintf(out, n, "%s/../it/%s", self, prog) >= n)
         fail_msg("path of %s too long", prog);
     if (access(out, X_OK) != 0)
         fail_msg("%s is missing: build it with `make tests`", out);
@@ -566,13 +590,9 @@ static inline void it_rm_dir(const char *dir)
     (void)rmdir(dir);
 }
 
-/* Kills and reaps every process still running, brings the broker back if
- * a test left it stopped, deletes the topology and the scratch files.
- * After a failure it prints the output of each process first. */
-static inline int it_teardown(void **state)
+/* Kills and reaps every process of the fixture still running. */
+static inline void it_kill_all(it_fix *f)
 {
-    it_fix *f = *state;
-
     for (size_t i = 0; i < f->n_procs; i++) {
         it_proc *p = &f->procs[i];
         if (p->pid > 0) {
@@ -580,9 +600,19 @@ static inline int it_teardown(void **state)
             (void)waitpid(p->pid, &p->status, 0);
             p->pid = 0;
         }
-        if (!f->passed)
-            it_tail(p->out, 30);
     }
+}
+
+/* Kills and reaps every process still running, brings the broker back if
+ * a test left it stopped, deletes the topology and the scratch files.
+ * After a failure it prints the output of each process first. */
+static inline int it_teardown(void **state)
+{
+    it_fix *f = *state;
+
+    it_kill_all(f);
+    for (size_t i = 0; i < f->n_procs && !f->passed; i++)
+        it_tail(f->procs[i].out, 30);
     kiln_pool_free(f->pool);
     if (f->broker_stopped && it_rabbitmq("start_app") != 0)
         printf("  (teardown: start_app failed)\n");
@@ -638,6 +668,35 @@ static inline void it_send(it_fix *f, size_t n, size_t batch, it_uuid *uuids)
     }
     free(sigs);
     free(st);
+}
+
+/* A new signature named `name`; its UUID goes to `uuid` (may be NULL).
+ * Caller owns; kiln_signature_free, or hand it to it_send_free. */
+static inline kiln_signature *it_new_sig(const char *name, it_uuid uuid)
+{
+    kiln_error err;
+    kiln_signature *sig = kiln_signature_new(name, &err);
+
+    if (sig == NULL)
+        fail_msg("kiln_signature_new: %s", err.message);
+    if (uuid != NULL)
+        kiln__strlcpy(uuid, kiln_signature_uuid(sig), sizeof(it_uuid));
+    return sig;
+}
+
+/* Sends `n` signatures in one kiln_pool_send_tasks call, asserting that
+ * all are confirmed, and frees them. */
+static inline void it_send_free(it_fix *f, kiln_signature **sigs, size_t n)
+{
+    kiln_error err;
+    kiln_err rc = kiln_pool_send_tasks(
+        it_pool(f), (const kiln_signature *const *)sigs, n, NULL, &err);
+
+    for (size_t i = 0; i < n; i++)
+        kiln_signature_free(sigs[i]);
+    if (rc != KILN_OK)
+        fail_msg("kiln_pool_send_tasks: %s: %s", kiln_strerror(rc),
+                 err.message);
 }
 
 #endif /* KILN_POOL_IT_H */

@@ -140,6 +140,45 @@ static inline void it_read_events(const char *path, it_events *out)
     free(buf);
 }
 
+/* A line of the task log with up to three numbers after the time. */
+typedef struct it_xline {
+    char kind;
+    it_uuid uuid;
+    long pid;
+    long long ms;
+    long long v[3];
+} it_xline;
+
+/* The lines of `kind` about `uuid` (NULL: any), in the order written, into
+ * out[max]; returns how many there are (may exceed max). */
+static inline size_t it_read_xlines(const char *log, char kind,
+                                    const char *uuid, it_xline *out, size_t max)
+{
+    size_t len, n = 0;
+    char *buf = it_slurp(log, &len), *p = buf;
+
+    while (buf != NULL && p < buf + len) {
+        char *nl = memchr(p, '\n', (size_t)(buf + len - p));
+        it_xline x;
+        char id[64];
+        if (nl == NULL)
+            break;
+        *nl = '\0';
+        memset(&x, 0, sizeof(x));
+        if (sscanf(p, "%c %63s %ld %lld %lld %lld %lld", &x.kind, id, &x.pid,
+                   &x.ms, &x.v[0], &x.v[1], &x.v[2]) >= 4 &&
+            x.kind == kind && (uuid == NULL || strcmp(id, uuid) == 0)) {
+            kiln__strlcpy(x.uuid, id, sizeof(x.uuid));
+            if (n < max)
+                out[n] = x;
+            n++;
+        }
+        p = nl + 1;
+    }
+    free(buf);
+    return n;
+}
+
 static inline void it_events_free(it_events *e)
 {
     free(e->v);

@@ -10,6 +10,14 @@
  *
  *   S <uuid> <pid> <monotonic ms>    a task started (KILN_IT_LOG_STARTS=1)
  *   F <uuid> <pid> <monotonic ms>    a task finished and returned KILN_OK
+ *   R <uuid> <pid> <monotonic ms> <RetryCount> <RetryTimeout> <RetriesDone>
+ *                                    it.flaky started, with the counters
+ *                                    its signature arrived with
+ *   E <uuid> <pid> <monotonic ms> <late us>
+ *                                    it.eta started this long after its
+ *                                    ETA (negative: early), by the
+ *                                    worker's real-time clock
+ *   K <uuid> <pid> <monotonic ms>    it.crash is about to kill its process
  *
  * Send log (KILN_IT_SENT), written by prog_sender after each batch:
  *
@@ -56,6 +64,16 @@
 #define IT_RESULT_UINT64 18446744073709551615ULL
 #define IT_RESULT_STRING "h\xc3\xa9llo \xe2\x9c\x93 \"q\" \\ end"
 #define IT_RESULT_FLOAT  0.1
+
+/* Logs an R line, sleeps KILN_IT_SLEEP_MS, then fails with the message
+ * "it.flaky: run N of this process" (N counts its runs of this UUID), or
+ * succeeds once it failed as many times as its int64 argument 0 says
+ * (no argument: it always fails). */
+#define IT_TASK_FLAKY "it.flaky"
+/* Logs a K line, then kills its own process with SIGKILL. */
+#define IT_TASK_CRASH "it.crash"
+/* Logs an E line and succeeds. */
+#define IT_TASK_ETA "it.eta"
 
 /* The counters file (KILN_IT_COUNTERS): prog_worker maps it shared and
  * the driver maps it too. The file must be at least this big. */

@@ -9,13 +9,16 @@
  *                sleeping KILN_IT_SLEEP_MS (and "S ..." before, with
  *                KILN_IT_LOG_STARTS=1), and counts how many run at once
  *                in the counters file;
- *   it.want_int  fails unless argument 0 is an int64.
+ *   it.want_int  fails unless argument 0 is an int64;
+ *   it.fail, it.results, it.flaky, it.crash, it.eta: see
+ *                pool_it_shared.h.
  */
 #include "pool_it_shared.h"
 
 #include <kiln.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -54,19 +57,27 @@ static void sleep_ms(unsigned ms)
         ;
 }
 
-/* One line, one write: O_APPEND keeps lines of concurrent tasks whole. */
-static void log_event(const worker *w, char kind, const char *uuid)
+/* One line, one write: O_APPEND keeps lines of concurrent tasks whole.
+ * `extra` (may be NULL) is appended after the time. */
+static void log_line(const worker *w, char kind, const char *uuid,
+                     const char *extra)
 {
-    char line[160];
+    char line[256];
     int n;
 
     if (w->log_fd < 0)
         return;
-    n = snprintf(line, sizeof(line), "%c %s %ld %lld\n", kind, uuid,
-                 (long)getpid(), now_ms());
+    n = snprintf(line, sizeof(line), "%c %s %ld %lld%s%s\n", kind, uuid,
+                 (long)getpid(), now_ms(), extra != NULL ? " " : "",
+                 extra != NULL ? extra : "");
     if (n > 0 && (size_t)n < sizeof(line) &&
         write(w->log_fd, line, (size_t)n) != (ssize_t)n)
         (void)fprintf(stderr, "prog_worker: task log write failed\n");
+}
+
+static void log_event(const worker *w, char kind, const char *uuid)
+{
+    log_line(w, kind, uuid, NULL);
 }
 
 static void count_in(it_counters *c)
@@ -159,6 +170,76 @@ static kiln_err task_results(kiln_task_ctx *ctx, void *user)
     return KILN_OK;
 }
 
+/* Runs of it.flaky per UUID in this process. */
+#define FLAKY_MAX 64
+static struct {
+    char uuid[KILN_UUID_LEN];
+    long runs;
+} flaky_runs[FLAKY_MAX];
+static pthread_mutex_t flaky_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static long flaky_count(const char *uuid)
+{
+    long runs = -1;
+
+    pthread_mutex_lock(&flaky_mu);
+    for (size_t i = 0; i < FLAKY_MAX && runs < 0; i++) {
+        if (flaky_runs[i].uuid[0] == '\0')
+            (void)snprintf(flaky_runs[i].uuid, sizeof(flaky_runs[i].uuid), "%s",
+                           uuid);
+        if (strcmp(flaky_runs[i].uuid, uuid) == 0)
+            runs = ++flaky_runs[i].runs;
+    }
+    pthread_mutex_unlock(&flaky_mu);
+    return runs;
+}
+
+static kiln_err task_flaky(kiln_task_ctx *ctx, void *user)
+{
+    worker *w = user;
+    const kiln_signature *sig = kiln_task_signature(ctx);
+    const char *uuid = kiln_task_uuid(ctx);
+    int64_t fails = INT64_MAX;
+    char counters[64];
+    long run;
+
+    (void)snprintf(
+        counters, sizeof(counters), "%d %d %d", kiln_signature_retry_count(sig),
+        kiln_signature_retry_timeout(sig), kiln_signature_retries_done(sig));
+    log_line(w, 'R', uuid, counters);
+    if (kiln_signature_arg_count(sig) > 0 &&
+        kiln_signature_arg_int64(sig, 0, &fails, NULL) != KILN_OK)
+        return kiln_task_fail(ctx, "it.flaky: argument 0 is not an int64");
+    if (w->sleep_ms > 0)
+        sleep_ms(w->sleep_ms);
+    run = flaky_count(uuid);
+    if (run > fails)
+        return KILN_OK;
+    return kiln_task_fail(ctx, "it.flaky: run %ld of this process", run);
+}
+
+static kiln_err task_crash(kiln_task_ctx *ctx, void *user)
+{
+    log_event(user, 'K', kiln_task_uuid(ctx));
+    (void)raise(SIGKILL);
+    return KILN_OK; /* not reached */
+}
+
+static kiln_err task_eta(kiln_task_ctx *ctx, void *user)
+{
+    struct timespec ts;
+    int64_t eta = 0, now;
+    char late[32];
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    if (!kiln_signature_eta(kiln_task_signature(ctx), &eta))
+        eta = now;
+    (void)snprintf(late, sizeof(late), "%lld", (long long)(now - eta) / 1000);
+    log_line(user, 'E', kiln_task_uuid(ctx), late);
+    return KILN_OK;
+}
+
 static unsigned env_uint(const char *name)
 {
     const char *v = getenv(name); /* NOLINT(concurrency-mt-unsafe): main
@@ -243,6 +324,9 @@ int main(void)
         {IT_TASK_WANT_INT, task_want_int, NULL, NULL},
         {IT_TASK_FAIL, task_fail, NULL, NULL},
         {IT_TASK_RESULTS, task_results, NULL, NULL},
+        {IT_TASK_FLAKY, task_flaky, &w, NULL},
+        {IT_TASK_CRASH, task_crash, &w, NULL},
+        {IT_TASK_ETA, task_eta, &w, NULL},
     };
 
     (void)setvbuf(stdout, NULL, _IOLBF, 0);

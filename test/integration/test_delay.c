@@ -86,41 +86,6 @@ static int setup(void **state)
     return 0;
 }
 
-/* Deletes a queue or exchange; a missing one only costs the channel,
- * which is opened again. */
-static void raw_delete(amqp_connection_state_t c, const char *name, bool queue)
-{
-    if (queue)
-        (void)amqp_queue_delete(c, 1, amqp_cstring_bytes(name), 0, 0);
-    else
-        (void)amqp_exchange_delete(c, 1, amqp_cstring_bytes(name), 0);
-    if (amqp_get_rpc_reply(c).reply_type != AMQP_RESPONSE_NORMAL) {
-        amqp_channel_close_ok_t ok = {0};
-        (void)amqp_send_method(c, 1, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
-        (void)amqp_channel_open(c, 1);
-        (void)amqp_get_rpc_reply(c);
-    }
-}
-
-static void delete_topology(amqp_connection_state_t c, const kiln_config *cfg)
-{
-    char delivery[KILN_NAME_MAX];
-    kiln__delay_level lv;
-
-    raw_delete(c, cfg->queue, true);
-    raw_delete(c, cfg->dead_letter_queue, true);
-    raw_delete(c, cfg->exchange, false);
-    raw_delete(c, cfg->dead_letter_exchange, false);
-    for (unsigned k = 0; k < cfg->delay_levels; k++) {
-        if (kiln__delay_level_get(cfg, k, &lv, NULL) != KILN_OK)
-            continue;
-        raw_delete(c, lv.name, true);
-        raw_delete(c, lv.name, false);
-    }
-    if (kiln__delay_delivery(cfg, delivery, sizeof(delivery), NULL) == KILN_OK)
-        raw_delete(c, delivery, false);
-}
-
 static int teardown(void **state)
 {
     fixture *f = *state;
@@ -129,8 +94,8 @@ static int teardown(void **state)
     kiln__broker_destroy(f->b);
     kiln__broker_destroy(f->qb);
     c = test_amqp_open();
-    delete_topology(c, &f->cfg);
-    delete_topology(c, &f->qcfg);
+    test_amqp_delete_topology(c, &f->cfg);
+    test_amqp_delete_topology(c, &f->qcfg);
     test_amqp_close(c);
     free(f);
     return 0;

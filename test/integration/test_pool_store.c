@@ -10,15 +10,7 @@
  * a read from another process, through the public kiln_store API. A raw
  * libmongoc client counts documents independently of the code under
  * test. Each test has a database of its own, dropped in teardown. */
-#include "pool_it.h"
-
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wconversion"
-#pragma GCC diagnostic ignored "-Wsign-conversion"
-#include <mongoc/mongoc.h>
-#pragma GCC diagnostic pop
-
-#include <kiln/store_mongo.h>
+#include "pool_it_store.h"
 
 #include <pthread.h>
 
@@ -26,46 +18,24 @@
 #define TASKS_PER_PRODUCER 5000
 #define PRODUCER_BATCH     100
 
-static const char *mongo_url(void)
-{
-    return it_env_need("KILN_TEST_MONGODB_URL");
-}
-
-static int setup_store(void **state, const char *tag)
-{
-    it_fix *f;
-    char *sfx;
-
-    it_setup(state, tag);
-    f = *state;
-    f->cfg.store = KILN_STORE_MONGODB;
-    kiln__strlcpy(f->cfg.mongodb_url, mongo_url(), sizeof(f->cfg.mongodb_url));
-    /* The queue name ends with this test's random suffix: reuse it. */
-    sfx = strrchr(f->cfg.binding_key, '.');
-    assert_non_null(sfx);
-    (void)snprintf(f->cfg.mongodb_database, sizeof(f->cfg.mongodb_database),
-                   "kiln_it_%s", sfx + 1);
-    return 0;
-}
-
 static int setup_lifecycle(void **state)
 {
-    return setup_store(state, "st-life");
+    return it_setup_store(state, "st-life");
 }
 
 static int setup_load(void **state)
 {
-    return setup_store(state, "st-load");
+    return it_setup_store(state, "st-load");
 }
 
 static int setup_outage(void **state)
 {
-    return setup_store(state, "st-out");
+    return it_setup_store(state, "st-out");
 }
 
 static mongoc_client_t *raw_client(void)
 {
-    mongoc_client_t *c = mongoc_client_new(mongo_url());
+    mongoc_client_t *c = mongoc_client_new(it_mongo_url());
 
     assert_non_null(c);
     mongoc_client_set_error_api(c, MONGOC_ERROR_API_VERSION_2);
@@ -91,53 +61,6 @@ static long long raw_count(const it_fix *f, const char *state)
     mongoc_collection_destroy(coll);
     mongoc_client_destroy(c);
     return (long long)n;
-}
-
-static int teardown_store(void **state)
-{
-    it_fix *f = *state;
-    mongoc_client_t *c = mongoc_client_new(mongo_url());
-
-    if (c != NULL) {
-        mongoc_database_t *db =
-            mongoc_client_get_database(c, f->cfg.mongodb_database);
-        (void)mongoc_database_drop(db, NULL);
-        mongoc_database_destroy(db);
-        mongoc_client_destroy(c);
-    }
-    return it_teardown(state);
-}
-
-static kiln_store *open_store(const it_fix *f)
-{
-    kiln_error err;
-    kiln_store *st = kiln_store_new(&f->cfg, &err);
-
-    if (st == NULL)
-        fail_msg("kiln_store_new: %s", err.message);
-    return st;
-}
-
-/* Waits for the task's final state and checks it. Returns the result. */
-static kiln_result *expect_final(kiln_store *st, const char *uuid,
-                                 kiln_task_state want, const char *error_part)
-{
-    kiln_result *res = NULL;
-    kiln_error err;
-    kiln_err rc = kiln_store_wait_result(st, uuid, 30000, &res, &err);
-
-    if (rc != KILN_OK)
-        fail_msg("wait_result %s: %s: %s", uuid, kiln_strerror(rc),
-                 err.message);
-    if (kiln_result_state(res) != want)
-        fail_msg("task %s: state %s, want %s (error \"%s\")", uuid,
-                 kiln_task_state_name(kiln_result_state(res)),
-                 kiln_task_state_name(want), kiln_result_error(res));
-    if (error_part != NULL &&
-        strstr(kiln_result_error(res), error_part) == NULL)
-        fail_msg("task %s: error \"%s\" does not mention \"%s\"", uuid,
-                 kiln_result_error(res), error_part);
-    return res;
 }
 
 static void send_one(it_fix *f, const char *name, it_uuid uuid)
@@ -245,7 +168,7 @@ static void test_lifecycle(void **state)
 {
     it_fix *f = *state;
     it_uuid ok, failing, unreg, malformed, results;
-    kiln_store *st = open_store(f);
+    kiln_store *st = it_open_store(f);
     kiln_result *res;
     kiln_error err;
     long ready = 0;
@@ -273,17 +196,17 @@ static void test_lifecycle(void **state)
     assert_null(res);
 
     it_start_worker(f, "w1", NULL);
-    res = expect_final(st, ok, KILN_STATE_SUCCESS, NULL);
+    res = it_expect_final(st, ok, KILN_STATE_SUCCESS, NULL);
     assert_int_equal(kiln_signature_arg_count(kiln_result_values(res)), 0);
     assert_true(kiln_result_updated_at(res) >= kiln_result_created_at(res));
     kiln_result_free(res);
     kiln_result_free(
-        expect_final(st, failing, KILN_STATE_FAILURE, "asked to fail"));
+        it_expect_final(st, failing, KILN_STATE_FAILURE, "asked to fail"));
     kiln_result_free(
-        expect_final(st, unreg, KILN_STATE_FAILURE, "unregistered task"));
+        it_expect_final(st, unreg, KILN_STATE_FAILURE, "unregistered task"));
     kiln_result_free(
-        expect_final(st, malformed, KILN_STATE_FAILURE, "undecodable"));
-    res = expect_final(st, results, KILN_STATE_SUCCESS, NULL);
+        it_expect_final(st, malformed, KILN_STATE_FAILURE, "undecodable"));
+    res = it_expect_final(st, results, KILN_STATE_SUCCESS, NULL);
     check_results(res);
     kiln_result_free(res);
 
@@ -379,11 +302,11 @@ static void test_eight_producers(void **state)
            (double)total * 1000 / (double)(it_ms() - t0));
     assert_int_equal(raw_count(f, NULL), total);
     /* A sample of each producer's tasks reads back by UUID. */
-    st = open_store(f);
+    st = it_open_store(f);
     for (unsigned i = 0; i < PRODUCERS; i++)
         for (size_t k = 0; k < TASKS_PER_PRODUCER; k += 997)
             kiln_result_free(
-                expect_final(st, p[i].uuids[k], KILN_STATE_SUCCESS, NULL));
+                it_expect_final(st, p[i].uuids[k], KILN_STATE_SUCCESS, NULL));
     kiln_store_free(st);
     for (unsigned i = 0; i < PRODUCERS; i++)
         free(p[i].uuids);
@@ -449,11 +372,11 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_lifecycle, setup_lifecycle,
-                                        teardown_store),
+                                        it_teardown_store),
         cmocka_unit_test_setup_teardown(test_store_outage, setup_outage,
-                                        teardown_store),
+                                        it_teardown_store),
         cmocka_unit_test_setup_teardown(test_eight_producers, setup_load,
-                                        teardown_store),
+                                        it_teardown_store),
     };
 
     mongoc_init();

@@ -6,6 +6,7 @@
 
 #include "test/support/amqp_raw.h"
 
+#include "broker/delay.h"
 #include "core/core.h"
 
 #include <amqp_tcp_socket.h>
@@ -61,4 +62,39 @@ long test_amqp_count(const char *queue)
     else
         test_amqp_close(c);
     return n;
+}
+
+/* A missing name closes the channel (404): open it again. */
+static void delete_one(amqp_connection_state_t c, const char *name, bool queue)
+{
+    if (queue)
+        (void)amqp_queue_delete(c, 1, amqp_cstring_bytes(name), 0, 0);
+    else
+        (void)amqp_exchange_delete(c, 1, amqp_cstring_bytes(name), 0);
+    if (amqp_get_rpc_reply(c).reply_type != AMQP_RESPONSE_NORMAL) {
+        amqp_channel_close_ok_t ok = {0};
+        (void)amqp_send_method(c, 1, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+        (void)amqp_channel_open(c, 1);
+        (void)amqp_get_rpc_reply(c);
+    }
+}
+
+void test_amqp_delete_topology(amqp_connection_state_t c,
+                               const kiln_config *cfg)
+{
+    char delivery[KILN_NAME_MAX];
+    kiln__delay_level lv;
+
+    delete_one(c, cfg->queue, true);
+    delete_one(c, cfg->dead_letter_queue, true);
+    delete_one(c, cfg->exchange, false);
+    delete_one(c, cfg->dead_letter_exchange, false);
+    for (unsigned k = 0; k < cfg->delay_levels; k++) {
+        if (kiln__delay_level_get(cfg, k, &lv, NULL) != KILN_OK)
+            continue;
+        delete_one(c, lv.name, true);
+        delete_one(c, lv.name, false);
+    }
+    if (kiln__delay_delivery(cfg, delivery, sizeof(delivery), NULL) == KILN_OK)
+        delete_one(c, delivery, false);
 }
