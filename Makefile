@@ -115,25 +115,24 @@ $(SHARED): $(LIB_OBJS)
 	ln -sf libkiln.so.$(VERSION) $(BUILD)/$(SONAME)
 	ln -sf $(SONAME) $(BUILD)/libkiln.so
 
-$(BUILD)/test/%: test/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
+# Every test program links the same way.
+define link_test
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
 	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
+endef
+
+$(BUILD)/test/%: test/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
+	$(link_test)
 
 $(BUILD)/it/%: test/integration/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
-	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
+	$(link_test)
 
 $(BUILD)/interop/%: test/interop/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
-	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
+	$(link_test)
 
 $(BUILD)/long/%: test/long/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
-	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
+	$(link_test)
 
 # scripts/install-go.sh prints a Go new enough for go.mod, installing one
 # when missing; the modules come from the proxy, pinned by go.sum.
