@@ -6,7 +6,7 @@
 #                        check, the install check and a bounded fuzz run
 #   make install PREFIX=/usr/local
 #   make check           unit tests of one variant (VARIANT=plain|asan)
-#   make test-long       the long ETA run (about 3 minutes): 5,000 delayed
+#   make test-long       the long ETA run (about 3.5 minutes): 5,000 delayed
 #                        tasks and a broker restart; figures in
 #                        build/test-long.txt
 #   make fuzz FUZZ_SECONDS=60
