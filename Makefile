@@ -8,7 +8,7 @@
 #   make check           unit tests of one variant (VARIANT=plain|asan)
 #   make check-interop   kiln beside machinery and paota (Go, from the module
 #                        proxy) on a private RabbitMQ and FerretDB
-#   make test-long       the long ETA run (about 3 minutes): 5,000 delayed
+#   make test-long       the long ETA run (about 3.5 minutes): 5,000 delayed
 #                        tasks and a broker restart; figures in
 #                        build/test-long.txt
 #   make fuzz FUZZ_SECONDS=60
