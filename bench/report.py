@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""Turns one `make bench` run into bench/results: results.md (the tables, with
+the ratios kiln/raw and kiln/peer from the same run), results.json (every
+figure) and the data files bench/chart.gp plots.
+
+    bench/report.py RUN_DIR RESULTS_DIR
+
+RUN_DIR holds the key=value files scripts/bench.sh collected: NAME.res from
+the programs, NAME.mon from procmon (the worker's CPU and memory timeline),
+machine.txt. Standard library only.
+"""
+import json
+import os
+import sys
+
+RUN, OUT = sys.argv[1], sys.argv[2]
+CONC = [1, 2, 8, 32]
+
+
+def load(name):
+    """key=value lines of RUN/name, or {} when the run did not happen."""
+    path = os.path.join(RUN, name)
+    kv, samples = {}, []
+    if not os.path.exists(path):
+        return kv
+    with open(path) as f:
+        for line in f:
+            key, _, value = line.rstrip("\n").partition("=")
+            if key == "sample":
+                t, cpu, rss = value.split()
+                samples.append((int(t), float(cpu), int(rss)))
+            elif key and key not in kv:
+                kv[key] = value
+    if samples:
+        kv["samples"] = samples
+    return kv
+
+
+def num(kv, key):
+    try:
+        return float(kv[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def cpu_at(samples, t):
+    """CPU seconds used by time t, interpolated between procmon samples."""
+    before = [s for s in samples if s[0] <= t]
+    after = [s for s in samples if s[0] >= t]
+    if not before:
+        return samples[0][1]
+    if not after:
+        return samples[-1][1]
+    (t0, c0, _), (t1, c1, _) = before[-1], after[0]
+    return c0 if t1 == t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
+
+
+def worker_run(name, start_key=None):
+    """Rate, latency and cost of one worker run: NAME.res and NAME.mon.
+
+    The rate counts from the first task's start to the last one's, or from
+    the sender's start (start_key: the sender's NAME) for end-to-end runs.
+    CPU per 1,000 tasks is the CPU the worker used in that same window.
+    """
+    res, mon = load(name + ".res"), load(name + ".mon")
+    tasks, first, last = num(res, "tasks"), num(res, "first_ns"), num(res, "last_ns")
+    if not tasks or not first or not last:
+        return None
+    start = first
+    if start_key:
+        start = num(load(start_key + ".res"), "start_ns") or first
+    secs = (last - start) / 1e9
+    out = {"tasks": int(tasks), "secs": round(secs, 3),
+           "rate": round(tasks / secs) if secs > 0 else None}
+    for k in ("lat_p50_ms", "lat_p99_ms", "lat_p999_ms", "lat_max_ms"):
+        if num(res, k) is not None:
+            out[k] = num(res, k)
+    if "store_state" in res:
+        out["store_state"] = res["store_state"]
+    if mon:
+        out["peak_rss_mb"] = round(num(mon, "peak_rss_kb") / 1024, 1)
+        out["cpu_total_s"] = num(mon, "cpu_s")
+        samples = mon.get("samples", [])
+        if samples and last - first > 0.5e9:
+            cpu = cpu_at(samples, last) - cpu_at(samples, first)
+            out["cpu_s_per_1000"] = round(cpu / tasks * 1000, 3)
+        elif out["cpu_total_s"] is not None:
+            # Too short a window for 100 ms samples: the whole life.
+            out["cpu_s_per_1000"] = round(out["cpu_total_s"] / tasks * 1000, 3)
+    return out
+
+
+def send_run(name):
+    kv = load(name + ".res")
+    return round(num(kv, "rate")) if num(kv, "rate") else None
+
+
+def median(xs):
+    xs = sorted(x for x in xs if x)
+    return xs[len(xs) // 2] if xs else None
+
+
+def machine():
+    kv = load("machine.txt")
+    return {k: v for k, v in kv.items() if k != "samples"}
+
+
+R = {"machine": machine(), "raw": {}, "kiln": {}, "kiln_store": {}, "peers": {}}
+raw, kiln, store, peers = R["raw"], R["kiln"], R["kiln_store"], R["peers"]
+
+raw["send"] = send_run("raw_send")
+raw["drain"] = worker_run("raw_drain")
+raw["e2e"] = worker_run("raw_e2e", "raw_e2e_send")
+for pct in (50, 90):
+    raw["lat%d" % pct] = worker_run("raw_lat%d" % pct)
+    if raw["lat%d" % pct]:
+        raw["lat%d" % pct]["sent_rate"] = send_run("raw_lat%d_send" % pct)
+
+kiln["send_single1"] = send_run("kiln_send_single1")
+kiln["send_single32"] = send_run("kiln_send_single32")
+for prefix, d in (("kiln", kiln), ("kiln_store", store)):
+    d["send_batch"] = median([send_run("%s_send_batch_c%d" % (prefix, c)) for c in CONC])
+    for c in CONC:
+        d["drain_c%d" % c] = worker_run("%s_drain_c%d" % (prefix, c))
+        d["e2e_c%d" % c] = worker_run("%s_e2e_c%d" % (prefix, c), "%s_e2e_send_c%d" % (prefix, c))
+for pct in (50, 90):
+    kiln["lat%d" % pct] = worker_run("kiln_lat%d" % pct)
+    if kiln["lat%d" % pct]:
+        kiln["lat%d" % pct]["sent_rate"] = send_run("kiln_lat%d_send" % pct)
+
+peers["celery_send_confirmed"] = send_run("celery_send")
+peers["celery_send_unconfirmed"] = median(
+    [send_run("celery_fill_" + p) for p in ("prefork", "threads", "solo")])
+for p in ("prefork", "threads", "solo"):
+    peers["celery_" + p] = worker_run("celery_drain_" + p)
+for p in ("machinery", "paota"):
+    peers[p + "_send"] = send_run(p + "_send")
+    peers[p] = worker_run(p + "_drain")
+
+with open(os.path.join(OUT, "results.json"), "w") as f:
+    json.dump(R, f, indent=1, sort_keys=True)
+
+
+# ---- markdown --------------------------------------------------------------
+def fmt(x, digits=0):
+    if x is None:
+        return "not run"
+    return "{:,.{d}f}".format(x, d=digits)
+
+
+def ratio(a, b):
+    return "%.2f" % (a / b) if a and b else "n/a"
+
+
+def rate(run):
+    return run["rate"] if run else None
+
+
+def get(run, key):
+    return run.get(key) if run else None
+
+
+best_e2e = max([rate(kiln["e2e_c%d" % c]) or 0 for c in CONC]) or None
+best_e2e_c = next((c for c in CONC if rate(kiln["e2e_c%d" % c]) == best_e2e), None)
+m = R["machine"]
+lines = []
+w = lines.append
+w("# kiln benchmark results")
+w("")
+w("%s run of %s, kiln %s. Machine: %s, %s cores, %s GB RAM, %s, kernel %s; "
+  "RabbitMQ %s (Erlang %s) on the same machine, rabbitmq-c %s, Celery %s, %s. "
+  "Load average before / after: %s / %s."
+  % ("Smoke (BENCH_QUICK=1)" if m.get("quick") == "1" else "Full", m.get("date"),
+     m.get("kiln"), m.get("cpu"), m.get("cores"), m.get("mem_gb"), m.get("os"),
+     m.get("kernel"), m.get("rabbitmq"), m.get("erlang"), m.get("rabbitmq_c"),
+     m.get("celery"), m.get("go_peers", "").strip(), m.get("load_before"),
+     m.get("load_after")))
+w("")
+w("Every client sends the same task (one ~200-byte JSON string argument) with "
+  "the same guarantees: persistent messages on a durable queue, publisher "
+  "confirms, manual ack after the task, prefetch 128. Rates are tasks per "
+  "second; a drain runs from the first task's start to the last one's, end to "
+  "end from the sender's start to the last task's start. CPU is the worker "
+  "process's (and its children's) user+system time in that window.")
+w("")
+w("## Targets")
+w("")
+w("| target | measured | met |")
+w("|---|---|---|")
+
+
+def target(name, value, ok):
+    w("| %s | %s | %s |" % (name, value, "n/a" if ok is None else ("yes" if ok else "no")))
+
+
+raw_e2e = rate(raw["e2e"])
+target("kiln end to end >= 90% of raw rabbitmq-c",
+       "%s vs %s/s (%s%%, concurrency %s)" % (fmt(best_e2e), fmt(raw_e2e),
+       fmt(100.0 * best_e2e / raw_e2e) if best_e2e and raw_e2e else "n/a", best_e2e_c),
+       best_e2e >= 0.9 * raw_e2e if best_e2e and raw_e2e else None)
+celery_best = max([rate(peers["celery_" + p]) or 0 for p in ("prefork", "threads", "solo")]) or None
+target(">= 3x Celery's best pool", "%sx (%s vs %s/s)" % (ratio(best_e2e, celery_best),
+       fmt(best_e2e), fmt(celery_best)),
+       best_e2e >= 3 * celery_best if best_e2e and celery_best else None)
+for p in ("machinery", "paota"):
+    pr = rate(peers[p])
+    target(">= 2x %s" % p, "%sx (%s vs %s/s)" % (ratio(best_e2e, pr), fmt(best_e2e), fmt(pr)),
+           best_e2e >= 2 * pr if best_e2e and pr else None)
+p99 = get(kiln["lat50"], "lat_p99_ms")
+target("p99 send-to-start < 10 ms at 50% load", "%s ms" % fmt(p99, 2),
+       p99 < 10 if p99 is not None else None)
+rss8 = get(kiln["drain_c8"], "peak_rss_mb")
+target("worker at concurrency 8 under 10 MB RSS", "%s MB" % fmt(rss8, 1),
+       rss8 < 10 if rss8 is not None else None)
+w("")
+w("## kiln against the limit (raw rabbitmq-c)")
+w("")
+w("| measure | raw rabbitmq-c | kiln | kiln/raw |")
+w("|---|---:|---:|---:|")
+w("| send, batches of 500, confirmed | %s | %s | %s |" % (
+    fmt(raw["send"]), fmt(kiln["send_batch"]), ratio(kiln["send_batch"], raw["send"])))
+w("| send, single calls, 1 thread | | %s | |" % fmt(kiln["send_single1"]))
+w("| send, single calls, 32 threads | | %s | |" % fmt(kiln["send_single32"]))
+ntask = (kiln["drain_c1"] or raw["drain"] or {}).get("tasks", 0)
+for c in CONC:
+    k = rate(kiln["drain_c%d" % c])
+    w("| drain a %s backlog, concurrency %d | %s | %s | %s |" % (
+        fmt(ntask), c, fmt(rate(raw["drain"])), fmt(k), ratio(k, rate(raw["drain"]))))
+for c in CONC:
+    k = rate(kiln["e2e_c%d" % c])
+    w("| end to end, concurrency %d | %s | %s | %s |" % (c, fmt(raw_e2e), fmt(k), ratio(k, raw_e2e)))
+w("")
+w("Raw rabbitmq-c has no worker threads; its column repeats its one figure.")
+w("")
+w("## Latency from send to task start")
+w("")
+w("A paced sender at a fixed share of the best end-to-end rate (kiln: "
+  "batches of the tasks due each millisecond; concurrency 8). Milliseconds.")
+w("")
+w("| load | client | rate sent | p50 | p99 | p99.9 | max |")
+w("|---|---|---:|---:|---:|---:|---:|")
+for pct in (50, 90):
+    for who, d in (("raw rabbitmq-c", raw), ("kiln", kiln)):
+        r = d["lat%d" % pct]
+        w("| %d%% | %s | %s | %s | %s | %s | %s |" % (
+            pct, who, fmt(get(r, "sent_rate")), fmt(get(r, "lat_p50_ms"), 2),
+            fmt(get(r, "lat_p99_ms"), 2), fmt(get(r, "lat_p999_ms"), 2),
+            fmt(get(r, "lat_max_ms"), 2)))
+w("")
+w("## Store off and on (task states in FerretDB)")
+w("")
+if not any(store.get("drain_c%d" % c) for c in CONC):
+    w("Not run (BENCH_STORE=0, or the run failed).")
+else:
+    w("| measure | store off | store on | on/off | state of the last task |")
+    w("|---|---:|---:|---:|---|")
+    w("| send, batches of 500 | %s | %s | %s | |" % (
+        fmt(kiln["send_batch"]), fmt(store["send_batch"]), ratio(store["send_batch"], kiln["send_batch"])))
+    for kind in ("drain", "e2e"):
+        for c in CONC:
+            off, on = kiln["%s_c%d" % (kind, c)], store["%s_c%d" % (kind, c)]
+            w("| %s, concurrency %d | %s | %s | %s | %s |" % (
+                "drain" if kind == "drain" else "end to end", c, fmt(rate(off)),
+                fmt(rate(on)), ratio(rate(on), rate(off)), get(on, "store_state") or ""))
+    w("")
+    w("The store-on runs use %s tasks each (the store-off rows %s)." % (
+        fmt((store["drain_c1"] or {}).get("tasks")), fmt(ntask)))
+w("")
+w("## kiln against the peers")
+w("")
+w("Drains of a backlog the peer's own sender filled; kiln/peer compares with "
+  "kiln's drain at the same concurrency.")
+w("")
+w("| client | send/s (confirmed) | drain/s | kiln/peer drain | worker peak RSS (MB) | CPU s per 1,000 tasks |")
+w("|---|---:|---:|---:|---:|---:|")
+rows = [("raw rabbitmq-c consumer", raw["send"], raw["drain"], None)]
+for c in CONC:
+    rows.append(("kiln, concurrency %d" % c, kiln["send_batch"] if c == 1 else None,
+                 kiln["drain_c%d" % c], None))
+for c in CONC:
+    if store.get("drain_c%d" % c):
+        rows.append(("kiln + store, concurrency %d" % c, None, store["drain_c%d" % c], None))
+rows += [
+    ("Celery prefork, concurrency 2", peers["celery_send_confirmed"], peers["celery_prefork"], 2),
+    ("Celery threads, concurrency 2", None, peers["celery_threads"], 2),
+    ("Celery solo", None, peers["celery_solo"], 1),
+    ("machinery v2, concurrency 8", peers["machinery_send"], peers["machinery"], 8),
+    ("paota, concurrency 8", peers["paota_send"], peers["paota"], 8),
+]
+for name, send, run, c in rows:
+    kr = ratio(rate(kiln["drain_c%d" % c]), rate(run)) if c else ""
+    w("| %s | %s | %s | %s | %s | %s |" % (
+        name, fmt(send) if send else "", fmt(rate(run)), kr,
+        fmt(get(run, "peak_rss_mb"), 1), fmt(get(run, "cpu_s_per_1000"), 3)))
+w("")
+w("Senders: kiln with kiln_pool_send_tasks (batches of 500); Celery one "
+  "apply_async per task with confirm_publish (without confirms it sent %s/s); "
+  "machinery SendTask from 16 goroutines; paota SendTaskWithContext from 10 "
+  "goroutines (its connection pool's size)." % fmt(peers["celery_send_unconfirmed"]))
+w("")
+w("![throughput and latency](chart.png)")
+
+with open(os.path.join(OUT, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+# ---- chart data --------------------------------------------------------------
+with open(os.path.join(OUT, "throughput.dat"), "w") as f:
+    f.write("client drain e2e\n")
+    f.write('"raw\\nrabbitmq-c" %s %s\n' % (rate(raw["drain"]) or 0, raw_e2e or 0))
+    for c in CONC:
+        f.write('"kiln\\nc=%d" %s %s\n' % (c, rate(kiln["drain_c%d" % c]) or 0,
+                                           rate(kiln["e2e_c%d" % c]) or 0))
+    for c in CONC:
+        if store.get("drain_c%d" % c):
+            f.write('"kiln+store\\nc=%d" %s %s\n' % (c, rate(store["drain_c%d" % c]) or 0,
+                                                     rate(store["e2e_c%d" % c]) or 0))
+    for label, key in (("Celery\\nprefork 2", "celery_prefork"), ("Celery\\nthreads 2", "celery_threads"),
+                       ("Celery\\nsolo", "celery_solo"), ("machinery\\nc=8", "machinery"),
+                       ("paota\\nc=8", "paota")):
+        f.write('"%s" %s 0\n' % (label, rate(peers[key]) or 0))
+with open(os.path.join(OUT, "latency.dat"), "w") as f:
+    f.write("run p50 p99 p999\n")
+    for pct in (50, 90):
+        for who, d in (("raw", raw), ("kiln", kiln)):
+            r = d["lat%d" % pct] or {}
+            f.write('"%s\\n%d%% load" %s %s %s\n' % (
+                who, pct, r.get("lat_p50_ms", 0), r.get("lat_p99_ms", 0), r.get("lat_p999_ms", 0)))
