@@ -11,6 +11,7 @@ set boxwidth 0.9
 set grid ytics
 set key top right
 set xtics rotate by 0 font ",8"
+set bmargin 4
 
 set title "Throughput (tasks/s, same broker, same run)"
 set ylabel "tasks/s"

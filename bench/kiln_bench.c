@@ -2,7 +2,8 @@
  *
  *   kiln_bench send N OUT single THREADS   kiln_pool_send_task from THREADS
  *                                          threads at once
- *   kiln_bench send N OUT batch SIZE       kiln_pool_send_tasks, SIZE a call
+ *   kiln_bench send N OUT batch SIZE [T]   kiln_pool_send_tasks, SIZE a call,
+ *                                          from T threads (default 1)
  *   kiln_bench send N OUT paced RATE       RATE tasks/s from 4 threads: every
  *                                          1 ms each sends the tasks due as
  *                                          one batch
@@ -25,6 +26,7 @@
 struct sender {
     kiln_pool *pool;
     long n;
+    long batch; /* tasks per kiln_pool_send_tasks call; 0: single calls */
     atomic_long next;
 };
 
@@ -69,21 +71,6 @@ static kiln_pool *open_pool(kiln_config *cfg, unsigned concurrency,
     return pool;
 }
 
-static void *send_single(void *arg)
-{
-    struct sender *s = arg;
-    kiln_error err;
-    long i;
-
-    while ((i = atomic_fetch_add(&s->next, 1)) < s->n) {
-        kiln_signature *sig = make_task(i, bench_now_ns());
-        if (kiln_pool_send_task(s->pool, sig, &err) != KILN_OK)
-            die("send", &err);
-        kiln_signature_free(sig);
-    }
-    return NULL;
-}
-
 /* Sends `count` (at most 1000) tasks numbered from `first` as one
  * kiln_pool_send_tasks call. */
 static void send_batch(kiln_pool *pool, long first, long count)
@@ -99,6 +86,41 @@ static void send_batch(kiln_pool *pool, long first, long count)
         die("send batch", &err);
     for (size_t j = 0; j < k; j++)
         kiln_signature_free(sigs[j]);
+}
+
+/* One sending thread: takes the next task (or batch) until n are sent. */
+static void *send_loop(void *arg)
+{
+    struct sender *s = arg;
+    long step = s->batch > 0 ? s->batch : 1, i;
+    kiln_error err;
+
+    while ((i = atomic_fetch_add(&s->next, step)) < s->n) {
+        long k = i + step <= s->n ? step : s->n - i;
+        if (s->batch > 0) {
+            send_batch(s->pool, i, k);
+            continue;
+        }
+        kiln_signature *sig = make_task(i, bench_now_ns());
+        if (kiln_pool_send_task(s->pool, sig, &err) != KILN_OK)
+            die("send", &err);
+        kiln_signature_free(sig);
+    }
+    return NULL;
+}
+
+/* Runs `threads` send_loop threads. */
+static int send_threads(struct sender *s, size_t threads)
+{
+    pthread_t t[64];
+
+    threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
+    for (size_t i = 0; i < threads; i++)
+        if (pthread_create(&t[i], NULL, send_loop, s) != 0)
+            return 1;
+    for (size_t i = 0; i < threads; i++)
+        (void)pthread_join(t[i], NULL);
+    return 0;
 }
 
 /* The paced sender: PACERS threads, each sending its share of the rate
@@ -135,25 +157,20 @@ static void *paced(void *arg)
     return NULL;
 }
 
-static int send_main(long n, const char *out, const char *mode, double arg)
+static int send_main(long n, const char *out, const char *mode, double arg,
+                     size_t threads)
 {
     kiln_config cfg;
     struct sender s = {.pool = open_pool(&cfg, 1, "bench-sender"), .n = n};
     int64_t t0 = bench_now_ns();
 
     if (strcmp(mode, "single") == 0) {
-        size_t nt = arg >= 1 ? (size_t)arg : 1;
-        pthread_t *t = calloc(nt, sizeof(*t));
-        for (size_t i = 0; t != NULL && i < nt; i++)
-            if (pthread_create(&t[i], NULL, send_single, &s) != 0)
-                return 1;
-        for (size_t i = 0; t != NULL && i < nt; i++)
-            (void)pthread_join(t[i], NULL);
-        free(t);
+        if (send_threads(&s, arg >= 1 ? (size_t)arg : 1) != 0)
+            return 1;
     } else if (strcmp(mode, "batch") == 0) {
-        long size = arg >= 1 && arg <= 1000 ? (long)arg : 500;
-        for (long i = 0; i < n; i += size)
-            send_batch(s.pool, i, i + size < n ? size : n - i);
+        s.batch = arg >= 1 && arg <= 1000 ? (long)arg : 500;
+        if (send_threads(&s, threads) != 0)
+            return 1;
     } else if (strcmp(mode, "paced") == 0 && arg > 0) {
         struct pacer p[PACERS];
         for (int j = 0; j < PACERS; j++) {
@@ -248,8 +265,11 @@ int main(int argc, char **argv)
         return work_main(n, argv[3], (unsigned)strtoul(argv[4], NULL, 10));
     if (argc >= 5 && n > 0 && strcmp(argv[1], "send") == 0)
         return send_main(n, argv[3], argv[4],
-                         argc > 5 ? strtod(argv[5], NULL) : 0.0);
-    fprintf(stderr, "usage: kiln_bench send N OUT single|batch|paced ARG\n"
+                         argc > 5 ? strtod(argv[5], NULL) : 0.0,
+                         argc > 6 ? strtoul(argv[6], NULL, 10) : 1);
+    fprintf(stderr, "usage: kiln_bench send N OUT single THREADS\n"
+                    "       kiln_bench send N OUT batch SIZE [THREADS]\n"
+                    "       kiln_bench send N OUT paced RATE\n"
                     "       kiln_bench work N OUT CONCURRENCY\n");
     return 2;
 }

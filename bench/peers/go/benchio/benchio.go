@@ -94,6 +94,7 @@ func Send(n, g int, out string, send func(i int) error) error {
 		return err
 	}
 	secs := time.Since(t0).Seconds()
-	Write(out, "sent=%d\nsecs=%.3f\nrate=%.0f\n", n, secs, float64(n)/secs)
+	Write(out, "sent=%d\nsecs=%.3f\nrate=%.0f\nstart_ns=%d\n", n, secs,
+		float64(n)/secs, t0.UnixNano())
 	return nil
 }
