@@ -122,8 +122,9 @@ check: tests
 # Integration tests of one variant, beside a private RabbitMQ node and a
 # private FerretDB (KILN_TEST_MONGODB_URL set outside points at a MongoDB).
 check-integration: tests
-	@scripts/with-rabbitmq.sh scripts/with-ferretdb.sh scripts/run-tests.sh \
-	    --summary-file build/summary-it-$(VARIANT).txt $(IT_BINS)
+	@KILN_TEST_TIMEOUT=420 scripts/with-rabbitmq.sh scripts/with-ferretdb.sh \
+	    scripts/run-tests.sh --summary-file build/summary-it-$(VARIANT).txt \
+	    $(IT_BINS)
 
 # The MongoDB store's tests alone, beside a private FerretDB.
 check-store: tests

@@ -261,6 +261,12 @@ void kiln__amqp_stash_clear(kiln__amqp *b);
 kiln_err kiln__amqp_declare(kiln__broker *base, const kiln_config *cfg,
                             kiln_error *err);
 
+/* amqp_delay.c: declares the delay cascade of `cfg` (broker/delay.h) and
+ * binds cfg->queue to its delivery exchange; the last step of declare.
+ * KILN_EBROKER naming the setting that differs on a 406. */
+kiln_err kiln__amqp_declare_delay(kiln__amqp *b, const kiln_config *cfg,
+                                  kiln_error *err);
+
 /* "%.*s" arguments for an amqp_bytes_t. */
 #define KILN__AMQP_BYTES(x) \
     (int)(x).len, (x).bytes != NULL ? (const char *)(x).bytes : ""

@@ -209,6 +209,8 @@ kiln_err kiln__amqp_declare(kiln__broker *base, const kiln_config *cfg,
             (rc = bind(b, cfg->queue, cfg->exchange, key, &w, err)) != KILN_OK)
             return rc;
     }
+    if ((rc = kiln__amqp_declare_delay(b, cfg, err)) != KILN_OK)
+        return rc;
     kiln__ok(err);
     return KILN_OK;
 }

@@ -210,8 +210,13 @@ void kiln_config_init(kiln_config *cfg)
                   sizeof(cfg->dead_letter_queue));
     kiln__strlcpy(cfg->delay_exchange, "kiln_tasks.delay",
                   sizeof(cfg->delay_exchange));
-    cfg->delay_levels = 28;
-    cfg->delay_unit_ms = 1000;
+    /* Delays are rounded up to whole units, so a task never starts early
+     * and at most one unit late (plus a few ms per level it waits in):
+     * 50 ms keeps that well inside a tenth of a second, and 32 levels of
+     * it still reach 50 ms x (2^32 - 1), about 6.8 years (kombu's 28
+     * levels of 1 s reach 8.5 years but are up to a second late). */
+    cfg->delay_levels = 32;
+    cfg->delay_unit_ms = 50;
     cfg->tls_verify = true;
     cfg->concurrency = 8;
     cfg->drain_timeout_ms = 30000;

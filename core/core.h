@@ -54,6 +54,10 @@ bool kiln__utf8_valid(const char *s, size_t n);
 int64_t kiln__realtime_ns(void);  /* since the Unix epoch */
 int64_t kiln__monotonic_ns(void); /* since an arbitrary point */
 
+/* kiln__sleep_ns sleeps `ns` nanoseconds (<= 0: returns at once), resuming
+ * after a signal. Thread-safe. */
+void kiln__sleep_ns(int64_t ns);
+
 /* kiln__random fills buf with n bytes from the kernel (getrandom).
  * Returns KILN_OK or KILN_EINVAL with the errno text in err. */
 kiln_err kiln__random(void *buf, size_t n, kiln_error *err);

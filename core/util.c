@@ -80,6 +80,18 @@ int64_t kiln__monotonic_ns(void)
     return clock_ns(CLOCK_MONOTONIC);
 }
 
+void kiln__sleep_ns(int64_t ns)
+{
+    struct timespec ts;
+
+    if (ns <= 0)
+        return;
+    ts.tv_sec = (time_t)(ns / 1000000000);
+    ts.tv_nsec = (long)(ns % 1000000000);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
 kiln_err kiln__random(void *buf, size_t n, kiln_error *err)
 {
     unsigned char *p = buf;

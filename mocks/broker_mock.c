@@ -126,11 +126,12 @@ static kiln_err conn_declare(kiln__broker *b, const kiln_config *cfg,
     if ((rc = kiln__mock_server_bind(c->srv, cfg->exchange, key, cfg->queue,
                                      err)) != KILN_OK)
         return rc;
-    if (cfg->dead_letter_queue[0] == '\0')
-        return KILN_OK;
-    return kiln__mock_server_bind(c->srv, cfg->dead_letter_exchange,
-                                  cfg->dead_letter_queue,
-                                  cfg->dead_letter_queue, err);
+    if (cfg->dead_letter_queue[0] != '\0' &&
+        (rc = kiln__mock_server_bind(c->srv, cfg->dead_letter_exchange,
+                                     cfg->dead_letter_queue,
+                                     cfg->dead_letter_queue, err)) != KILN_OK)
+        return rc;
+    return kiln__mock_server_declare_delay(c->srv, cfg, err);
 }
 
 static kiln_err conn_subscribe(kiln__broker *b, const char *queue,
@@ -154,20 +155,6 @@ static kiln_err conn_subscribe(kiln__broker *b, const char *queue,
     return KILN_OK;
 }
 
-static kiln__message msg_view(const struct msg *msg)
-{
-    return (kiln__message){.exchange = msg->exchange,
-                           .routing_key = msg->routing_key,
-                           .body = msg->body,
-                           .body_len = msg->body_len,
-                           .headers = msg->headers,
-                           .n_headers = msg->n_headers,
-                           .message_id = msg->message_id,
-                           .content_type = msg->content_type,
-                           .priority = msg->priority,
-                           .persistent = msg->persistent};
-}
-
 /* Waits for a deliverable message. Caller holds srv->mu. */
 static kiln_err wait_message(struct conn *c, int timeout_ms, kiln_error *err)
 {
@@ -184,6 +171,7 @@ static kiln_err wait_message(struct conn *c, int timeout_ms, kiln_error *err)
                               "connection lost "
                               "(injected)");
         }
+        kiln__mock_release_due(srv);
         if (srv->queues[c->queue].head != NULL &&
             (c->prefetch == 0 || c->n_unacked < c->prefetch))
             return KILN_OK;
@@ -205,7 +193,7 @@ static kiln_err conn_consume(kiln__broker *b, kiln__delivery *out,
     pthread_mutex_lock(&c->srv->mu);
     if ((rc = wait_message(c, timeout_ms, err)) != KILN_OK)
         goto out;
-    view = msg_view(c->srv->queues[c->queue].head);
+    view = kiln__mock_msg_view(c->srv->queues[c->queue].head);
     if ((copy = kiln__mock_msg_pack(&view)) == NULL) {
         rc = kiln__fail(err, KILN_ENOMEM, "mock broker: delivery");
         goto out;

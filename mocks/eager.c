@@ -54,7 +54,8 @@ kiln__eager *kiln__eager_new(const kiln_config *cfg, const kiln_registry *reg,
     if (open_conn(e, &e->producer, NULL, err) != KILN_OK ||
         open_conn(e, &e->consumer, e->cfg.queue, err) != KILN_OK)
         goto fail;
-    e->dispatch = (kiln__dispatch){&e->cfg, reg, e->store};
+    e->dispatch =
+        (kiln__dispatch){.cfg = &e->cfg, .reg = reg, .store = e->store};
     return e;
 fail:
     kiln__eager_free(e);

@@ -20,7 +20,9 @@
  * headers live in the same allocation, after the struct. */
 struct msg {
     struct msg *next;
-    size_t queue;        /* index in srv->queues */
+    size_t queue;        /* index in srv->queues; while held in the delay
+                            cascade, the index in srv->cascades */
+    int64_t due_ms;      /* held: when its delay has passed (mock clock) */
     uint64_t tag;        /* while unacked */
     uint32_t deliveries; /* times delivered so far */
     uint8_t priority;
@@ -43,6 +45,13 @@ struct binding {
     size_t queue;
 };
 
+/* A delay cascade declared by some connection (broker/delay.h): the
+ * config it was declared with names its exchanges and sets its unit. */
+struct cascade {
+    kiln_config cfg;
+    char delivery[KILN_NAME_MAX]; /* its delivery exchange */
+};
+
 struct kiln__mock_server {
     pthread_mutex_t mu;
     pthread_cond_t cond; /* broadcast on enqueue, settle and shutdown */
@@ -55,6 +64,12 @@ struct kiln__mock_server {
     size_t unacked, published;
     uint64_t stamp;
     bool shutdown;
+    struct cascade *cascades;
+    size_t ncasc, capcasc;
+    struct msg *held; /* waiting out a delay, soonest first */
+    size_t n_held;
+    int64_t offset_ms; /* the mock clock runs this far ahead of
+                          CLOCK_MONOTONIC (kiln__mock_server_advance) */
 };
 
 /* Copies `m` into one allocation; free with kiln__free. NULL on ENOMEM or
@@ -76,7 +91,8 @@ bool kiln__mock_find_queue(const kiln__mock_server *srv, const char *name,
 void kiln__mock_deadline_after(struct timespec *ts, int timeout_ms);
 
 /* Waits on srv->cond; false once the deadline passed (timeout_ms < 0:
- * never). Caller holds srv->mu. */
+ * never). Wakes early, returning true, when a held message falls due
+ * before the deadline. Caller holds srv->mu. */
 bool kiln__mock_wait_until(kiln__mock_server *srv, const struct timespec *ts,
                            int timeout_ms);
 
@@ -86,5 +102,32 @@ bool kiln__mock_wait_until(kiln__mock_server *srv, const struct timespec *ts,
  * published on success. Caller holds srv->mu and broadcasts srv->cond. */
 kiln_err kiln__mock_route(kiln__mock_server *srv, const kiln__message *m,
                           kiln_error *err);
+
+/* The view of a stored message as the message it was published as. */
+kiln__message kiln__mock_msg_view(const struct msg *msg);
+
+/* Puts a copy of `m` into every queue bound to `exchange` with `key` (or
+ * with "#"); *n gets how many. KILN_ENOMEM puts none. Caller holds
+ * srv->mu. */
+kiln_err kiln__mock_deliver(kiln__mock_server *srv, const char *exchange,
+                            const char *key, const kiln__message *m, size_t *n,
+                            kiln_error *err);
+
+/* mock_delay.c. When m->exchange is one of a declared cascade's
+ * exchanges, sets *taken and holds the message for its delay (or
+ * delivers it now, for none); the result is kiln__mock_route's. Caller
+ * holds srv->mu. */
+kiln_err kiln__mock_route_delay(kiln__mock_server *srv, const kiln__message *m,
+                                bool *taken, kiln_error *err);
+
+/* The CLOCK_MONOTONIC time the first held message falls due into *ts;
+ * false when none is held. Caller holds srv->mu. */
+bool kiln__mock_next_due(const kiln__mock_server *srv, struct timespec *ts);
+
+/* Routes every held message whose delay has passed to the queues bound
+ * for its destination on the cascade's delivery exchange (dropping it
+ * when there are none, as RabbitMQ does) and broadcasts srv->cond when
+ * any moved. Caller holds srv->mu. */
+void kiln__mock_release_due(kiln__mock_server *srv);
 
 #endif /* KILN_MOCK_INTERNAL_H */

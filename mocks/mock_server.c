@@ -68,6 +68,20 @@ struct msg *kiln__mock_msg_pack(const kiln__message *m)
     return msg;
 }
 
+kiln__message kiln__mock_msg_view(const struct msg *msg)
+{
+    return (kiln__message){.exchange = msg->exchange,
+                           .routing_key = msg->routing_key,
+                           .body = msg->body,
+                           .body_len = msg->body_len,
+                           .headers = msg->headers,
+                           .n_headers = msg->n_headers,
+                           .message_id = msg->message_id,
+                           .content_type = msg->content_type,
+                           .priority = msg->priority,
+                           .persistent = msg->persistent};
+}
+
 void kiln__mock_queue_push_head(struct queue *q, struct msg *m)
 {
     m->next = q->head;
@@ -126,6 +140,14 @@ void kiln__mock_deadline_after(struct timespec *ts, int timeout_ms)
 bool kiln__mock_wait_until(kiln__mock_server *srv, const struct timespec *ts,
                            int timeout_ms)
 {
+    struct timespec due;
+
+    if (kiln__mock_next_due(srv, &due) &&
+        (timeout_ms < 0 || due.tv_sec < ts->tv_sec ||
+         (due.tv_sec == ts->tv_sec && due.tv_nsec < ts->tv_nsec))) {
+        (void)pthread_cond_timedwait(&srv->cond, &srv->mu, &due);
+        return true;
+    }
     if (timeout_ms < 0)
         return pthread_cond_wait(&srv->cond, &srv->mu) == 0;
     return pthread_cond_timedwait(&srv->cond, &srv->mu, ts) == 0;
@@ -172,6 +194,8 @@ void kiln__mock_server_free(kiln__mock_server *srv)
         kiln__free(srv->binds[i].exchange);
         kiln__free(srv->binds[i].key);
     }
+    free_list(srv->held);
+    kiln__free(srv->cascades);
     kiln__free(srv->queues);
     kiln__free(srv->binds);
     kiln__free(srv->unroutable);
@@ -317,6 +341,7 @@ size_t kiln__mock_server_ready(kiln__mock_server *srv, const char *queue)
     size_t idx, n = 0;
 
     pthread_mutex_lock(&srv->mu);
+    kiln__mock_release_due(srv);
     if (kiln__mock_find_queue(srv, queue, &idx))
         n = srv->queues[idx].ready;
     pthread_mutex_unlock(&srv->mu);
@@ -352,9 +377,12 @@ kiln_err kiln__mock_server_wait_idle(kiln__mock_server *srv, const char *queue,
 
     kiln__mock_deadline_after(&ts, timeout_ms);
     pthread_mutex_lock(&srv->mu);
-    while ((kiln__mock_find_queue(srv, queue, &idx) &&
-            srv->queues[idx].ready > 0) ||
-           srv->unacked > 0) {
+    for (;;) {
+        kiln__mock_release_due(srv);
+        if ((!kiln__mock_find_queue(srv, queue, &idx) ||
+             srv->queues[idx].ready == 0) &&
+            srv->unacked == 0)
+            break;
         if (!kiln__mock_wait_until(srv, &ts, timeout_ms)) {
             rc = KILN_ETIMEDOUT;
             break;
@@ -366,14 +394,16 @@ kiln_err kiln__mock_server_wait_idle(kiln__mock_server *srv, const char *queue,
 
 /* ---- routing ------------------------------------------------------------ */
 
-/* Marks every queue `m` routes to; returns how many. Caller holds srv->mu. */
-static size_t mark_routes(kiln__mock_server *srv, const kiln__message *m)
+/* Marks every queue a message to `exchange` with `key` routes to;
+ * returns how many. Caller holds srv->mu. */
+static size_t mark_routes(kiln__mock_server *srv, const char *exchange,
+                          const char *key)
 {
     size_t n = 0, idx;
 
     srv->stamp++;
-    if (m->exchange[0] == '\0') {
-        if (!kiln__mock_find_queue(srv, m->routing_key, &idx))
+    if (exchange[0] == '\0') {
+        if (!kiln__mock_find_queue(srv, key, &idx))
             return 0;
         srv->queues[idx].mark = srv->stamp;
         return 1;
@@ -381,9 +411,9 @@ static size_t mark_routes(kiln__mock_server *srv, const kiln__message *m)
     for (size_t i = 0; i < srv->nb; i++) {
         const struct binding *b = &srv->binds[i];
         struct queue *q = &srv->queues[b->queue];
-        if (q->mark == srv->stamp || strcmp(b->exchange, m->exchange) != 0)
+        if (q->mark == srv->stamp || strcmp(b->exchange, exchange) != 0)
             continue;
-        if (strcmp(b->key, "#") == 0 || strcmp(b->key, m->routing_key) == 0) {
+        if (strcmp(b->key, "#") == 0 || strcmp(b->key, key) == 0) {
             q->mark = srv->stamp;
             n++;
         }
@@ -416,9 +446,24 @@ static kiln_err enqueue_marked(kiln__mock_server *srv, const kiln__message *m,
     return KILN_OK;
 }
 
+kiln_err kiln__mock_deliver(kiln__mock_server *srv, const char *exchange,
+                            const char *key, const kiln__message *m, size_t *n,
+                            kiln_error *err)
+{
+    kiln_err rc;
+
+    *n = mark_routes(srv, exchange, key);
+    if (*n > 0 && (rc = enqueue_marked(srv, m, *n, err)) != KILN_OK) {
+        *n = 0;
+        return rc;
+    }
+    return KILN_OK;
+}
+
 kiln_err kiln__mock_route(kiln__mock_server *srv, const kiln__message *m,
                           kiln_error *err)
 {
+    bool delayed;
     size_t n;
     kiln_err rc;
 
@@ -432,7 +477,14 @@ kiln_err kiln__mock_route(kiln__mock_server *srv, const kiln__message *m,
         return kiln__fail(err, KILN_EBROKER,
                           "nacked by the broker "
                           "(injected)");
-    n = mark_routes(srv, m);
+    /* Held messages first, so none is overtaken by a later one. */
+    kiln__mock_release_due(srv);
+    rc = kiln__mock_route_delay(srv, m, &delayed, err);
+    if (delayed) {
+        srv->published += rc == KILN_OK;
+        return rc;
+    }
+    n = mark_routes(srv, m->exchange, m->routing_key);
     if (n == 0 || (srv->unroutable != NULL &&
                    strcmp(srv->unroutable, m->routing_key) == 0))
         return kiln__fail(err, KILN_EBROKER,

@@ -12,6 +12,8 @@
  * Routing is deliberately simple: an exchange delivers a message to every
  * queue bound to it whose binding key equals the routing key, or is "#";
  * the default exchange "" delivers to the queue named by the routing key.
+ * The exchanges of a declared delay cascade hold a message for its delay
+ * first (kiln__mock_server_declare_delay).
  * Queues are FIFO (priorities are kept on the message but not ordered by).
  * A message nobody receives is returned, as a mandatory publish is.
  */
@@ -44,6 +46,29 @@ kiln__broker *kiln__mock_broker_new(kiln__mock_server *srv, kiln_error *err);
 kiln_err kiln__mock_server_bind(kiln__mock_server *srv, const char *exchange,
                                 const char *binding_key, const char *queue,
                                 kiln_error *err);
+
+/* Declares the delay cascade of `cfg` (broker/delay.h) and binds
+ * cfg->queue on its delivery exchange; the mock broker's declare op calls
+ * it. A message published to one of the cascade's exchanges is then held
+ * until its delay has passed on the mock clock and delivered, with the
+ * delivery exchange and its whole routing key, to the queues bound for
+ * its destination key (or dropped when there are none, as on RabbitMQ).
+ * A delay of 0 units is delivered at once, and returned unroutable when
+ * no queue is bound. KILN_EBROKER ("406 ...") when the same cascade was
+ * declared with another KILN_DELAY_UNIT_MS. Safe from any thread. */
+kiln_err kiln__mock_server_declare_delay(kiln__mock_server *srv,
+                                         const kiln_config *cfg,
+                                         kiln_error *err);
+
+/* The mock clock: CLOCK_MONOTONIC plus every `ms` given here. Advancing
+ * it delivers the held messages now due, so a test need not wait them
+ * out; held messages also fall due as real time passes, and a consumer
+ * waiting in consume wakes for them. Safe from any thread. */
+void kiln__mock_server_advance(kiln__mock_server *srv, int64_t ms);
+
+/* Messages held in delay cascades, after delivering those now due. Safe
+ * from any thread. */
+size_t kiln__mock_server_delayed(kiln__mock_server *srv);
 
 /* Failure injection; each is safe from any thread.
  * fail_publish: the nth message published from now (1 = the next one) is
@@ -87,6 +112,13 @@ size_t kiln__mock_store_count(kiln__store *s, int state);
 
 /* The next `count` set_state calls fail with KILN_ESTORE. */
 void kiln__mock_store_fail_writes(kiln__store *s, unsigned count);
+
+/* While `down`, every set_state call fails with KILN_ESTORE, as against a
+ * stopped server. Any thread. */
+void kiln__mock_store_set_down(kiln__store *s, bool down);
+
+/* How many set_state calls failed because the store was down. */
+unsigned kiln__mock_store_failed_while_down(kiln__store *s);
 
 /* Waits up to `timeout_ms` until task `uuid` is finished; KILN_OK or
  * KILN_ETIMEDOUT. */

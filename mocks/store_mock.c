@@ -22,6 +22,8 @@ struct mock_store {
     size_t count;
     size_t per_state[KILN__STATE_LAST + 1];
     unsigned fail_writes;
+    bool down; /* every write fails */
+    unsigned failed_while_down;
 };
 
 static uint64_t hash_str(const char *s)
@@ -158,7 +160,10 @@ static kiln_err ms_set_state(kiln__store *s, const kiln__state_update *u,
         return kiln__fail(err, KILN_EINVAL, "mock store: state %d",
                           (int)u->state);
     pthread_mutex_lock(&ms->mu);
-    if (ms->fail_writes > 0) {
+    if (ms->down) {
+        ms->failed_while_down++;
+        rc = kiln__fail(err, KILN_ESTORE, "mock store: server down (injected)");
+    } else if (ms->fail_writes > 0) {
         ms->fail_writes--;
         rc = kiln__fail(err, KILN_ESTORE,
                         "mock store: write failed "
@@ -219,7 +224,9 @@ static void ms_destroy(kiln__store *s)
     kiln__free(ms);
 }
 
-static const kiln__store_ops ms_ops = {ms_set_state, ms_get_state, ms_destroy};
+static const kiln__store_ops ms_ops = {.set_state = ms_set_state,
+                                       .get_state = ms_get_state,
+                                       .destroy = ms_destroy};
 
 kiln__store *kiln__mock_store_new(kiln_error *err)
 {
@@ -294,4 +301,24 @@ kiln_err kiln__mock_store_wait_finished(kiln__store *s, const char *uuid,
     }
     pthread_mutex_unlock(&ms->mu);
     return rc;
+}
+
+void kiln__mock_store_set_down(kiln__store *s, bool down)
+{
+    struct mock_store *ms = (struct mock_store *)s;
+
+    pthread_mutex_lock(&ms->mu);
+    ms->down = down;
+    pthread_mutex_unlock(&ms->mu);
+}
+
+unsigned kiln__mock_store_failed_while_down(kiln__store *s)
+{
+    struct mock_store *ms = (struct mock_store *)s;
+    unsigned n;
+
+    pthread_mutex_lock(&ms->mu);
+    n = ms->failed_while_down;
+    pthread_mutex_unlock(&ms->mu);
+    return n;
 }

@@ -4,6 +4,9 @@
 #
 #   run-tests.sh [--valgrind] [--summary-file F] BIN...   run, write "P F" to F
 #   run-tests.sh --total F...                             print the grand total
+#
+# Each binary gets KILN_TEST_TIMEOUT seconds (default 120; 600 under
+# valgrind).
 set -uo pipefail
 
 valgrind=0
@@ -36,7 +39,7 @@ for bin in "$@"; do
              --suppressions=test/valgrind.supp "$bin")
         label="valgrind $name"
     else
-        cmd=(timeout 120 "$bin")
+        cmd=(timeout "${KILN_TEST_TIMEOUT:-120}" "$bin")
         label="$name"
     fi
     echo "=== $label"

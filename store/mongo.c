@@ -152,8 +152,11 @@ void kiln__mongo_store_force_conditional(kiln__store *s)
     atomic_store(&((struct kiln__mongo_store *)s)->server, KILN__MONGO_ATOMIC);
 }
 
-static const kiln__store_ops mongo_ops = {mongo_set_state, mongo_get_state,
-                                          mongo_destroy};
+static const kiln__store_ops mongo_ops = {.set_state = mongo_set_state,
+                                          .add_pending =
+                                              kiln__mongo_add_pending,
+                                          .get_state = mongo_get_state,
+                                          .destroy = mongo_destroy};
 
 /* ---- construction ------------------------------------------------------ */
 

@@ -70,6 +70,19 @@ kiln_err kiln__mongo_update(bson_t *update, const kiln__state_update *u,
     return rc;
 }
 
+void kiln__mongo_pending_doc(bson_t *doc, const kiln__state_update *u,
+                             const kiln__mongo_write_ctx *ctx)
+{
+    BSON_APPEND_UTF8(doc, "_id", u->uuid);
+    BSON_APPEND_UTF8(doc, "state", kiln__state_name(KILN__STATE_PENDING));
+    BSON_APPEND_UTF8(doc, "error", "");
+    BSON_APPEND_DATE_TIME(doc, "updated_at", ctx->now_ms);
+    BSON_APPEND_UTF8(doc, "task_name",
+                     u->task_name != NULL ? u->task_name : "");
+    BSON_APPEND_DATE_TIME(doc, "created_at", ctx->now_ms);
+    BSON_APPEND_INT32(doc, "attempts", 0);
+}
+
 /* ---- the whole document ----------------------------------------------- */
 
 static kiln_err read_state(const bson_iter_t *it, kiln__task_record *r,

@@ -53,6 +53,12 @@ void kiln__mongo_filter(bson_t *filter, const kiln__state_update *u);
 kiln_err kiln__mongo_update(bson_t *update, const kiln__state_update *u,
                             const kiln__mongo_write_ctx *ctx, kiln_error *err);
 
+/* kiln__mongo_pending_doc fills `doc` (initialised by the caller) with the
+ * whole document of a task first recorded as PENDING: the fields
+ * kiln__mongo_update writes for PENDING, for an insert. */
+void kiln__mongo_pending_doc(bson_t *doc, const kiln__state_update *u,
+                             const kiln__mongo_write_ctx *ctx);
+
 /* kiln__mongo_append_results appends `vals` under `key` as machinery's
  * [{type, value}] array. Integers keep all 64 bits: Go's encoding (int8,
  * int16, int32, uint8, uint16 and an `int` that fits as int32; int64,

@@ -75,4 +75,8 @@ kiln_err kiln__mongo_write(struct kiln__mongo_store *ms,
                            const kiln__state_update *u, const bson_t *update,
                            kiln_error *err);
 
+/* The add_pending op of store/store.h: one unordered insert. */
+kiln_err kiln__mongo_add_pending(kiln__store *s, const kiln__state_update *u,
+                                 size_t n, kiln_err *status, kiln_error *err);
+
 #endif /* KILN_STORE_MONGO_IMPL_H */

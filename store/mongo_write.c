@@ -286,3 +286,135 @@ kiln_err kiln__mongo_write(struct kiln__mongo_store *ms,
               : kiln__mongo_fail(err, KILN_ESTORE, &be,
                                  "writing state of '%.80s'", u->uuid);
 }
+
+/* ---- PENDING in bulk ---------------------------------------------------- */
+
+/* Sets status[i] from the writeErrors of an unordered insert: a duplicate
+ * _id means the task is known already, which rule 2 leaves as it is.
+ * Returns false when the reply has no per-document errors (the whole call
+ * failed). *rc gets the first real failure, KILN_OK when there is none. */
+static bool pending_errors(const bson_t *reply, const kiln__state_update *u,
+                           size_t n, kiln_err *status, kiln_err *rc,
+                           kiln_error *err)
+{
+    bson_iter_t it, arr, doc;
+    size_t first_i = n;
+
+    *rc = KILN_OK;
+    if (!bson_iter_init_find(&it, reply, "writeErrors") ||
+        !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &arr))
+        return false;
+    while (bson_iter_next(&arr)) {
+        int64_t idx = -1, code = 0;
+        const char *msg = "";
+
+        if (!BSON_ITER_HOLDS_DOCUMENT(&arr) || !bson_iter_recurse(&arr, &doc))
+            continue;
+        while (bson_iter_next(&doc)) {
+            const char *k = bson_iter_key(&doc);
+            if (strcmp(k, "index") == 0)
+                idx = bson_iter_as_int64(&doc);
+            else if (strcmp(k, "code") == 0)
+                code = bson_iter_as_int64(&doc);
+            else if (strcmp(k, "errmsg") == 0 && BSON_ITER_HOLDS_UTF8(&doc))
+                msg = bson_iter_utf8(&doc, NULL);
+        }
+        if (idx < 0 || (size_t)idx >= n || code == CODE_DUPLICATE_KEY)
+            continue;
+        status[idx] = KILN_ESTORE;
+        if ((size_t)idx < first_i) {
+            first_i = (size_t)idx;
+            *rc = kiln__fail(err, KILN_ESTORE,
+                             "mongodb writing state of '%.80s': %s (code %lld)",
+                             u[idx].uuid, msg, (long long)code);
+        }
+    }
+    return true;
+}
+
+/* What one insert call did. */
+typedef enum pending_outcome {
+    PENDING_DONE,  /* status[] and *rc say what happened to each document */
+    PENDING_WHOLE, /* the call failed as a whole, reason in *be */
+    PENDING_SETUP  /* the server could not be probed or indexed: *rc, err */
+} pending_outcome;
+
+static pending_outcome insert_pending(struct kiln__mongo_store *ms,
+                                      const bson_t **docs,
+                                      const kiln__state_update *u, size_t n,
+                                      kiln_err *status, kiln_err *rc,
+                                      kiln_error *err, bson_error_t *be)
+{
+    mongoc_client_t *client = mongoc_client_pool_pop(ms->pool);
+    mongoc_collection_t *coll =
+        mongoc_client_get_collection(client, ms->db, KILN__MONGO_TASKS);
+    bson_t opts = BSON_INITIALIZER, reply;
+    pending_outcome out = PENDING_DONE;
+
+    BSON_APPEND_BOOL(&opts, "ordered", false);
+    if ((*rc = probe_server(ms, client, err)) != KILN_OK ||
+        (*rc = ensure_index(ms, coll, err)) != KILN_OK) {
+        out = PENDING_SETUP;
+    } else {
+        if (!mongoc_collection_insert_many(coll, docs, n, &opts, &reply, be) &&
+            !pending_errors(&reply, u, n, status, rc, err))
+            out = PENDING_WHOLE;
+        bson_destroy(&reply);
+    }
+    mongoc_collection_destroy(coll);
+    mongoc_client_pool_push(ms->pool, client);
+    bson_destroy(&opts);
+    return out;
+}
+
+/* One unordered insert of every PENDING document: an insert is atomic on
+ * MongoDB and FerretDB alike, and a duplicate _id is exactly rule 2's "the
+ * task is known, leave it". */
+kiln_err kiln__mongo_add_pending(kiln__store *s, const kiln__state_update *u,
+                                 size_t n, kiln_err *status, kiln_error *err)
+{
+    struct kiln__mongo_store *ms = (struct kiln__mongo_store *)s;
+    kiln__mongo_write_ctx ctx = {kiln__mongo_now_ms(), ms->worker,
+                                 ms->expire_s};
+    pending_outcome out = PENDING_DONE;
+    bson_t *docs;
+    const bson_t **ptrs;
+    bson_error_t be = {0};
+    kiln_err rc = KILN_OK;
+
+    for (size_t i = 0; i < n; i++)
+        if (u[i].uuid == NULL || u[i].uuid[0] == '\0' ||
+            u[i].state != KILN__STATE_PENDING)
+            return kiln__fail(err, KILN_EINVAL,
+                              "mongodb store: PENDING with a UUID required");
+    if (n == 0)
+        return KILN_OK;
+    /* One block: the documents, then the pointers insert_many takes. */
+    docs = kiln__calloc(n, sizeof(bson_t) + sizeof(void *));
+    if (docs == NULL)
+        return kiln__fail(err, KILN_ENOMEM, "mongodb store: %zu tasks", n);
+    ptrs = (const bson_t **)(void *)(docs + n);
+    for (size_t i = 0; i < n; i++) {
+        bson_init(&docs[i]);
+        kiln__mongo_pending_doc(&docs[i], &u[i], &ctx);
+        ptrs[i] = &docs[i];
+        status[i] = KILN_OK;
+    }
+    for (int attempt = 0; attempt < 2; attempt++) {
+        out = insert_pending(ms, ptrs, u, n, status, &rc, err, &be);
+        /* A resend after a stale socket is safe: what the first call
+         * inserted is a duplicate the second time. */
+        if (out != PENDING_WHOLE || !kiln__mongo_stale_socket(&be))
+            break;
+    }
+    if (out == PENDING_WHOLE)
+        rc = kiln__mongo_fail(err, KILN_ESTORE, &be,
+                              "writing PENDING for %zu tasks", n);
+    for (size_t i = 0; i < n; i++) {
+        if (out != PENDING_DONE)
+            status[i] = rc;
+        bson_destroy(&docs[i]);
+    }
+    kiln__free(docs);
+    return rc;
+}

@@ -85,6 +85,15 @@ typedef struct kiln__store_ops {
     kiln_err (*set_state)(kiln__store *s, const kiln__state_update *u,
                           kiln_error *err);
 
+    /* Records PENDING for each of the `n` updates (each u[i].state must be
+     * KILN__STATE_PENDING) in as few round trips as the store can, with
+     * rule 2: a task already known is left as it is. status[i] gets each
+     * one's result, as set_state would give it; returns KILN_OK when all
+     * succeeded, else the first failure's code with its reason in `err`.
+     * May be NULL: kiln__store_add_pending then calls set_state n times. */
+    kiln_err (*add_pending)(kiln__store *s, const kiln__state_update *u,
+                            size_t n, kiln_err *status, kiln_error *err);
+
     /* Fills *out with what is known about `uuid`; KILN_ENOTFOUND when
      * nothing is. *out is untouched on failure. */
     kiln_err (*get_state)(kiln__store *s, const char *uuid,
@@ -103,6 +112,28 @@ static inline kiln_err
 kiln__store_set(kiln__store *s, const kiln__state_update *u, kiln_error *err)
 {
     return s->ops->set_state(s, u, err);
+}
+
+/* See add_pending above; any thread. */
+static inline kiln_err kiln__store_add_pending(kiln__store *s,
+                                               const kiln__state_update *u,
+                                               size_t n, kiln_err *status,
+                                               kiln_error *err)
+{
+    kiln_err first = KILN_OK;
+    kiln_error e;
+
+    if (s->ops->add_pending != NULL)
+        return s->ops->add_pending(s, u, n, status, err);
+    for (size_t i = 0; i < n; i++) {
+        status[i] = s->ops->set_state(s, &u[i], &e);
+        if (status[i] != KILN_OK && first == KILN_OK) {
+            first = status[i];
+            if (err != NULL)
+                *err = e;
+        }
+    }
+    return first;
 }
 
 static inline kiln_err kiln__store_get(kiln__store *s, const char *uuid,

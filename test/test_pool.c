@@ -27,6 +27,7 @@ typedef struct fixture {
     bool started;
     kiln_err start_rc;
     kiln_error start_err;
+    kiln__store *store; /* NULL unless a test records states */
 } fixture;
 
 /* What the tasks record; read on the test thread after joins only, or
@@ -113,6 +114,7 @@ static int teardown(void **state)
     fixture *f = *state;
 
     kiln_pool_free(f->pool);
+    kiln__store_destroy(f->store);
     kiln__broker_destroy(f->producer);
     kiln__mock_server_free(f->srv);
     free(f);
@@ -362,6 +364,92 @@ static void test_sigterm_drains(void **state)
                      100 - (size_t)atomic_load(&finished));
 }
 
+/* A pool recording states in a (mock) store: every task ends in its
+ * final state, bad input with a readable UUID included. */
+static void test_store_records_final_states(void **state)
+{
+    fixture *f = *state;
+    kiln_error err;
+
+    make_pool(f);
+    assert_non_null(f->store = kiln__mock_store_new(&err));
+    kiln__pool_set_store(f->pool, f->store);
+    send_n(f, "work", 0, 100);
+    send_n(f, "fails", 100, 3);
+    publish_raw(f, "{\"UUID\":\"task_unreg\",\"Name\":\"nobody\"}");
+    publish_raw(f, "{\"UUID\":\"task_bad\",\"Name\":\"work\",\"Args\":7}");
+    publish_raw(f, "{not json");
+    start(f);
+    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 20000),
+                     KILN_OK);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    assert_int_equal(kiln__mock_store_count(f->store, KILN__STATE_SUCCESS),
+                     100);
+    assert_int_equal(kiln__mock_store_count(f->store, KILN__STATE_FAILURE), 5);
+    assert_int_equal(kiln__mock_store_count(f->store, -1), 105);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE ".dead"), 6);
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+}
+
+/* The store goes down: finished tasks keep their deliveries unacked while
+ * the workers retry the final write, consuming stops at the prefetch
+ * limit, no task runs twice, and everything completes once it is back. */
+static void test_store_outage_holds_deliveries(void **state)
+{
+    fixture *f = *state;
+    kiln_error err;
+
+    make_pool(f);
+    assert_non_null(f->store = kiln__mock_store_new(&err));
+    kiln__pool_set_store(f->pool, f->store);
+    kiln__mock_store_set_down(f->store, true);
+    send_n(f, "work", 0, 40);
+    start(f);
+    wait_count(&finished, 4);
+    sleep_for(300);
+    /* Each worker holds one finished task; the rest of the prefetch
+     * window waits in the work queue, the rest in the broker. */
+    assert_int_equal(atomic_load(&runs), 4);
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 16);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE), 24);
+    assert_int_equal(kiln__mock_store_count(f->store, -1), 0);
+    kiln__mock_store_set_down(f->store, false);
+    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 20000),
+                     KILN_OK);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(atomic_load(&seen[i]), 1);
+    assert_int_equal(kiln__mock_store_count(f->store, KILN__STATE_SUCCESS), 40);
+    assert_true(kiln__mock_store_failed_while_down(f->store) >= 4);
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+}
+
+/* Stopping during an outage: the drain times out, the workers stop
+ * retrying, and every delivery goes back to the queue. */
+static void test_store_outage_then_stop(void **state)
+{
+    fixture *f = *state;
+    kiln_error err;
+
+    f->cfg.drain_timeout_ms = 200;
+    make_pool(f);
+    assert_non_null(f->store = kiln__mock_store_new(&err));
+    kiln__pool_set_store(f->pool, f->store);
+    kiln__mock_store_set_down(f->store, true);
+    send_n(f, "work", 0, 20);
+    start(f);
+    wait_count(&finished, 4);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_ETIMEDOUT);
+    kiln_pool_free(f->pool); /* returns: the workers gave up */
+    f->pool = NULL;
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE), 20);
+    assert_int_equal(kiln__mock_store_count(f->store, -1), 0);
+}
+
 static void test_misuse(void **state)
 {
     fixture *f = *state;
@@ -386,6 +474,10 @@ static void test_misuse(void **state)
         kiln_pool_register(f->pool, "late", work, NULL, NULL, &err),
         KILN_ECLOSED);
     kiln_pool_free(NULL);
+    bad = f->cfg;
+    bad.store = KILN_STORE_MEMORY;
+    assert_null(kiln_pool_new(&bad, 0, "x", &err));
+    assert_non_null(strstr(err.message, "KILN_STORE=memory"));
 }
 
 int main(void)
@@ -407,6 +499,12 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_drain_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_drains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_records_final_states, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_store_outage_holds_deliveries,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_outage_then_stop, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_misuse, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

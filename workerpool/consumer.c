@@ -410,7 +410,12 @@ static kiln_err drain(consumer *c)
     }
     take_outcomes(c);
     maybe_flush(c, true);
-    return c->in_workers == 0 ? KILN_OK : KILN_ETIMEDOUT;
+    if (c->in_workers == 0)
+        return KILN_OK;
+    /* Workers retrying a store write stop now; their deliveries return
+     * to the queue with the connection. */
+    atomic_store(&p->abandon, true);
+    return KILN_ETIMEDOUT;
 }
 
 static void consumer_fini(consumer *c)

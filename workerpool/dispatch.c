@@ -9,27 +9,91 @@
 #include "workerpool/dispatch.h"
 
 #include "logger/logger.h"
+#include "workerpool/backoff.h"
 
 #include <stdio.h>
 #include <string.h>
 
 #define MODULE "worker"
 
-/* Writes one state; a failure is logged and returned. */
+/* Store writes retried during an outage: first after up to 100 ms,
+ * doubling, never more than 5 s apart; sleeps are cut into slices so a
+ * stop is noticed quickly. */
+#define STORE_RETRY_BASE_MS 100
+#define STORE_RETRY_CAP_MS  5000
+#define STORE_SLICE_MS      50
+
+static bool outage_known(const kiln__dispatch *d)
+{
+    return d->outage != NULL && atomic_load(d->outage) != 0;
+}
+
+/* The first failure of an outage is logged as a warning, the rest at
+ * debug level; the first success after it says the store is back. */
+static void note_failure(const kiln__dispatch *d, const char *uuid,
+                         const char *name, kiln__task_state state,
+                         const kiln_error *e)
+{
+    int was = d->outage != NULL ? atomic_exchange(d->outage, 1) : 0;
+
+    kiln__log_task(was ? KILN_LOG_DEBUG : KILN_LOG_WARN, MODULE, uuid, name,
+                   "store %s failed: %s%s", kiln__state_name(state), e->message,
+                   d->give_up != NULL && kiln__state_finished(state)
+                       ? "; the delivery stays unacked and the write is "
+                         "retried with backoff"
+                       : "");
+}
+
+static void note_success(const kiln__dispatch *d, unsigned retries)
+{
+    if (d->outage != NULL && atomic_exchange(d->outage, 0) != 0)
+        kiln__log(KILN_LOG_NOTICE, MODULE,
+                  "store reachable again (after %u retries of a write)",
+                  retries);
+}
+
+/* Sleeps `ms` in slices; returns true when give_up() said stop. */
+static bool nap_or_give_up(const kiln__dispatch *d, uint64_t ms)
+{
+    for (;;) {
+        uint64_t slice = ms < STORE_SLICE_MS ? ms : STORE_SLICE_MS;
+
+        if (d->give_up(d->give_up_ctx))
+            return true;
+        if (ms == 0)
+            return false;
+        kiln__sleep_ns((int64_t)slice * 1000000);
+        ms -= slice;
+    }
+}
+
+/* Writes one state. A non-final state is tried once (and skipped during a
+ * known outage); a final one is retried as kiln__dispatch describes.
+ * Returns KILN_OK once written; a failure is logged and returned. */
 static kiln_err record(const kiln__dispatch *d, const char *uuid,
                        const char *name, kiln__task_state state,
                        const kiln__values *results, const char *error)
 {
     kiln__state_update u = {uuid, name, state, results, error};
+    bool final = kiln__state_finished(state);
     kiln_error e;
     kiln_err rc;
 
     if (d->store == NULL || uuid == NULL || uuid[0] == '\0')
         return KILN_OK;
-    if ((rc = kiln__store_set(d->store, &u, &e)) != KILN_OK)
-        kiln__log_task(KILN_LOG_ERR, MODULE, uuid, name, "store %s failed: %s",
-                       kiln__state_name(state), e.message);
-    return rc;
+    if (!final && outage_known(d))
+        return KILN_ESTORE;
+    for (unsigned attempt = 0;; attempt++) {
+        if ((rc = kiln__store_set(d->store, &u, &e)) == KILN_OK) {
+            note_success(d, attempt);
+            return KILN_OK;
+        }
+        note_failure(d, uuid, name, state, &e);
+        if (!final || d->give_up == NULL ||
+            nap_or_give_up(d, kiln__backoff_ms(attempt, STORE_RETRY_BASE_MS,
+                                               STORE_RETRY_CAP_MS)))
+            return rc;
+    }
 }
 
 /* ---- prepare ------------------------------------------------------------ */
@@ -70,26 +134,29 @@ static void salvage_ids(const kiln__dispatch *d, const kiln__delivery *dl,
     cJSON_Delete(root);
 }
 
-/* Bad input: dead-letter with the reason, FAILURE when the UUID is known. */
+/* Bad input: dead-letter with the reason, after a worker wrote FAILURE
+ * when there is a store and the UUID can be read. */
 static bool refuse(const kiln__dispatch *d, const kiln__delivery *dl,
                    kiln__job *job, kiln_err status)
 {
-    char uuid[KILN_NAME_MAX], name[KILN_NAME_MAX];
-
     job->status = status;
     job->verdict = KILN__VERDICT_DEADLETTER;
     if (job->sig != NULL) {
-        kiln__strlcpy(uuid, job->sig->uuid, sizeof(uuid));
-        kiln__strlcpy(name, job->sig->name, sizeof(name));
+        kiln__strlcpy(job->failed_uuid, job->sig->uuid,
+                      sizeof(job->failed_uuid));
+        kiln__strlcpy(job->failed_name, job->sig->name,
+                      sizeof(job->failed_name));
     } else {
-        salvage_ids(d, dl, uuid, name, sizeof(uuid));
+        salvage_ids(d, dl, job->failed_uuid, job->failed_name,
+                    sizeof(job->failed_uuid));
     }
-    kiln__log_task(KILN_LOG_WARN, MODULE, uuid, name, "dead-lettered: %s",
-                   job->reason.message);
-    if (record(d, uuid, name, KILN__STATE_FAILURE, NULL, job->reason.message) !=
-        KILN_OK)
-        job->verdict = KILN__VERDICT_REQUEUE;
-    return false;
+    kiln__log_task(KILN_LOG_WARN, MODULE, job->failed_uuid, job->failed_name,
+                   "dead-lettered: %s", job->reason.message);
+    if (d->store == NULL || job->failed_uuid[0] == '\0') {
+        job->failed_uuid[0] = '\0';
+        return false;
+    }
+    return true;
 }
 
 static bool unregistered(const kiln__dispatch *d, const kiln__delivery *dl,
@@ -191,7 +258,17 @@ void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job)
     kiln_task_ctx ctx;
     kiln_err rc;
 
-    (void)record(d, sig->uuid, sig->name, KILN__STATE_RECEIVED, NULL, NULL);
+    if (job->fn == NULL) {
+        /* Refused input: its FAILURE, then the dead-letter queue. */
+        if (job->failed_uuid[0] != '\0' &&
+            record(d, job->failed_uuid, job->failed_name, KILN__STATE_FAILURE,
+                   NULL, job->reason.message) != KILN_OK)
+            job->verdict = KILN__VERDICT_REQUEUE;
+        return;
+    }
+    /* A worker thread takes a task at the moment it starts it, so STARTED
+     * says RECEIVED too: a RECEIVED write of its own would cost a store
+     * round trip per task for a state that lasts microseconds. */
     (void)record(d, sig->uuid, sig->name, KILN__STATE_STARTED, NULL, NULL);
     if ((rc = kiln__task_ctx_init(&ctx, sig, &job->reason)) != KILN_OK) {
         job->status = rc;
@@ -360,6 +437,56 @@ static kiln__message outgoing_message(const kiln_config *cfg,
         .persistent = true};
 }
 
+/* Records PENDING for every signature staged so far (out[i].rc == OK),
+ * in one store call; a failure marks that signature. */
+static void stage_pending(kiln__store *store, const kiln_signature *const *sigs,
+                          size_t n, kiln__staged *out, size_t *first,
+                          kiln_error *err)
+{
+    kiln__state_update *u =
+        kiln__calloc(n, sizeof(*u) + sizeof(kiln_err) + sizeof(size_t));
+    kiln_err *st;
+    size_t *idx, m = 0;
+    kiln_error e;
+
+    if (u == NULL) {
+        for (size_t i = 0; i < n; i++) {
+            if (out[i].rc != KILN_OK)
+                continue;
+            out[i].rc = KILN_ENOMEM;
+            if (i < *first) {
+                kiln__fail(err, KILN_ENOMEM, "task %zu (%s): PENDING", i,
+                           sigs[i]->name);
+                *first = i;
+            }
+        }
+        return;
+    }
+    /* One block; alignments decrease along it. */
+    idx = (size_t *)(void *)(u + n);
+    st = (kiln_err *)(void *)(idx + n);
+    for (size_t i = 0; i < n; i++) {
+        if (out[i].rc != KILN_OK)
+            continue;
+        u[m] = (kiln__state_update){.uuid = sigs[i]->uuid,
+                                    .task_name = sigs[i]->name,
+                                    .state = KILN__STATE_PENDING};
+        idx[m++] = i;
+    }
+    if (m > 0 && kiln__store_add_pending(store, u, m, st, &e) != KILN_OK) {
+        for (size_t j = 0; j < m; j++) {
+            size_t i = idx[j];
+            if ((out[i].rc = st[j]) == KILN_OK)
+                continue;
+            if (i < *first)
+                kiln__fail(err, st[j], "task %zu (%s): %s", i, sigs[i]->name,
+                           e.message);
+            *first = i < *first ? i : *first;
+        }
+    }
+    kiln__free(u);
+}
+
 size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
                          const kiln_signature *const *sigs, size_t n,
                          kiln__staged *out, kiln__message *msgs, size_t *map,
@@ -369,23 +496,21 @@ size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
 
     for (size_t i = 0; i < n; i++) {
         const kiln_signature *sig = sigs[i];
-        kiln__state_update u = {.state = KILN__STATE_PENDING};
         kiln_error e;
 
-        if ((out[i].rc = encode(cfg, sig, &out[i], &e)) == KILN_OK &&
-            store != NULL) {
-            u.uuid = sig->uuid;
-            u.task_name = sig->name;
-            out[i].rc = kiln__store_set(store, &u, &e);
-        }
-        if (out[i].rc != KILN_OK) {
+        if ((out[i].rc = encode(cfg, sig, &out[i], &e)) != KILN_OK) {
             if (i < *first)
                 kiln__fail(err, out[i].rc, "task %zu (%s): %s", i,
                            sig ? sig->name : "?", e.message);
             *first = i < *first ? i : *first;
-            continue;
         }
-        msgs[m] = outgoing_message(cfg, sig, &out[i]);
+    }
+    if (store != NULL)
+        stage_pending(store, sigs, n, out, first, err);
+    for (size_t i = 0; i < n; i++) {
+        if (out[i].rc != KILN_OK)
+            continue;
+        msgs[m] = outgoing_message(cfg, sigs[i], &out[i]);
         map[m++] = i;
     }
     return m;

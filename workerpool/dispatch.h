@@ -8,8 +8,11 @@
  *
  *   prepare  (consumer thread)  decode the body, check the delivery count,
  *                               look the name up; bad input is decided here
- *   run      (any worker)       store RECEIVED and STARTED, call the task,
- *                               store SUCCESS, FAILURE or RETRY
+ *                               (no store call: the consumer never waits
+ *                               for MongoDB)
+ *   run      (any worker)       store STARTED, call the task,
+ *                               store SUCCESS, FAILURE or RETRY; for bad
+ *                               input with a readable UUID, store FAILURE
  *   settle   (consumer thread,  ack, dead-letter, republish for a retry, or
  *             it owns the       requeue; the ack comes only after every
  *             broker object)    message it causes is confirmed
@@ -23,12 +26,33 @@
 #include "broker/broker.h"
 #include "store/store.h"
 
-/* What the worker needs; every pointer is borrowed and read-only, so one
- * kiln__dispatch may be shared by all threads of a pool. */
+#include <stdatomic.h>
+
+/* Says whether to stop retrying a final state write (the pool is stopping
+ * for good). Called from worker threads; must be thread-safe. */
+typedef bool (*kiln__give_up_fn)(void *ctx);
+
+/* What the worker needs; every pointer is borrowed, so one kiln__dispatch
+ * may be shared by all threads of a pool.
+ *
+ * Store outages. A final state (SUCCESS or FAILURE) must be written before
+ * its delivery is acked. With `give_up` set, a failed final write is
+ * retried with backoff on the worker thread until it succeeds or
+ * give_up() says stop (the verdict is then REQUEUE): the delivery stays
+ * unacked, the worker stays busy, so during an outage consuming stops at
+ * the prefetch limit and nothing is lost. Without `give_up` a failed final
+ * write requeues at once. Non-final states (STARTED, RETRY) are
+ * written once, and skipped while an outage is known: they would fail too
+ * and only delay the task. `outage` (may be NULL) is that shared
+ * knowledge; it also keeps the log to one line per outage and one when it
+ * ends. */
 typedef struct kiln__dispatch {
     const kiln_config *cfg; /* exchange names, dialect, limits, policies */
     const kiln_registry *reg;
     kiln__store *store; /* NULL: record no state */
+    kiln__give_up_fn give_up;
+    void *give_up_ctx;
+    atomic_int *outage; /* 1 while the store is known to be unreachable */
 } kiln__dispatch;
 
 /* What settle does with a delivery. */
@@ -49,22 +73,32 @@ typedef struct kiln__job {
     kiln_signature *sig; /* owned; NULL when the body did not decode */
     kiln_task_fn fn;     /* NULL until prepare found the task */
     void *user;
+    /* Refused input whose FAILURE a worker must still write: the task's
+     * UUID and name (read from the signature, or salvaged from a body
+     * that did not decode). Empty uuid: nothing to write. */
+    char failed_uuid[KILN_NAME_MAX];
+    char failed_name[KILN_NAME_MAX];
     kiln__verdict verdict;
     kiln_err status;         /* the task's return, or why it was refused */
     uint64_t retry_delay_ms; /* RETRY: the delay the task asked for */
     kiln_error reason;       /* DEADLETTER: the reason; FAILURE: the error */
 } kiln__job;
 
-/* Decodes `dl` and finds its task. Returns true when the job is ready for
- * kiln__dispatch_run, false when its verdict is already decided (bad input,
- * unregistered, too many deliveries). Writes FAILURE to the store for bad
- * input whose UUID can be read. `dl` is borrowed for the call. */
+/* Decodes `dl` and finds its task. Returns true when the job needs
+ * kiln__dispatch_run on a worker: a task to run, or refused input whose
+ * FAILURE must be written to the store (its verdict stays DEADLETTER
+ * unless that write fails). Returns false when the verdict is decided and
+ * nothing is left to write (bad input without a store or a readable UUID,
+ * an unregistered task to drop or requeue). Never calls the store. `dl` is
+ * borrowed for the call. */
 bool kiln__dispatch_prepare(const kiln__dispatch *d, const kiln__delivery *dl,
                             kiln__job *job);
 
-/* Runs a prepared job's task and records its states. Never fails: the
- * outcome is in job->verdict, job->status and job->reason. Any thread; no
- * library lock is held while the task runs. */
+/* Runs a prepared job's task and records its states (or, for refused
+ * input, records its FAILURE). Never fails: the outcome is in
+ * job->verdict, job->status and job->reason. May block while the store is
+ * down (see kiln__dispatch). Any thread; no library lock is held while the
+ * task runs. */
 void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job);
 
 /* Carries out job->verdict for `dl` on `b`. Returns the broker's error when

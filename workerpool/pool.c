@@ -4,6 +4,7 @@
 
 #include "broker/amqp.h"
 #include "logger/logger.h"
+#include "store/mongo.h"
 #include "workerpool/backoff.h"
 
 #include <errno.h>
@@ -20,6 +21,14 @@ static kiln__broker *amqp_factory(void *ctx, const kiln_config *cfg,
     return kiln__amqp_broker_new(cfg, err);
 }
 
+/* Workers stop retrying a store write once the pool stops for good. */
+static bool give_up(void *ctx)
+{
+    kiln_pool *p = ctx;
+
+    return atomic_load(&p->stop_level) >= 2 || atomic_load(&p->abandon);
+}
+
 kiln_pool *kiln_pool_new(const kiln_config *cfg, unsigned concurrency,
                          const char *name, kiln_error *err)
 {
@@ -31,11 +40,13 @@ kiln_pool *kiln_pool_new(const kiln_config *cfg, unsigned concurrency,
     }
     if (kiln_config_validate(cfg, err) != KILN_OK)
         return NULL;
-    if (cfg->store != KILN_STORE_NONE) {
+    if (cfg->store == KILN_STORE_MEMORY) {
+        /* Its states would be visible to no one: producers and operators
+         * read states from another process. */
         kiln__fail(err, KILN_EINVAL,
-                   "KILN_STORE=%s: a worker pool records state in MongoDB, "
-                   "which this version does not have yet; use none",
-                   cfg->store == KILN_STORE_MEMORY ? "memory" : "mongodb");
+                   "KILN_STORE=memory: the in-process store serves eager mode "
+                   "and tests; a worker pool records state with mongodb or "
+                   "none");
         return NULL;
     }
     if (concurrency > 1024) {
@@ -68,8 +79,17 @@ kiln_pool *kiln_pool_new(const kiln_config *cfg, unsigned concurrency,
         kiln__fail(err, KILN_ENOMEM, "eventfd: errno %d", errno);
         goto fail;
     }
+    if (cfg->store == KILN_STORE_MONGODB) {
+        if ((p->store = kiln__mongo_store_new(&p->cfg, err)) == NULL)
+            goto fail;
+        p->own_store = true;
+    }
     p->dispatch.cfg = &p->cfg;
     p->dispatch.reg = p->reg;
+    p->dispatch.store = p->store;
+    p->dispatch.give_up = give_up;
+    p->dispatch.give_up_ctx = p;
+    p->dispatch.outage = &p->store_outage;
     return p;
 fail:
     kiln_pool_free(p);
@@ -81,7 +101,9 @@ void kiln_pool_free(kiln_pool *pool)
     if (pool == NULL)
         return;
     kiln__publisher_free(pool->pub);
-    /* After a timed-out drain the workers may still run tasks. */
+    /* After a timed-out drain the workers may still run tasks, or retry
+     * a store write: tell them to stop retrying. */
+    atomic_store(&pool->abandon, true);
     kiln__workers_join(pool);
     for (size_t i = 0; i < pool->n_slots; i++) {
         kiln__work *w = &pool->slots[i];
@@ -94,6 +116,8 @@ void kiln_pool_free(kiln_pool *pool)
     kiln__broker_destroy(pool->leftover);
     kiln__free(pool->slots);
     kiln_registry_free(pool->reg);
+    if (pool->own_store)
+        kiln__store_destroy(pool->store);
     if (pool->wake_fd >= 0)
         close(pool->wake_fd);
     pthread_mutex_destroy(&pool->pub_mu);
@@ -111,6 +135,9 @@ void kiln__pool_set_broker_factory(kiln_pool *p, kiln__broker_factory f,
 
 void kiln__pool_set_store(kiln_pool *p, kiln__store *store)
 {
+    if (p->own_store)
+        kiln__store_destroy(p->store);
+    p->own_store = false;
     p->store = store;
     p->dispatch.store = store;
 }

@@ -60,7 +60,12 @@ struct kiln_pool {
     char name[128];
     unsigned concurrency;
     kiln_registry *reg;
-    kiln__store *store; /* NULL: no state recorded */
+    kiln__store *store;      /* NULL: no state recorded */
+    bool own_store;          /* made from cfg.store; destroyed with the pool */
+    atomic_int store_outage; /* kiln__dispatch.outage */
+    /* Set when the pool stops for good (a drain that timed out, a second
+     * signal): workers stop retrying store writes and requeue instead. */
+    atomic_bool abandon;
     kiln__dispatch dispatch;
     kiln__broker_factory broker_new;
     void *broker_ctx;
@@ -122,7 +127,8 @@ void kiln__publisher_free(kiln__publisher *p);
  * Before kiln_pool_start and the first send only. */
 void kiln__pool_set_broker_factory(kiln_pool *p, kiln__broker_factory f,
                                    void *ctx);
-/* Test hook: records states in `store` (borrowed; outlives the pool). */
+/* Test hook: records states in `store` (borrowed; outlives the pool)
+ * instead of the one cfg.store made. Before kiln_pool_start only. */
 void kiln__pool_set_store(kiln_pool *p, kiln__store *store);
 
 #endif /* KILN_POOL_H */

@@ -343,6 +343,11 @@ static inline void it_env_init(it_env *e, const it_fix *f)
     it_env_add(e, "KILN_PUBLISH_TIMEOUT_MS", "%u", c->publish_timeout_ms);
     it_env_add(e, "KILN_HEARTBEAT", "%u", c->heartbeat_s);
     it_env_add(e, "KILN_LOG_LEVEL", "notice");
+    if (c->store == KILN_STORE_MONGODB) {
+        it_env_add(e, "KILN_STORE", "mongodb");
+        it_env_add(e, "KILN_MONGODB_URL", "%s", c->mongodb_url);
+        it_env_add(e, "KILN_MONGODB_DATABASE", "%s", c->mongodb_database);
+    }
     it_env_add(e, IT_ENV_PARENT, "%ld", (long)getpid());
 }
 

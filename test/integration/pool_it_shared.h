@@ -48,6 +48,15 @@
 /* Fails unless argument 0 is an int64: a task-level bad argument. */
 #define IT_TASK_WANT_INT "it.want_int"
 
+/* Fails with the message "it.fail: asked to fail". */
+#define IT_TASK_FAIL "it.fail"
+/* Succeeds with one result of every scalar type: IT_RESULT_* below. */
+#define IT_TASK_RESULTS  "it.results"
+#define IT_RESULT_INT    (-9007199254740993LL) /* not a double */
+#define IT_RESULT_UINT64 18446744073709551615ULL
+#define IT_RESULT_STRING "h\xc3\xa9llo \xe2\x9c\x93 \"q\" \\ end"
+#define IT_RESULT_FLOAT  0.1
+
 /* The counters file (KILN_IT_COUNTERS): prog_worker maps it shared and
  * the driver maps it too. The file must be at least this big. */
 typedef struct it_counters {

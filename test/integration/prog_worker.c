@@ -119,6 +119,46 @@ static kiln_err task_want_int(kiln_task_ctx *ctx, void *user)
     return KILN_OK;
 }
 
+static kiln_err task_fail(kiln_task_ctx *ctx, void *user)
+{
+    (void)user;
+    return kiln_task_fail(ctx, "it.fail: asked to fail");
+}
+
+/* One result of every scalar type, at the edges of each range. */
+static kiln_err task_results(kiln_task_ctx *ctx, void *user)
+{
+    static const unsigned char bytes[] = {0, 1, 0x7f, 0x80, 0xff};
+    kiln_error err;
+
+    (void)user;
+#define ADD(call)                                                      \
+    do {                                                               \
+        if ((call) != KILN_OK)                                         \
+            return kiln_task_fail(ctx, "it.results: %s", err.message); \
+    } while (0)
+    ADD(kiln_task_add_result_bool(ctx, true, &err));
+    ADD(kiln_task_add_result_int(ctx, KILN_TYPE_INT, IT_RESULT_INT, &err));
+    ADD(kiln_task_add_result_int(ctx, KILN_TYPE_INT8, INT8_MIN, &err));
+    ADD(kiln_task_add_result_int(ctx, KILN_TYPE_INT16, INT16_MIN, &err));
+    ADD(kiln_task_add_result_int(ctx, KILN_TYPE_INT32, INT32_MIN, &err));
+    ADD(kiln_task_add_result_int(ctx, KILN_TYPE_INT64, INT64_MIN, &err));
+    ADD(kiln_task_add_result_uint(ctx, KILN_TYPE_UINT, IT_RESULT_UINT64, &err));
+    ADD(kiln_task_add_result_uint(ctx, KILN_TYPE_UINT8, UINT8_MAX, &err));
+    ADD(kiln_task_add_result_uint(ctx, KILN_TYPE_UINT16, UINT16_MAX, &err));
+    ADD(kiln_task_add_result_uint(ctx, KILN_TYPE_UINT32, UINT32_MAX, &err));
+    ADD(kiln_task_add_result_uint(ctx, KILN_TYPE_UINT64, IT_RESULT_UINT64,
+                                  &err));
+    ADD(kiln_task_add_result_float(ctx, KILN_TYPE_FLOAT32, IT_RESULT_FLOAT,
+                                   &err));
+    ADD(kiln_task_add_result_float(ctx, KILN_TYPE_FLOAT64, IT_RESULT_FLOAT,
+                                   &err));
+    ADD(kiln_task_add_result_string(ctx, IT_RESULT_STRING, &err));
+    ADD(kiln_task_add_result_bytes(ctx, bytes, sizeof(bytes), &err));
+#undef ADD
+    return KILN_OK;
+}
+
 static unsigned env_uint(const char *name)
 {
     const char *v = getenv(name); /* NOLINT(concurrency-mt-unsafe): main
@@ -201,6 +241,8 @@ int main(void)
     const kiln_task_def tasks[] = {
         {IT_TASK_RECORD, task_record, &w, NULL},
         {IT_TASK_WANT_INT, task_want_int, NULL, NULL},
+        {IT_TASK_FAIL, task_fail, NULL, NULL},
+        {IT_TASK_RESULTS, task_results, NULL, NULL},
     };
 
     (void)setvbuf(stdout, NULL, _IOLBF, 0);
@@ -216,7 +258,8 @@ int main(void)
         rc = err.code;
         goto out;
     }
-    if ((rc = kiln_pool_register_table(pool, tasks, 2, &err)) != KILN_OK)
+    if ((rc = kiln_pool_register_table(
+             pool, tasks, sizeof(tasks) / sizeof(tasks[0]), &err)) != KILN_OK)
         goto out;
     printf("prog_worker %ld: starting on %s, concurrency %u, prefetch %u\n",
            (long)getpid(), cfg.queue, cfg.concurrency, cfg.prefetch);

@@ -130,6 +130,25 @@ static void raw_insert(const kiln_config *cfg, const bson_t *doc)
     mongoc_client_destroy(c);
 }
 
+/* Documents in the test's `tasks` collection. */
+static int64_t raw_count(const kiln_config *cfg)
+{
+    mongoc_client_t *c = raw_client();
+    mongoc_collection_t *coll =
+        mongoc_client_get_collection(c, cfg->mongodb_database, "tasks");
+    bson_t filter = BSON_INITIALIZER;
+    bson_error_t be;
+    int64_t n =
+        mongoc_collection_count_documents(coll, &filter, NULL, NULL, NULL, &be);
+
+    if (n < 0)
+        fail_msg("count: %s", be.message);
+    bson_destroy(&filter);
+    mongoc_collection_destroy(coll);
+    mongoc_client_destroy(c);
+    return n;
+}
+
 static void raw_drop(const kiln_config *cfg)
 {
     mongoc_client_t *c = raw_client();
@@ -445,6 +464,69 @@ static void test_pending_after_received_is_ignored(void **state)
     set_ok(f->s, "t2", KILN__STATE_STARTED, NULL, NULL, NULL);
     set_ok(f->s, "t2", KILN__STATE_PENDING, NULL, NULL, NULL);
     assert_int_equal(state_of(f->s, "t2"), KILN__STATE_STARTED);
+}
+
+/* PENDING in bulk (what kiln_pool_send_tasks writes): one insert; new
+ * tasks become PENDING, known ones are left exactly as they are. */
+static void test_add_pending_bulk(void **state)
+{
+    fixture *f = *state;
+    enum { MANY = 250 };
+    static const char *const ids[] = {"p_new1", "p_done", "p_new2", "p_pend",
+                                      "p_started"};
+    kiln__state_update u[MANY];
+    kiln_err st[MANY];
+    char names[MANY][32];
+    kiln__task_record r;
+    kiln_error err;
+
+    set_ok(f->s, "p_done", KILN__STATE_FAILURE, "x", NULL, "boom");
+    set_ok(f->s, "p_pend", KILN__STATE_PENDING, "a", NULL, NULL);
+    set_ok(f->s, "p_started", KILN__STATE_STARTED, "s", NULL, NULL);
+    for (size_t i = 0; i < KILN__ARRAY_LEN(ids); i++) {
+        u[i] = (kiln__state_update){ids[i], "bulk", KILN__STATE_PENDING, NULL,
+                                    NULL};
+        st[i] = KILN_EINVAL;
+    }
+    assert_int_equal(
+        kiln__store_add_pending(f->s, u, KILN__ARRAY_LEN(ids), st, &err),
+        KILN_OK);
+    for (size_t i = 0; i < KILN__ARRAY_LEN(ids); i++)
+        assert_int_equal(st[i], KILN_OK);
+    get_ok(f->s, "p_new1", &r);
+    assert_int_equal(r.state, KILN__STATE_PENDING);
+    assert_string_equal(r.task_name, "bulk");
+    assert_true(r.created_ns > 0);
+    kiln__task_record_release(&r);
+    get_ok(f->s, "p_done", &r);
+    assert_int_equal(r.state, KILN__STATE_FAILURE);
+    assert_string_equal(r.error, "boom");
+    kiln__task_record_release(&r);
+    get_ok(f->s, "p_pend", &r);
+    assert_string_equal(r.task_name, "a");
+    kiln__task_record_release(&r);
+    assert_int_equal(state_of(f->s, "p_started"), KILN__STATE_STARTED);
+    assert_int_equal(state_of(f->s, "p_new2"), KILN__STATE_PENDING);
+
+    /* A batch larger than one reply page; then the same batch again. */
+    for (size_t i = 0; i < MANY; i++) {
+        (void)snprintf(names[i], sizeof(names[i]), "p_many_%zu", i);
+        u[i] = (kiln__state_update){names[i], "many", KILN__STATE_PENDING, NULL,
+                                    NULL};
+    }
+    assert_int_equal(kiln__store_add_pending(f->s, u, MANY, st, &err), KILN_OK);
+    assert_int_equal(kiln__store_add_pending(f->s, u, MANY, st, &err), KILN_OK);
+    for (size_t i = 0; i < MANY; i += 7)
+        assert_int_equal(state_of(f->s, names[i]), KILN__STATE_PENDING);
+    assert_int_equal(raw_count(&f->cfg), MANY + KILN__ARRAY_LEN(ids));
+
+    /* Only PENDING with a UUID. */
+    u[0].state = KILN__STATE_STARTED;
+    assert_int_equal(kiln__store_add_pending(f->s, u, 1, st, &err),
+                     KILN_EINVAL);
+    u[0] = (kiln__state_update){"", "x", KILN__STATE_PENDING, NULL, NULL};
+    assert_int_equal(kiln__store_add_pending(f->s, u, 1, st, &err),
+                     KILN_EINVAL);
 }
 
 /* Rule 3: a retried task goes RETRY -> RECEIVED -> STARTED again. */
@@ -1000,6 +1082,18 @@ static void test_unreachable_fails_fast_without_password(void **state)
     assert_int_equal(kiln__store_get(s, "t", &r, &err), KILN_ESTORE);
     assert_true(now_ms() - t0 < 3000);
     assert_null(strstr(err.message, PASSWORD));
+    t0 = now_ms();
+    {
+        kiln__state_update two[2] = {u, u};
+        kiln_err st[2] = {KILN_OK, KILN_OK};
+        two[1].uuid = "t2";
+        assert_int_equal(kiln__store_add_pending(s, two, 2, st, &err),
+                         KILN_ESTORE);
+        assert_int_equal(st[0], KILN_ESTORE);
+        assert_int_equal(st[1], KILN_ESTORE);
+    }
+    assert_true(now_ms() - t0 < 3000);
+    assert_null(strstr(err.message, PASSWORD));
     print_message("unreachable: %s\n", err.message);
     kiln__store_destroy(s);
 
@@ -1194,6 +1288,7 @@ int main(void)
         T(test_finished_never_changes),
         T(test_pending_after_received_is_ignored),
         T(test_retry_then_received),
+        T(test_add_pending_bulk),
         T(test_failure_keeps_utf8_error),
         T(test_bad_calls),
         C(test_lifecycle),

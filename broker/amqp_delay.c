@@ -1,0 +1,183 @@
+/* Declaring the binary delay cascade (broker/delay.h) on connect: the
+ * delivery exchange, every level's exchange, queue and two bindings, and
+ * the task queue's binding on the delivery exchange.
+ *
+ * That is 4 x KILN_DELAY_LEVELS + 2 methods on every connect of every
+ * connection. They go out with nowait, one after the other, and only the
+ * last (the task queue's binding) waits for its reply: RabbitMQ runs a
+ * channel's methods in order, so that reply means every one before it
+ * was applied, and a refused one closes the channel instead, with a
+ * message naming the queue or exchange at fault. One round trip instead
+ * of 130. */
+#define KILN__AMQP_INTERNAL
+#include "broker/amqp.h"
+#include "broker/delay.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static amqp_table_entry_t word_arg(const char *key, const char *value)
+{
+    amqp_table_entry_t e;
+
+    e.key = amqp_cstring_bytes(key);
+    e.value.kind = AMQP_FIELD_KIND_UTF8;
+    e.value.value.bytes = amqp_cstring_bytes(value);
+    return e;
+}
+
+static kiln_err send(kiln__amqp *b, amqp_method_number_t id, void *method,
+                     kiln_error *err)
+{
+    int s = amqp_send_method(b->conn, KILN__AMQP_CHANNEL, id, method);
+
+    if (s != AMQP_STATUS_OK)
+        return kiln__amqp_fail_status(b, s, err, "declare delay queues");
+    return KILN_OK;
+}
+
+static kiln_err send_exchange(kiln__amqp *b, const char *name, kiln_error *err)
+{
+    amqp_exchange_declare_t m = {0};
+
+    m.exchange = amqp_cstring_bytes(name);
+    m.type = amqp_cstring_bytes("topic");
+    m.durable = 1;
+    m.nowait = 1;
+    m.arguments = amqp_empty_table;
+    return send(b, AMQP_EXCHANGE_DECLARE_METHOD, &m, err);
+}
+
+/* A classic level dead-letters at most once, like every classic queue. A
+ * quorum level dead-letters at least once (RabbitMQ 3.10+): it keeps a
+ * message until the next level confirmed it, which needs reject-publish
+ * overflow. */
+static kiln_err send_queue(kiln__amqp *b, const kiln_config *cfg,
+                           const kiln__delay_level *lv, kiln_error *err)
+{
+    amqp_queue_declare_t m = {0};
+    amqp_table_entry_t args[5];
+    size_t n = 0;
+
+    args[n].key = amqp_cstring_bytes("x-message-ttl");
+    args[n].value.kind = AMQP_FIELD_KIND_I64;
+    args[n++].value.value.i64 = (int64_t)lv->ttl_ms;
+    args[n++] = word_arg("x-dead-letter-exchange", lv->next);
+    if (cfg->queue_type == KILN_QUEUE_QUORUM) {
+        args[n++] = word_arg("x-queue-type", "quorum");
+        args[n++] = word_arg("x-dead-letter-strategy", "at-least-once");
+        args[n++] = word_arg("x-overflow", "reject-publish");
+    }
+    m.queue = amqp_cstring_bytes(lv->name);
+    m.durable = 1;
+    m.nowait = 1;
+    m.arguments = (amqp_table_t){(int)n, args};
+    return send(b, AMQP_QUEUE_DECLARE_METHOD, &m, err);
+}
+
+static kiln_err send_level(kiln__amqp *b, const kiln_config *cfg,
+                           const kiln__delay_level *lv, kiln_error *err)
+{
+    amqp_queue_bind_t qb = {0};
+    amqp_exchange_bind_t xb = {0};
+    kiln_err rc;
+
+    if ((rc = send_exchange(b, lv->name, err)) != KILN_OK ||
+        (rc = send_queue(b, cfg, lv, err)) != KILN_OK)
+        return rc;
+    qb.queue = qb.exchange = amqp_cstring_bytes(lv->name);
+    qb.routing_key = amqp_cstring_bytes(lv->queue_key);
+    qb.nowait = 1;
+    qb.arguments = amqp_empty_table;
+    if ((rc = send(b, AMQP_QUEUE_BIND_METHOD, &qb, err)) != KILN_OK)
+        return rc;
+    xb.destination = amqp_cstring_bytes(lv->next);
+    xb.source = amqp_cstring_bytes(lv->name);
+    xb.routing_key = amqp_cstring_bytes(lv->next_key);
+    xb.nowait = 1;
+    xb.arguments = amqp_empty_table;
+    return send(b, AMQP_EXCHANGE_BIND_METHOD, &xb, err);
+}
+
+/* The setting behind a refused argument, in the config's words. */
+static void hint_for(const char *arg, const kiln_config *cfg, char *out,
+                     size_t n)
+{
+    if (strcmp(arg, "x-message-ttl") == 0)
+        (void)snprintf(out, n,
+                       "KILN_DELAY_UNIT_MS=%u sets it; delete the old delay "
+                       "queues or set another KILN_DELAY_EXCHANGE",
+                       cfg->delay_unit_ms);
+    else if (strcmp(arg, "x-dead-letter-exchange") == 0)
+        (void)snprintf(out, n, "KILN_DELAY_EXCHANGE=%s sets it",
+                       cfg->delay_exchange);
+    else if (strncmp(arg, "x-", 2) == 0)
+        (void)snprintf(out, n, "KILN_QUEUE_TYPE=%s sets it",
+                       cfg->queue_type == KILN_QUEUE_QUORUM ? "quorum"
+                                                            : "classic");
+    else
+        (void)snprintf(out, n,
+                       "kiln declares delay exchanges topic and durable; set "
+                       "another KILN_DELAY_EXCHANGE");
+}
+
+/* RabbitMQ says "... arg 'A' for queue 'Q' in vhost 'V': received ...".
+ * Put the hint in place of the vhost, before the long detail, so that a
+ * cut at the end of err->message keeps it. */
+static void explain(kiln_error *err, const kiln_config *cfg)
+{
+    char arg[64], hint[KILN_NAME_MAX + 96];
+    char msg[sizeof(err->message) + sizeof(hint) + 4];
+    const char *a, *q, *v, *rest;
+
+    if (err == NULL || (a = strstr(err->message, " arg '")) == NULL)
+        return;
+    a += strlen(" arg '");
+    if ((q = strchr(a, '\'')) == NULL || (size_t)(q - a) >= sizeof(arg))
+        return;
+    (void)snprintf(arg, sizeof(arg), "%.*s", (int)(q - a), a);
+    hint_for(arg, cfg, hint, sizeof(hint));
+    v = strstr(q, " in vhost '");
+    rest = v != NULL ? strchr(v + strlen(" in vhost '"), '\'') : NULL;
+    if (v == NULL || rest == NULL)
+        (void)snprintf(msg, sizeof(msg), "%s (%s)", err->message, hint);
+    else
+        (void)snprintf(msg, sizeof(msg), "%.*s (%s)%s", (int)(v - err->message),
+                       err->message, hint, rest + 1);
+    kiln__strlcpy(err->message, msg, sizeof(err->message));
+}
+
+kiln_err kiln__amqp_declare_delay(kiln__amqp *b, const kiln_config *cfg,
+                                  kiln_error *err)
+{
+    char delivery[KILN_NAME_MAX], key[KILN_NAME_MAX], what[KILN_NAME_MAX + 32];
+    kiln__delay_level lv;
+    kiln_err rc;
+
+    if ((rc = kiln__delay_check(cfg, err)) != KILN_OK ||
+        (rc = kiln__delay_delivery(cfg, delivery, sizeof(delivery), err)) !=
+            KILN_OK ||
+        (rc = kiln__delay_dest_binding(cfg, kiln__delay_dest_key(cfg), key,
+                                       sizeof(key), err)) != KILN_OK ||
+        (rc = send_exchange(b, delivery, err)) != KILN_OK)
+        return rc;
+    for (unsigned k = 0; k < cfg->delay_levels; k++)
+        if ((rc = kiln__delay_level_get(cfg, k, &lv, err)) != KILN_OK ||
+            (rc = send_level(b, cfg, &lv, err)) != KILN_OK)
+            return rc;
+    (void)amqp_queue_bind(b->conn, KILN__AMQP_CHANNEL,
+                          amqp_cstring_bytes(cfg->queue),
+                          amqp_cstring_bytes(delivery), amqp_cstring_bytes(key),
+                          amqp_empty_table);
+    (void)snprintf(what, sizeof(what), "declare delay queues '%s'",
+                   cfg->delay_exchange);
+    rc = kiln__amqp_check_reply(b, amqp_get_rpc_reply(b->conn), err, what);
+    if (rc == KILN_OK)
+        return KILN_OK;
+    explain(err, cfg);
+    /* A refused declare costs the channel: open the next one now, so the
+     * object is ready again, as amqp_topology.c does. */
+    if (!b->lost && !b->chan_open)
+        (void)kiln__amqp_open_channel(b, NULL);
+    return rc;
+}
