@@ -33,11 +33,11 @@ do_peers=${BENCH_PEERS:-1}
 # Counts: the full sizes, or a smoke run.
 if [ "$quick" = 1 ]; then
     n_backlog=20000 n_e2e=20000 n_single1=1000 n_single32=10000
-    n_peer=4000 n_celery_send=1000 lat_secs=3 n_store=3000
+    n_peer=4000 n_celery_send=1000 lat_secs=3 n_store=500
     n_peer_e2e=2000 n_celery_e2e=1000
 else
     n_backlog=200000 n_e2e=100000 n_single1=5000 n_single32=50000
-    n_peer=20000 n_celery_send=5000 lat_secs=10 n_store=20000
+    n_peer=20000 n_celery_send=5000 lat_secs=10 n_store=2000
     n_peer_e2e=10000 n_celery_e2e=5000
 fi
 concurrencies=(1 2 8 32)
