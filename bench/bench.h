@@ -51,16 +51,21 @@ static inline size_t bench_payload(char *buf, long i, int64_t sent_ns)
     return len + 2;
 }
 
-/* The send time carried in a payload, or 0 when there is none. */
+/* The send time carried in a payload, or 0 when there is none. The record
+ * may sit escaped inside a task's JSON body (\"sent_ns\":...), so the
+ * key's quotes and the colon are skipped whatever precedes them. */
 static inline int64_t bench_payload_sent_ns(const char *p, size_t len)
 {
-    static const char key[] = "\"sent_ns\":";
+    static const char key[] = "sent_ns";
     const char *end = p + len;
 
     for (; p + sizeof(key) - 1 < end; p++)
-        if (*p == '"' && memcmp(p, key, sizeof(key) - 1) == 0) {
+        if (*p == 's' && memcmp(p, key, sizeof(key) - 1) == 0) {
             int64_t v = 0;
-            for (p += sizeof(key) - 1; p < end && *p >= '0' && *p <= '9'; p++)
+            p += sizeof(key) - 1;
+            while (p < end && (*p == '\\' || *p == '"' || *p == ':'))
+                p++;
+            for (; p < end && *p >= '0' && *p <= '9'; p++)
                 v = v * 10 + (*p - '0');
             return v;
         }

@@ -9,7 +9,8 @@
  *   raw_amqp consume N OUT [PREFETCH=128]
  *   raw_amqp delete QUEUE...
  *
- * The broker is BENCH_AMQP_URL; the queue BENCH_RAW_QUEUE (bench_raw).
+ * The broker is BENCH_AMQP_URL; the queue BENCH_RAW_QUEUE (bench_raw),
+ * declared durable unless BENCH_RAW_DECLARE=0.
  * Results go to OUT as key=value lines (scripts/bench.sh reads them).
  */
 #include "bench.h"
@@ -75,6 +76,12 @@ static void close_conn(amqp_connection_state_t conn)
 
 static void declare_queue(amqp_connection_state_t conn)
 {
+    /* BENCH_RAW_DECLARE=0: consume a queue another client declared with
+     * its own arguments (redeclaring it without them would fail). */
+    const char *d = getenv("BENCH_RAW_DECLARE");
+
+    if (d != NULL && strcmp(d, "0") == 0)
+        return;
     amqp_queue_declare(conn, CH, amqp_cstring_bytes(queue_name()), 0, 1, 0, 0,
                        amqp_empty_table);
     check_reply(amqp_get_rpc_reply(conn), "queue.declare");

@@ -218,7 +218,7 @@ if [ "$do_store" = 1 ]; then
     set +e
     (
         set -e
-        trap 'for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null; done' EXIT
+        trap 'for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
         kiln_runs _store "$n_store" "$n_store"
     ) 2> >(tee "$run/store.err" >&2)
     rc=$?
