@@ -232,7 +232,7 @@ w("## kiln against the limit (raw rabbitmq-c)")
 w("")
 w("| measure | raw rabbitmq-c | kiln | kiln/raw |")
 w("|---|---:|---:|---:|")
-w("| send, confirmed: raw a window of 1,000; kiln batches of 500 from 2 threads | %s | %s | %s |" % (
+w("| send, confirmed: raw a window of 1,000; kiln batches of 100 from 8 threads | %s | %s | %s |" % (
     fmt(raw["send"]), fmt(kiln["send_batch"]), ratio(kiln["send_batch"], raw["send"])))
 w("| send, batches of 500, 1 thread | | %s | |" % fmt(kiln["send_batch1"]))
 w("| send, single calls, 1 thread | | %s | |" % fmt(kiln["send_single1"]))
@@ -275,7 +275,7 @@ if not any(store.get("drain_c%d" % c) for c in CONC):
 else:
     w("| measure | store off | store on | on/off | state of the last task |")
     w("|---|---:|---:|---:|---|")
-    w("| send, batches of 500 | %s | %s | %s | |" % (
+    w("| send, batches of 100 from 8 threads | %s | %s | %s | |" % (
         fmt(kiln["send_batch"]), fmt(store["send_batch"]), ratio(store["send_batch"], kiln["send_batch"])))
     for kind in ("drain", "e2e"):
         for c in CONC:
@@ -320,7 +320,8 @@ for name, send, run, e2e, c in rows:
         name, fmt(send) if send else "", fmt(rate(run)), kd, fmt(rate(e2e)), ke,
         fmt(get(run, "peak_rss_mb"), 1), fmt(get(run, "cpu_s_per_1000"), 3)))
 w("")
-w("Senders: kiln with kiln_pool_send_tasks (batches of 500, 2 threads); Celery one "
+w("Senders: kiln with kiln_pool_send_tasks (batches of 100 from 8 threads, 4 "
+  "publishing connections); Celery one "
   "apply_async per task with confirm_publish (without confirms it sent %s/s); "
   "machinery SendTask from 16 goroutines; paota SendTaskWithContext from 10 "
   "goroutines (its connection pool's size)." % fmt(peers["celery_send_unconfirmed"]))

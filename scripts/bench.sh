@@ -73,7 +73,7 @@ url=$("$top/scripts/rabbitmq.sh" start "$rmq_dir")
 started_rmq=1
 export BENCH_AMQP_URL="$url" KILN_BROKER_URL="$url" BENCH_PREFETCH=128
 export KILN_EXCHANGE=bench_kiln KILN_QUEUE=bench_kiln KILN_BINDING_KEY=bench_kiln
-export KILN_PREFETCH=128 KILN_LOG_LEVEL=warn KILN_STORE=none
+export KILN_PREFETCH=128 KILN_LOG_LEVEL=warn KILN_STORE=none KILN_POOL_SIZE=4
 export PYTHONDONTWRITEBYTECODE=1
 
 # Deletes every queue the clients use, so each run starts empty.
@@ -155,14 +155,16 @@ done
 # ---- kiln ---------------------------------------------------------------
 # kiln_runs PREFIX N_BACKLOG N_E2E: fill and drain a backlog at every
 # concurrency, then run end to end at every concurrency. The sender sends
-# batches of 500 from 2 threads, one per publishing connection
-# (KILN_POOL_SIZE=2), so one batch's confirms never hold up the next.
+# batches of 100 from 8 threads over 4 publishing connections
+# (KILN_POOL_SIZE=4): each connection publishes a batch and waits for its
+# confirms, so several keep the broker busy while one waits (one thread
+# sending batches of 500 on the default 2 connections is measured apart).
 kiln_runs() {
     local p=$1 nb=$2 ne=$3 c
     for c in "${concurrencies[@]}"; do
         say "kiln$p: batch-send $nb, drain at concurrency $c"
         clean_queues
-        "$bin/kiln_bench" send "$nb" "$run/kiln${p}_send_batch_c$c.res" batch 500 2
+        "$bin/kiln_bench" send "$nb" "$run/kiln${p}_send_batch_c$c.res" batch 100 8
         worker "kiln${p}_drain_c$c" 900 "$bin/kiln_bench" work "$nb" \
             "$run/kiln${p}_drain_c$c.res" "$c"
         wait_worker "kiln${p}_drain_c$c"
@@ -173,7 +175,7 @@ kiln_runs() {
         worker "kiln${p}_e2e_c$c" 900 "$bin/kiln_bench" work "$ne" \
             "$run/kiln${p}_e2e_c$c.res" "$c"
         settle
-        "$bin/kiln_bench" send "$ne" "$run/kiln${p}_e2e_send_c$c.res" batch 500 2
+        "$bin/kiln_bench" send "$ne" "$run/kiln${p}_e2e_send_c$c.res" batch 100 8
         wait_worker "kiln${p}_e2e_c$c"
     done
 }
