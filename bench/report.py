@@ -353,3 +353,45 @@ with open(os.path.join(OUT, "latency.dat"), "w") as f:
             r = d["lat%d" % pct] or {}
             f.write('"%s\\n%d%% load" %s %s %s\n' % (
                 who, pct, r.get("lat_p50_ms", 0), r.get("lat_p99_ms", 0), r.get("lat_p999_ms", 0)))
+
+# ---- the README's summary table ---------------------------------------------
+def best(runs):
+    """(run, label) of the fastest of {label: run}."""
+    items = [(rate(r) or 0, label, r) for label, r in runs.items()]
+    top = max(items, key=lambda x: x[0]) if items else (0, None, None)
+    return (top[2], top[1]) if top[0] else (None, None)
+
+
+k_e2e, k_e2e_c = best({"c=%d" % c: kiln["e2e_c%d" % c] for c in CONC})
+k_drain, k_drain_c = best({"c=%d" % c: kiln["drain_c%d" % c] for c in CONC})
+c_e2e, c_e2e_p = best({p: peers["celery_%s_e2e" % p] for p in celery_pools})
+c_drain, c_drain_p = best({p: peers["celery_" + p] for p in celery_pools})
+cols = [
+    ("raw rabbitmq-c", raw["e2e"], raw["drain"], raw["send"], raw["drain"], raw["lat50"]),
+    ("kiln", k_e2e, k_drain, kiln["send_batch"], kiln["drain_c8"], kiln["lat50"]),
+    ("Celery", c_e2e, c_drain, peers["celery_send_confirmed"], c_drain, None),
+    ("machinery", peers["machinery_e2e"], peers["machinery"], peers["machinery_send"],
+     peers["machinery"], None),
+    ("paota", peers["paota_e2e"], peers["paota"], peers["paota_send"], peers["paota"], None),
+]
+s = []
+s.append("| | " + " | ".join(c[0] for c in cols) + " |")
+s.append("|---|" + "---:|" * len(cols))
+s.append("| end to end, tasks/s | " + " | ".join(fmt(rate(c[1])) for c in cols) + " |")
+s.append("| kiln's end to end / this | " + " | ".join(times(rate(k_e2e), rate(c[1])) for c in cols) + " |")
+s.append("| drain a backlog, tasks/s | " + " | ".join(fmt(rate(c[2])) for c in cols) + " |")
+s.append("| send, confirmed, tasks/s | " + " | ".join(fmt(c[3]) for c in cols) + " |")
+s.append("| worker peak RSS, MB | " + " | ".join(fmt(get(c[4], "peak_rss_mb"), 1) for c in cols) + " |")
+s.append("| worker CPU s per 1,000 tasks | " + " | ".join(fmt(get(c[4], "cpu_s_per_1000"), 3) for c in cols) + " |")
+s.append("| send to start at 50% load, p50 / p99 ms | " + " | ".join(
+    "%s / %s" % (fmt(get(c[5], "lat_p50_ms"), 1), fmt(get(c[5], "lat_p99_ms"), 1)) if c[5] else ""
+    for c in cols) + " |")
+s.append("")
+s.append("kiln's best end to end was at concurrency %s and its best drain at %s; "
+         "Celery's best end to end with %s, its best drain with %s; machinery and "
+         "paota at concurrency 8. Memory and CPU: kiln at concurrency 8, Celery "
+         "in its best draining pool." % (
+             (k_e2e_c or "n/a").replace("c=", ""), (k_drain_c or "n/a").replace("c=", ""),
+             c_e2e_p or "n/a", c_drain_p or "n/a"))
+with open(os.path.join(OUT, "summary.md"), "w") as f:
+    f.write("\n".join(s) + "\n")
