@@ -102,7 +102,14 @@ def median(xs):
 
 def machine():
     kv = load("machine.txt")
-    return {k: v for k, v in kv.items() if k != "samples"}
+    out = {k: v for k, v in kv.items() if k != "samples"}
+    try:
+        with open(os.path.join(RUN, "loads.txt")) as f:
+            loads = [float(line.split("\t")[0]) for line in f if line.strip()]
+        out["load_min"], out["load_max"] = min(loads), max(loads)
+    except (OSError, ValueError):
+        pass
+    return out
 
 
 R = {"machine": machine(), "raw": {}, "kiln": {}, "kiln_store": {}, "peers": {}}
@@ -176,12 +183,13 @@ w("# kiln benchmark results")
 w("")
 w("%s run of %s, kiln %s. Machine: %s, %s cores, %s GB RAM, %s, kernel %s; "
   "RabbitMQ %s (Erlang %s) on the same machine, rabbitmq-c %s, Celery %s, %s. "
-  "Load average before / after: %s / %s."
+  "Load average before / after: %s / %s; 1-minute load at the steps of the "
+  "run: %s to %s (2 = both cores busy, so more means other work shared them)."
   % ("Smoke (BENCH_QUICK=1)" if m.get("quick") == "1" else "Full", m.get("date"),
      m.get("kiln"), m.get("cpu"), m.get("cores"), m.get("mem_gb"), m.get("os"),
      m.get("kernel"), m.get("rabbitmq"), m.get("erlang"), m.get("rabbitmq_c"),
      m.get("celery"), m.get("go_peers", "").strip(), m.get("load_before"),
-     m.get("load_after")))
+     m.get("load_after"), m.get("load_min", "?"), m.get("load_max", "?")))
 w("")
 w("Every client sends the same task (one ~200-byte JSON string argument) with "
   "the same guarantees: persistent messages on a durable queue, publisher "

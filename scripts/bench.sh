@@ -59,7 +59,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say() { printf 'bench: %s\n' "$*" >&2; }
+# Progress on stderr; each step's 1-minute load average goes to loads.txt,
+# so the report can say how busy the machine was while it measured.
+say() {
+    printf 'bench: %s\n' "$*" >&2
+    [ -d "$run" ] && printf '%s\t%s\n' "$(cut -d' ' -f1 /proc/loadavg)" "$*" >>"$run/loads.txt"
+    return 0
+}
 
 # key=value from a result file.
 val() { sed -n "s/^$2=//p" "$1" | head -n 1; }
