@@ -348,9 +348,9 @@ with open(os.path.join(OUT, "throughput.dat"), "w") as f:
                                            rate(kiln["e2e_c%d" % c]) or 0))
     for c in CONC:
         if store.get("drain_c%d" % c):
-            f.write('"kiln+store\\nc=%d" %s %s\n' % (c, rate(store["drain_c%d" % c]) or 0,
+            f.write('"+store\\nc=%d" %s %s\n' % (c, rate(store["drain_c%d" % c]) or 0,
                                                      rate(store["e2e_c%d" % c]) or 0))
-    for label, key in (("Celery\\nprefork 2", "celery_prefork"), ("Celery\\nthreads 2", "celery_threads"),
+    for label, key in (("Celery\\nprefork", "celery_prefork"), ("Celery\\nthreads", "celery_threads"),
                        ("Celery\\nsolo", "celery_solo"), ("machinery\\nc=8", "machinery"),
                        ("paota\\nc=8", "paota")):
         f.write('"%s" %s %s\n' % (label, rate(peers[key]) or 0, rate(peers[key + "_e2e"]) or 0))
