@@ -250,8 +250,8 @@ static int work_main(long n, const char *out, unsigned concurrency)
     kiln_pool_free(w.pool);
     /* Tasks that started while the pool drained after the n-th count in
      * `runs`, not in the rate. */
-    bench_result(out, "tasks=%ld\nruns=%ld\nfirst_ns=%lld\nlast_ns=%lld\n",
-                 n, atomic_load(&w.done), atomic_load(&w.first_ns),
+    bench_result(out, "tasks=%ld\nruns=%ld\nfirst_ns=%lld\nlast_ns=%lld\n", n,
+                 atomic_load(&w.done), atomic_load(&w.first_ns),
                  atomic_load(&w.last_ns));
     bench_hist_result(out, &w.lat);
     if (cfg.store == KILN_STORE_MONGODB)
