@@ -193,6 +193,15 @@ demo: deps
 	$(MAKE) VARIANT=plain all
 	@KILN_STORE=$(DEMO_STORE) scripts/demo.sh $(DEMO_TASKS)
 
+# kiln beside raw rabbitmq-c, Celery, machinery and paota in one run, on a
+# private RabbitMQ (and FerretDB); results in bench/results/. BENCH_QUICK=1
+# for a short smoke run (scripts/bench.sh lists the other settings).
+.PHONY: bench
+bench: deps
+	@scripts/bench-deps.sh
+	$(MAKE) VARIANT=plain lib benches
+	@scripts/bench.sh
+
 # Everything CI runs. Each step stops the run on failure.
 test: deps
 	$(MAKE) lint

@@ -88,8 +88,11 @@ static const int paota_order[] = {
 
 int kiln__field_find(const char *key)
 {
+    /* The first byte settles most misses without a call: this runs for
+     * every key of every body. */
     for (size_t i = 0; i < kiln__n_fields; i++)
-        if (strcmp(key, kiln__fields[i].key) == 0)
+        if (key[0] == kiln__fields[i].key[0] &&
+            strcmp(key, kiln__fields[i].key) == 0)
             return (int)i;
     for (size_t i = 0; i < kiln__n_fields; i++)
         if (kiln__key_match(key, kiln__fields[i].key))

@@ -80,9 +80,21 @@ static bool next_number(const char *s, size_t n, size_t *pos, size_t *len)
 
     while (i < n) {
         if (s[i] == '"') {
-            for (i++; i < n && s[i] != '"'; i++)
-                if (s[i] == '\\')
-                    i++;
+            /* Jump from quote to quote; a quote preceded by an odd run of
+             * backslashes is escaped and does not end the string. */
+            for (i++; i < n; i++) {
+                const char *q = memchr(s + i, '"', n - i);
+                size_t bs = 0;
+                if (q == NULL) {
+                    i = n;
+                    break;
+                }
+                i = (size_t)(q - s);
+                while (bs < i && s[i - 1 - bs] == '\\')
+                    bs++;
+                if (bs % 2 == 0)
+                    break;
+            }
             i++;
         } else if (s[i] == '-' || (s[i] >= '0' && s[i] <= '9')) {
             for (j = i + 1; j < n && number_char(s[j]); j++)
