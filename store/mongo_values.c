@@ -11,22 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static bool is_slice(kiln_type t)
-{
-    return t >= KILN_TYPE_BOOL_SLICE && t <= KILN_TYPE_LAST;
-}
-
-/* The scalar type of one element (the enum lists the slices in the order
- * of the scalars; "[]byte" holds uint8s). */
-static kiln_type elem_type(kiln_type t)
-{
-    if (t == KILN_TYPE_BYTES)
-        return KILN_TYPE_UINT8;
-    if (is_slice(t))
-        return (kiln_type)(t - KILN_TYPE_BOOL_SLICE);
-    return t;
-}
-
 static bool is_bytes(kiln_type t)
 {
     return t == KILN_TYPE_BYTES || t == KILN_TYPE_UINT8_SLICE;
@@ -44,7 +28,7 @@ static bool is_uint(kiln_type et)
 
 static size_t elem_size(kiln_type t)
 {
-    kiln_type et = elem_type(t);
+    kiln_type et = kiln__type_elem(t);
 
     if (is_bytes(t))
         return 1;
@@ -88,7 +72,7 @@ static bool append_uint(bson_t *d, const char *key, int klen, kiln_type et,
 static bool append_elem(bson_t *d, const char *key, int klen,
                         const kiln__value *v, bool slice, size_t i)
 {
-    kiln_type et = elem_type(v->type);
+    kiln_type et = kiln__type_elem(v->type);
     const void *p = v->v.arr.ptr;
     const char *s;
 
@@ -116,7 +100,7 @@ static bool append_value(bson_t *d, const char *key, const kiln__value *v)
     bson_t arr;
     bool ok = true;
 
-    if (!is_slice(v->type))
+    if (!kiln__type_is_slice(v->type))
         return append_elem(d, key, -1, v, false, 0);
     if (v->v.arr.n > UINT32_MAX)
         return false;
@@ -259,7 +243,7 @@ char *kiln__mongo_read_str(const bson_iter_t *it, bool *nomem)
 static kiln_err read_elem(const bson_iter_t *it, kiln__value *v, bool slice,
                           size_t i)
 {
-    kiln_type et = elem_type(v->type);
+    kiln_type et = kiln__type_elem(v->type);
     void *p = v->v.arr.ptr;
     int64_t x = 0;
     uint64_t u = 0;
@@ -398,8 +382,8 @@ static kiln_err read_item(const bson_iter_t *item, size_t idx,
     else if (kiln_type_from_name(type, &v.type) != KILN_OK)
         rc = KILN_ETYPE;
     else
-        rc = is_slice(v.type) ? read_slice(&val, &v)
-                              : read_elem(&val, &v, false, 0);
+        rc = kiln__type_is_slice(v.type) ? read_slice(&val, &v)
+                                         : read_elem(&val, &v, false, 0);
     if (rc != KILN_OK) {
         kiln__value_release(&v);
         return kiln__fail(err, rc == KILN_ENOMEM ? KILN_ENOMEM : KILN_ESTORE,

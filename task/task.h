@@ -37,6 +37,24 @@ typedef struct kiln__value {
 } kiln__value;
 
 /* A growable list of values. Zero-initialised is an empty list. */
+/* kiln__type_is_slice: one of the "[]..." types, "[]byte" included. */
+static inline bool kiln__type_is_slice(kiln_type t)
+{
+    return t >= KILN_TYPE_BOOL_SLICE && t <= KILN_TYPE_LAST;
+}
+
+/* kiln__type_elem: the scalar type of one element (the enum lists the
+ * slices in the order of the scalars; "[]byte" holds uint8s); a scalar
+ * type is its own. */
+static inline kiln_type kiln__type_elem(kiln_type t)
+{
+    if (t == KILN_TYPE_BYTES)
+        return KILN_TYPE_UINT8;
+    if (kiln__type_is_slice(t))
+        return (kiln_type)(t - KILN_TYPE_BOOL_SLICE);
+    return t;
+}
+
 typedef struct kiln__values {
     kiln__value *items;
     size_t n;

@@ -24,26 +24,10 @@ static const char *tname(kiln_type t)
     return s != NULL ? s : "?";
 }
 
-static bool is_slice(kiln_type t)
-{
-    return t >= KILN_TYPE_BOOL_SLICE && t <= KILN_TYPE_LAST;
-}
-
-/* The scalar type of one element: the enum lists the slices in the same
- * order as the scalars, and "[]byte" holds uint8s. */
-static kiln_type elem_type(kiln_type t)
-{
-    if (t == KILN_TYPE_BYTES)
-        return KILN_TYPE_UINT8;
-    if (is_slice(t))
-        return (kiln_type)(t - KILN_TYPE_BOOL_SLICE);
-    return t;
-}
-
 /* Bytes per stored element of a slice (see kiln__value in task.h). */
 static size_t elem_size(kiln_type t)
 {
-    switch (elem_type(t)) {
+    switch (kiln__type_elem(t)) {
     case KILN_TYPE_BOOL:
         return sizeof(bool);
     case KILN_TYPE_UINT8:
@@ -111,7 +95,7 @@ static kiln_err bad_elem(kiln_error *err, kiln_err code, const kiln__value *v,
     if (vsnprintf(what, sizeof(what), fmt, ap) < 0)
         what[0] = '\0';
     va_end(ap);
-    if (is_slice(v->type))
+    if (kiln__type_is_slice(v->type))
         return kiln__fail(err, code, "%s[%zu] %s", tname(v->type), i, what);
     return kiln__fail(err, code, "%s %s", tname(v->type), what);
 }
@@ -119,8 +103,8 @@ static kiln_err bad_elem(kiln_error *err, kiln_err code, const kiln__value *v,
 /* Checks element `i` of `v` (a scalar has only element 0). */
 static kiln_err check_elem(const kiln__value *v, size_t i, kiln_error *err)
 {
-    kiln_type et = elem_type(v->type);
-    bool slice = is_slice(v->type);
+    kiln_type et = kiln__type_elem(v->type);
+    bool slice = kiln__type_is_slice(v->type);
     int64_t lo, hi, s;
     uint64_t u;
     double f;
@@ -171,7 +155,7 @@ static kiln_err check_value(const kiln__value *v, kiln_error *err)
                           (int)v->type);
     if (v->name != NULL && !kiln__utf8_valid(v->name, strlen(v->name)))
         return kiln__fail(err, KILN_EINVAL, "name is not valid UTF-8");
-    if (is_slice(v->type)) {
+    if (kiln__type_is_slice(v->type)) {
         n = v->v.arr.n;
         if (n > 0 && v->v.arr.ptr == NULL)
             return kiln__fail(err, KILN_EINVAL, "%s of %zu with no data",
@@ -239,7 +223,7 @@ static kiln_err copy_value(kiln__value *dst, const kiln__value *src,
     } else if (src->type == KILN_TYPE_STRING_SLICE) {
         if (src->v.arr.n > 0)
             rc = copy_strings(dst, src);
-    } else if (is_slice(src->type)) {
+    } else if (kiln__type_is_slice(src->type)) {
         if (src->v.arr.n > 0) {
             bytes = src->v.arr.n * elem_size(src->type);
             if ((dst->v.arr.ptr = kiln__malloc(bytes)) == NULL)
@@ -362,7 +346,7 @@ void kiln__value_release(kiln__value *v)
     kiln__free(v->name);
     if (v->type == KILN_TYPE_STRING) {
         kiln__free(v->v.s);
-    } else if (is_slice(v->type)) {
+    } else if (kiln__type_is_slice(v->type)) {
         if (v->type == KILN_TYPE_STRING_SLICE && v->v.arr.ptr != NULL)
             for (size_t i = 0; i < v->v.arr.n; i++)
                 kiln__free(((char **)v->v.arr.ptr)[i]);

@@ -75,6 +75,17 @@ static inline char *it_slurp(const char *path, size_t *len)
 }
 
 /* Lines of `kind` in a log (a line still being written is not counted). */
+/* True when the file at `path` holds `text`. */
+static inline bool it_file_contains(const char *path, const char *text)
+{
+    size_t len;
+    char *buf = it_slurp(path, &len);
+    bool yes = buf != NULL && strstr(buf, text) != NULL;
+
+    free(buf);
+    return yes;
+}
+
 static inline size_t it_count(const char *path, char kind)
 {
     size_t len, n = 0;

@@ -35,16 +35,6 @@ static void ctl_delete_queue(const char *queue)
         fail_msg("rabbitmqctl delete_queue %s: status %d", queue, rc);
 }
 
-static bool out_contains(const char *path, const char *text)
-{
-    size_t len;
-    char *buf = it_slurp(path, &len);
-    bool yes = buf != NULL && strstr(buf, text) != NULL;
-
-    free(buf);
-    return yes;
-}
-
 /* Waits until every task of `want` (n UUIDs) has finished, each run in
  * process `w`. */
 static void expect_ran_in(it_fix *f, it_uuid *want, size_t n, size_t w)
@@ -92,9 +82,10 @@ static void test_queue_deleted_while_consuming(void **state)
     ctl_delete_queue(f->cfg.queue);
     before = it_count(f->log, 'F');
     printf("  queue deleted after %zu of 500 tasks ran\n", before);
-    while (!out_contains(f->procs[w].out, CANCELLED) && it_ms() < t0 + 10000)
+    while (!it_file_contains(f->procs[w].out, CANCELLED) &&
+           it_ms() < t0 + 10000)
         it_sleep_ms(20);
-    if (!out_contains(f->procs[w].out, CANCELLED))
+    if (!it_file_contains(f->procs[w].out, CANCELLED))
         fail_msg("the worker did not notice the cancel within 10 s");
     /* only the worker declares the queue again */
     if (!it_wait_consumers(f->cfg.queue, 1, 20000))

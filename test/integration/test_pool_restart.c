@@ -47,16 +47,6 @@ static void print_lines_with(const char *path, const char *text)
     free(buf);
 }
 
-static bool out_contains(const char *path, const char *text)
-{
-    size_t len;
-    char *buf = it_slurp(path, &len);
-    bool yes = buf != NULL && strstr(buf, text) != NULL;
-
-    free(buf);
-    return yes;
-}
-
 /* Restarts the broker's application; returns how long it was down. */
 static long long restart_broker(it_fix *f, size_t worker, size_t sender,
                                 char *sent)
@@ -73,10 +63,11 @@ static long long restart_broker(it_fix *f, size_t worker, size_t sender,
      * connection; the sender sees a failed send, unless its publisher
      * rides out the whole outage within its publish timeout. */
     end = it_ms() + 10000;
-    while (!out_contains(f->procs[worker].out, "lost its broker connection") &&
-           it_ms() < end)
+    while (
+        !it_file_contains(f->procs[worker].out, "lost its broker connection") &&
+        it_ms() < end)
         it_sleep_ms(20);
-    if (!out_contains(f->procs[worker].out, "lost its broker connection"))
+    if (!it_file_contains(f->procs[worker].out, "lost its broker connection"))
         fail_msg("the worker did not notice the broker going away");
     end = it_ms() + (long long)f->cfg.publish_timeout_ms + 1000;
     while (it_count(sent, 'X') == 0 && it_ms() < end)
