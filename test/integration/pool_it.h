@@ -302,6 +302,20 @@ static inline void it_env_add(it_env *e, const char *key, const char *fmt, ...)
     e->v[e->n] = NULL;
 }
 
+/* Adds each "KEY=VALUE" of the NULL-terminated `pairs` (may be NULL). */
+static inline void it_env_add_pairs(it_env *e, const char *const *pairs)
+{
+    for (size_t k = 0; pairs != NULL && pairs[k] != NULL; k++) {
+        const char *eq = strchr(pairs[k], '=');
+        char key[64];
+        assert_non_null(eq);
+        assert_true((size_t)(eq - pairs[k]) < sizeof(key));
+        memcpy(key, pairs[k], (size_t)(eq - pairs[k]));
+        key[eq - pairs[k]] = '\0';
+        it_env_add(e, key, "%s", eq + 1);
+    }
+}
+
 static inline void it_env_free(it_env *e)
 {
     for (size_t i = 0; i < e->n; i++)
@@ -515,15 +529,7 @@ static inline size_t it_start_worker(it_fix *f, const char *name,
     it_env_init(&e, f);
     it_env_add(&e, IT_ENV_LOG, "%s", f->log);
     it_env_add(&e, IT_ENV_NAME, "%s", name);
-    for (size_t k = 0; extra != NULL && extra[k] != NULL; k++) {
-        const char *eq = strchr(extra[k], '=');
-        char key[64];
-        assert_non_null(eq);
-        assert_true((size_t)(eq - extra[k]) < sizeof(key));
-        memcpy(key, extra[k], (size_t)(eq - extra[k]));
-        key[eq - extra[k]] = '\0';
-        it_env_add(&e, key, "%s", eq + 1);
-    }
+    it_env_add_pairs(&e, extra);
     i = it_spawn(f, "prog_worker", name, &e);
     it_env_free(&e);
     return i;

@@ -104,15 +104,7 @@ static size_t start_peer(iop_fix *x, const char *mode, bool mongo,
         it_env_add(&e, "KILN_MONGODB_URL", "%s", mongo_url(x));
         it_env_add(&e, "KILN_MONGODB_DATABASE", "%s", x->mongo_db);
     }
-    for (size_t k = 0; extra != NULL && extra[k] != NULL; k++) {
-        const char *eq = strchr(extra[k], '=');
-        char key[64];
-        assert_non_null(eq);
-        assert_true((size_t)(eq - extra[k]) < sizeof(key));
-        memcpy(key, extra[k], (size_t)(eq - extra[k]));
-        key[eq - extra[k]] = '\0';
-        it_env_add(&e, key, "%s", eq + 1);
-    }
+    it_env_add_pairs(&e, extra);
     i = it_spawn(x->it, PEER, mode, &e);
     it_env_free(&e);
     return i;
