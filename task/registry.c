@@ -226,8 +226,9 @@ kiln_err kiln_registry_add(kiln_registry *reg, const char *name,
     return kiln_registry_add_table(reg, &def, 1, err);
 }
 
-kiln_err kiln_registry_lookup(const kiln_registry *reg, const char *name,
-                              kiln_task_fn *fn, void **user)
+kiln_err kiln__registry_find(const kiln_registry *reg, const char *name,
+                             kiln_task_fn *fn, void **user,
+                             unsigned *time_limit_ms)
 {
     kiln_registry *r =
         (kiln_registry *)reg; /* the lock is not logically state */
@@ -242,9 +243,17 @@ kiln_err kiln_registry_lookup(const kiln_registry *reg, const char *name,
             *fn = s->fn;
         if (user != NULL)
             *user = s->user;
+        if (time_limit_ms != NULL)
+            *time_limit_ms = s->time_limit_ms;
     }
     (void)pthread_rwlock_unlock(&r->lock);
     return s != NULL ? KILN_OK : KILN_ENOHANDLER;
+}
+
+kiln_err kiln_registry_lookup(const kiln_registry *reg, const char *name,
+                              kiln_task_fn *fn, void **user)
+{
+    return kiln__registry_find(reg, name, fn, user, NULL);
 }
 
 kiln_err kiln_registry_set_time_limit(kiln_registry *reg, const char *name,
@@ -264,20 +273,6 @@ kiln_err kiln_registry_set_time_limit(kiln_registry *reg, const char *name,
         return kiln__fail(err, KILN_ENOHANDLER,
                           "no task registered under '%.200s'", name);
     return KILN_OK;
-}
-
-unsigned kiln__registry_time_limit(const kiln_registry *reg, const char *name)
-{
-    kiln_registry *r = (kiln_registry *)reg;
-    const struct slot *s;
-    unsigned ms = 0;
-
-    if (reg == NULL || name == NULL || pthread_rwlock_rdlock(&r->lock) != 0)
-        return 0;
-    if ((s = find(reg, name)) != NULL)
-        ms = s->time_limit_ms;
-    (void)pthread_rwlock_unlock(&r->lock);
-    return ms;
 }
 
 size_t kiln_registry_count(const kiln_registry *reg)

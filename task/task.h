@@ -140,9 +140,11 @@ struct kiln_task_ctx {
     int64_t deadline_ns; /* monotonic; 0 = none */
 };
 
-/* The soft time limit set for `name` with kiln_registry_set_time_limit;
- * 0 when none was. Thread-safe. */
-unsigned kiln__registry_time_limit(const kiln_registry *reg, const char *name);
+/* kiln_registry_lookup that also gives the task's own soft time limit
+ * (0 when none was set), in one look-up. Thread-safe. */
+kiln_err kiln__registry_find(const kiln_registry *reg, const char *name,
+                             kiln_task_fn *fn, void **user,
+                             unsigned *time_limit_ms);
 
 /* Prepares and releases a context for `sig` (borrowed). */
 kiln_err kiln__task_ctx_init(kiln_task_ctx *ctx, const kiln_signature *sig,

@@ -287,8 +287,8 @@ bool kiln__dispatch_prepare(const kiln__dispatch *d, const kiln__delivery *dl,
                          d->cfg->expired == KILN_EXPIRED_DROP
                              ? KILN__VERDICT_ACK
                              : KILN__VERDICT_DEADLETTER);
-    if (kiln_registry_lookup(d->reg, job->sig->name, &job->fn, &job->user) !=
-        KILN_OK)
+    if (kiln__registry_find(d->reg, job->sig->name, &job->fn, &job->user,
+                            &job->time_limit_ms) != KILN_OK)
         return unregistered(d, dl, job);
     return true;
 }
@@ -389,9 +389,8 @@ void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job)
         job->verdict = KILN__VERDICT_REQUEUE;
         return;
     }
-    limit = kiln__registry_time_limit(d->reg, sig->name);
-    if (limit == 0)
-        limit = d->cfg->time_limit_ms;
+    limit =
+        job->time_limit_ms != 0 ? job->time_limit_ms : d->cfg->time_limit_ms;
     t0 = kiln__monotonic_ns();
     if (limit > 0)
         ctx.deadline_ns = t0 + (int64_t)limit * 1000000;

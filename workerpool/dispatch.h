@@ -77,6 +77,7 @@ typedef struct kiln__job {
     kiln_signature *sig; /* owned; NULL when the body did not decode */
     kiln_task_fn fn;     /* NULL until prepare found the task */
     void *user;
+    unsigned time_limit_ms; /* the task's own soft limit; 0: the default */
     /* Refused input whose FAILURE a worker must still write: the task's
      * UUID and name (read from the signature, or salvaged from a body
      * that did not decode). Empty uuid: nothing to write. */
