@@ -11,7 +11,8 @@
 #   scripts/with-ferretdb.sh COMMAND [ARG...]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-dir="$top/build/ferretdb-test"
+# One directory per port, as in with-rabbitmq.sh.
+dir="$top/build/ferretdb-test-${KILN_FERRETDB_PORT:-17017}"
 
 if [ -n "${KILN_TEST_MONGODB_URL:-}" ]; then
     exec "$@"

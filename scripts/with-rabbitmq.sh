@@ -7,7 +7,9 @@
 #   scripts/with-rabbitmq.sh COMMAND [ARG...]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-dir="$top/build/rabbitmq-test"
+# One directory per port: two runs in one tree on different
+# KILN_RMQ_PORTs must not wipe each other's node.
+dir="$top/build/rabbitmq-test-${KILN_RMQ_PORT:-17672}"
 
 if [ -n "${KILN_TEST_AMQP_URL:-}" ]; then
     exec "$@"   # a broker was given from outside: use it, start nothing
