@@ -8,8 +8,9 @@
 #   make check           unit tests of one variant (VARIANT=plain|asan)
 #   make check-interop   kiln beside machinery and paota (Go, from the module
 #                        proxy) on a private RabbitMQ and FerretDB
-#   make test-long       the long ETA run (about 3.5 minutes): 5,000 delayed
-#                        tasks and a broker restart; figures in
+#   make test-long       the long ETA runs (about 9 minutes): 5,000 delayed
+#                        tasks and a broker restart, quorum and classic
+#                        delay levels; figures in
 #                        build/test-long.txt
 #   make fuzz FUZZ_SECONDS=60
 #   make tidy | cppcheck | format | format-check
@@ -178,7 +179,8 @@ check-interop: interop-progs
 # private RabbitMQ node; the figures go to build/test-long.txt.
 test-long: deps
 	$(MAKE) VARIANT=plain longs
-	@KILN_TEST_TIMEOUT=600 KILN_TEST_LONG_OUT=build/test-long.txt \
+	@rm -f build/test-long.txt
+	@KILN_TEST_TIMEOUT=1500 KILN_TEST_LONG_OUT=build/test-long.txt \
 	    scripts/with-rabbitmq.sh scripts/run-tests.sh \
 	    $(LONG_SRCS:test/long/%.c=build/plain/long/%)
 

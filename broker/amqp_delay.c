@@ -48,10 +48,13 @@ static kiln_err send_exchange(kiln__amqp *b, const char *name, kiln_error *err)
     return send(b, AMQP_EXCHANGE_DECLARE_METHOD, &m, err);
 }
 
-/* A classic level dead-letters at most once, like every classic queue. A
- * quorum level dead-letters at least once (RabbitMQ 3.10+): it keeps a
- * message until the next level confirmed it, which needs reject-publish
- * overflow. */
+/* A classic level dead-letters at most once, like every classic queue: a
+ * message whose step falls due as the broker stops can be lost. A quorum
+ * level dead-letters at least once (RabbitMQ 3.10+): it keeps a message
+ * until the next level (or the task queue) confirmed it, which needs
+ * reject-publish overflow. A message the delivery exchange cannot route
+ * then stays in its last level (RabbitMQ logs it) instead of being
+ * dropped. */
 static kiln_err send_queue(kiln__amqp *b, const kiln_config *cfg,
                            const kiln__delay_level *lv, kiln_error *err)
 {
@@ -63,7 +66,7 @@ static kiln_err send_queue(kiln__amqp *b, const kiln_config *cfg,
     args[n].value.kind = AMQP_FIELD_KIND_I64;
     args[n++].value.value.i64 = (int64_t)lv->ttl_ms;
     args[n++] = word_arg("x-dead-letter-exchange", lv->next);
-    if (cfg->queue_type == KILN_QUEUE_QUORUM) {
+    if (cfg->delay_queue_type == KILN_QUEUE_QUORUM) {
         args[n++] = word_arg("x-queue-type", "quorum");
         args[n++] = word_arg("x-dead-letter-strategy", "at-least-once");
         args[n++] = word_arg("x-overflow", "reject-publish");
@@ -106,15 +109,21 @@ static void hint_for(const char *arg, const kiln_config *cfg, char *out,
     if (strcmp(arg, "x-message-ttl") == 0)
         (void)snprintf(out, n,
                        "KILN_DELAY_UNIT_MS=%u sets it; delete the old delay "
-                       "queues or set another KILN_DELAY_EXCHANGE",
-                       cfg->delay_unit_ms);
+                       "queues or set another KILN_DELAY_EXCHANGE%s",
+                       cfg->delay_unit_ms,
+                       cfg->delay_queue_type == KILN_QUEUE_QUORUM
+                           ? "; quorum levels need RabbitMQ 3.10 or later, "
+                             "else KILN_DELAY_QUEUE_TYPE=classic"
+                           : "");
     else if (strcmp(arg, "x-dead-letter-exchange") == 0)
         (void)snprintf(out, n, "KILN_DELAY_EXCHANGE=%s sets it",
                        cfg->delay_exchange);
     else if (strncmp(arg, "x-", 2) == 0)
-        (void)snprintf(out, n, "KILN_QUEUE_TYPE=%s sets it",
-                       cfg->queue_type == KILN_QUEUE_QUORUM ? "quorum"
-                                                            : "classic");
+        (void)snprintf(out, n,
+                       "KILN_DELAY_QUEUE_TYPE=%s sets it; quorum levels need "
+                       "RabbitMQ 3.10 or later, else set classic",
+                       cfg->delay_queue_type == KILN_QUEUE_QUORUM ? "quorum"
+                                                                  : "classic");
     else
         (void)snprintf(out, n,
                        "kiln declares delay exchanges topic and durable; set "

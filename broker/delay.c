@@ -77,9 +77,9 @@ kiln_err kiln__delay_units(const kiln_config *cfg, uint64_t delay_ms,
 static kiln_err level_name(const kiln_config *cfg, unsigned k, char *out,
                            size_t n, kiln_error *err)
 {
-    int len =
-        snprintf(out, n, "%s%s.%u", cfg->delay_exchange,
-                 cfg->queue_type == KILN_QUEUE_QUORUM ? ".quorum" : "", k);
+    int len = snprintf(
+        out, n, "%s%s.%u", cfg->delay_exchange,
+        cfg->delay_queue_type == KILN_QUEUE_QUORUM ? ".quorum" : "", k);
 
     if (len < 0 || (size_t)len >= n)
         return kiln__fail(err, KILN_EINVAL, "delay level %u: buffer of %zu", k,
@@ -254,10 +254,10 @@ bool kiln__delay_exchange_level(const kiln_config *cfg, const char *exchange,
         return true;
     }
     /* Either type's levels: a consumer need not share the producer's
-     * KILN_QUEUE_TYPE. */
+     * KILN_DELAY_QUEUE_TYPE. */
     for (int quorum = 0; quorum < 2; quorum++) {
         kiln_config c = *cfg;
-        c.queue_type = quorum ? KILN_QUEUE_QUORUM : KILN_QUEUE_CLASSIC;
+        c.delay_queue_type = quorum ? KILN_QUEUE_QUORUM : KILN_QUEUE_CLASSIC;
         for (unsigned k = 0; k < cfg->delay_levels; k++) {
             if (level_name(&c, k, name, sizeof(name), NULL) == KILN_OK &&
                 strcmp(exchange, name) == 0) {

@@ -9,7 +9,7 @@
  * With N = KILN_DELAY_LEVELS levels and a unit u = KILN_DELAY_UNIT_MS, a
  * delay is rounded up to d whole units, 0 <= d <= 2^N - 1. Level k
  * (0 <= k < N) is a topic exchange and a durable queue of the same name,
- * "<KILN_DELAY_EXCHANGE>.<k>" (".quorum.<k>" when KILN_QUEUE_TYPE is
+ * "<KILN_DELAY_EXCHANGE>.<k>" (".quorum.<k>" when KILN_DELAY_QUEUE_TYPE is
  * quorum), whose x-message-ttl is 2^k * u and whose dead-letter exchange
  * is level k-1's exchange (level 0's: the delivery exchange,
  * "<KILN_DELAY_EXCHANGE>.delivery"). The routing key spells d in binary,
@@ -36,7 +36,9 @@
  * - A delayed message is routed (and confirmed) into a level queue, so a
  *   mandatory publish cannot tell that no destination queue is bound; a
  *   message that reaches the delivery exchange with no binding for its
- *   key is dropped. Only a delay of 0 units is routed at once.
+ *   key is dropped by a classic level and kept by a quorum level (its
+ *   at-least-once dead-lettering retries). Only a delay of 0 units is
+ *   routed at once.
  * - Do not copy the x-death, x-first-death-* and x-last-death-* headers of
  *   a delivery into a new delayed message: RabbitMQ keeps one x-death
  *   entry per queue it passed, and kiln__delay_keep_header says which

@@ -119,6 +119,8 @@ const kiln__cfg_field kiln__cfg_fields[] = {
      NULL},
     {"KILN_DELAY_UNIT_MS", NULL, KILN__CFG_UINT, 0, F(delay_unit_ms), 1,
      HOUR_MS, NULL, NULL},
+    {"KILN_DELAY_QUEUE_TYPE", NULL, KILN__CFG_ENUM, 0, F(delay_queue_type), 0,
+     0, queue_types, "classic or quorum"},
     {"KILN_TLS_CA", NULL, KILN__CFG_PATH, 0, F(tls_ca), 0, PATH_MAX_BYTES, NULL,
      NULL},
     {"KILN_TLS_CERT", NULL, KILN__CFG_PATH, 0, F(tls_cert), 0, PATH_MAX_BYTES,
@@ -231,6 +233,10 @@ void kiln_config_init(kiln_config *cfg)
      * levels of 1 s reach 8.5 years but are up to a second late). */
     cfg->delay_levels = 32;
     cfg->delay_unit_ms = 50;
+    /* A classic queue dead-letters at most once: a message whose step
+     * falls due as the broker stops can be lost between two levels. A
+     * quorum level keeps it until the next level has confirmed it. */
+    cfg->delay_queue_type = KILN_QUEUE_QUORUM;
     cfg->tls_verify = true;
     cfg->concurrency = 8;
     cfg->drain_timeout_ms = 30000;

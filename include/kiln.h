@@ -223,6 +223,9 @@ typedef struct kiln_config {
     char delay_exchange[KILN_NAME_MAX]; /* prefix of the delay cascade */
     unsigned delay_levels;              /* 1..32 binary delay levels */
     unsigned delay_unit_ms;             /* duration of level 0, 1..3600000 */
+    kiln_queue_type delay_queue_type;   /* of the delay levels; quorum
+                                           (RabbitMQ 3.10+) moves messages
+                                           between levels at least once */
     char tls_ca[KILN_PATH_MAX];         /* amqps: CA bundle; empty = system */
     char tls_cert[KILN_PATH_MAX];       /* amqps: client certificate */
     char tls_key[KILN_PATH_MAX];        /* amqps: client key */

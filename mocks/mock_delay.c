@@ -20,7 +20,8 @@ static int64_t mock_now_ms(const kiln__mock_server *srv)
 static bool same_cascade(const kiln_config *a, const kiln_config *b)
 {
     return strcmp(a->delay_exchange, b->delay_exchange) == 0 &&
-           a->queue_type == b->queue_type && a->delay_levels == b->delay_levels;
+           a->delay_queue_type == b->delay_queue_type &&
+           a->delay_levels == b->delay_levels;
 }
 
 /* Caller holds srv->mu. */

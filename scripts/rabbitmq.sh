@@ -97,7 +97,12 @@ ssl_options.fail_if_no_peer_cert = false
 CONF
     fi
     echo "[]." >"$dir/enabled_plugins"
-    echo "[]." >"$dir/advanced.config"
+    # A quorum delay level whose messages fall due while the node boots
+    # can find its dead-letter exchange not yet recovered; RabbitMQ then
+    # retries them only after this timeout (180 s by default). 5 s keeps
+    # a restart from delaying tasks by minutes (README, "Delayed tasks").
+    echo "[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}]." \
+        >"$dir/advanced.config"
     [ -f "$dir/.erlang.cookie" ] || { head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/.erlang.cookie"; chmod 400 "$dir/.erlang.cookie"; }
     # Our own epmd, bound to loopback on its own port; stop kills it by pid.
     if ! port_open "$epmd_port"; then
@@ -148,7 +153,7 @@ stop() {
     # our HOME (the data directory), so it is ours to stop. (No grep -q:
     # with pipefail, tr's SIGPIPE would fail the test.)
     for p in $(pgrep -x epmd || true); do
-        if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -x "HOME=$dir" >/dev/null; then
+        if tr '\0' '\n' 2>/dev/null <"/proc/$p/environ" | grep -x "HOME=$dir" >/dev/null; then
             kill "$p" 2>/dev/null || true
         fi
     done

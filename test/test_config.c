@@ -88,6 +88,8 @@ static const struct var vars[] = {
      NULL, NULL, NULL},
     {"KILN_DELAY_UNIT_MS", NULL, R_UINT, O(delay_unit_ms), 1, 3600000, "50",
      "10", NULL, NULL, NULL},
+    {"KILN_DELAY_QUEUE_TYPE", NULL, R_ENUM, O(delay_queue_type), 0, 0, "1",
+     "Classic", "0", NULL, NULL},
     {"KILN_TLS_CA", NULL, R_PATH, O(tls_ca), 0, 0, "", "/etc/ssl/ca.pem", NULL,
      AMQPS, NULL},
     {"KILN_TLS_CERT", NULL, R_PATH, O(tls_cert), 0, 0, "", "/c.pem", NULL,

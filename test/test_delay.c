@@ -82,6 +82,7 @@ static kiln_config make_cfg(unsigned levels, unsigned unit_ms)
     kiln_config_init(&cfg);
     cfg.delay_levels = levels;
     cfg.delay_unit_ms = unit_ms;
+    cfg.delay_queue_type = KILN_QUEUE_CLASSIC; /* the quorum names: below */
     return cfg;
 }
 
@@ -198,7 +199,7 @@ static void test_every_delay_waits_its_units(void **state)
     cfg = make_cfg(1, 1);
     check_all_delays(&cfg);
     cfg = make_cfg(32, 3600000);
-    cfg.queue_type = KILN_QUEUE_QUORUM;
+    cfg.delay_queue_type = KILN_QUEUE_QUORUM;
     check_all_delays(&cfg);
 }
 
@@ -248,7 +249,7 @@ static void test_key_layout(void **state)
                      KILN_OK);
     assert_string_equal(rk, "0.0.0.0.orders");
     assert_string_equal(exch, "kiln_tasks.delay.delivery");
-    cfg.queue_type = KILN_QUEUE_QUORUM;
+    cfg.delay_queue_type = KILN_QUEUE_QUORUM;
     assert_int_equal(kiln__delay_route(&cfg, 1500, "t", exch, sizeof(exch), rk,
                                        sizeof(rk), NULL),
                      KILN_OK);
@@ -280,7 +281,7 @@ static void test_levels(void **state)
     assert_string_equal(lv.queue_key, want);
     assert_int_equal(kiln__delay_level_get(&cfg, 32, &lv, &err), KILN_EINVAL);
     assert_non_null(strstr(err.message, "KILN_DELAY_LEVELS"));
-    cfg.queue_type = KILN_QUEUE_QUORUM;
+    cfg.delay_queue_type = KILN_QUEUE_QUORUM;
     assert_int_equal(kiln__delay_level_get(&cfg, 5, &lv, NULL), KILN_OK);
     assert_string_equal(lv.name, "kiln_tasks.delay.quorum.5");
     assert_string_equal(lv.next, "kiln_tasks.delay.quorum.4");
@@ -408,7 +409,7 @@ static void test_settings_checked(void **state)
     memset(cfg.delay_exchange, 'd', 245);
     cfg.delay_exchange[245] = '\0';
     assert_int_equal(kiln__delay_check(&cfg, NULL), KILN_OK);
-    cfg.queue_type = KILN_QUEUE_QUORUM;
+    cfg.delay_queue_type = KILN_QUEUE_QUORUM;
     assert_int_equal(kiln__delay_delivery(&cfg, name, sizeof(name), NULL),
                      KILN_OK);
     cfg.delay_exchange[245] = 'd';
@@ -442,6 +443,7 @@ static int mock_setup(void **state)
     kiln_error err;
 
     kiln_config_init(&f->cfg);
+    f->cfg.delay_queue_type = KILN_QUEUE_CLASSIC; /* quorum: below */
     f->srv = kiln__mock_server_new(&err);
     assert_non_null(f->srv);
     f->pub = open_conn(f->srv, NULL, 0);
@@ -578,7 +580,7 @@ static void test_mock_routes_and_refuses(void **state)
     assert_non_null(strstr(err.message, "KILN_DELAY_UNIT_MS=100"));
     /* A quorum cascade is another set of levels, same delivery. */
     other = f->cfg;
-    other.queue_type = KILN_QUEUE_QUORUM;
+    other.delay_queue_type = KILN_QUEUE_QUORUM;
     assert_int_equal(f->pub->ops->declare(f->pub, &other, &err), KILN_OK);
     m = text_msg("kiln_tasks.delay.quorum.0",
                  "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0."

@@ -359,6 +359,8 @@ static inline void it_env_init(it_env *e, const it_fix *f)
     it_env_add(e, "KILN_MAX_PRIORITY", "%u", c->max_priority);
     it_env_add(e, "KILN_DELAY_LEVELS", "%u", c->delay_levels);
     it_env_add(e, "KILN_DELAY_UNIT_MS", "%u", c->delay_unit_ms);
+    it_env_add(e, "KILN_DELAY_QUEUE_TYPE", "%s",
+               c->delay_queue_type == KILN_QUEUE_QUORUM ? "quorum" : "classic");
     it_env_add(e, "KILN_RETRY_POLICY", "%s",
                c->retry_policy == KILN_RETRY_EXPONENTIAL ? "exponential"
                                                          : "fibonacci");

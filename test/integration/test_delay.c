@@ -54,8 +54,10 @@ static void name_cfg(kiln_config *c, const char *sfx, const char *kind)
                    "kiln_it.delay.%s.delay", sfx);
     c->connect_timeout_ms = 5000;
     c->publish_timeout_ms = 10000;
+    /* Both kinds of level, each with a task queue of its kind. */
+    c->delay_queue_type = KILN_QUEUE_CLASSIC;
     if (strcmp(kind, "quorum") == 0)
-        c->queue_type = KILN_QUEUE_QUORUM;
+        c->queue_type = c->delay_queue_type = KILN_QUEUE_QUORUM;
 }
 
 static kiln__broker *new_broker(const kiln_config *cfg)
@@ -281,7 +283,12 @@ static void test_quorum_queue(void **state)
     fixture *f = *state;
     sent sq = {0}, sc;
 
-    connect_declare(f->qb, &f->qcfg);
+    double first = connect_declare(f->qb, &f->qcfg);
+
+    print_message("declare: %.1f ms creating %u quorum levels, %.1f ms "
+                  "again\n",
+                  first, f->qcfg.delay_levels,
+                  connect_declare(f->qb, &f->qcfg));
     connect_declare(f->b, &f->cfg);
     subscribe(f->qb, &f->qcfg);
     subscribe(f->b, &f->cfg);

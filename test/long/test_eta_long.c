@@ -4,16 +4,20 @@
  * as a steady producer sends them, to a worker
  * process (prog_worker's it.eta logs how late each one started by its
  * own real-time clock), and the broker is restarted (stop_app, start_app)
- * in the middle. None may be lost, none may start before its ETA (beyond
+ * in the middle; once with the default quorum delay levels, once with
+ * classic ones. None may be lost, none may start before its ETA (beyond
  * the 1 ms the worker tolerates), and each must start within 1 s after
  * it. The restart is the one exception: a task waiting in the delay
- * queues through it may start later by up to the length of the outage (a
- * step of its wait that fell due while the broker was down is taken when
- * the broker is back; the README gives the figures). A task due in 1 s, sent
+ * queues through it may start later by up to the length of the outage
+ * plus 5 s (a step of its wait that fell due while the broker was down is
+ * taken when the broker is back, see BOOT_RETRY_US; the README gives the
+ * figures). A task due in 1 s, sent
  * after one due in 1 h, must run after about 1 s. The lateness figures (p50,
- * p99, max) are printed and written to $KILN_TEST_LONG_OUT
- * (build/test-long.txt), and each task's figures to the same name with ".tasks"
- * appended.
+ * p99, max) are printed and added to $KILN_TEST_LONG_OUT
+ * (build/test-long.txt), and each task's figures to the same name with
+ * ".quorum.tasks" or ".classic.tasks" appended. The one loss allowed: with
+ * classic levels, a task moving between levels as the broker stops
+ * (classic queues dead-letter at most once; reported, documented).
  *
  * Fixture and conventions: test/integration/pool_it.h. */
 #include "test/integration/pool_it.h"
@@ -25,6 +29,11 @@
 #define DOWN_MS       5000
 #define LATE_MAX_US   1000000LL
 #define EARLY_MAX_US  1000LL
+/* A quorum level whose messages fall due while the node boots may find
+ * its dead-letter exchange not yet recovered; RabbitMQ retries them after
+ * dead_letter_worker_publisher_confirm_timeout, which scripts/rabbitmq.sh
+ * sets to 5 s. Allowed once more for a task waiting through the restart. */
+#define BOOT_RETRY_US 5000000LL
 
 typedef struct due {
     it_uuid uuid;
@@ -35,10 +44,19 @@ typedef struct due {
     bool outage; /* a step of its wait fell due while the broker was down */
 } due;
 
-/* The default configuration: classic queues. */
+/* The default configuration: a classic task queue, quorum delay levels. */
 static int setup_long(void **state)
 {
     return it_setup(state, "long");
+}
+
+/* Classic delay levels (KILN_DELAY_QUEUE_TYPE=classic). */
+static int setup_long_classic(void **state)
+{
+    int rc = it_setup(state, "longc");
+
+    ((it_fix *)*state)->cfg.delay_queue_type = KILN_QUEUE_CLASSIC;
+    return rc;
 }
 
 static int cmp_due(const void *a, const void *b)
@@ -175,7 +193,7 @@ static void figures(long long *v, size_t n, char *out, size_t rn)
 
 static void write_file(const char *path, const char *text)
 {
-    FILE *fp = fopen(path, "w");
+    FILE *fp = fopen(path, "a");
 
     if (fp == NULL)
         fail_msg("cannot write %s", path);
@@ -185,12 +203,13 @@ static void write_file(const char *path, const char *text)
 
 /* Each task's delay, lateness and starts, one line each, for a closer
  * look at a run; `down_ns` is the time the broker went down. */
-static void write_tasks(const char *path, const due *d, int64_t down_ns)
+static void write_tasks(const char *path, const char *kind, const due *d,
+                        int64_t down_ns)
 {
     char name[PATH_MAX];
     FILE *fp;
 
-    (void)snprintf(name, sizeof(name), "%s.tasks", path);
+    (void)snprintf(name, sizeof(name), "%s.%s.tasks", path, kind);
     if ((fp = fopen(name, "w")) == NULL)
         fail_msg("cannot write %s", name);
     (void)fprintf(fp, "# delay_ms due_ms_after_outage_start late_us "
@@ -225,17 +244,20 @@ static size_t check(const kiln_config *cfg, due *d, int64_t down_ns,
         int k;
         /* A second either side of the outage: the edges are not sharp. */
         bool across = x->eta_ns >= down_ns - 1000000000LL;
-        long long bound = LATE_MAX_US + (across ? (up_ns - down_ns) / 1000 : 0);
+        long long bound =
+            LATE_MAX_US +
+            (across ? (up_ns - down_ns) / 1000 + BOOT_RETRY_US : 0);
         bool ok =
             x->starts > 0 && x->late_us >= -EARLY_MAX_US && x->late_us <= bound;
 
         x->outage =
             step_within(cfg, x, down_ns - 1000000000LL, up_ns + 1000000000LL);
-        /* Known defect, reported and not failed: a classic delay level
-         * dead-letters at most once, so a message moving between levels
-         * when the broker stops can be lost (1 of 5,000 in one of four
-         * runs). Any other loss fails. */
-        if (x->starts == 0 && x->outage) {
+        /* Documented for classic levels, reported and not failed: a
+         * classic queue dead-letters at most once, so a message moving
+         * between levels when the broker stops can be lost. Quorum levels
+         * (the default) lose none. */
+        if (x->starts == 0 && x->outage &&
+            cfg->delay_queue_type == KILN_QUEUE_CLASSIC) {
             lost_in_outage++;
             ok = true;
         }
@@ -276,9 +298,8 @@ static size_t check(const kiln_config *cfg, due *d, int64_t down_ns,
     return bad;
 }
 
-static void test_eta_long(void **state)
+static void eta_long(it_fix *f)
 {
-    it_fix *f = *state;
     due *d = calloc(N_TASKS, sizeof(*d));
     kiln_signature *sig;
     it_uuid hour, second;
@@ -286,7 +307,9 @@ static void test_eta_long(void **state)
     uint64_t seed = 0;
     int64_t down_ns, up_ns;
     long long t0, end;
-    char report[1024], first[256];
+    char report[1024], first[256], head[64];
+    const char *kind =
+        f->cfg.delay_queue_type == KILN_QUEUE_QUORUM ? "quorum" : "classic";
     const char *out;
     size_t w, started = 0, bad;
 
@@ -315,6 +338,14 @@ static void test_eta_long(void **state)
         it_sleep_ms(1000);
     printf("  %zu of %d started %.1f s after the first send\n", started,
            N_TASKS, (double)(it_ms() - t0) / 1000.0);
+    if (started < N_TASKS) {
+        /* Late or lost? Both fail; the difference says where to look. */
+        end = it_ms() + 150000;
+        while (it_ms() < end && (started = tally(f, d)) < N_TASKS)
+            it_sleep_ms(1000);
+        printf("  %zu of %d started %.1f s after the first send\n", started,
+               N_TASKS, (double)(it_ms() - t0) / 1000.0);
+    }
     assert_true(it_alive(f, w));
 
     assert_int_equal(it_read_xlines(f->log, 'E', second, &e, 1), 1);
@@ -323,9 +354,12 @@ static void test_eta_long(void **state)
     printf("%s", report);
     out = getenv("KILN_TEST_LONG_OUT");
     out = out != NULL && out[0] != '\0' ? out : "build/test-long.txt";
+    (void)snprintf(head, sizeof(head), "%s delay levels:\n", kind);
+    write_file(out, head);
     write_file(out, report);
-    write_tasks(out, d, down_ns);
-    printf("  figures written to %s (each task's: %s.tasks)\n", out, out);
+    write_tasks(out, kind, d, down_ns);
+    printf("  figures added to %s (each task's: %s.%s.tasks)\n", out, out,
+           kind);
     if (bad > 0)
         fail_msg("%zu tasks out of bounds; the first: %s", bad, first);
     assert_true(e.v[0] >= -EARLY_MAX_US && e.v[0] <= LATE_MAX_US);
@@ -336,11 +370,28 @@ static void test_eta_long(void **state)
     f->passed = true;
 }
 
+static void test_eta_long_quorum_levels(void **state)
+{
+    eta_long(*state);
+}
+
+static void test_eta_long_classic_levels(void **state)
+{
+    eta_long(*state);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_eta_long, setup_long, it_teardown),
+        cmocka_unit_test_setup_teardown(test_eta_long_quorum_levels, setup_long,
+                                        it_teardown),
+        cmocka_unit_test_setup_teardown(test_eta_long_classic_levels,
+                                        setup_long_classic, it_teardown),
     };
+    const char *only = getenv("KILN_TEST_FILTER");
+
+    if (only != NULL && only[0] != '\0')
+        cmocka_set_test_filter(only);
 
     (void)setvbuf(stdout, NULL, _IOLBF, 0);
     kiln_log_set_level(KILN_LOG_WARN);
