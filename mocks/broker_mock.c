@@ -42,6 +42,7 @@ static kiln_err conn_publish(kiln__broker *b, const kiln__message *msgs,
 {
     struct conn *c = (struct conn *)b;
     kiln_err first = KILN_OK;
+    unsigned delay_ms;
 
     c->lost_from = SIZE_MAX;
     if (!c->connected) {
@@ -59,8 +60,12 @@ static kiln_err conn_publish(kiln__broker *b, const kiln__message *msgs,
             first = kiln__fail(err, rc, "publish %zu of %zu: %s", i + 1, n,
                                e.message);
     }
+    c->srv->publish_calls++;
+    delay_ms = c->srv->confirm_delay_ms;
     pthread_cond_broadcast(&c->srv->cond);
     pthread_mutex_unlock(&c->srv->mu);
+    if (delay_ms > 0) /* the confirm's round trip */
+        kiln__sleep_ns((int64_t)delay_ms * 1000000);
     return first;
 }
 

@@ -62,6 +62,8 @@ struct kiln__mock_server {
     char *unroutable;
     unsigned fail_publish_at, fail_consume, fail_conn_at;
     size_t unacked, published;
+    size_t publish_calls;      /* publish operations, of any size */
+    unsigned confirm_delay_ms; /* each publish call waits this long */
     uint64_t stamp;
     bool shutdown;
     struct cascade *cascades;

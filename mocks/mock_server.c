@@ -358,6 +358,23 @@ size_t kiln__mock_server_unacked(kiln__mock_server *srv)
     return n;
 }
 
+size_t kiln__mock_server_publish_calls(kiln__mock_server *srv)
+{
+    size_t n;
+
+    pthread_mutex_lock(&srv->mu);
+    n = srv->publish_calls;
+    pthread_mutex_unlock(&srv->mu);
+    return n;
+}
+
+void kiln__mock_server_set_confirm_delay(kiln__mock_server *srv, unsigned ms)
+{
+    pthread_mutex_lock(&srv->mu);
+    srv->confirm_delay_ms = ms;
+    pthread_mutex_unlock(&srv->mu);
+}
+
 size_t kiln__mock_server_published(kiln__mock_server *srv)
 {
     size_t n;

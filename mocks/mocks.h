@@ -95,6 +95,13 @@ size_t kiln__mock_server_ready(kiln__mock_server *srv, const char *queue);
 size_t kiln__mock_server_unacked(kiln__mock_server *srv);
 size_t kiln__mock_server_published(kiln__mock_server *srv);
 
+/* publish_calls: publish operations since the server was made (one per
+ * confirmed batch, whatever its size). set_confirm_delay: every publish
+ * call from now on waits `ms` after routing, as a confirm round trip
+ * would. Safe from any thread. */
+size_t kiln__mock_server_publish_calls(kiln__mock_server *srv);
+void kiln__mock_server_set_confirm_delay(kiln__mock_server *srv, unsigned ms);
+
 /* Waits up to `timeout_ms` until `queue` is empty and nothing is unacked.
  * KILN_OK or KILN_ETIMEDOUT. Safe from any thread. */
 kiln_err kiln__mock_server_wait_idle(kiln__mock_server *srv, const char *queue,

@@ -72,6 +72,21 @@ static kiln_err work(kiln_task_ctx *ctx, void *user)
     return KILN_OK;
 }
 
+static atomic_bool release_slow;
+static atomic_int slow_running;
+
+/* Runs until the test sets release_slow (10 s at most). */
+static kiln_err slow(kiln_task_ctx *ctx, void *user)
+{
+    (void)ctx;
+    (void)user;
+    atomic_fetch_add(&slow_running, 1);
+    for (int i = 0; i < 10000 && !atomic_load(&release_slow); i++)
+        sleep_for(1);
+    atomic_fetch_sub(&slow_running, 1);
+    return KILN_OK;
+}
+
 static kiln_err fails(kiln_task_ctx *ctx, void *user)
 {
     (void)user;
@@ -132,6 +147,8 @@ static void make_pool(fixture *f)
         kiln_pool_register(f->pool, "work", work, NULL, NULL, &err), KILN_OK);
     assert_int_equal(
         kiln_pool_register(f->pool, "fails", fails, NULL, NULL, &err), KILN_OK);
+    assert_int_equal(
+        kiln_pool_register(f->pool, "slow", slow, NULL, NULL, &err), KILN_OK);
 }
 
 static void *start_main(void *arg)
@@ -305,6 +322,60 @@ static void test_dead_letter_failure_mid_fetch(void **state)
     assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE ".dead"), 1);
     assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
     assert_null(f->pool->leftover); /* every slot came back */
+}
+
+/* Failed tasks publish their dead letters as confirmed batches, not one
+ * confirm round trip each: with a 20 ms confirm, 200 failures take far
+ * fewer than 200 publishes. A nack inside a batch drops the connection
+ * for that delivery alone: the confirmed ones are acked, and each task
+ * ends in the dead-letter queue exactly once. */
+static void test_dead_letters_confirmed_in_batches(void **state)
+{
+    fixture *f = *state;
+    size_t calls;
+
+    make_pool(f);
+    send_n(f, "fails", 0, 200);
+    kiln__mock_server_set_confirm_delay(f->srv, 20);
+    calls = kiln__mock_server_publish_calls(f->srv);
+    kiln__mock_server_fail_publish(f->srv, 50);
+    start(f);
+    for (int i = 0;
+         i < 3000 && kiln__mock_server_ready(f->srv, QUEUE ".dead") < 200; i++)
+        sleep_for(10);
+    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 20000),
+                     KILN_OK);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    calls = kiln__mock_server_publish_calls(f->srv) - calls;
+    print_message("200 dead letters in %zu confirmed publishes\n", calls);
+    assert_true(calls <= 100);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE ".dead"), 200);
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+    assert_null(f->pool->leftover);
+}
+
+/* A long task at the head of the window does not keep the slots of the
+ * tasks finished behind it: 100 quick tasks (five times prefetch plus
+ * concurrency) run to the end while it still runs. */
+static void test_slow_head_does_not_stall(void **state)
+{
+    fixture *f = *state;
+
+    atomic_store(&release_slow, false);
+    make_pool(f);
+    send_n(f, "slow", 1000, 1);
+    send_n(f, "work", 0, 100);
+    start(f);
+    wait_count(&finished, 100);
+    assert_int_equal(atomic_load(&finished), 100);
+    assert_int_equal(atomic_load(&slow_running), 1);
+    atomic_store(&release_slow, true);
+    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 20000),
+                     KILN_OK);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
 }
 
 static void test_stop_drains_running_tasks(void **state)
@@ -518,6 +589,10 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_dead_letter_failure_mid_fetch,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dead_letters_confirmed_in_batches,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_head_does_not_stall, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_stop_drains_running_tasks, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_drain_timeout, setup, teardown),

@@ -43,6 +43,13 @@ typedef struct consumer {
     int64_t flush_due_ns; /* 0: nothing waits */
     size_t in_workers;    /* QUEUED entries: in the queue or running */
     size_t orphans;       /* tasks of a lost connection still running */
+    /* Outcomes that publish before their ack (retries, dead letters),
+     * settled as one confirmed batch per turn; n_slots entries each. */
+    kiln__work **batch;
+    kiln__settle *settles;
+    kiln__message *msgs;
+    kiln_err *status;
+    size_t n_batch;
 } consumer;
 
 static kiln__work *win_at(consumer *c, size_t i)
@@ -194,13 +201,37 @@ static void flush_acks(consumer *c)
     c->flush_due_ns = 0;
 }
 
+/* Releases the settled entries anywhere in the window and keeps the rest
+ * in tag order. Without it a window of only retried or dead-lettered
+ * deliveries (never DONE, so never flushed) would keep every slot, and a
+ * slow task at the head would keep the slots of all finished behind it:
+ * the consumer would stop taking deliveries. */
+static void compact(consumer *c)
+{
+    size_t kept = 0, n = c->win_len;
+
+    for (size_t i = 0; i < n; i++) {
+        kiln__work *w = win_at(c, i);
+        if (w->state == KILN__WORK_SETTLED) {
+            work_release(c, w);
+            continue;
+        }
+        /* kept <= i: never overwrites an entry still to be read */
+        c->win[(c->win_head + kept) % c->p->n_slots] = w;
+        kept++;
+    }
+    c->win_len = kept;
+}
+
 static void maybe_flush(consumer *c, bool force)
 {
-    if (!c->connected || c->done_unacked == 0)
+    if (!c->connected)
         return;
-    if (force || c->done_unacked >= c->ack_batch ||
-        kiln__monotonic_ns() >= c->flush_due_ns)
+    if (c->done_unacked > 0 && (force || c->done_unacked >= c->ack_batch ||
+                                kiln__monotonic_ns() >= c->flush_due_ns))
         flush_acks(c);
+    if (c->connected)
+        compact(c);
 }
 
 /* Settles a job whose verdict is not a plain ack: dead-letter, retry or
@@ -229,6 +260,58 @@ static void finish(consumer *c, kiln__work *w)
     settle_other(c, w);
 }
 
+/* Settles the batched outcomes: their messages go out as one publish with
+ * one wait for the confirms, then each confirmed delivery is acked. A
+ * message that was not confirmed leaves its delivery unacked, and the
+ * connection is dropped so that the broker redelivers it (as a single
+ * settle does). */
+static void settle_batch(consumer *c)
+{
+    size_t n = c->n_batch, n_msgs = 0, k = 0;
+    kiln_err *st = c->status + c->p->n_slots; /* per message */
+    kiln_error e, pub = {KILN_OK, ""}, why = {KILN_OK, ""};
+
+    c->n_batch = 0;
+    for (size_t i = 0; i < n; i++) {
+        kiln__work *w = c->batch[i];
+        kiln__settle *s = &c->settles[i];
+        c->status[i] =
+            kiln__settle_begin(&c->p->dispatch, &w->dl, &w->job, s, &e);
+        if (c->status[i] != KILN_OK) {
+            s->publish = false;
+            s->headers = NULL;
+            if (why.code == KILN_OK)
+                why = e;
+        } else if (s->publish) {
+            c->msgs[n_msgs++] = s->msg;
+        }
+    }
+    if (n_msgs > 0)
+        (void)kiln__broker_publish(c->b, c->msgs, n_msgs, st, &pub);
+    for (size_t i = 0; i < n; i++) {
+        kiln__work *w = c->batch[i];
+        kiln__settle *s = &c->settles[i];
+        bool refused =
+            c->status[i] == KILN_OK && s->publish && st[k++] != KILN_OK;
+        w->state = KILN__WORK_SETTLED;
+        if (refused && why.code == KILN_OK) {
+            /* A retry's copy goes to the cascade, named in s->exchange. */
+            why = pub;
+            kiln__prefix(&why, s->msg.exchange == s->exchange
+                                   ? "sending on through the delay queues"
+                                   : "dead-letter");
+        }
+        if (c->status[i] != KILN_OK || refused) {
+            kiln__settle_discard(s);
+        } else if (kiln__settle_end(c->b, &w->dl, s, &e) != KILN_OK &&
+                   why.code == KILN_OK) {
+            why = e;
+        }
+    }
+    if (why.code != KILN_OK)
+        lose(c, &why);
+}
+
 /* Settles what the workers finished since the last turn. */
 static void take_outcomes(consumer *c)
 {
@@ -247,11 +330,15 @@ static void take_outcomes(consumer *c)
          * redelivers anyway: only a live delivery is settled. */
         if (w->orphan)
             c->orphans--;
-        if (!w->orphan && c->connected)
+        if (w->orphan || !c->connected)
+            work_release(c, w);
+        else if (w->job.verdict == KILN__VERDICT_ACK)
             finish(c, w);
         else
-            work_release(c, w);
+            c->batch[c->n_batch++] = w;
     }
+    if (c->n_batch > 0)
+        settle_batch(c);
 }
 
 /* Hands a batch of ready jobs to the workers under one lock. */
@@ -373,6 +460,15 @@ static void wait_events(consumer *c)
     }
 }
 
+static void consumer_free_arrays(consumer *c)
+{
+    kiln__free(c->win);
+    kiln__free(c->batch);
+    kiln__free(c->settles);
+    kiln__free(c->msgs);
+    kiln__free(c->status);
+}
+
 static kiln_err consumer_init(consumer *c, kiln_pool *p, kiln_error *err)
 {
     memset(c, 0, sizeof(*c));
@@ -382,8 +478,14 @@ static kiln_err consumer_init(consumer *c, kiln_pool *p, kiln_error *err)
     if (c->ack_batch == 0)
         c->ack_batch = 1;
     c->win = kiln__calloc(p->n_slots, sizeof(kiln__work *)); // NOLINT
-    /* (an array of pointers, on purpose) */
-    if (c->win == NULL) {
+    /* (arrays of pointers, on purpose) */
+    c->batch = kiln__calloc(p->n_slots, sizeof(kiln__work *)); // NOLINT
+    c->settles = kiln__calloc(p->n_slots, sizeof(*c->settles));
+    c->msgs = kiln__calloc(p->n_slots, sizeof(*c->msgs));
+    c->status = kiln__calloc(2 * p->n_slots, sizeof(*c->status));
+    if (c->win == NULL || c->batch == NULL || c->settles == NULL ||
+        c->msgs == NULL || c->status == NULL) {
+        consumer_free_arrays(c);
         kiln__fail(err, KILN_ENOMEM, "pool: ack window");
         return KILN_ENOMEM;
     }
@@ -393,7 +495,7 @@ static kiln_err consumer_init(consumer *c, kiln_pool *p, kiln_error *err)
     }
     c->b = p->broker_new(p->broker_ctx, &p->cfg, err);
     if (c->b == NULL) {
-        kiln__free(c->win);
+        consumer_free_arrays(c);
         if (err == NULL || err->code == KILN_OK)
             return kiln__fail(err, KILN_EBROKER, "pool: no broker object");
         return err->code;
@@ -468,7 +570,7 @@ static void consumer_fini(consumer *c)
         c->p->leftover = c->b;
     else
         kiln__broker_destroy(c->b);
-    kiln__free(c->win);
+    consumer_free_arrays(c);
 }
 
 /* Keeps an idle connection alive when the loop is not consuming (window

@@ -420,23 +420,15 @@ void kiln__job_release(kiln__job *job)
 
 /* ---- settle ------------------------------------------------------------- */
 
-/* Publishes a persistent copy of `dl` with `extra` headers added (replacing
- * any of the same key) and waits for its confirm. */
-static kiln_err publish_copy(kiln__broker *b, const char *exchange,
-                             const char *routing_key, const kiln__delivery *dl,
-                             const kiln_header *extra, size_t n_extra,
-                             kiln_error *err)
+/* Builds a persistent copy of `dl` with `extra` headers added (replacing
+ * any of the same key) into s->msg. */
+static kiln_err build_copy(kiln__settle *s, const char *exchange,
+                           const char *routing_key, const kiln__delivery *dl,
+                           const kiln_header *extra, size_t n_extra,
+                           kiln_error *err)
 {
     kiln_header *h = kiln__malloc((dl->n_headers + n_extra) * sizeof(*h));
-    kiln__message m = {.exchange = exchange,
-                       .routing_key = routing_key,
-                       .body = dl->body,
-                       .body_len = dl->body_len,
-                       .message_id = dl->message_id,
-                       .priority = dl->priority,
-                       .persistent = true};
     size_t n = 0;
-    kiln_err rc;
 
     if (h == NULL)
         return kiln__fail(err, KILN_ENOMEM, "headers of a copy");
@@ -448,71 +440,134 @@ static kiln_err publish_copy(kiln__broker *b, const char *exchange,
             h[n++] = dl->headers[i];
     }
     memcpy(h + n, extra, n_extra * sizeof(*h));
-    m.headers = h;
-    m.n_headers = n + n_extra;
-    rc = kiln__broker_publish(b, &m, 1, NULL, err);
-    kiln__free(h);
-    return rc;
+    s->headers = h;
+    s->msg = (kiln__message){.exchange = exchange,
+                             .routing_key = routing_key,
+                             .body = dl->body,
+                             .body_len = dl->body_len,
+                             .headers = h,
+                             .n_headers = n + n_extra,
+                             .message_id = dl->message_id,
+                             .priority = dl->priority,
+                             .persistent = true};
+    s->publish = true;
+    return KILN_OK;
 }
 
 /* The dead-letter copy; `attempts` > 0 adds how many times the task ran
- * and which worker ran it last. */
-static kiln_err dead_letter(kiln__broker *b, const kiln_config *cfg,
-                            const kiln__delivery *dl, const char *reason,
-                            unsigned attempts, kiln_error *err)
+ * and which worker ran it last. `reason` must live as long as *s. */
+static kiln_err dead_letter_build(const kiln_config *cfg,
+                                  const kiln__delivery *dl, const char *reason,
+                                  unsigned attempts, kiln__settle *s,
+                                  kiln_error *err)
 {
-    char runs[16];
     const kiln_header extra[] = {
         {KILN__HDR_REASON, reason},
         {KILN__HDR_EXCHANGE, dl->exchange},
         {KILN__HDR_ROUTING_KEY, dl->routing_key},
-        {KILN__HDR_ATTEMPTS, runs},
+        {KILN__HDR_ATTEMPTS, s->num1},
         {KILN__HDR_WORKER, kiln__worker_id()},
     };
-    kiln_err rc;
 
+    s->publish = false;
+    s->headers = NULL;
+    s->end = KILN__SETTLE_ACK;
     if (cfg->dead_letter_queue[0] == '\0') {
         kiln__log(KILN_LOG_ERR, MODULE,
                   "no dead-letter queue configured; "
                   "dropping message_id=%s reason=%s",
                   dl->message_id, reason);
-        return kiln__broker_nack(b, dl->tag, false, err);
+        s->end = KILN__SETTLE_DROP;
+        return KILN_OK;
     }
-    (void)snprintf(runs, sizeof(runs), "%u", attempts);
-    rc = publish_copy(b, cfg->dead_letter_exchange, cfg->dead_letter_queue, dl,
+    (void)snprintf(s->num1, sizeof(s->num1), "%u", attempts);
+    return build_copy(s, cfg->dead_letter_exchange, cfg->dead_letter_queue, dl,
                       extra, attempts > 0 ? 5 : 3, err);
-    if (rc != KILN_OK) {
-        kiln__prefix(err, "dead-letter");
+}
+
+kiln_err kiln__settle_begin(const kiln__dispatch *d, const kiln__delivery *dl,
+                            const kiln__job *job, kiln__settle *s,
+                            kiln_error *err)
+{
+    s->publish = false;
+    s->headers = NULL;
+    s->end = KILN__SETTLE_ACK;
+    switch (job->verdict) {
+    case KILN__VERDICT_ACK:
+        return KILN_OK;
+    case KILN__VERDICT_DEADLETTER:
+        /* A task that ran: its runs and worker too. */
+        return dead_letter_build(d->cfg, dl, job->reason.message,
+                                 job->fn != NULL ? job->retries + 1 : 0, s,
+                                 err);
+    case KILN__VERDICT_RETRY:
+        return kiln__retry_build(d->cfg, dl, job, s, err);
+    case KILN__VERDICT_REQUEUE:
+        s->end = KILN__SETTLE_REQUEUE;
+        return KILN_OK;
+    }
+    return kiln__fail(err, KILN_EINVAL, "unknown verdict %d",
+                      (int)job->verdict);
+}
+
+void kiln__settle_discard(kiln__settle *s)
+{
+    kiln__free(s->headers);
+    s->headers = NULL;
+    s->publish = false;
+}
+
+kiln_err kiln__settle_end(kiln__broker *b, const kiln__delivery *dl,
+                          kiln__settle *s, kiln_error *err)
+{
+    kiln__settle_end_action end = s->end;
+
+    kiln__settle_discard(s);
+    if (end == KILN__SETTLE_ACK)
+        return kiln__broker_ack(b, dl->tag, false, err);
+    return kiln__broker_nack(b, dl->tag, end == KILN__SETTLE_REQUEUE, err);
+}
+
+/* begin, publish alone, end. */
+static kiln_err settle_one(kiln__broker *b, const kiln__delivery *dl,
+                           kiln__settle *s, kiln_error *err)
+{
+    kiln_err rc;
+
+    if (s->publish &&
+        (rc = kiln__broker_publish(b, &s->msg, 1, NULL, err)) != KILN_OK) {
+        /* A retry's copy goes to the cascade, named in s->exchange. */
+        kiln__prefix(err, s->msg.exchange == s->exchange
+                              ? "sending on through the delay queues"
+                              : "dead-letter");
+        kiln__settle_discard(s);
         return rc;
     }
-    return kiln__broker_ack(b, dl->tag, false, err);
+    return kiln__settle_end(b, dl, s, err);
 }
 
 kiln_err kiln__dead_letter(kiln__broker *b, const kiln_config *cfg,
                            const kiln__delivery *dl, const char *reason,
                            kiln_error *err)
 {
-    return dead_letter(b, cfg, dl, reason, 0, err);
+    kiln__settle s;
+    kiln_err rc;
+
+    if ((rc = dead_letter_build(cfg, dl, reason, 0, &s, err)) != KILN_OK)
+        return rc;
+    return settle_one(b, dl, &s, err);
 }
 
 kiln_err kiln__dispatch_settle(const kiln__dispatch *d, kiln__broker *b,
                                const kiln__delivery *dl, const kiln__job *job,
                                kiln_error *err)
 {
-    switch (job->verdict) {
-    case KILN__VERDICT_ACK:
-        return kiln__broker_ack(b, dl->tag, false, err);
-    case KILN__VERDICT_DEADLETTER:
-        /* A task that ran: its runs and worker too. */
-        return dead_letter(b, d->cfg, dl, job->reason.message,
-                           job->fn != NULL ? job->retries + 1 : 0, err);
-    case KILN__VERDICT_RETRY:
-        return kiln__republish(d->cfg, b, dl, job, err);
-    case KILN__VERDICT_REQUEUE:
-        return kiln__broker_nack(b, dl->tag, true, err);
-    }
-    return kiln__fail(err, KILN_EINVAL, "unknown verdict %d",
-                      (int)job->verdict);
+    kiln__settle s;
+    kiln_err rc;
+
+    if ((rc = kiln__settle_begin(d, dl, job, &s, err)) != KILN_OK)
+        return rc;
+    return settle_one(b, dl, &s, err);
 }
 
 kiln_err kiln__dispatch_delivery(const kiln__dispatch *d, kiln__broker *b,

@@ -125,6 +125,46 @@ kiln_err kiln__dispatch_settle(const kiln__dispatch *d, kiln__broker *b,
                                const kiln__delivery *dl, const kiln__job *job,
                                kiln_error *err);
 
+/* What a settle does once its message (if any) is confirmed. */
+typedef enum kiln__settle_end_action {
+    KILN__SETTLE_ACK = 0,
+    KILN__SETTLE_REQUEUE, /* nack, requeue */
+    KILN__SETTLE_DROP     /* nack, no requeue (no dead-letter queue) */
+} kiln__settle_end_action;
+
+/* A settle in two halves, so that a consumer can confirm the messages of
+ * many settles as one batch (one round trip instead of one each):
+ * kiln__settle_begin builds the message the verdict publishes, if any,
+ * the caller publishes it, and kiln__settle_end acks or nacks the delivery
+ * once it is confirmed (kiln__settle_discard when it was not: the
+ * delivery stays unacked and the caller reconnects). `msg` borrows from
+ * the delivery, the job and the struct itself, so all three must live
+ * until the end or discard. The broker's owner only. */
+typedef struct kiln__settle {
+    bool publish; /* msg must be confirmed before the end */
+    kiln__settle_end_action end;
+    kiln__message msg;
+    kiln_header *headers; /* owned; freed by end or discard */
+    char exchange[KILN_NAME_MAX];
+    char routing_key[KILN_NAME_MAX];
+    char num1[16], num2[16];
+} kiln__settle;
+
+/* Builds the settle of job->verdict for `dl` into *s. Fails (nothing to
+ * free) when the message cannot be built: no memory, or a retry delay the
+ * cascade cannot route. */
+kiln_err kiln__settle_begin(const kiln__dispatch *d, const kiln__delivery *dl,
+                            const kiln__job *job, kiln__settle *s,
+                            kiln_error *err);
+
+/* Acks or nacks `dl` as s->end says and frees what *s owns. Returns the
+ * broker's error when that failed (the caller reconnects). */
+kiln_err kiln__settle_end(kiln__broker *b, const kiln__delivery *dl,
+                          kiln__settle *s, kiln_error *err);
+
+/* Frees what *s owns without settling the delivery. */
+void kiln__settle_discard(kiln__settle *s);
+
 /* prepare, run and settle in a row; *verdict (may be NULL) gets the
  * verdict. Same thread rule as settle. */
 kiln_err kiln__dispatch_delivery(const kiln__dispatch *d, kiln__broker *b,

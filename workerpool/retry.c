@@ -110,51 +110,49 @@ static size_t copy_headers(const kiln__delivery *dl, const kiln__job *job,
     return n;
 }
 
-kiln_err kiln__republish(const kiln_config *cfg, kiln__broker *b,
-                         const kiln__delivery *dl, const kiln__job *job,
-                         kiln_error *err)
+kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
+                           const kiln__job *job, kiln__settle *s,
+                           kiln_error *err)
 {
-    char exch[KILN_NAME_MAX], rk[KILN_NAME_MAX], retries[16], deliveries[16];
     uint64_t max = kiln__delay_max_ms(cfg);
     size_t n_max =
         (job->out_body != NULL ? job->n_out_headers : dl->n_headers) + 2;
-    kiln_header *h;
-    kiln__message m;
     kiln_err rc;
 
+    s->publish = false;
+    s->headers = NULL;
     rc = kiln__delay_route(cfg, job->delay_ms < max ? job->delay_ms : max,
-                           kiln__delay_dest_key(cfg), exch, sizeof(exch), rk,
-                           sizeof(rk), err);
-    if (rc != KILN_OK)
-        return rc;
-    if ((h = kiln__malloc(n_max * sizeof(*h))) == NULL)
-        return kiln__fail(err, KILN_ENOMEM, "headers of a copy");
-    (void)snprintf(retries, sizeof(retries), "%u",
-                   job->retries + (job->out_body != NULL ? 1 : 0));
-    /* A requeue counts a delivery; a retry starts counting afresh; a task
-     * early for its ETA, or a classic redelivery (whose count already
-     * includes the delivery before), keeps its count. */
-    (void)snprintf(deliveries, sizeof(deliveries), "%u",
-                   job->count              ? job->deliveries + 1
-                   : job->out_body != NULL ? 0
-                                           : job->deliveries);
-    m = (kiln__message){
-        .exchange = exch,
-        .routing_key = rk,
-        .body = job->out_body != NULL ? job->out_body : dl->body,
-        .body_len = job->out_body != NULL ? job->out_len : dl->body_len,
-        .message_id = dl->message_id,
-        .priority = dl->priority,
-        .persistent = true};
-    m.headers = h;
-    m.n_headers = copy_headers(dl, job, h, retries, deliveries);
-    rc = kiln__broker_publish(b, &m, 1, NULL, err);
-    kiln__free(h);
+                           kiln__delay_dest_key(cfg), s->exchange,
+                           sizeof(s->exchange), s->routing_key,
+                           sizeof(s->routing_key), err);
     if (rc != KILN_OK) {
         kiln__prefix(err, "sending on through the delay queues");
         return rc;
     }
-    return kiln__broker_ack(b, dl->tag, false, err);
+    if ((s->headers = kiln__malloc(n_max * sizeof(*s->headers))) == NULL)
+        return kiln__fail(err, KILN_ENOMEM, "headers of a copy");
+    (void)snprintf(s->num1, sizeof(s->num1), "%u",
+                   job->retries + (job->out_body != NULL ? 1 : 0));
+    /* A requeue counts a delivery; a retry starts counting afresh; a task
+     * early for its ETA, or a classic redelivery (whose count already
+     * includes the delivery before), keeps its count. */
+    (void)snprintf(s->num2, sizeof(s->num2), "%u",
+                   job->count              ? job->deliveries + 1
+                   : job->out_body != NULL ? 0
+                                           : job->deliveries);
+    s->msg = (kiln__message){
+        .exchange = s->exchange,
+        .routing_key = s->routing_key,
+        .body = job->out_body != NULL ? job->out_body : dl->body,
+        .body_len = job->out_body != NULL ? job->out_len : dl->body_len,
+        .headers = s->headers,
+        .n_headers = copy_headers(dl, job, s->headers, s->num1, s->num2),
+        .message_id = dl->message_id,
+        .priority = dl->priority,
+        .persistent = true};
+    s->publish = true;
+    s->end = KILN__SETTLE_ACK;
+    return KILN_OK;
 }
 
 static char worker_id[320];

@@ -47,15 +47,15 @@ bool kiln__retry_plan(const kiln_config *cfg, kiln_signature *sig,
 kiln_err kiln__encode_again(kiln_signature *sig, uint64_t delay_ms,
                             kiln__job *job, kiln_error *err);
 
-/* Sends `dl` on through the delay cascade as job->delay_ms and the
- * out_* fields of `job` say, to reach cfg's queue again (the key the
- * queue is bound with on the cascade's delivery exchange), waits for the
- * confirm and acks `dl`. Headers RabbitMQ added when dead-lettering are
- * left out; x-kiln-retries and x-kiln-deliveries carry the counts. The
- * broker's owner only. */
-kiln_err kiln__republish(const kiln_config *cfg, kiln__broker *b,
-                         const kiln__delivery *dl, const kiln__job *job,
-                         kiln_error *err);
+/* Builds into *s the message that sends `dl` on through the delay cascade
+ * as job->delay_ms and the out_* fields of `job` say, to reach cfg's
+ * queue again (the key the queue is bound with on the cascade's delivery
+ * exchange); its settle then acks `dl`. Headers RabbitMQ added when
+ * dead-lettering are left out; x-kiln-retries and x-kiln-deliveries carry
+ * the counts. See kiln__settle_begin. */
+kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
+                           const kiln__job *job, kiln__settle *s,
+                           kiln_error *err);
 
 /* "host:pid" of this process, for dead-letter headers. Static storage;
  * thread-safe. */
