@@ -1,11 +1,14 @@
 // Package benchio holds what the Go peer benchmarks share with kiln's: the
 // ~200-byte JSON argument, the task counter that ends a worker after N
-// tasks, and the key=value result lines the harness reads.
+// tasks, the key=value result lines the harness reads, and the command
+// line of the peers.
 package benchio
 
 import (
+	"flag"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -97,4 +100,49 @@ func Send(n, g int, out string, send func(i int) error) error {
 	Write(out, "sent=%d\nsecs=%.3f\nrate=%.0f\nstart_ns=%d\n", n, secs,
 		float64(n)/secs, t0.UnixNano())
 	return nil
+}
+
+// Options is the command line both Go peers take,
+//
+//	NAME send|work [-n N] [-g G] [-c C] [-o FILE]
+//
+// with the broker URL from BENCH_AMQP_URL and the prefetch every client
+// of the benchmark uses from BENCH_PREFETCH (default 128).
+type Options struct {
+	Cmd      string // send or work
+	N        int    // tasks
+	G        int    // sending goroutines
+	C        int    // worker concurrency
+	Out      string // result file, "-" for stdout
+	URL      string
+	Prefetch int
+}
+
+// ParseArgs reads the options of the peer called `name`; `g` and `gHelp`
+// are its default and help for -g. Bad input exits 2 with a usage line:
+// these are benchmark programs, not a library.
+func ParseArgs(name string, g int, gHelp string) Options {
+	if len(os.Args) < 2 {
+		fmt.Fprintf(os.Stderr, "usage: %s send|work [-n N] [-g G] [-c C] [-o FILE]\n", name)
+		os.Exit(2)
+	}
+	o := Options{Cmd: os.Args[1], URL: os.Getenv("BENCH_AMQP_URL"), Prefetch: 128}
+	fs := flag.NewFlagSet(o.Cmd, flag.ExitOnError)
+	fs.IntVar(&o.N, "n", 10000, "tasks")
+	fs.IntVar(&o.G, "g", g, gHelp)
+	fs.IntVar(&o.C, "c", 8, "worker concurrency")
+	fs.StringVar(&o.Out, "o", "-", "result file")
+	_ = fs.Parse(os.Args[2:])
+	if o.URL == "" {
+		o.URL = "amqp://guest:guest@127.0.0.1:5672/"
+	}
+	if v := os.Getenv("BENCH_PREFETCH"); v != "" {
+		p, err := strconv.Atoi(v)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: BENCH_PREFETCH: %v\n", name, err)
+			os.Exit(2)
+		}
+		o.Prefetch = p
+	}
+	return o
 }

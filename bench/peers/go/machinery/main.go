@@ -11,11 +11,9 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	stdlog "log"
 	"os"
-	"strconv"
 
 	"github.com/RichardKnop/machinery/v2"
 	nullbackend "github.com/RichardKnop/machinery/v2/backends/null"
@@ -42,14 +40,9 @@ func (quiet) Panic(v ...interface{})            { stdlog.Panic(v...) }
 func (quiet) Panicf(f string, v ...interface{}) { stdlog.Panicf(f, v...) }
 func (quiet) Panicln(v ...interface{})          { stdlog.Panicln(v...) }
 
-func server() *machinery.Server {
-	prefetch, err := strconv.Atoi(getenv("BENCH_PREFETCH", "128"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "machinery: BENCH_PREFETCH:", err)
-		os.Exit(2)
-	}
+func server(o benchio.Options) *machinery.Server {
 	cnf := &config.Config{
-		Broker:          getenv("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+		Broker:          o.URL,
 		DefaultQueue:    "machinery_tasks",
 		ResultsExpireIn: 3600,
 		AMQP: &config.AMQPConfig{
@@ -58,38 +51,22 @@ func server() *machinery.Server {
 			// machinery publishes to the queue named by the routing key on a
 			// direct exchange, so the binding key is the queue's name.
 			BindingKey:    "machinery_tasks",
-			PrefetchCount: prefetch,
+			PrefetchCount: o.Prefetch,
 		},
 	}
 	return machinery.NewServer(cnf, amqpbroker.New(cnf), nullbackend.New(), eagerlock.New())
 }
 
-func getenv(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
-}
-
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: machinery send|work [-n N] [-g G] [-c C] [-o FILE]")
-		os.Exit(2)
-	}
-	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
-	n := fs.Int("n", 10000, "tasks")
-	g := fs.Int("g", 16, "sending goroutines")
-	c := fs.Int("c", 8, "worker concurrency")
-	out := fs.String("o", "-", "result file")
-	_ = fs.Parse(os.Args[2:])
+	o := benchio.ParseArgs("machinery", 16, "sending goroutines")
 	log.Set(quiet{})
 	log.SetWarning(stdlog.New(os.Stderr, "WARN ", stdlog.LstdFlags))
 	log.SetError(stdlog.New(os.Stderr, "ERROR ", stdlog.LstdFlags))
-	srv := server()
+	srv := server(o)
 
-	switch os.Args[1] {
+	switch o.Cmd {
 	case "send":
-		err := benchio.Send(*n, *g, *out, func(i int) error {
+		err := benchio.Send(o.N, o.G, o.Out, func(i int) error {
 			sig := &tasks.Signature{
 				Name: "noop",
 				Args: []tasks.Arg{{Type: "string", Value: benchio.Payload(i)}},
@@ -102,7 +79,7 @@ func main() {
 			os.Exit(1)
 		}
 	case "work":
-		counter := benchio.NewCounter(*n, *out)
+		counter := benchio.NewCounter(o.N, o.Out)
 		if err := srv.RegisterTask("noop", func(arg string) error {
 			counter.Task()
 			return nil
@@ -110,14 +87,14 @@ func main() {
 			fmt.Fprintln(os.Stderr, "machinery register:", err)
 			os.Exit(1)
 		}
-		w := srv.NewWorker("bench", *c)
+		w := srv.NewWorker("bench", o.C)
 		w.SetErrorHandler(func(err error) { fmt.Fprintln(os.Stderr, "machinery task:", err) })
 		if err := w.Launch(); err != nil {
 			fmt.Fprintln(os.Stderr, "machinery worker:", err)
 			os.Exit(1)
 		}
 	default:
-		fmt.Fprintln(os.Stderr, "machinery: unknown command", os.Args[1])
+		fmt.Fprintln(os.Stderr, "machinery: unknown command", o.Cmd)
 		os.Exit(2)
 	}
 }

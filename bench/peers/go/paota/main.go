@@ -12,10 +12,8 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
-	"strconv"
 
 	"github.com/sirupsen/logrus"
 	"github.com/surendratiwari3/paota/config"
@@ -26,29 +24,8 @@ import (
 	"kiln/bench/peers/benchio"
 )
 
-func getenv(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
-}
-
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: paota send|work [-n N] [-g G] [-c C] [-o FILE]")
-		os.Exit(2)
-	}
-	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
-	n := fs.Int("n", 10000, "tasks")
-	g := fs.Int("g", 10, "sending goroutines (at most the pool size, 10)")
-	c := fs.Uint("c", 8, "worker concurrency")
-	out := fs.String("o", "-", "result file")
-	_ = fs.Parse(os.Args[2:])
-	prefetch, err := strconv.Atoi(getenv("BENCH_PREFETCH", "128"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "paota: BENCH_PREFETCH:", err)
-		os.Exit(2)
-	}
+	o := benchio.ParseArgs("paota", 10, "sending goroutines (at most the pool size, 10)")
 
 	// paota logs through logrus; warnings and errors only, as kiln's run.
 	log := logrus.New()
@@ -59,25 +36,25 @@ func main() {
 		Broker:        "amqp",
 		TaskQueueName: "paota_tasks",
 		AMQP: &config.AMQPConfig{
-			Url:                getenv("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+			Url:                o.URL,
 			Exchange:           "paota_task_exchange",
 			ExchangeType:       "direct",
 			BindingKey:         "paota_task_binding_key",
-			PrefetchCount:      prefetch,
+			PrefetchCount:      o.Prefetch,
 			ConnectionPoolSize: 10,
 			DelayedQueue:       "paota_delay",
 			HeartBeatInterval:  10,
 		},
 	}
-	pool, err := workerpool.NewWorkerPoolWithConfig(context.Background(), *c, "bench", cnf)
+	pool, err := workerpool.NewWorkerPoolWithConfig(context.Background(), uint(o.C), "bench", cnf)
 	if err != nil || pool == nil {
 		fmt.Fprintln(os.Stderr, "paota: worker pool:", err)
 		os.Exit(1)
 	}
 
-	switch os.Args[1] {
+	switch o.Cmd {
 	case "send":
-		err := benchio.Send(*n, *g, *out, func(i int) error {
+		err := benchio.Send(o.N, o.G, o.Out, func(i int) error {
 			sig := &schema.Signature{
 				Name: "noop",
 				Args: []schema.Arg{{Type: "string", Value: benchio.Payload(i)}},
@@ -90,7 +67,7 @@ func main() {
 			os.Exit(1)
 		}
 	case "work":
-		counter := benchio.NewCounter(*n, *out)
+		counter := benchio.NewCounter(o.N, o.Out)
 		if err := pool.RegisterTasks(map[string]interface{}{
 			"noop": func(*schema.Signature) error {
 				counter.Task()
@@ -105,7 +82,7 @@ func main() {
 			os.Exit(1)
 		}
 	default:
-		fmt.Fprintln(os.Stderr, "paota: unknown command", os.Args[1])
+		fmt.Fprintln(os.Stderr, "paota: unknown command", o.Cmd)
 		os.Exit(2)
 	}
 }
