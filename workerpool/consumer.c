@@ -47,8 +47,9 @@ typedef struct consumer {
      * settled as one confirmed batch per turn; n_slots entries each. */
     kiln__work **batch;
     kiln__settle *settles;
-    kiln__message *msgs;
-    kiln_err *status;
+    kiln_err *begun;     /* per outcome: its message could be built */
+    kiln__message *msgs; /* the messages to confirm, in batch order */
+    kiln_err *confirmed; /* per message */
     size_t n_batch;
 } consumer;
 
@@ -208,9 +209,11 @@ static void flush_acks(consumer *c)
  * the consumer would stop taking deliveries. */
 static void compact(consumer *c)
 {
-    size_t kept = 0, n = c->win_len;
+    size_t i = 0, kept, n = c->win_len;
 
-    for (size_t i = 0; i < n; i++) {
+    while (i < n && win_at(c, i)->state != KILN__WORK_SETTLED)
+        i++; /* the usual case: nothing to move */
+    for (kept = i; i < n; i++) {
         kiln__work *w = win_at(c, i);
         if (w->state == KILN__WORK_SETTLED) {
             work_release(c, w);
@@ -268,40 +271,31 @@ static void finish(consumer *c, kiln__work *w)
 static void settle_batch(consumer *c)
 {
     size_t n = c->n_batch, n_msgs = 0, k = 0;
-    kiln_err *st = c->status + c->p->n_slots; /* per message */
     kiln_error e, pub = {KILN_OK, ""}, why = {KILN_OK, ""};
 
     c->n_batch = 0;
     for (size_t i = 0; i < n; i++) {
         kiln__work *w = c->batch[i];
         kiln__settle *s = &c->settles[i];
-        c->status[i] =
+        c->begun[i] =
             kiln__settle_begin(&c->p->dispatch, &w->dl, &w->job, s, &e);
-        if (c->status[i] != KILN_OK) {
-            s->publish = false;
-            s->headers = NULL;
-            if (why.code == KILN_OK)
-                why = e;
-        } else if (s->publish) {
+        if (c->begun[i] != KILN_OK && why.code == KILN_OK)
+            why = e;
+        if (s->publish) /* false when begin failed */
             c->msgs[n_msgs++] = s->msg;
-        }
     }
     if (n_msgs > 0)
-        (void)kiln__broker_publish(c->b, c->msgs, n_msgs, st, &pub);
+        (void)kiln__broker_publish(c->b, c->msgs, n_msgs, c->confirmed, &pub);
     for (size_t i = 0; i < n; i++) {
         kiln__work *w = c->batch[i];
         kiln__settle *s = &c->settles[i];
-        bool refused =
-            c->status[i] == KILN_OK && s->publish && st[k++] != KILN_OK;
+        bool refused = s->publish && c->confirmed[k++] != KILN_OK;
         w->state = KILN__WORK_SETTLED;
         if (refused && why.code == KILN_OK) {
-            /* A retry's copy goes to the cascade, named in s->exchange. */
             why = pub;
-            kiln__prefix(&why, s->msg.exchange == s->exchange
-                                   ? "sending on through the delay queues"
-                                   : "dead-letter");
+            kiln__prefix(&why, "%s", s->what);
         }
-        if (c->status[i] != KILN_OK || refused) {
+        if (c->begun[i] != KILN_OK || refused) {
             kiln__settle_discard(s);
         } else if (kiln__settle_end(c->b, &w->dl, s, &e) != KILN_OK &&
                    why.code == KILN_OK) {
@@ -465,8 +459,9 @@ static void consumer_free_arrays(consumer *c)
     kiln__free(c->win);
     kiln__free(c->batch);
     kiln__free(c->settles);
+    kiln__free(c->begun);
     kiln__free(c->msgs);
-    kiln__free(c->status);
+    kiln__free(c->confirmed);
 }
 
 static kiln_err consumer_init(consumer *c, kiln_pool *p, kiln_error *err)
@@ -481,10 +476,11 @@ static kiln_err consumer_init(consumer *c, kiln_pool *p, kiln_error *err)
     /* (arrays of pointers, on purpose) */
     c->batch = kiln__calloc(p->n_slots, sizeof(kiln__work *)); // NOLINT
     c->settles = kiln__calloc(p->n_slots, sizeof(*c->settles));
+    c->begun = kiln__calloc(p->n_slots, sizeof(*c->begun));
     c->msgs = kiln__calloc(p->n_slots, sizeof(*c->msgs));
-    c->status = kiln__calloc(2 * p->n_slots, sizeof(*c->status));
+    c->confirmed = kiln__calloc(p->n_slots, sizeof(*c->confirmed));
     if (c->win == NULL || c->batch == NULL || c->settles == NULL ||
-        c->msgs == NULL || c->status == NULL) {
+        c->begun == NULL || c->msgs == NULL || c->confirmed == NULL) {
         consumer_free_arrays(c);
         kiln__fail(err, KILN_ENOMEM, "pool: ack window");
         return KILN_ENOMEM;

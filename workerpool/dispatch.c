@@ -455,7 +455,8 @@ static kiln_err build_copy(kiln__settle *s, const char *exchange,
 }
 
 /* The dead-letter copy; `attempts` > 0 adds how many times the task ran
- * and which worker ran it last. `reason` must live as long as *s. */
+ * and which worker ran it last. `reason` must live as long as *s, which
+ * comes initialised by settle_init. */
 static kiln_err dead_letter_build(const kiln_config *cfg,
                                   const kiln__delivery *dl, const char *reason,
                                   unsigned attempts, kiln__settle *s,
@@ -465,13 +466,11 @@ static kiln_err dead_letter_build(const kiln_config *cfg,
         {KILN__HDR_REASON, reason},
         {KILN__HDR_EXCHANGE, dl->exchange},
         {KILN__HDR_ROUTING_KEY, dl->routing_key},
-        {KILN__HDR_ATTEMPTS, s->num1},
+        {KILN__HDR_ATTEMPTS, s->count},
         {KILN__HDR_WORKER, kiln__worker_id()},
     };
 
-    s->publish = false;
-    s->headers = NULL;
-    s->end = KILN__SETTLE_ACK;
+    s->what = "dead-letter";
     if (cfg->dead_letter_queue[0] == '\0') {
         kiln__log(KILN_LOG_ERR, MODULE,
                   "no dead-letter queue configured; "
@@ -480,18 +479,24 @@ static kiln_err dead_letter_build(const kiln_config *cfg,
         s->end = KILN__SETTLE_DROP;
         return KILN_OK;
     }
-    (void)snprintf(s->num1, sizeof(s->num1), "%u", attempts);
+    (void)snprintf(s->count, sizeof(s->count), "%u", attempts);
     return build_copy(s, cfg->dead_letter_exchange, cfg->dead_letter_queue, dl,
                       extra, attempts > 0 ? 5 : 3, err);
+}
+
+static void settle_init(kiln__settle *s)
+{
+    s->publish = false;
+    s->headers = NULL;
+    s->end = KILN__SETTLE_ACK;
+    s->what = "settle";
 }
 
 kiln_err kiln__settle_begin(const kiln__dispatch *d, const kiln__delivery *dl,
                             const kiln__job *job, kiln__settle *s,
                             kiln_error *err)
 {
-    s->publish = false;
-    s->headers = NULL;
-    s->end = KILN__SETTLE_ACK;
+    settle_init(s);
     switch (job->verdict) {
     case KILN__VERDICT_ACK:
         return KILN_OK;
@@ -536,10 +541,7 @@ static kiln_err settle_one(kiln__broker *b, const kiln__delivery *dl,
 
     if (s->publish &&
         (rc = kiln__broker_publish(b, &s->msg, 1, NULL, err)) != KILN_OK) {
-        /* A retry's copy goes to the cascade, named in s->exchange. */
-        kiln__prefix(err, s->msg.exchange == s->exchange
-                              ? "sending on through the delay queues"
-                              : "dead-letter");
+        kiln__prefix(err, "%s", s->what);
         kiln__settle_discard(s);
         return rc;
     }
@@ -553,6 +555,7 @@ kiln_err kiln__dead_letter(kiln__broker *b, const kiln_config *cfg,
     kiln__settle s;
     kiln_err rc;
 
+    settle_init(&s);
     if ((rc = dead_letter_build(cfg, dl, reason, 0, &s, err)) != KILN_OK)
         return rc;
     return settle_one(b, dl, &s, err);

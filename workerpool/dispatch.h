@@ -143,16 +143,18 @@ typedef enum kiln__settle_end_action {
 typedef struct kiln__settle {
     bool publish; /* msg must be confirmed before the end */
     kiln__settle_end_action end;
+    const char *what; /* names the copy in errors: "dead-letter", ... */
     kiln__message msg;
-    kiln_header *headers; /* owned; freed by end or discard */
-    char exchange[KILN_NAME_MAX];
-    char routing_key[KILN_NAME_MAX];
-    char num1[16], num2[16];
+    kiln_header *headers;            /* owned; freed by end or discard */
+    char exchange[KILN_NAME_MAX];    /* a retry's level of the cascade */
+    char routing_key[KILN_NAME_MAX]; /* and its key */
+    char count[16], count2[16];      /* header values: runs, retries and
+                                        deliveries as text */
 } kiln__settle;
 
-/* Builds the settle of job->verdict for `dl` into *s. Fails (nothing to
- * free) when the message cannot be built: no memory, or a retry delay the
- * cascade cannot route. */
+/* Builds the settle of job->verdict for `dl` into *s. Fails when the
+ * message cannot be built (no memory, or a retry delay the cascade cannot
+ * route); *s then owns nothing and publishes nothing. */
 kiln_err kiln__settle_begin(const kiln__dispatch *d, const kiln__delivery *dl,
                             const kiln__job *job, kiln__settle *s,
                             kiln_error *err);

@@ -119,24 +119,23 @@ kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
         (job->out_body != NULL ? job->n_out_headers : dl->n_headers) + 2;
     kiln_err rc;
 
-    s->publish = false;
-    s->headers = NULL;
+    s->what = "sending on through the delay queues";
     rc = kiln__delay_route(cfg, job->delay_ms < max ? job->delay_ms : max,
                            kiln__delay_dest_key(cfg), s->exchange,
                            sizeof(s->exchange), s->routing_key,
                            sizeof(s->routing_key), err);
     if (rc != KILN_OK) {
-        kiln__prefix(err, "sending on through the delay queues");
+        kiln__prefix(err, "%s", s->what);
         return rc;
     }
     if ((s->headers = kiln__malloc(n_max * sizeof(*s->headers))) == NULL)
         return kiln__fail(err, KILN_ENOMEM, "headers of a copy");
-    (void)snprintf(s->num1, sizeof(s->num1), "%u",
+    (void)snprintf(s->count, sizeof(s->count), "%u",
                    job->retries + (job->out_body != NULL ? 1 : 0));
     /* A requeue counts a delivery; a retry starts counting afresh; a task
      * early for its ETA, or a classic redelivery (whose count already
      * includes the delivery before), keeps its count. */
-    (void)snprintf(s->num2, sizeof(s->num2), "%u",
+    (void)snprintf(s->count2, sizeof(s->count2), "%u",
                    job->count              ? job->deliveries + 1
                    : job->out_body != NULL ? 0
                                            : job->deliveries);
@@ -146,12 +145,11 @@ kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
         .body = job->out_body != NULL ? job->out_body : dl->body,
         .body_len = job->out_body != NULL ? job->out_len : dl->body_len,
         .headers = s->headers,
-        .n_headers = copy_headers(dl, job, s->headers, s->num1, s->num2),
+        .n_headers = copy_headers(dl, job, s->headers, s->count, s->count2),
         .message_id = dl->message_id,
         .priority = dl->priority,
         .persistent = true};
     s->publish = true;
-    s->end = KILN__SETTLE_ACK;
     return KILN_OK;
 }
 

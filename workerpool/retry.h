@@ -52,7 +52,7 @@ kiln_err kiln__encode_again(kiln_signature *sig, uint64_t delay_ms,
  * queue again (the key the queue is bound with on the cascade's delivery
  * exchange); its settle then acks `dl`. Headers RabbitMQ added when
  * dead-lettering are left out; x-kiln-retries and x-kiln-deliveries carry
- * the counts. See kiln__settle_begin. */
+ * the counts. *s comes initialised by kiln__settle_begin. */
 kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
                            const kiln__job *job, kiln__settle *s,
                            kiln_error *err);
