@@ -86,7 +86,8 @@ SHARED := $(BUILD)/libkiln.so.$(VERSION)
 SONAME := libkiln.so.$(VERSION_MAJOR)
 
 .PHONY: all lib examples benches tests longs check check-integration check-store check-interop interop-progs test test-long lint demo deps install uninstall clean \
-        fuzz tidy cppcheck format format-check symbols install-check valgrind
+        fuzz tidy cppcheck format format-check symbols install-check valgrind \
+        check-scripts
 
 all: lib examples benches
 
@@ -271,7 +272,11 @@ fuzz:
 
 # One file per run: clang-tidy 14 carries va_list state across files in one
 # invocation and then reports false "uninitialized va_list" errors.
-lint: format-check cppcheck tidy
+lint: format-check cppcheck tidy check-scripts
+
+# Captured script output carries its result alone (scripts/check-scripts.sh).
+check-scripts:
+	@scripts/check-scripts.sh
 
 tidy:
 	@for f in $(LIB_SRCS); do \

@@ -7,8 +7,9 @@
 #
 #   scripts/bench-deps.sh
 #
-# Go: the machine's, or Debian's golang-go when `go` is missing; the Go
-# module cache is build/gomod, so the benchmark never depends on (or
+# Go: scripts/install-go.sh (the machine's when new enough, else Go from
+# the module proxy, as every Go build of the project); the Go module cache
+# is build/gomod, so the benchmark never depends on (or
 # disturbs) a cache shared with other builds.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,19 +30,16 @@ if ! cmp -s "$req" "$venv/requirements.txt" 2>/dev/null; then
 fi
 
 # machinery and paota, rebuilt when their sources or pins change.
-if ! command -v go >/dev/null 2>&1; then
-    "$top/scripts/install-deps.sh" golang-go
-fi
+go=$("$top/scripts/install-go.sh")
 src="$top/bench/peers/go"
 stamp=$(cat "$src/go.mod" "$src/go.sum" "$src"/*/*.go | sha256sum | cut -c1-16)
 if [ "$(cat "$out/peers/build.stamp" 2>/dev/null)" != "$stamp" ] ||
    [ ! -x "$out/peers/machinery" ] || [ ! -x "$out/peers/paota" ]; then
     echo "bench-deps: building machinery and paota peers"
     # go.sum pins every module; -mod=readonly fails rather than resolving
-    # anything new, and GOTOOLCHAIN=auto fetches the toolchain go.mod names
-    # when the machine's Go is older.
+    # anything new.
     (cd "$src" && GOMODCACHE="$top/build/gomod" GOWORK=off GOFLAGS=-mod=readonly \
-        GOTOOLCHAIN=auto go build -trimpath -buildvcs=false \
+        GOTOOLCHAIN=local "$go" build -trimpath -buildvcs=false \
         -o "$out/peers/" ./machinery ./paota)
     echo "$stamp" >"$out/peers/build.stamp"
 fi

@@ -33,8 +33,9 @@
 # the script downloads exactly that module version (`go mod download`,
 # which needs no list), copies its source into build/tools, writes
 # version.txt and builds cmd/ferretdb there against the module's own
-# go.sum. Go comes from the machine, or from Debian (golang-go) when `go`
-# is missing; FerretDB 1.24 needs Go 1.24 or later.
+# go.sum. FerretDB 1.24 needs Go 1.24 or later: scripts/install-go.sh 1.24
+# gives the machine's `go` when it is that new, else installs Go 1.24.3
+# from the module proxy (Debian 12's golang-go is Go 1.19).
 #
 # One line of FerretDB is changed before the build. Its SQLite backend
 # indexes _id as `_ferretdb_sjson->"_id"` but looks documents up by
@@ -45,6 +46,11 @@
 # number of tasks. The patch makes the lookups use the indexed expression;
 # both extract the same value, so only the query plan changes.
 set -euo pipefail
+# Callers capture stdout (url=$(scripts/ferretdb.sh start DIR)): it carries
+# the result alone, written to fd 3; everything else, Go's output included,
+# goes to stderr. The server started in the background closes fd 3, or
+# the caller's $(...) would wait for it to exit.
+exec 3>&1 1>&2
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:-}
@@ -83,14 +89,12 @@ patch_id_lookup() {
 
 install() {
     have_binary && return 0
-    if ! command -v go >/dev/null 2>&1; then
-        "$top/scripts/install-deps.sh" golang-go
-    fi
-    local t0 src info moddir
+    local t0 src info moddir go
+    go=$("$top/scripts/install-go.sh" 1.24) || return 1
     t0=$(date +%s)
     echo "ferretdb.sh: building FerretDB $version into $tools (once)" >&2
     mkdir -p "$tools"
-    info=$(cd "$tools" && GOWORK=off go mod download -json "$module@$version") || {
+    info=$(cd "$tools" && GOWORK=off GOTOOLCHAIN=local "$go" mod download -json "$module@$version") || {
         echo "ferretdb.sh: go mod download $module@$version failed:" >&2
         echo "$info" >&2
         return 1
@@ -109,12 +113,10 @@ install() {
     patch_id_lookup "$src"
     # -buildvcs=false: the copy sits inside kiln's work tree, whose git
     # state says nothing about FerretDB.
-    # GOTOOLCHAIN=auto: a Go from 1.21 to 1.23 fetches the 1.24 toolchain
-    # that FerretDB's go.mod asks for from the module proxy.
-    (cd "$src" && GOFLAGS=-mod=mod GOBIN="$tools" GOTOOLCHAIN=auto GOWORK=off \
-        go install -buildvcs=false -trimpath ./cmd/ferretdb) || {
-        echo "ferretdb.sh: building $module/cmd/ferretdb@$version failed" \
-             "(needs Go >= 1.24; found $(go version))" >&2
+    (cd "$src" && GOFLAGS=-mod=mod GOBIN="$tools" GOTOOLCHAIN=local GOWORK=off \
+        "$go" install -buildvcs=false -trimpath ./cmd/ferretdb) >&2 || {
+        echo "ferretdb.sh: building $module/cmd/ferretdb@$version with" \
+             "$("$go" version) failed" >&2
         return 1
     }
     rm -rf "$tools/src"
@@ -132,7 +134,7 @@ start() {
     mkdir -p "$dir/data" "$dir/state" "$dir/log"
     if port_open "$port"; then
         if ours_running; then
-            echo "$url"
+            echo "$url" >&3
             return 0
         fi
         echo "ferretdb.sh: port $port is held by another process; set KILN_FERRETDB_PORT" >&2
@@ -146,11 +148,11 @@ start() {
         --listen-addr="127.0.0.1:$port" --listen-unix="" --listen-tls="" \
         --debug-addr=- --state-dir="$dir/state" --telemetry=disable \
         --log-level="${KILN_FERRETDB_LOG_LEVEL:-error}" --log-format=text \
-        >>"$dir/log/ferretdb.log" 2>&1 &
+        >>"$dir/log/ferretdb.log" 2>&1 3>&- &
     echo $! >"$dir/server.pid"
     for _ in $(seq 1 300); do
         if port_open "$port"; then
-            echo "$url"
+            echo "$url" >&3
             return 0
         fi
         if ! ours_running; then
@@ -183,7 +185,7 @@ stop() {
 case "$cmd" in
     start) start ;;
     stop) stop ;;
-    url) echo "$url" ;;
+    url) echo "$url" >&3 ;;
     install) install ;;
     *) echo "usage: $0 start|stop|url|install [DIR]" >&2; exit 2 ;;
 esac

@@ -2,7 +2,12 @@
 # Installs the Debian packages kiln's build and tests need, when missing.
 # Idempotent and quiet when everything is present. Usage:
 #   scripts/install-deps.sh [extra-package ...]
+#
+# Its messages go to stderr and it prints nothing on stdout: other scripts
+# call it on their way to printing a result that callers capture with
+# $(...) (scripts/rabbitmq.sh start prints the broker URL).
 set -euo pipefail
+exec 1>&2
 
 pkgs=(build-essential pkg-config librabbitmq-dev libmongoc-dev libbson-dev
       libcjson-dev libcmocka-dev clang libclang-rt-14-dev valgrind
@@ -16,7 +21,7 @@ for p in "${pkgs[@]}"; do
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
-echo "install-deps: installing ${missing[*]}"
+echo "install-deps: installing ${missing[*]}" >&2
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
     sudo="sudo"

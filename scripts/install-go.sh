@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Prints the path of a Go toolchain that can build the interop peer
-# (test/interop/go.mod: Go 1.22 or later; paota's own go.mod says 1.21.5),
-# installing one when the machine has none that new. Messages go to stderr;
+# Prints the path of a Go toolchain at least as new as MIN (default 1.22,
+# what the interop peer's go.mod needs; paota's own go.mod says 1.21.5;
+# FerretDB needs 1.24), installing one when the machine has none that new.
+# Every Go build of the project gets its Go here. Messages go to stderr;
 # stdout is the path alone.
 #
-#   go=$(scripts/install-go.sh)
+#   go=$(scripts/install-go.sh [MIN])      # MIN: 1.22, 1.24, ...
 #
 # In order:
-#   1. `go` on PATH, when it is 1.22 or later;
+#   1. `go` on PATH, when it is MIN or later;
 #   2. the toolchain this script installed before, in
 #      KILN_TOOLS_DIR (default build/tools)/go1.24.3;
 #   3. otherwise it installs that toolchain. Debian 12's golang-go is Go 1.19,
@@ -20,13 +21,20 @@
 #      programs are made executable again, as `go` itself does when it
 #      switches toolchains.
 set -euo pipefail
+# The path is the result, written to fd 3; everything else goes to stderr.
+exec 3>&1 1>&2
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 tools=$(realpath -m "${KILN_TOOLS_DIR:-$top/build/tools}")
 version=go1.24.3
-want_minor=22
+min=${1:-1.22}
+if ! [[ "$min" =~ ^1\.([0-9]+)$ ]] || [ "${BASH_REMATCH[1]}" -gt 24 ]; then
+    echo "install-go.sh: MIN must be 1.N with N <= 24 (what $version gives), not '$min'" >&2
+    exit 2
+fi
+want_minor=${BASH_REMATCH[1]}
 
-# go_ok GO: true when GO runs and is Go 1.22 or later.
+# go_ok GO: true when GO runs and is Go MIN or later.
 go_ok() {
     local v minor
     v=$("$1" env GOVERSION 2>/dev/null) || return 1
@@ -36,12 +44,12 @@ go_ok() {
 }
 
 if command -v go >/dev/null 2>&1 && go_ok "$(command -v go)"; then
-    command -v go
+    command -v go >&3
     exit 0
 fi
 mine="$tools/$version/bin/go"
 if [ -x "$mine" ] && go_ok "$mine"; then
-    echo "$mine"
+    echo "$mine" >&3
     exit 0
 fi
 
@@ -78,4 +86,4 @@ if ! go_ok "$mine"; then
     echo "install-go.sh: $mine does not run" >&2
     exit 1
 fi
-echo "$mine"
+echo "$mine" >&3

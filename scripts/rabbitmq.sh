@@ -20,6 +20,11 @@
 # default). It asks clients for a certificate and checks one against
 # ca.pem when given, but accepts clients without one.
 set -euo pipefail
+# Callers capture stdout (url=$(scripts/rabbitmq.sh start DIR)): it carries
+# the result alone, written to fd 3; everything else, the tools' own output
+# included, goes to stderr. Servers started in the background close fd 3,
+# or the caller's $(...) would wait for them to exit.
+exec 3>&1 1>&2
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:-}
@@ -57,7 +62,7 @@ start() {
     setup_env
     if port_open "$port"; then
         if [ -f "$dir/rabbitmq.pid" ] && kill -0 "$(cat "$dir/rabbitmq.pid")" 2>/dev/null; then
-            echo "amqp://guest:guest@127.0.0.1:$port/"
+            echo "amqp://guest:guest@127.0.0.1:$port/" >&3
             return 0
         fi
         echo "rabbitmq.sh: port $port is held by another process; set KILN_RMQ_PORT" >&2
@@ -106,14 +111,14 @@ CONF
     [ -f "$dir/.erlang.cookie" ] || { head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/.erlang.cookie"; chmod 400 "$dir/.erlang.cookie"; }
     # Our own epmd, bound to loopback on its own port; stop kills it by pid.
     if ! port_open "$epmd_port"; then
-        epmd -address 127.0.0.1 -port "$epmd_port" >"$dir/log/epmd.log" 2>&1 &
+        epmd -address 127.0.0.1 -port "$epmd_port" >"$dir/log/epmd.log" 2>&1 3>&- &
         echo $! >"$dir/epmd.pid"
     fi
-    "$bin/rabbitmq-server" >"$dir/log/console.log" 2>&1 &
+    "$bin/rabbitmq-server" >"$dir/log/console.log" 2>&1 3>&- &
     echo $! >"$dir/server.pid"
     for _ in $(seq 1 300); do
         if port_open "$port" && { [ -z "$tls_dir" ] || port_open "$tls_port"; }; then
-            echo "amqp://guest:guest@127.0.0.1:$port/"
+            echo "amqp://guest:guest@127.0.0.1:$port/" >&3
             return 0
         fi
         if ! kill -0 "$(cat "$dir/server.pid")" 2>/dev/null; then
@@ -168,7 +173,7 @@ case "$cmd" in
     ctl)
         setup_env
         shift 2
-        "$bin/rabbitmqctl" -n "$node" "$@" ;;
-    url) echo "amqp://guest:guest@127.0.0.1:$port/" ;;
+        "$bin/rabbitmqctl" -n "$node" "$@" >&3 ;;
+    url) echo "amqp://guest:guest@127.0.0.1:$port/" >&3 ;;
     *) echo "usage: $0 start|stop|stop_app|start_app|url|ctl [DIR] [args]" >&2; exit 2 ;;
 esac
