@@ -151,6 +151,9 @@ const kiln__cfg_field kiln__cfg_fields[] = {
      expired_policies, "deadletter or drop"},
     {"KILN_TIME_LIMIT_MS", NULL, KILN__CFG_UINT, 0, F(time_limit_ms), 0,
      MONTH_MS, NULL, NULL},
+    /* 0 or at least 1000 (validate.c). */
+    {"KILN_CONSUMER_TIMEOUT_MS", NULL, KILN__CFG_UINT, 0,
+     F(consumer_timeout_ms), 0, MONTH_MS, NULL, NULL},
     /* wire */
     {"KILN_DIALECT", NULL, KILN__CFG_ENUM, 0, F(dialect), 0, 0, dialects,
      "machinery, paota or paota-headers"},
@@ -248,6 +251,8 @@ void kiln_config_init(kiln_config *cfg)
     cfg->unregistered = KILN_UNREGISTERED_DEADLETTER;
     cfg->expired = KILN_EXPIRED_DEADLETTER;
     cfg->time_limit_ms = 0;
+    /* RabbitMQ's default consumer_timeout (3.8.15 and later). */
+    cfg->consumer_timeout_ms = 1800000;
     cfg->dialect = KILN_DIALECT_MACHINERY;
     cfg->store = KILN_STORE_NONE;
     kiln__strlcpy(cfg->mongodb_url, "mongodb://127.0.0.1:27017",

@@ -35,6 +35,20 @@ static kiln_err check_queue(const kiln_config *cfg, const char *const *used,
     return KILN_OK;
 }
 
+/* kiln hands a delivery back, or leases it, at half the broker's
+ * consumer_timeout; below a second that would be most of the time. */
+static kiln_err check_consumer_timeout(const kiln_config *cfg,
+                                       const char *const *used,
+                                       kiln_error *err)
+{
+    if (cfg->consumer_timeout_ms > 0 && cfg->consumer_timeout_ms < 1000)
+        return bad_field(cfg, used, IDX(consumer_timeout_ms),
+                         "expected 0 (the broker has no consumer_timeout) or "
+                         "1000 to 2592000000 ms",
+                         err);
+    return KILN_OK;
+}
+
 /* TLS files only make sense on amqps://, and a client certificate and its
  * key only as a pair. */
 static kiln_err check_tls(const kiln_config *cfg, const char *const *used,
@@ -138,6 +152,7 @@ kiln_err kiln__cfg_validate(const kiln_config *cfg, const char *const *used,
             return rc;
     }
     if ((rc = check_queue(cfg, used, err)) != KILN_OK ||
+        (rc = check_consumer_timeout(cfg, used, err)) != KILN_OK ||
         (rc = check_tls(cfg, used, err)) != KILN_OK ||
         (rc = check_retry(cfg, used, err)) != KILN_OK ||
         (rc = check_names(cfg, used, err)) != KILN_OK)

@@ -244,6 +244,11 @@ typedef struct kiln_config {
     kiln_expired_policy expired;
     unsigned time_limit_ms; /* default soft limit, 0 = none,
                                at most 30 days */
+    unsigned consumer_timeout_ms; /* the broker's consumer_timeout (RabbitMQ
+                                     closes a channel holding a delivery
+                                     unacked that long); kiln keeps no
+                                     delivery unacked past half of it.
+                                     0 = the broker has none */
 
     /* wire */
     kiln_dialect dialect;

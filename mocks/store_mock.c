@@ -130,6 +130,7 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
         ms->buckets[h & (ms->nbuckets - 1)] = e;
         ms->count++;
         rec.created_ns = rec.updated_ns;
+        rec.attempts = u->state == KILN__STATE_STARTED ? 1 : 0;
         maybe_grow(ms);
     } else {
         /* A later write without a name keeps the one already known. */
@@ -139,6 +140,8 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
             e->rec.task_name = NULL;
         }
         rec.created_ns = e->rec.created_ns;
+        rec.attempts =
+            e->rec.attempts + (u->state == KILN__STATE_STARTED ? 1 : 0);
         ms->per_state[e->rec.state]--;
         kiln__task_record_release(&e->rec);
     }
@@ -198,6 +201,7 @@ static kiln_err ms_get_state(kiln__store *s, const char *uuid,
         if ((rc = fill(&r, &u, err)) == KILN_OK) {
             r.created_ns = e->rec.created_ns;
             r.updated_ns = e->rec.updated_ns;
+            r.attempts = e->rec.attempts;
             *out = r;
         }
     }

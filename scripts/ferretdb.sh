@@ -150,7 +150,10 @@ start() {
         --log-level="${KILN_FERRETDB_LOG_LEVEL:-error}" --log-format=text \
         >>"$dir/log/ferretdb.log" 2>&1 3>&- &
     echo $! >"$dir/server.pid"
-    for _ in $(seq 1 300); do
+    # A busy machine (a CI run beside other builds) can take well over
+    # the usual 5-7 s: wait by the clock, not by a count of polls.
+    local deadline=$((SECONDS + ${KILN_START_TIMEOUT_S:-120}))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         if port_open "$port"; then
             echo "$url" >&3
             return 0
@@ -163,7 +166,7 @@ start() {
         fi
         sleep 0.1
     done
-    echo "ferretdb.sh: no listener on 127.0.0.1:$port after 30 s" >&2
+    echo "ferretdb.sh: no listener on 127.0.0.1:$port after ${KILN_START_TIMEOUT_S:-120} s" >&2
     return 1
 }
 

@@ -116,7 +116,10 @@ CONF
     fi
     "$bin/rabbitmq-server" >"$dir/log/console.log" 2>&1 3>&- &
     echo $! >"$dir/server.pid"
-    for _ in $(seq 1 300); do
+    # A busy machine (a CI run beside other builds) can take well over
+    # the usual 5-7 s: wait by the clock, not by a count of polls.
+    local deadline=$((SECONDS + ${KILN_START_TIMEOUT_S:-120}))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         if port_open "$port" && { [ -z "$tls_dir" ] || port_open "$tls_port"; }; then
             echo "amqp://guest:guest@127.0.0.1:$port/" >&3
             return 0
@@ -128,7 +131,7 @@ CONF
         fi
         sleep 0.1
     done
-    echo "rabbitmq.sh: no AMQP listener on 127.0.0.1:$port${tls_dir:+ and $tls_port (TLS)} after 30 s" >&2
+    echo "rabbitmq.sh: no AMQP listener on 127.0.0.1:$port${tls_dir:+ and $tls_port (TLS)} after ${KILN_START_TIMEOUT_S:-120} s" >&2
     return 1
 }
 

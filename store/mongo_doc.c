@@ -121,6 +121,11 @@ static kiln_err read_field(const bson_iter_t *it, kiln__task_record *r,
         r->updated_ns = bson_iter_date_time(it) * 1000000;
     else if (strcmp(k, "results") == 0)
         return kiln__mongo_read_results(it, &r->results, err);
+    else if (strcmp(k, "attempts") == 0 && BSON_ITER_HOLDS_INT(it))
+        r->attempts = bson_iter_as_int64(it) > 0 &&
+                              bson_iter_as_int64(it) <= (int64_t)UINT32_MAX
+                          ? (unsigned)bson_iter_as_int64(it)
+                          : 0;
     if (slot == NULL || BSON_ITER_HOLDS_NULL(it))
         return KILN_OK;
     kiln__free(*slot);

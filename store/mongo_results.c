@@ -198,6 +198,11 @@ int64_t kiln_result_updated_at(const kiln_result *res)
     return res != NULL ? res->rec.updated_ns : 0;
 }
 
+unsigned kiln_result_attempts(const kiln_result *res)
+{
+    return res != NULL ? res->rec.attempts : 0;
+}
+
 const kiln_signature *kiln_result_values(const kiln_result *res)
 {
     return res != NULL ? res->values : &no_values;

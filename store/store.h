@@ -73,6 +73,7 @@ typedef struct kiln__task_record {
     char *error;          /* "" unless FAILURE or RETRY gave one */
     int64_t created_ns;   /* realtime of the first write */
     int64_t updated_ns;   /* realtime of the last applied write */
+    unsigned attempts;    /* STARTED writes applied: the runs begun */
 } kiln__task_record;
 
 typedef struct kiln__store kiln__store;

@@ -49,6 +49,17 @@ static kiln_err flaky_task(kiln_task_ctx *ctx, void *user)
     return (*calls)++ == 0 ? kiln_task_retry(ctx, 250) : KILN_OK;
 }
 
+/* A task that "kills its worker": control goes back to bounce(), as if
+ * the process died right there, after its STARTED was written. */
+static jmp_buf crash_jmp;
+
+static kiln_err crash_task(kiln_task_ctx *ctx, void *user)
+{
+    (void)ctx;
+    (void)user;
+    longjmp(crash_jmp, 1);
+}
+
 /* Sleeps 30 ms; records what it saw of its time limit in *user. */
 static kiln_err slow_task(kiln_task_ctx *ctx, void *user)
 {
@@ -70,6 +81,7 @@ static int fx_setup(void **state)
         {"ok", ok_task, NULL, NULL},
         {"boom", boom_task, NULL, NULL},
         {"flaky", flaky_task, &fx->flaky_calls, NULL},
+        {"crash", crash_task, NULL, NULL},
     };
 
     assert_non_null(fx);
@@ -81,7 +93,7 @@ static int fx_setup(void **state)
     fx->dlq = open_conn(fx->srv, fx->cfg.dead_letter_queue, 0);
     fx->store = kiln__mock_store_new(NULL);
     fx->reg = kiln_registry_new(NULL);
-    assert_int_equal(kiln_registry_add_table(fx->reg, defs, 4, NULL), KILN_OK);
+    assert_int_equal(kiln_registry_add_table(fx->reg, defs, 5, NULL), KILN_OK);
     fx->d =
         (kiln__dispatch){.cfg = &fx->cfg, .reg = fx->reg, .store = fx->store};
     *state = fx;
@@ -489,15 +501,16 @@ static void test_dispatch_unregistered_policies(void **state)
  * counts as a quorum queue does: the count is cleared here). Each
  * redelivery is sent on once with the count in x-kiln-deliveries, so a
  * task that kills its worker runs max_deliveries times and is then
- * dead-lettered, as on a quorum queue. */
+ * dead-lettered, as on a quorum queue. Without a store: with one, the
+ * store counts the runs (the next test). */
 static void test_poison_classic_queue(void **state)
 {
     struct fixture *fx = *state;
     kiln__verdict v = KILN__VERDICT_ACK;
-    kiln__task_record r;
     char reason[256];
     int runs = 0, bounces = 0;
 
+    fx->d.store = NULL;
     fx->cfg.max_deliveries = 3;
     send_one(fx, "ok");
     for (int i = 0; i < 20 && v != KILN__VERDICT_DEADLETTER; i++) {
@@ -526,7 +539,70 @@ static void test_poison_classic_queue(void **state)
     assert_int_equal(bounces, 2);
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "delivered 4 times (max_deliveries 3)");
+}
+
+/* Delivers the next task. Without `run` it goes back at once (requeue),
+ * as when a worker stops or loses its connection before a worker thread
+ * took it. With `run` a worker thread takes it: true when the task
+ * started and "crashed" (the delivery goes back too), false when the
+ * dispatcher decided it without running (its verdict in *v, settled). */
+static bool bounce(struct fixture *fx, bool run, kiln__verdict *v)
+{
+    kiln__delivery dl;
+    kiln__job job;
+
+    assert_int_equal(kiln__broker_consume(fx->c, &dl, 0, NULL), KILN_OK);
+    if (!run) {
+        assert_int_equal(kiln__broker_nack(fx->c, dl.tag, true, NULL),
+                         KILN_OK);
+        kiln__broker_release(fx->c, &dl);
+        return false;
+    }
+    if (kiln__dispatch_prepare(&fx->d, &dl, &job) && setjmp(crash_jmp) != 0) {
+        assert_int_equal(kiln__broker_nack(fx->c, dl.tag, true, NULL),
+                         KILN_OK);
+        kiln__job_release(&job);
+        kiln__broker_release(fx->c, &dl);
+        return true;
+    }
+    kiln__dispatch_run(&fx->d, &job);
+    *v = job.verdict;
+    assert_int_equal(kiln__dispatch_settle(&fx->d, fx->c, &dl, &job, NULL),
+                     KILN_OK);
+    kiln__job_release(&job);
+    kiln__broker_release(fx->c, &dl);
+    return false;
+}
+
+/* With a store, the poison count is the runs the store recorded: a task
+ * handed back unstarted (drains, lost connections) any number of times
+ * still runs, and one that started max_deliveries times is dead-lettered
+ * before it runs again. */
+static void test_poison_counts_runs_with_store(void **state)
+{
+    struct fixture *fx = *state;
+    kiln__verdict v = KILN__VERDICT_RETRY;
+    kiln__task_record r;
+    char reason[256];
+
+    fx->cfg.max_deliveries = 3;
+    send_one(fx, "ok");
+    for (int i = 0; i < 6; i++)
+        (void)bounce(fx, false, &v);
+    assert_int_equal(dispatch_next(fx, &v), KILN_OK);
+    assert_int_equal(v, KILN__VERDICT_ACK);
+    assert_int_equal(state_of(fx, &r), KILN__STATE_SUCCESS);
+    kiln__task_record_release(&r);
+
+    send_one(fx, "crash");
+    for (int i = 0; i < 3; i++)
+        assert_true(bounce(fx, true, &v));
+    assert_false(bounce(fx, true, &v));
+    assert_int_equal(v, KILN__VERDICT_DEADLETTER);
+    next_reason(fx, reason, sizeof(reason));
+    assert_string_equal(reason, "started 3 times (max_deliveries 3)");
     assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(r.attempts, 3);
     kiln__task_record_release(&r);
     assert_int_equal(kiln__mock_server_ready(fx->srv, fx->cfg.queue), 0);
 }
@@ -1044,6 +1120,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dispatch_store_failure_requeues,
                                         fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_dispatch_unregistered_policies,
+                                        fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_poison_counts_runs_with_store,
                                         fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_poison_classic_queue, fx_setup,
                                         fx_teardown),

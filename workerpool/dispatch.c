@@ -198,6 +198,15 @@ static bool unregistered(const kiln__dispatch *d, const kiln__delivery *dl,
         return false;
     }
     if (d->cfg->unregistered == KILN_UNREGISTERED_REQUEUE) {
+        unsigned max = d->cfg->max_deliveries;
+        /* kiln requeued it itself each time: its deliveries count even
+         * with a store, which sees no run of it. */
+        if (max > 0 && job->deliveries >= max) {
+            kiln__fail(&job->reason, KILN_EINVAL,
+                       "delivered %u times (max_deliveries %u)",
+                       job->deliveries + 1, max);
+            return refuse(d, dl, job, KILN_EINVAL);
+        }
         job->status = KILN_ENOHANDLER;
         job->verdict = KILN__VERDICT_RETRY;
         job->count = true;
@@ -251,26 +260,47 @@ static bool expired(kiln__job *job)
     return true;
 }
 
-bool kiln__dispatch_prepare(const kiln__dispatch *d, const kiln__delivery *dl,
-                            kiln__job *job)
+bool kiln__dispatch_decode(const kiln__dispatch *d, const kiln__delivery *dl,
+                           kiln__job *job, bool *needs_worker)
 {
-    unsigned max = d->cfg->max_deliveries;
     kiln_err rc;
 
     memset(job, 0, sizeof(*job));
+    *needs_worker = false;
     job->deliveries = kiln__earlier_deliveries(dl);
     job->retries = kiln__header_uint(dl, KILN__HDR_RETRIES);
+    job->lease = kiln__delivery_header(dl, KILN__HDR_LEASE);
+    job->redelivery = dl->redelivered || dl->delivery_count > 0 ||
+                      job->lease != NULL ||
+                      kiln__header_uint(dl, KILN__HDR_DELIVERIES) > 0;
+    /* A lease copy stands for a run that had started: a copy that comes
+     * back to a worker that does not know it counts that run. */
+    if (job->lease != NULL && job->deliveries < UINT32_MAX)
+        job->deliveries++;
     if ((rc = decode(d, dl, &job->sig, &job->reason)) != KILN_OK) {
         kiln__prefix(&job->reason, "undecodable message");
-        return refuse(d, dl, job, rc);
+        *needs_worker = refuse(d, dl, job, rc);
+        return false;
     }
-    if (max > 0 && job->deliveries >= max) {
+    return true;
+}
+
+bool kiln__dispatch_admit(const kiln__dispatch *d, const kiln__delivery *dl,
+                          kiln__job *job)
+{
+    unsigned max = d->cfg->max_deliveries;
+
+    /* With a store, the runs it counted decide (on the worker): a
+     * redelivery that never ran, after a drain or a lost connection, does
+     * not count against max_deliveries. */
+    job->check_store = d->store != NULL && job->redelivery;
+    if (!job->check_store && max > 0 && job->deliveries >= max) {
         kiln__fail(&job->reason, KILN_EINVAL,
                    "delivered %u times (max_deliveries %u)",
                    job->deliveries + 1, max);
         return refuse(d, dl, job, KILN_EINVAL);
     }
-    if (max > 0 && kiln__classic_redelivery(dl)) {
+    if (!job->check_store && max > 0 && kiln__classic_redelivery(dl)) {
         /* A classic queue only flags a redelivery. Send the message on at
          * once with the count in x-kiln-deliveries, so that a task that
          * kills its worker is still stopped after max_deliveries runs. */
@@ -291,6 +321,16 @@ bool kiln__dispatch_prepare(const kiln__dispatch *d, const kiln__delivery *dl,
                             &job->time_limit_ms) != KILN_OK)
         return unregistered(d, dl, job);
     return true;
+}
+
+bool kiln__dispatch_prepare(const kiln__dispatch *d, const kiln__delivery *dl,
+                            kiln__job *job)
+{
+    bool needs_worker;
+
+    if (!kiln__dispatch_decode(d, dl, job, &needs_worker))
+        return needs_worker;
+    return kiln__dispatch_admit(d, dl, job);
 }
 
 /* ---- run ---------------------------------------------------------------- */
@@ -364,6 +404,54 @@ static void conclude(const kiln__dispatch *d, kiln__job *job,
         job->verdict = KILN__VERDICT_REQUEUE;
 }
 
+/* A redelivery, with a store: what the store knows decides whether it
+ * runs. A task already finished (its delivery was not acked before the
+ * worker died or lost its connection) is not run again: SUCCESS is acked,
+ * FAILURE dead-lettered again (its first dead letter may not have been
+ * confirmed). A task started max_deliveries times is poison. Returns true
+ * when the job's verdict is decided. An unknown task, or a store that
+ * cannot be read, runs: at least once. */
+static bool decided_by_store(const kiln__dispatch *d, kiln__job *job)
+{
+    const kiln_signature *sig = job->sig;
+    unsigned max = d->cfg->max_deliveries;
+    kiln__task_record rec = {0};
+    kiln_error e;
+    bool decided = true;
+
+    if (kiln__store_get(d->store, sig->uuid, &rec, &e) != KILN_OK)
+        return false;
+    if (rec.state == KILN__STATE_SUCCESS) {
+        job->status = KILN_OK;
+        job->verdict = KILN__VERDICT_ACK;
+        kiln__log_task(KILN_LOG_NOTICE, MODULE, sig->uuid, sig->name,
+                       "redelivered, but the store says SUCCESS: acked "
+                       "without running it again");
+    } else if (rec.state == KILN__STATE_FAILURE) {
+        job->status = KILN_ETASK;
+        job->verdict = KILN__VERDICT_DEADLETTER;
+        kiln__fail(&job->reason, KILN_ETASK, "%s", rec.error);
+        kiln__log_task(KILN_LOG_NOTICE, MODULE, sig->uuid, sig->name,
+                       "redelivered, but the store says FAILURE: "
+                       "dead-lettered again without running it: %s",
+                       rec.error);
+    } else if (max > 0 && rec.attempts >= max) {
+        job->status = KILN_EINVAL;
+        job->verdict = KILN__VERDICT_DEADLETTER;
+        kiln__fail(&job->reason, KILN_EINVAL,
+                   "started %u times (max_deliveries %u)", rec.attempts, max);
+        kiln__log_task(KILN_LOG_WARN, MODULE, sig->uuid, sig->name,
+                       "dead-lettered: %s", job->reason.message);
+        if (record(d, sig->uuid, sig->name, KILN__STATE_FAILURE, NULL,
+                   job->reason.message) != KILN_OK)
+            job->verdict = KILN__VERDICT_REQUEUE;
+    } else {
+        decided = false;
+    }
+    kiln__task_record_release(&rec);
+    return decided;
+}
+
 void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job)
 {
     const kiln_signature *sig = job->sig;
@@ -372,6 +460,8 @@ void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job)
     int64_t t0;
     kiln_err rc;
 
+    if (job->fn != NULL && job->check_store && decided_by_store(d, job))
+        return;
     if (job->fn == NULL) {
         /* Refused input: its FAILURE, then the dead-letter queue. */
         if (job->failed_uuid[0] != '\0' &&

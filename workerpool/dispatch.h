@@ -90,6 +90,16 @@ typedef struct kiln__job {
                             x-delivery-count, x-kiln-deliveries or the
                             redelivered flag */
     unsigned retries;    /* retries before this run (x-kiln-retries) */
+    /* Delivered before (the redelivered flag, a delivery count, kiln's own
+     * count) or a lease copy (x-kiln-lease): the delivery may have run
+     * already, here or elsewhere. */
+    bool redelivery;
+    const char *lease; /* the x-kiln-lease header, borrowed from the
+                          delivery; NULL for no lease copy */
+    /* With a store, a redelivery's task state is read on the worker before
+     * it runs: a finished task is not run again, and the poison count is
+     * the number of runs the store recorded. */
+    bool check_store;
     /* RETRY: how long to wait, and what to send. Without out_body the
      * delivery's own body and headers go again; `count` adds one to the
      * delivery count it carries (a requeue, not a new attempt). */
@@ -107,9 +117,23 @@ typedef struct kiln__job {
  * unless that write fails). Returns false when the verdict is decided and
  * nothing is left to write (bad input without a store or a readable UUID,
  * an unregistered task to drop or requeue). Never calls the store. `dl` is
- * borrowed for the call. */
+ * borrowed for the call. The same as kiln__dispatch_decode, then (when
+ * that returned true) kiln__dispatch_admit. */
 bool kiln__dispatch_prepare(const kiln__dispatch *d, const kiln__delivery *dl,
                             kiln__job *job);
+
+/* The first half of prepare: zeroes `job`, reads the delivery's counts
+ * and decodes the body. False when the body did not decode (the verdict
+ * is decided; true again when its FAILURE needs a worker, as prepare).
+ * On true the job has its signature and the caller may look at it (and
+ * adjust job->deliveries) before kiln__dispatch_admit. */
+bool kiln__dispatch_decode(const kiln__dispatch *d, const kiln__delivery *dl,
+                           kiln__job *job, bool *needs_worker);
+
+/* The second half: poison count, ETA, expiry, registry look-up; returns
+ * what kiln__dispatch_prepare returns. */
+bool kiln__dispatch_admit(const kiln__dispatch *d, const kiln__delivery *dl,
+                          kiln__job *job);
 
 /* Runs a prepared job's task and records its states (or, for refused
  * input, records its FAILURE). Never fails: the outcome is in

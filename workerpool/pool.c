@@ -111,6 +111,7 @@ void kiln_pool_free(kiln_pool *pool)
             continue;
         if (pool->leftover != NULL)
             kiln__broker_release(pool->leftover, &w->dl);
+        kiln__settle_discard(&w->settle);
         kiln__job_release(&w->job);
     }
     kiln__broker_destroy(pool->leftover);
@@ -124,6 +125,11 @@ void kiln_pool_free(kiln_pool *pool)
     pthread_cond_destroy(&pool->work_cv);
     pthread_mutex_destroy(&pool->mu);
     kiln__free(pool);
+}
+
+void kiln__pool_hold_acks(kiln_pool *p, bool hold)
+{
+    atomic_store(&p->hold_acks, hold);
 }
 
 void kiln__pool_set_broker_factory(kiln_pool *p, kiln__broker_factory f,

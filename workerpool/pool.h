@@ -29,24 +29,78 @@ typedef kiln__broker *(*kiln__broker_factory)(void *ctx, const kiln_config *cfg,
                                               kiln_error *err);
 
 typedef struct kiln__publisher kiln__publisher; /* publisher.c */
+typedef struct kiln__pub_req kiln__pub_req;
+
+/* Called by a publishing connection's owner thread once every message of
+ * an asynchronous request (kiln__publisher_submit) is final, with that
+ * connection's lock held: it may only hand the request on (put it on a
+ * list, wake a thread) and must not call the publisher. The owner never
+ * touches the request again after it. */
+typedef void (*kiln__pub_notify)(kiln__pub_req *r, void *ctx);
+
+/* One call's messages on their way through a publishing connection. A
+ * synchronous send keeps it on its stack; an asynchronous one in memory
+ * that lives until `notify` ran. */
+struct kiln__pub_req {
+    const kiln__message *msgs; /* borrowed from the caller */
+    size_t n;
+    kiln_err *status; /* per message; KILN__PUB_PENDING until final */
+    int64_t deadline_ns;
+    size_t pending; /* messages not final yet */
+    size_t low;     /* status[0..low) is final */
+    size_t scan;    /* assembly: next index to look at */
+    size_t bad;     /* lowest failed index; n when none */
+    kiln_error err; /* its reason */
+    bool done;      /* synchronous: under the connection's lock */
+    pthread_cond_t cv;
+    kiln__pub_notify notify; /* asynchronous: NULL for a synchronous one */
+    void *notify_ctx;
+    struct kiln__pub_req *next;
+};
 
 /* One delivery in flight, from consume to settle. Slots are preallocated
  * (prefetch + concurrency of them), so the per-task path allocates only
- * what decoding needs. */
+ * what decoding needs.
+ *
+ * A slot's life: QUEUED (handed to the workers) -> the outcome comes back
+ * -> SENDING (its copy, a dead letter or a retry, is with the publisher;
+ * WAITING when the broker refused it and it goes again later) -> DONE
+ * (nothing left to publish; the ack waits for the next flush) ->
+ * SETTLED, when the slot is free again. An outcome without a copy goes
+ * straight to DONE. `live` says whether the delivery is still unacked on
+ * the consumer's current channel; it is not once the connection was lost
+ * (the broker redelivers it) or once a lease copy took its place (see
+ * consumer.c), and then the outcome is recorded instead of acked. */
 typedef enum kiln__work_state {
     KILN__WORK_FREE = 0,
-    KILN__WORK_QUEUED,  /* in the work queue, not started */
-    KILN__WORK_RUNNING, /* a worker has it */
-    KILN__WORK_DONE,    /* finished with verdict ACK; ack not yet sent */
-    KILN__WORK_SETTLED  /* acked or nacked; waiting to leave the window */
+    KILN__WORK_QUEUED,  /* in the work queue, or a worker runs it */
+    KILN__WORK_SENDING, /* its copy is with the publisher */
+    KILN__WORK_WAITING, /* its copy was refused; sent again at retry_at_ns */
+    KILN__WORK_DONE,    /* outcome settled but for the ack */
+    KILN__WORK_SETTLED  /* acked, nacked or given up: the slot is free */
 } kiln__work_state;
 
 typedef struct kiln__work {
     kiln__delivery dl;
     kiln__job job;
     kiln__work_state state;
-    bool orphan;             /* its connection was lost: drop the outcome */
-    struct kiln__work *next; /* work queue, done list or free list */
+    bool live;      /* the delivery is unacked on the current channel */
+    bool in_window; /* in the consumer's ack window */
+    bool started;   /* a worker took it; under kiln_pool.mu */
+    bool leasing;   /* a lease copy is with the publisher */
+    bool leased;    /* a lease copy took the delivery's place */
+    bool outcome_waits; /* finished while its lease copy was in flight */
+    int64_t taken_ns;   /* monotonic time it was consumed */
+    int64_t retry_at_ns;
+    unsigned attempts; /* publishes of its copy so far */
+    const char *uuid;  /* the task's, borrowed from job.sig; NULL when the
+                          body did not decode. Read by the consumer only. */
+    unsigned retries_seen;    /* job.retries and job.deliveries as admitted, */
+    uint32_t deliveries_seen; /* for a lease copy made while it runs */
+    kiln__settle settle;
+    kiln__pub_req req;
+    kiln_err req_status;
+    struct kiln__work *next; /* work queue, done lists or free list */
 } kiln__work;
 
 typedef enum kiln__pool_state {
@@ -79,6 +133,7 @@ struct kiln_pool {
     pthread_cond_t work_cv;
     kiln__work *queue_head, *queue_tail;
     kiln__work *done_head, *done_tail;
+    kiln__work *sent_head; /* copies the publisher is done with */
     bool closing;         /* workers exit once the queue is empty */
     unsigned running;     /* tasks being run right now */
     unsigned max_running; /* highest `running` seen (tests check <= C) */
@@ -92,9 +147,11 @@ struct kiln_pool {
      * of tasks still running are released with it by kiln_pool_free. */
     kiln__broker *leftover;
 
-    /* Publishing, created on first send. */
+    /* Publishing, created on first send (and by kiln_pool_start, whose
+     * consumer publishes outcome copies through it too). */
     pthread_mutex_t pub_mu;
     kiln__publisher *pub;
+    atomic_bool hold_acks; /* kiln__pool_hold_acks */
 };
 
 /* workers.c */
@@ -106,6 +163,10 @@ kiln_err kiln__consumer_run(kiln_pool *p, kiln_error *err);
 
 /* Wakes the consumer loop (eventfd write). Any thread; async-signal-safe. */
 void kiln__pool_wake(kiln_pool *p);
+
+/* The pool's publisher, created on first use. NULL with `err` when it
+ * cannot be made. Any thread. */
+kiln__publisher *kiln__pool_publisher(kiln_pool *p, kiln_error *err);
 
 /* publisher.c: thread-safe confirmed publishing over `n_conns`
  * connections, each owned by its own thread. */
@@ -119,9 +180,25 @@ kiln__publisher *kiln__publisher_new(const kiln_config *cfg,
  * calls share confirm round trips. */
 kiln_err kiln__publisher_send(kiln__publisher *p, const kiln__message *msgs,
                               size_t n, kiln_err *status, kiln_error *err);
+/* Queues the `n` messages of `r` (borrowed, with `status`, until notify)
+ * and returns at once; r->notify(r, r->notify_ctx) is called on a
+ * publishing connection's owner thread once every status[i] is final,
+ * with the same codes as kiln__publisher_send (KILN_ECLOSED when the
+ * publisher closed first). Returns KILN_ECLOSED, queuing nothing and never
+ * calling notify, when the publisher is already closing. The rest of `r`
+ * is the publisher's until notify. Safe from any thread. */
+kiln_err kiln__publisher_submit(kiln__publisher *p, kiln__pub_req *r,
+                                const kiln__message *msgs, size_t n,
+                                kiln_err *status, kiln__pub_notify notify,
+                                void *ctx);
+
 /* Fails what is still queued with KILN_ECLOSED, joins the threads, closes
  * the connections. NULL is a no-op. */
 void kiln__publisher_free(kiln__publisher *p);
+
+/* Test hook: while `hold` is true the consumer sends no acks, so a test
+ * can kill the process after tasks finished and before their acks. */
+void kiln__pool_hold_acks(kiln_pool *p, bool hold);
 
 /* Test hook: replaces the broker factory (default: the AMQP broker).
  * Before kiln_pool_start and the first send only. */

@@ -219,6 +219,19 @@ static kiln__pub_conn *pick(kiln__publisher *p)
     return load > KILN__PUB_SPILL && load / 2 > low ? least : mine;
 }
 
+/* Puts `r` on the queue of `c`. c->mu held, not stopping. */
+static void enqueue(kiln__pub_conn *c, kiln__pub_req *r)
+{
+    if (c->q_tail != NULL)
+        c->q_tail->next = r;
+    else
+        c->q_head = r;
+    c->q_tail = r;
+    c->q_len++;
+    atomic_fetch_add(&c->load, r->n);
+    pthread_cond_signal(&c->cv);
+}
+
 /* Queues `r` on `c` and waits until the owner is done with it. */
 static bool wait_done(kiln__pub_conn *c, kiln__pub_req *r)
 {
@@ -228,14 +241,7 @@ static bool wait_done(kiln__pub_conn *c, kiln__pub_req *r)
         return false;
     }
     c->users++;
-    if (c->q_tail != NULL)
-        c->q_tail->next = r;
-    else
-        c->q_head = r;
-    c->q_tail = r;
-    c->q_len++;
-    atomic_fetch_add(&c->load, r->n);
-    pthread_cond_signal(&c->cv);
+    enqueue(c, r);
     while (!r->done)
         pthread_cond_wait(&r->cv, &c->mu);
     if (--c->users == 0 && c->stopping)
@@ -252,6 +258,38 @@ static kiln_err result(const kiln__pub_req *r, kiln_error *err)
     }
     return kiln__fail(err, r->status[r->bad], "message %zu of %zu: %s", r->bad,
                       r->n, r->err.message);
+}
+
+kiln_err kiln__publisher_submit(kiln__publisher *p, kiln__pub_req *r,
+                                const kiln__message *msgs, size_t n,
+                                kiln_err *status, kiln__pub_notify notify,
+                                void *ctx)
+{
+    kiln__pub_conn *c;
+
+    if (p == NULL || r == NULL || msgs == NULL || status == NULL || n == 0 ||
+        notify == NULL)
+        return KILN_EINVAL;
+    *r = (kiln__pub_req){.msgs = msgs,
+                         .n = n,
+                         .status = status,
+                         .pending = n,
+                         .bad = n,
+                         .notify = notify,
+                         .notify_ctx = ctx};
+    for (size_t i = 0; i < n; i++)
+        status[i] = KILN__PUB_PENDING;
+    r->deadline_ns =
+        kiln__monotonic_ns() + (int64_t)p->cfg.publish_timeout_ms * 1000000;
+    c = pick(p);
+    pthread_mutex_lock(&c->mu);
+    if (c->stopping) {
+        pthread_mutex_unlock(&c->mu);
+        return KILN_ECLOSED;
+    }
+    enqueue(c, r);
+    pthread_mutex_unlock(&c->mu);
+    return KILN_OK;
 }
 
 kiln_err kiln__publisher_send(kiln__publisher *p, const kiln__message *msgs,

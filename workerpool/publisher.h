@@ -14,21 +14,6 @@
 /* A status no publish gives: the message is still to be (re)sent. */
 #define KILN__PUB_PENDING KILN_ERETRY
 
-typedef struct kiln__pub_req {
-    const kiln__message *msgs; /* borrowed from the caller */
-    size_t n;
-    kiln_err *status; /* KILN__PUB_PENDING until final */
-    int64_t deadline_ns;
-    size_t pending; /* messages not final yet */
-    size_t low;     /* status[0..low) is final */
-    size_t scan;    /* assembly: next index to look at */
-    size_t bad;     /* lowest failed index; n when none */
-    kiln_error err; /* its reason */
-    bool done;      /* under conn->mu */
-    pthread_cond_t cv;
-    struct kiln__pub_req *next;
-} kiln__pub_req;
-
 typedef struct kiln__pub_slot {
     kiln__pub_req *r;
     size_t i;

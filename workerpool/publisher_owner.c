@@ -44,6 +44,12 @@ static void complete(kiln__pub_conn *c)
         }
         *pp = r->next;
         atomic_fetch_sub(&c->load, r->n);
+        if (r->notify != NULL) {
+            /* Not a caller who sends again at once: linger() waits for
+             * no one on its behalf. */
+            r->notify(r, r->notify_ctx); /* r may be reused from here */
+            continue;
+        }
         c->woken++;
         r->done = true;
         pthread_cond_signal(&r->cv);

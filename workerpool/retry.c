@@ -153,6 +153,42 @@ kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
     return KILN_OK;
 }
 
+kiln_err kiln__lease_build(const kiln_config *cfg, const kiln__delivery *dl,
+                           uint64_t delay_ms, unsigned retries,
+                           uint32_t deliveries, kiln__settle *s,
+                           kiln_error *err)
+{
+    kiln__job job;
+    kiln_header *h;
+    kiln_err rc;
+
+    memset(&job, 0, sizeof(job));
+    job.delay_ms = delay_ms;
+    job.retries = retries;
+    job.deliveries = deliveries;
+    if ((rc = kiln__retry_build(cfg, dl, &job, s, err)) != KILN_OK)
+        return rc;
+    s->what = "lease copy";
+    for (size_t i = 0; i < s->msg.n_headers; i++) {
+        if (strcmp(s->headers[i].key, KILN__HDR_LEASE) == 0) {
+            s->headers[i].value = kiln__worker_id(); /* a lease again */
+            return KILN_OK;
+        }
+    }
+    h = kiln__realloc(s->headers, (s->msg.n_headers + 1) * sizeof(*h));
+    if (h == NULL) {
+        kiln__free(s->headers);
+        s->headers = NULL;
+        s->publish = false;
+        return kiln__fail(err, KILN_ENOMEM, "headers of a lease copy");
+    }
+    h[s->msg.n_headers] = (kiln_header){KILN__HDR_LEASE, kiln__worker_id()};
+    s->headers = h;
+    s->msg.headers = h;
+    s->msg.n_headers++;
+    return KILN_OK;
+}
+
 static char worker_id[320];
 static pthread_once_t worker_once = PTHREAD_ONCE_INIT;
 

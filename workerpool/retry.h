@@ -57,6 +57,18 @@ kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
                            const kiln__job *job, kiln__settle *s,
                            kiln_error *err);
 
+/* Builds into *s a lease copy of `dl`: its body and headers sent on
+ * through the delay cascade to come back to cfg's queue after `delay_ms`,
+ * with x-kiln-lease naming this worker and x-kiln-retries and
+ * x-kiln-deliveries set to `retries` and `deliveries`. It takes the place
+ * of a delivery whose task runs for longer than the broker's
+ * consumer_timeout allows it to stay unacked. *s comes initialised by
+ * kiln__settle_begin's rules (the caller zeroes it). */
+kiln_err kiln__lease_build(const kiln_config *cfg, const kiln__delivery *dl,
+                           uint64_t delay_ms, unsigned retries,
+                           uint32_t deliveries, kiln__settle *s,
+                           kiln_error *err);
+
 /* "host:pid" of this process, for dead-letter headers. Static storage;
  * thread-safe. */
 const char *kiln__worker_id(void);

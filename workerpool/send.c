@@ -9,12 +9,11 @@
  * allocates nothing here beyond its encoded body. */
 #define SMALL 8
 
-/* The publisher, created on first use. pool->pub_mu guards pool->pub; it
- * is never held while sending. */
-static kiln__publisher *publisher(kiln_pool *pool, kiln_error *err)
+kiln__publisher *kiln__pool_publisher(kiln_pool *pool, kiln_error *err)
 {
     kiln__publisher *pub;
 
+    /* pool->pub_mu guards pool->pub; it is never held while sending. */
     pthread_mutex_lock(&pool->pub_mu);
     if (pool->pub == NULL)
         pool->pub =
@@ -110,7 +109,7 @@ kiln_err kiln_pool_send_tasks(kiln_pool *pool,
         kiln__ok(err);
         return KILN_OK;
     }
-    if ((pub = publisher(pool, &e)) == NULL) {
+    if ((pub = kiln__pool_publisher(pool, &e)) == NULL) {
         if (err != NULL)
             *err = e;
         return fail_all(status, n, e.code);

@@ -17,6 +17,7 @@ static kiln__work *take_job(kiln_pool *p)
         if (p->queue_head == NULL)
             p->queue_tail = NULL;
         w->next = NULL;
+        w->started = true; /* the consumer reads it under p->mu */
         if (++p->running > p->max_running)
             p->max_running = p->running;
     }

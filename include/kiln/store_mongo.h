@@ -107,6 +107,12 @@ KILN_API const char *kiln_result_error(const kiln_result *res);
 KILN_API int64_t kiln_result_created_at(const kiln_result *res);
 KILN_API int64_t kiln_result_updated_at(const kiln_result *res);
 
+/* kiln_result_attempts: how many times a worker started the task (its
+ * STARTED writes); 0 for a task never started. A redelivered task that
+ * finished before is not started again, so a task that ran once says 1
+ * whatever the broker redelivered. */
+KILN_API unsigned kiln_result_attempts(const kiln_result *res);
+
 /* kiln_result_values gives the task's results (SUCCESS only; empty
  * otherwise) as a borrowed, argument-shaped view: read them with
  * kiln_signature_arg_count, kiln_signature_arg_type and the

@@ -219,6 +219,20 @@ static inline int it_rabbitmq(const char *cmd)
     return rc == -1 ? -1 : WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
 }
 
+/* Runs `$KILN_TEST_RABBITMQ ctl $KILN_TEST_RABBITMQ_DIR <args>` (rabbitmqctl
+ * on the test node; `args` is shell text); its exit code. */
+static inline int it_ctl(const char *args)
+{
+    char line[PATH_MAX * 2 + 1024];
+    int rc;
+
+    (void)snprintf(line, sizeof(line), "'%s' ctl '%s' %s >/dev/null 2>&1",
+                   it_env_need("KILN_TEST_RABBITMQ"),
+                   it_env_need("KILN_TEST_RABBITMQ_DIR"), args);
+    rc = system(line);
+    return rc == -1 ? -1 : WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
 /* rabbitmqctl list_queues: ready, unacknowledged and consumers of `queue`
  * as the queue process itself counts them (~0.5 s per call). */
 static inline bool it_ctl_queue(const char *queue, long *ready, long *unacked,
@@ -374,6 +388,7 @@ static inline void it_env_init(it_env *e, const it_fix *f)
     it_env_add(e, "KILN_EXPIRED", "%s",
                c->expired == KILN_EXPIRED_DROP ? "drop" : "deadletter");
     it_env_add(e, "KILN_TIME_LIMIT_MS", "%u", c->time_limit_ms);
+    it_env_add(e, "KILN_CONSUMER_TIMEOUT_MS", "%u", c->consumer_timeout_ms);
     it_env_add(e, "KILN_DIALECT", "%s",
                c->dialect == KILN_DIALECT_PAOTA           ? "paota"
                : c->dialect == KILN_DIALECT_PAOTA_HEADERS ? "paota-headers"

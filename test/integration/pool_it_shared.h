@@ -41,6 +41,9 @@
 #define IT_ENV_SLEEP_MS   "KILN_IT_SLEEP_MS"   /* each task sleeps this */
 #define IT_ENV_COUNTERS   "KILN_IT_COUNTERS"   /* counters file path */
 #define IT_ENV_NAME       "KILN_IT_NAME"       /* pool name */
+/* 1: the pool sends no acks (kiln__pool_hold_acks), so a test can kill it
+ * after tasks finished and before their acks went out. */
+#define IT_ENV_HOLD_ACKS "KILN_IT_HOLD_ACKS"
 
 /* prog_sender */
 #define IT_ENV_SENT     "KILN_IT_SENT"     /* send log path */
@@ -74,6 +77,9 @@
 #define IT_TASK_CRASH "it.crash"
 /* Logs an E line and succeeds. */
 #define IT_TASK_ETA "it.eta"
+/* Logs an S line, sleeps as many ms as its int64 argument 0 says, logs an
+ * F line and succeeds. */
+#define IT_TASK_SLEEP "it.sleep"
 
 /* The counters file (KILN_IT_COUNTERS): prog_worker maps it shared and
  * the driver maps it too. The file must be at least this big. */

@@ -29,6 +29,10 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+/* The test hook of workerpool/pool.h; this program links the static
+ * library, which has it. */
+void kiln__pool_hold_acks(kiln_pool *p, bool hold);
+
 _Static_assert(ATOMIC_LONG_LOCK_FREE == 2,
                "the counters are shared between processes");
 
@@ -112,6 +116,24 @@ static kiln_err task_record(kiln_task_ctx *ctx, void *user)
     count_in(w->counters);
     if (w->sleep_ms > 0)
         sleep_ms(w->sleep_ms);
+    count_out(w->counters);
+    log_event(w, 'F', uuid);
+    atomic_fetch_add(&w->ran, 1);
+    return KILN_OK;
+}
+
+static kiln_err task_sleep(kiln_task_ctx *ctx, void *user)
+{
+    worker *w = user;
+    const char *uuid = kiln_task_uuid(ctx);
+    int64_t ms = 0;
+
+    log_event(w, 'S', uuid);
+    count_in(w->counters);
+    if (kiln_signature_arg_int64(kiln_task_signature(ctx), 0, &ms, NULL) ==
+            KILN_OK &&
+        ms > 0)
+        sleep_ms((unsigned)ms);
     count_out(w->counters);
     log_event(w, 'F', uuid);
     atomic_fetch_add(&w->ran, 1);
@@ -327,6 +349,7 @@ int main(void)
         {IT_TASK_FLAKY, task_flaky, &w, NULL},
         {IT_TASK_CRASH, task_crash, &w, NULL},
         {IT_TASK_ETA, task_eta, &w, NULL},
+        {IT_TASK_SLEEP, task_sleep, &w, NULL},
     };
 
     (void)setvbuf(stdout, NULL, _IOLBF, 0);
@@ -345,6 +368,8 @@ int main(void)
     if ((rc = kiln_pool_register_table(
              pool, tasks, sizeof(tasks) / sizeof(tasks[0]), &err)) != KILN_OK)
         goto out;
+    if (env_uint(IT_ENV_HOLD_ACKS) == 1)
+        kiln__pool_hold_acks(pool, true);
     printf("prog_worker %ld: starting on %s, concurrency %u, prefetch %u\n",
            (long)getpid(), cfg.queue, cfg.concurrency, cfg.prefetch);
     rc = kiln_pool_start(pool, &err); /* until SIGTERM or SIGINT */
