@@ -757,8 +757,10 @@ KILN_API kiln_pool *kiln_pool_new(const kiln_config *cfg, unsigned concurrency,
                                   const char *name, kiln_error *err);
 
 /* kiln_pool_free waits for any task still running (after a timed-out
- * drain), closes every connection and frees everything. Call it after
- * kiln_pool_start returned, or for a pool never started. NULL is a no-op. */
+ * drain or a second signal), then closes every connection and frees
+ * everything: such a task may still send tasks until it returns. Call it
+ * after kiln_pool_start returned, or for a pool never started, from a
+ * thread that is not one of its tasks. NULL is a no-op. */
 KILN_API void kiln_pool_free(kiln_pool *pool);
 
 /* kiln_pool_register adds a task function, as kiln_registry_add (same

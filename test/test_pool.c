@@ -418,6 +418,70 @@ static void test_drain_timeout(void **state)
     assert_int_equal(atomic_load(&finished), 4);
 }
 
+/* What late_sender saw: its first send, and the one it makes while
+ * kiln_pool_free runs (-1 until made). */
+static atomic_int late_first, late_rc;
+
+static bool pool_closing(kiln_pool *pool)
+{
+    bool closing;
+
+    pthread_mutex_lock(&pool->mu);
+    closing = pool->closing;
+    pthread_mutex_unlock(&pool->mu);
+    return closing;
+}
+
+/* Sends a task (which opens the pool's publisher), then outlives the
+ * drain: it waits until kiln_pool_free has begun to join the workers and
+ * sends again from there. */
+static kiln_err late_sender(kiln_task_ctx *ctx, void *user)
+{
+    kiln_pool *pool = user;
+    kiln_signature *sig = kiln_signature_new("work", NULL);
+
+    (void)ctx;
+    atomic_store(&late_first, kiln_pool_send_task(pool, sig, NULL));
+    atomic_fetch_add(&slow_running, 1);
+    for (int i = 0; i < 10000 && !pool_closing(pool); i++)
+        sleep_for(1);
+    atomic_store(&late_rc, kiln_pool_send_task(pool, sig, NULL));
+    kiln_signature_free(sig);
+    atomic_fetch_sub(&slow_running, 1);
+    return KILN_OK;
+}
+
+/* A task still runs when the drain times out and sends a task while
+ * kiln_pool_free runs: free waits for it before it closes the publisher,
+ * so the late send ends cleanly (sent, or refused as closed) instead of
+ * using freed memory (ASan and valgrind watch this test). */
+static void test_free_joins_before_closing_publisher(void **state)
+{
+    fixture *f = *state;
+    kiln_error err;
+
+    f->cfg.drain_timeout_ms = 50;
+    make_pool(f);
+    assert_int_equal(
+        kiln_pool_register(f->pool, "late", late_sender, f->pool, NULL, &err),
+        KILN_OK);
+    atomic_store(&slow_running, 0);
+    atomic_store(&late_first, -1);
+    atomic_store(&late_rc, -1);
+    send_n(f, "late", 0, 1);
+    start(f);
+    wait_count(&slow_running, 1);
+    assert_int_equal(atomic_load(&late_first), KILN_OK);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_ETIMEDOUT);
+    assert_int_equal(atomic_load(&late_rc), -1); /* still waiting */
+    kiln_pool_free(f->pool);
+    f->pool = NULL;
+    assert_int_equal(atomic_load(&slow_running), 0);
+    assert_true(atomic_load(&late_rc) == KILN_OK ||
+                atomic_load(&late_rc) == KILN_ECLOSED);
+}
+
 static void test_sigterm_drains(void **state)
 {
     fixture *f = *state;
@@ -596,6 +660,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stop_drains_running_tasks, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_drain_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_free_joins_before_closing_publisher, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_duplicate_while_running, setup,
                                         teardown),

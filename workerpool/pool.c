@@ -100,11 +100,14 @@ void kiln_pool_free(kiln_pool *pool)
 {
     if (pool == NULL)
         return;
-    kiln__publisher_free(pool->pub);
     /* After a timed-out drain the workers may still run tasks, or retry
-     * a store write: tell them to stop retrying. */
+     * a store write: tell them to stop retrying, and wait for them before
+     * closing anything a task may still use (the publisher it sends
+     * through, the store, the registry). */
     atomic_store(&pool->abandon, true);
     kiln__workers_join(pool);
+    kiln__publisher_free(pool->pub);
+    pool->pub = NULL;
     for (size_t i = 0; i < pool->n_slots; i++) {
         kiln__work *w = &pool->slots[i];
         if (w->state == KILN__WORK_FREE)
