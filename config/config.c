@@ -151,6 +151,8 @@ const kiln__cfg_field kiln__cfg_fields[] = {
      expired_policies, "deadletter or drop"},
     {"KILN_TIME_LIMIT_MS", NULL, KILN__CFG_UINT, 0, F(time_limit_ms), 0,
      MONTH_MS, NULL, NULL},
+    {"KILN_HANDLE_SIGNALS", NULL, KILN__CFG_BOOL, 0, F(handle_signals), 0, 1,
+     NULL, NULL},
     /* wire */
     {"KILN_DIALECT", NULL, KILN__CFG_ENUM, 0, F(dialect), 0, 0, dialects,
      "machinery, paota or paota-headers"},
@@ -248,6 +250,7 @@ void kiln_config_init(kiln_config *cfg)
     cfg->unregistered = KILN_UNREGISTERED_DEADLETTER;
     cfg->expired = KILN_EXPIRED_DEADLETTER;
     cfg->time_limit_ms = 0;
+    cfg->handle_signals = true;
     cfg->dialect = KILN_DIALECT_MACHINERY;
     cfg->store = KILN_STORE_NONE;
     kiln__strlcpy(cfg->mongodb_url, "mongodb://127.0.0.1:27017",

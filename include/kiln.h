@@ -244,6 +244,9 @@ typedef struct kiln_config {
     kiln_expired_policy expired;
     unsigned time_limit_ms; /* default soft limit, 0 = none,
                                at most 30 days */
+    bool handle_signals;    /* kiln_pool_start drains on SIGINT and
+                               SIGTERM; false leaves every signal to the
+                               program, which stops with kiln_pool_stop */
 
     /* wire */
     kiln_dialect dialect;
@@ -783,8 +786,11 @@ KILN_API kiln_err kiln_pool_register_table(kiln_pool *pool,
 
 /* kiln_pool_start connects, declares the topology, consumes the configured
  * queue and runs tasks until kiln_pool_stop is called or the process gets
- * SIGINT or SIGTERM (handlers are installed for the duration of the call
- * and the previous ones restored after). A lost broker connection is
+ * SIGINT or SIGTERM. With cfg->handle_signals (the default) it installs
+ * handlers for these two for the duration of the call (one pool at a time)
+ * and, on return, puts back the ones it found unless the program replaced
+ * kiln's meanwhile; with it off, kiln touches no signal disposition and the
+ * program stops the pool with kiln_pool_stop. A lost broker connection is
  * re-established with capped, jittered backoff; start does not return for
  * it. Stopping drains: no new deliveries are taken, deliveries not yet
  * started go back to the queue, running tasks finish and are acked, the
@@ -797,8 +803,9 @@ KILN_API kiln_err kiln_pool_register_table(kiln_pool *pool,
 KILN_API kiln_err kiln_pool_start(kiln_pool *pool, kiln_error *err);
 
 /* kiln_pool_stop asks a running kiln_pool_start to drain and return. Safe
- * from any thread and from a task; returns at once. Calling it again stops
- * at once, as a second signal does. */
+ * from any thread, from a task and from a signal handler (it only touches
+ * lock-free atomics and an eventfd); returns at once. Calling it again
+ * stops at once, as a second signal does. */
 KILN_API void kiln_pool_stop(kiln_pool *pool);
 
 /* kiln_pool_send_task publishes `sig` (borrowed; not modified) to the

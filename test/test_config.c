@@ -116,6 +116,8 @@ static const struct var vars[] = {
      NULL, NULL},
     {"KILN_TIME_LIMIT_MS", NULL, R_UINT, O(time_limit_ms), 0, 2592000000u, "0",
      "60000", NULL, NULL, NULL},
+    {"KILN_HANDLE_SIGNALS", NULL, R_BOOL, O(handle_signals), 0, 0, "1", "off",
+     "0", NULL, NULL},
     {"KILN_DIALECT", NULL, R_ENUM, O(dialect), 0, 0, "0", "paota-headers", "2",
      NULL, NULL},
     {"KILN_STORE", "PAOTA_STORE", R_ENUM, O(store), 0, 0, "0", "mongodb", "1",

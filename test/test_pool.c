@@ -128,6 +128,11 @@ static int teardown(void **state)
 {
     fixture *f = *state;
 
+    if (f->started) { /* a test failed with its pool still running */
+        kiln_pool_stop(f->pool);
+        kiln_pool_stop(f->pool);
+        pthread_join(f->thread, NULL);
+    }
     kiln_pool_free(f->pool);
     kiln__store_destroy(f->store);
     kiln__broker_destroy(f->producer);
@@ -499,6 +504,87 @@ static void test_sigterm_drains(void **state)
                      100 - (size_t)atomic_load(&finished));
 }
 
+static atomic_int host_terms;
+
+/* The program's own SIGTERM handler. */
+static void host_on_term(int sig)
+{
+    (void)sig;
+    atomic_fetch_add(&host_terms, 1);
+}
+
+static void set_handler(int sig, void (*fn)(int), struct sigaction *old)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = fn;
+    sigemptyset(&sa.sa_mask);
+    assert_int_equal(sigaction(sig, &sa, old), 0);
+}
+
+static void (*handler_of(int sig))(int)
+{
+    struct sigaction cur;
+
+    assert_int_equal(sigaction(sig, NULL, &cur), 0);
+    return cur.sa_handler;
+}
+
+/* The program installs its own SIGTERM handler while the pool runs: it is
+ * still there once kiln_pool_start has returned, and SIGINT, which the
+ * program left alone, gets back the handler it had before the start. */
+static void test_host_handler_survives_start(void **state)
+{
+    fixture *f = *state;
+    struct sigaction orig_int, orig_term;
+
+    assert_int_equal(sigaction(SIGINT, NULL, &orig_int), 0);
+    assert_int_equal(sigaction(SIGTERM, NULL, &orig_term), 0);
+    make_pool(f);
+    send_n(f, "work", 0, 1);
+    start(f);
+    wait_count(&finished, 1); /* kiln's handlers are in place by now */
+    assert_ptr_not_equal(handler_of(SIGTERM), orig_term.sa_handler);
+    set_handler(SIGTERM, host_on_term, NULL);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    assert_ptr_equal(handler_of(SIGTERM), host_on_term);
+    assert_ptr_equal(handler_of(SIGINT), orig_int.sa_handler);
+    assert_int_equal(sigaction(SIGTERM, &orig_term, NULL), 0);
+}
+
+/* With handle_signals off kiln leaves the signals to the program: a
+ * SIGTERM reaches the program's handler, the pool runs on, and the
+ * program drains it with kiln_pool_stop. */
+static void test_signals_left_to_the_program(void **state)
+{
+    fixture *f = *state;
+    struct sigaction orig_term;
+
+    f->cfg.handle_signals = false;
+    make_pool(f);
+    atomic_store(&host_terms, 0);
+    set_handler(SIGTERM, host_on_term, &orig_term);
+    atomic_store(&sleep_ms, 20);
+    send_n(f, "work", 0, 40);
+    start(f);
+    wait_count(&runs, 2);
+    assert_ptr_equal(handler_of(SIGTERM), host_on_term);
+    assert_int_equal(kill(getpid(), SIGTERM), 0);
+    wait_count(&host_terms, 1);
+    assert_int_equal(atomic_load(&host_terms), 1);
+    assert_int_equal(atomic_load(&f->pool->stop_level), 0); /* still runs */
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    assert_int_equal(atomic_load(&finished), atomic_load(&runs));
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE),
+                     40 - (size_t)atomic_load(&finished));
+    assert_ptr_equal(handler_of(SIGTERM), host_on_term);
+    assert_int_equal(sigaction(SIGTERM, &orig_term, NULL), 0);
+}
+
 /* The connection is lost while a task runs: the broker redelivers it, but
  * it must not start again while its first run still holds a thread. It
  * waits in the delay queues and runs once the first run is over. */
@@ -663,6 +749,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_free_joins_before_closing_publisher, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_drains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_host_handler_survives_start, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_signals_left_to_the_program, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_no_duplicate_while_running, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_store_records_final_states, setup,
