@@ -136,16 +136,21 @@ KILN_API kiln_log_level kiln_log_get_level(void);
 KILN_API void kiln_log_set_format(kiln_log_format format);
 
 /* kiln_log writes one line at `level` from `module` (e.g. "app"). Nothing is
- * formatted when the level is not active. Passwords in URLs
- * (scheme://user:secret@host) are masked before the line reaches the sink.
+ * formatted when the level is not active. Secrets are masked before the
+ * line reaches the sink, as kiln_log_redact_url does.
  * Thread-safety: safe from any thread. */
 KILN_API void kiln_log(kiln_log_level level, const char *module,
                        const char *fmt, ...) KILN_PRINTF(3, 4);
 
-/* kiln_log_redact_url copies `url` into `out` (size `n`, always
- * NUL-terminated when n > 0; `out` must not overlap `url`) with any
- * password replaced by "***"; a clipped result never holds part of it.
- * Returns `out`. Thread-safety: safe from any thread. */
+/* kiln_log_redact_url copies `url` (or any text holding URLs) into `out`
+ * (size `n`, always NUL-terminated when n > 0; `out` must not overlap
+ * `url`) with every secret replaced by "***": the password of each
+ * scheme://user:password@host URL, from the first ':' to the URL's last
+ * '@' (raw '@', '?', '#', '/', quotes, angle brackets and backticks stay
+ * inside it; whitespace ends a URL), and the value of the MongoDB options
+ * tlsCertificateKeyFilePassword, sslClientCertificateKeyPassword,
+ * authMechanismProperties and proxyPassword. A clipped result never holds
+ * part of a secret. Returns `out`. Thread-safety: safe from any thread. */
 KILN_API char *kiln_log_redact_url(const char *url, char *out, size_t n);
 
 /* ------------------------------------------------------------------------
