@@ -154,6 +154,8 @@ const kiln__cfg_field kiln__cfg_fields[] = {
     /* 0 or at least 1000 (validate.c). */
     {"KILN_CONSUMER_TIMEOUT_MS", NULL, KILN__CFG_UINT, 0,
      F(consumer_timeout_ms), 0, MONTH_MS, NULL, NULL},
+    {"KILN_HANDLE_SIGNALS", NULL, KILN__CFG_BOOL, 0, F(handle_signals), 0, 1,
+     NULL, NULL},
     /* wire */
     {"KILN_DIALECT", NULL, KILN__CFG_ENUM, 0, F(dialect), 0, 0, dialects,
      "machinery, paota or paota-headers"},
@@ -253,6 +255,7 @@ void kiln_config_init(kiln_config *cfg)
     cfg->time_limit_ms = 0;
     /* RabbitMQ's default consumer_timeout (3.8.15 and later). */
     cfg->consumer_timeout_ms = 1800000;
+    cfg->handle_signals = true;
     cfg->dialect = KILN_DIALECT_MACHINERY;
     cfg->store = KILN_STORE_NONE;
     kiln__strlcpy(cfg->mongodb_url, "mongodb://127.0.0.1:27017",

@@ -153,49 +153,32 @@ const char *kiln__cfg_mongo_url_problem(const char *url)
     return NULL;
 }
 
-/* Finds the password of `scheme://user:password@host`. The userinfo ends
- * at the last '@' of the whole value, so a password holding an unescaped
- * '/' or '@' is still hidden; hiding too much is the safe mistake. */
-static void password_span(const char *v, const char **begin, const char **end)
-{
-    const char *p = strstr(v, "://");
-    const char *at, *colon;
-
-    *begin = *end = NULL;
-    if (p == NULL)
-        return;
-    p += 3;
-    at = strrchr(p, '@');
-    if (at == NULL)
-        return;
-    colon = memchr(p, ':', (size_t)(at - p));
-    if (colon == NULL)
-        return;
-    *begin = colon + 1;
-    *end = at;
-}
-
 /* Shows about SHOW_MAX bytes, escapes control characters (and every byte
  * above 0x7f when the value is not UTF-8) so that a message is one line of
- * valid UTF-8, and masks the password of a URL. */
+ * valid UTF-8, and masks every secret: the value is one whole URL, so a
+ * space or a control character does not end its password. */
 char *kiln__cfg_show(const char *value, char *out, size_t n)
 {
-    const char *pw, *pw_end, *s;
-    size_t o = 0, count = 0;
-    bool utf8 = kiln__utf8_valid(value, strlen(value));
+    const char *s;
+    size_t o = 0, count = 0, vlen = strlen(value), pw = SIZE_MAX, pw_end = 0;
+    bool utf8 = kiln__utf8_valid(value, vlen);
 
     if (n == 0)
         return out;
-    password_span(value, &pw, &pw_end);
+    if (!kiln__secret_next(value, vlen, 0, KILN__SECRET_WHOLE, &pw, &pw_end))
+        pw = SIZE_MAX;
     for (s = value; *s != '\0'; s++) {
         char piece[8];
         unsigned char c = (unsigned char)*s;
         bool inside = utf8 && (c & 0xc0) == 0x80; /* a continuation byte */
         size_t len;
 
-        if (s == pw) {
+        if ((size_t)(s - value) == pw) {
             memcpy(piece, "***", 4);
-            s = pw_end - 1;
+            s = value + pw_end - 1;
+            if (!kiln__secret_next(value, vlen, pw_end, KILN__SECRET_WHOLE, &pw,
+                                   &pw_end))
+                pw = SIZE_MAX;
         } else if (c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8)) {
             (void)snprintf(piece, sizeof(piece), "\\x%02x", c);
         } else if (c == '"' || c == '\\') {

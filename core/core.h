@@ -62,6 +62,34 @@ void kiln__sleep_ns(int64_t ns);
  * Returns KILN_OK or KILN_EINVAL with the errno text in err. */
 kiln_err kiln__random(void *buf, size_t n, kiln_error *err);
 
+/* Secrets in text kiln prints (core/secret.c): the password of a
+ * `scheme://user:password@host` URL, from the first ':' after the scheme
+ * to the URL's last '@' (so raw '@', '?', '#', '/', quotes, angle brackets
+ * and backticks stay inside it), and the value of a MongoDB URI option
+ * that carries a secret (tlsCertificateKeyFilePassword,
+ * sslClientCertificateKeyPassword, authMechanismProperties,
+ * proxyPassword; any case), up to the next "&name=". In text a URL or a
+ * value ends at whitespace, and a URL where another "://" starts. */
+#define KILN__SECRET_CUT                            \
+    1u /* the text was cut short by its producer: a \
+          URL running into the end is masked from   \
+          its first ':' on */
+#define KILN__SECRET_WHOLE                          \
+    2u /* the text is one value (a configured URL): \
+          whitespace ends nothing */
+
+/* kiln__secret_next finds the first secret in s[0..n) found from `from`
+ * on: sets s[*start..*end) and returns true, or returns false. Spans that
+ * overlap are joined. Thread-safe; allocates nothing. */
+bool kiln__secret_next(const char *s, size_t n, size_t from, unsigned flags,
+                       size_t *start, size_t *end);
+
+/* kiln__redact copies `s` (NULL reads as "(null)") into out[n] with every
+ * secret replaced by "***", masking before it clips, so a short `out`
+ * never holds part of one. Always NUL-terminates when n > 0; `out` must
+ * not overlap `s`. Returns `out`. Thread-safe. */
+char *kiln__redact(const char *s, char *out, size_t n, unsigned flags);
+
 #define KILN__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif /* KILN_CORE_H */

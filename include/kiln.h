@@ -136,16 +136,21 @@ KILN_API kiln_log_level kiln_log_get_level(void);
 KILN_API void kiln_log_set_format(kiln_log_format format);
 
 /* kiln_log writes one line at `level` from `module` (e.g. "app"). Nothing is
- * formatted when the level is not active. Passwords in URLs
- * (scheme://user:secret@host) are masked before the line reaches the sink.
+ * formatted when the level is not active. Secrets are masked before the
+ * line reaches the sink, as kiln_log_redact_url does.
  * Thread-safety: safe from any thread. */
 KILN_API void kiln_log(kiln_log_level level, const char *module,
                        const char *fmt, ...) KILN_PRINTF(3, 4);
 
-/* kiln_log_redact_url copies `url` into `out` (size `n`, always
- * NUL-terminated when n > 0; `out` must not overlap `url`) with any
- * password replaced by "***"; a clipped result never holds part of it.
- * Returns `out`. Thread-safety: safe from any thread. */
+/* kiln_log_redact_url copies `url` (or any text holding URLs) into `out`
+ * (size `n`, always NUL-terminated when n > 0; `out` must not overlap
+ * `url`) with every secret replaced by "***": the password of each
+ * scheme://user:password@host URL, from the first ':' to the URL's last
+ * '@' (raw '@', '?', '#', '/', quotes, angle brackets and backticks stay
+ * inside it; whitespace ends a URL), and the value of the MongoDB options
+ * tlsCertificateKeyFilePassword, sslClientCertificateKeyPassword,
+ * authMechanismProperties and proxyPassword. A clipped result never holds
+ * part of a secret. Returns `out`. Thread-safety: safe from any thread. */
 KILN_API char *kiln_log_redact_url(const char *url, char *out, size_t n);
 
 /* ------------------------------------------------------------------------
@@ -249,6 +254,9 @@ typedef struct kiln_config {
                                      unacked that long); kiln keeps no
                                      delivery unacked past half of it.
                                      0 = the broker has none */
+    bool handle_signals;    /* kiln_pool_start drains on SIGINT and
+                               SIGTERM; false leaves every signal to the
+                               program, which stops with kiln_pool_stop */
 
     /* wire */
     kiln_dialect dialect;
@@ -762,8 +770,10 @@ KILN_API kiln_pool *kiln_pool_new(const kiln_config *cfg, unsigned concurrency,
                                   const char *name, kiln_error *err);
 
 /* kiln_pool_free waits for any task still running (after a timed-out
- * drain), closes every connection and frees everything. Call it after
- * kiln_pool_start returned, or for a pool never started. NULL is a no-op. */
+ * drain or a second signal), then closes every connection and frees
+ * everything: such a task may still send tasks until it returns. Call it
+ * after kiln_pool_start returned, or for a pool never started, from a
+ * thread that is not one of its tasks. NULL is a no-op. */
 KILN_API void kiln_pool_free(kiln_pool *pool);
 
 /* kiln_pool_register adds a task function, as kiln_registry_add (same
@@ -786,8 +796,11 @@ KILN_API kiln_err kiln_pool_register_table(kiln_pool *pool,
 
 /* kiln_pool_start connects, declares the topology, consumes the configured
  * queue and runs tasks until kiln_pool_stop is called or the process gets
- * SIGINT or SIGTERM (handlers are installed for the duration of the call
- * and the previous ones restored after). A lost broker connection is
+ * SIGINT or SIGTERM. With cfg->handle_signals (the default) it installs
+ * handlers for these two for the duration of the call (one pool at a time)
+ * and, on return, puts back the ones it found unless the program replaced
+ * kiln's meanwhile; with it off, kiln touches no signal disposition and the
+ * program stops the pool with kiln_pool_stop. A lost broker connection is
  * re-established with capped, jittered backoff; start does not return for
  * it. Stopping drains: no new deliveries are taken, deliveries not yet
  * started go back to the queue, running tasks finish and are acked, the
@@ -800,8 +813,9 @@ KILN_API kiln_err kiln_pool_register_table(kiln_pool *pool,
 KILN_API kiln_err kiln_pool_start(kiln_pool *pool, kiln_error *err);
 
 /* kiln_pool_stop asks a running kiln_pool_start to drain and return. Safe
- * from any thread and from a task; returns at once. Calling it again stops
- * at once, as a second signal does. */
+ * from any thread, from a task and from a signal handler (it only touches
+ * lock-free atomics and an eventfd); returns at once. Calling it again
+ * stops at once, as a second signal does. */
 KILN_API void kiln_pool_stop(kiln_pool *pool);
 
 /* kiln_pool_send_task publishes `sig` (borrowed; not modified) to the

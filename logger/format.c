@@ -1,4 +1,4 @@
-/* Line building: buffers, escaping, URL password masking, timestamps. */
+/* Line building: buffers, escaping, secret masking, timestamps. */
 #include "logger/format.h"
 
 #include <stdio.h>
@@ -153,48 +153,6 @@ static void put_escaped(kiln__lbuf *b, const char *s, size_t n, kiln__esc esc)
     kiln__lbuf_put(b, s + run, i - run);
 }
 
-/* RFC 3986, appendix C: whitespace, double quotes and angle brackets
- * delimit URLs in prose. '/' ends the authority. '?' and '#' do not end it
- * here, so a password holding them unencoded is still masked. */
-static bool ends_authority(unsigned char c)
-{
-    return c <= 0x20 || c == 0x7F || c == '/' || c == '"' || c == '<' ||
-           c == '>' || c == '`';
-}
-
-bool kiln__log_next_secret(const char *s, size_t n, size_t from, bool cut,
-                           size_t *start, size_t *end)
-{
-    for (size_t i = from; i + 3 <= n; i++) {
-        const char *c = memchr(s + i, ':', n - i - 2);
-        size_t e, colon = SIZE_MAX, at = SIZE_MAX;
-
-        if (c == NULL)
-            return false;
-        i = (size_t)(c - s);
-        if (s[i + 1] != '/' || s[i + 2] != '/')
-            continue;
-        for (e = i + 3; e < n && !ends_authority((unsigned char)s[e]); e++) {
-            if (s[e] == ':' && colon == SIZE_MAX)
-                colon = e;
-            else if (s[e] == '@')
-                at = e; /* the last '@': passwords may hold raw '@' */
-        }
-        /* The text after a cut is unknown: mask all it might hold. */
-        if (cut && e == n && colon != SIZE_MAX && colon + 1 < n) {
-            *start = colon + 1;
-            *end = n;
-            return true;
-        }
-        if (at != SIZE_MAX && colon != SIZE_MAX && colon + 1 < at) {
-            *start = colon + 1;
-            *end = at;
-            return true;
-        }
-    }
-    return false;
-}
-
 /* Moves a cut point back to the start of the UTF-8 character it is in. */
 static size_t char_floor(const char *s, size_t at)
 {
@@ -213,7 +171,8 @@ void kiln__lbuf_put_field(kiln__lbuf *b, const char *s, size_t n, size_t limit,
     size_t pos = 0, start, end;
 
     while (pos < stop) {
-        if (!kiln__log_next_secret(s, n, pos, cut, &start, &end) ||
+        if (!kiln__secret_next(s, n, pos, cut ? KILN__SECRET_CUT : 0, &start,
+                               &end) ||
             start >= stop) {
             put_escaped(b, s + pos, stop - pos, esc);
             break;
@@ -247,38 +206,7 @@ size_t kiln__log_time(char *out, size_t n, int64_t unix_ns)
     return (size_t)w < n ? (size_t)w : n - 1;
 }
 
-/* Appends s[0..k) to out[*o..n-1), dropping what does not fit. */
-static void copy_clipped(char *out, size_t n, size_t *o, const char *s,
-                         size_t k)
-{
-    size_t room = n - 1 - *o;
-
-    if (k > room)
-        k = room;
-    memcpy(out + *o, s, k);
-    *o += k;
-}
-
 char *kiln_log_redact_url(const char *url, char *out, size_t n)
 {
-    size_t len, pos = 0, o = 0, start, end;
-
-    if (out == NULL || n == 0)
-        return out;
-    if (url == NULL)
-        url = "(null)";
-    len = strlen(url);
-    /* Masking happens before clipping, so a short `out` never holds the
-     * first bytes of a password. */
-    while (pos < len) {
-        if (!kiln__log_next_secret(url, len, pos, false, &start, &end)) {
-            copy_clipped(out, n, &o, url + pos, len - pos);
-            break;
-        }
-        copy_clipped(out, n, &o, url + pos, start - pos);
-        copy_clipped(out, n, &o, "***", 3);
-        pos = end;
-    }
-    out[o] = '\0';
-    return out;
+    return kiln__redact(url, out, n, 0);
 }

@@ -1,6 +1,6 @@
 /*
  * Line building for the logger: a growable line buffer, escaping for text
- * and JSON lines, URL password masking and timestamps. Private to logger/;
+ * and JSON lines, secret masking and timestamps. Private to logger/;
  * never installed.
  */
 #ifndef KILN_LOGGER_FORMAT_H
@@ -36,21 +36,14 @@ void kiln__lbuf_release(kiln__lbuf *b);
 void kiln__lbuf_put(kiln__lbuf *b, const char *s, size_t n);
 void kiln__lbuf_puts(kiln__lbuf *b, const char *s);
 
-/* kiln__lbuf_put_field appends s[0..n) escaped per `esc`, with every URL
- * password replaced by "***". At most `limit` input bytes are written
- * (cut back to a character boundary, followed by "..."); passwords are
- * found on the whole input, so a limit never exposes part of one. `cut`
- * says the text was already truncated by its producer: a URL authority
- * that runs into the end is then masked from its first ':' on. */
+/* kiln__lbuf_put_field appends s[0..n) escaped per `esc`, with every
+ * secret kiln__secret_next finds (URL passwords, secret MongoDB options)
+ * replaced by "***". At most `limit` input bytes are written (cut back to
+ * a character boundary, followed by "..."); secrets are found on the
+ * whole input, so a limit never exposes part of one. `cut` says the text
+ * was already truncated by its producer (KILN__SECRET_CUT). */
 void kiln__lbuf_put_field(kiln__lbuf *b, const char *s, size_t n, size_t limit,
                           bool cut, kiln__esc esc);
-
-/* kiln__log_next_secret finds the first URL password in s[0..n) that starts
- * at or after `from`: the bytes between the first ':' and the last '@' of
- * the authority of a `scheme://user:password@host` URL. Sets *start and
- * *end (exclusive) and returns true, or returns false. */
-bool kiln__log_next_secret(const char *s, size_t n, size_t from, bool cut,
-                           size_t *start, size_t *end);
 
 /* kiln__log_time writes `unix_ns` as "2026-11-23T05:17:00.123Z" into out
  * (n >= 32 bytes). Returns the length written. */

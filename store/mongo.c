@@ -191,7 +191,8 @@ static kiln_err open_pool(struct kiln__mongo_store *ms, const kiln_config *cfg,
     char safe[KILN_URL_MAX];
     bson_error_t be;
 
-    kiln_log_redact_url(cfg->mongodb_url, safe, sizeof(safe));
+    /* One whole URL: even a raw space does not end its password. */
+    kiln__redact(cfg->mongodb_url, safe, sizeof(safe), KILN__SECRET_WHOLE);
     if ((ms->uri = mongoc_uri_new_with_error(cfg->mongodb_url, &be)) == NULL)
         return kiln__mongo_fail(err, KILN_EINVAL, &be, "url '%s'", safe);
     set_timeouts(ms->uri, cfg->connect_timeout_ms);

@@ -116,6 +116,10 @@ static const struct var vars[] = {
      NULL, NULL},
     {"KILN_TIME_LIMIT_MS", NULL, R_UINT, O(time_limit_ms), 0, 2592000000u, "0",
      "60000", NULL, NULL, NULL},
+    {"KILN_CONSUMER_TIMEOUT_MS", NULL, R_UINT, O(consumer_timeout_ms), 0,
+     2592000000u, "1800000", "4000", NULL, NULL, NULL},
+    {"KILN_HANDLE_SIGNALS", NULL, R_BOOL, O(handle_signals), 0, 0, "1", "off",
+     "0", NULL, NULL},
     {"KILN_DIALECT", NULL, R_ENUM, O(dialect), 0, 0, "0", "paota-headers", "2",
      NULL, NULL},
     {"KILN_STORE", "PAOTA_STORE", R_ENUM, O(store), 0, 0, "0", "mongodb", "1",
@@ -479,6 +483,52 @@ static void test_password_masked(void **state)
     assert_null(strstr(err.message, "s3cret"));
 }
 
+/* Secrets as users write them: quotes, angle brackets, backticks, raw
+ * '@', '?', '#' and spaces in a password, and the MongoDB options that
+ * carry a secret. The message shows none of "Zq9". */
+static void test_secrets_masked(void **state)
+{
+    static const char *const cases[][3] = {
+        {"KILN_MONGODB_URL", "mongodb://admin:Zq9<a>\"s`w@db:0/", ":***@"},
+        {"KILN_BROKER_URL", "amqp://user:Zq9<a>\"s`w@mq:0/", ":***@"},
+        {"KILN_BROKER_URL", "amqp://user:Zq9 w@mq/", ":***@"},
+        {"KILN_MONGODB_URL", "mongodb://u:Zq9@s#w@db:0/", ":***@"},
+        {"KILN_BROKER_URL", "amqp://u:Zq9@s?s#w@mq/", ":***@"},
+        {"KILN_MONGODB_URL", "mongodb://u:Zq9 w@db/x\n", ":***@"},
+        {"KILN_MONGODB_URL",
+         "mongodb://db:0/?tlsCertificateKeyFilePassword=Zq9",
+         "tlsCertificateKeyFilePassword=***"},
+        {"KILN_MONGODB_URL",
+         "mongodb://db:0/?authMechanismProperties=AWS_SESSION_TOKEN:Zq9",
+         "authMechanismProperties=***"},
+        {"PAOTA_MONGO_URI", "mongodb://db:0/?proxyPassword=Zq9&proxyPort=1",
+         "proxyPassword=***&"},
+        {"KILN_MONGODB_URL",
+         "mongodb://u:Zq9`@db:0/?SSLCLIENTCERTIFICATEKEYPASSWORD=Zq9",
+         "PASSWORD=***"},
+    };
+    kiln_config cfg;
+    kiln_error err;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        clear_env();
+        setenv(cases[i][0], cases[i][1], 1);
+        expect_rejected(cases[i][0], cases[i][1], cases[i][2]);
+        kiln_config_init(&cfg);
+        (void)kiln_config_from_env(&cfg, &err);
+        if (strstr(err.message, "Zq9") != NULL)
+            fail_msg("secret shown: %s", err.message);
+    }
+    /* The same from kiln_config_validate on a struct built by hand. */
+    kiln_config_init(&cfg);
+    strcpy(cfg.mongodb_url,
+           "mongodb://u:Zq9\"<>@db:0/?tlsCertificateKeyFilePassword=Zq9");
+    assert_int_equal(kiln_config_validate(&cfg, &err), KILN_EINVAL);
+    assert_non_null(strstr(err.message, "KILN_MONGODB_URL=\"mongodb://u:***@"));
+    assert_null(strstr(err.message, "Zq9"));
+}
+
 static void test_accepted_forms(void **state)
 {
     // clang-format off
@@ -587,6 +637,8 @@ static void test_cross_field(void **state)
          "KILN_DEAD_LETTER_EXCHANGE"},
         {"PAOTA_AMQP_FAILED_QUEUE=kiln_tasks", NULL, "PAOTA_AMQP_FAILED_QUEUE",
          "KILN_QUEUE"},
+        {"KILN_CONSUMER_TIMEOUT_MS=999", NULL, "KILN_CONSUMER_TIMEOUT_MS",
+         "1000 to 2592000000"},
         /* Good values of several variables do not save a bad one. */
         {"KILN_QUEUE=orders", "KILN_PREFETCH=0", "KILN_PREFETCH", NULL},
     };
@@ -712,6 +764,7 @@ int main(void)
         cmocka_unit_test_setup(test_bad_values, setup),
         cmocka_unit_test_setup(test_message_text, setup),
         cmocka_unit_test_setup(test_password_masked, setup),
+        cmocka_unit_test_setup(test_secrets_masked, setup),
         cmocka_unit_test_setup(test_accepted_forms, setup),
         cmocka_unit_test_setup(test_derived_names, setup),
         cmocka_unit_test_setup(test_cross_field, setup),

@@ -365,8 +365,11 @@ static const struct redact_case redact_cases[] = {
      "connect amqp://a:***@h1/ failed; retry amqp://c:***@h2/ now"},
     {"urls amqp://a:b@h1,mongodb://c:d@h2/db",
      "urls amqp://a:***@h1,mongodb://c:***@h2/db"},
+    /* Quotes and angle brackets may be part of a password, so only
+     * whitespace ends a URL in text: a later '@' before the next space is
+     * taken as the password's end (hiding too much is the safe mistake). */
     {"'amqp://u:p@h' and <amqp://u:q@h> and \"amqp://u:r@h\"x@y",
-     "'amqp://u:***@h' and <amqp://u:***@h> and \"amqp://u:***@h\"x@y"},
+     "'amqp://u:***@h' and <amqp://u:***@h> and \"amqp://u:***@y"},
     {"a://b://u:p@h", "a://b://u:***@h"},
     {"mail user@example.com at 10:30", "mail user@example.com at 10:30"},
     {"user:pass@host without a scheme", "user:pass@host without a scheme"},
@@ -377,14 +380,14 @@ static const struct redact_case redact_cases[] = {
     {"", ""},
 };
 
-static void test_password_masking(void **state)
+/* Each case through kiln_log_redact_url, a text line and a JSON line. */
+static void check_redacted(const struct redact_case *cases, size_t n)
 {
     char out[256];
     cJSON *obj;
 
-    (void)state;
-    for (size_t i = 0; i < KILN__ARRAY_LEN(redact_cases); i++) {
-        const struct redact_case *c = &redact_cases[i];
+    for (size_t i = 0; i < n; i++) {
+        const struct redact_case *c = &cases[i];
 
         assert_ptr_equal(kiln_log_redact_url(c->in, out, sizeof(out)), out);
         assert_string_equal(out, c->out);
@@ -397,8 +400,125 @@ static void test_password_masking(void **state)
         assert_string_equal(json_get(obj, "msg"), c->out);
         cJSON_Delete(obj);
     }
+    kiln_log_set_format(KILN_LOG_TEXT);
+}
+
+/* Passwords written as users write them, not as RFC 3986 wants them:
+ * quotes, angle brackets, backticks, raw '@', '?', '#' and '/'. */
+static const struct redact_case special_cases[] = {
+    {"mongodb://u:p<a>s\"s`w@h:1/", "mongodb://u:***@h:1/"},
+    {"amqp://u:<pw>@h/", "amqp://u:***@h/"},
+    {"amqp://u:\"pw\"@h/v", "amqp://u:***@h/v"},
+    {"amqp://u:`pw`@h", "amqp://u:***@h"},
+    {"amqp://u:p>w@h", "amqp://u:***@h"},
+    {"mongodb://u:p@s?s#w@h1,h2/db", "mongodb://u:***@h1,h2/db"},
+    {"amqp://u:p/w@h/", "amqp://u:***@h/"},
+    {"amqp://u:s3/cr@et@mq/", "amqp://u:***@mq/"},
+    {"mongodb://john@example.com:pw@h/", "mongodb://john@example.com:***@h/"},
+    {"store \"mongodb://u:p\"w@h/db\" failed",
+     "store \"mongodb://u:***@h/db\" failed"},
+    {"KILN_MONGODB_URL=\"mongodb://u:p<w>@h:0/\": bad port",
+     "KILN_MONGODB_URL=\"mongodb://u:***@h:0/\": bad port"},
+    {"<mongodb://u:p`w@h/> and <amqp://v:x>y@g/>",
+     "<mongodb://u:***@h/> and <amqp://v:***@g/>"},
+};
+
+static void test_password_special_characters(void **state)
+{
+    (void)state;
+    check_redacted(special_cases, KILN__ARRAY_LEN(special_cases));
+}
+
+/* MongoDB URI options that carry a secret, whatever the case of their
+ * names; other options, and names that only look alike, are left alone. */
+static const struct redact_case option_cases[] = {
+    {"mongodb://h/?tlsCertificateKeyFilePassword=k3y&tls=true",
+     "mongodb://h/?tlsCertificateKeyFilePassword=***&tls=true"},
+    {"mongodb://h/?authMechanism=MONGODB-AWS"
+     "&authMechanismProperties=AWS_SESSION_TOKEN:t0k",
+     "mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties=***"},
+    {"mongodb://h/?TLSCERTIFICATEKEYFILEPASSWORD=k3y",
+     "mongodb://h/?TLSCERTIFICATEKEYFILEPASSWORD=***"},
+    {"mongodb://h/?sslclientcertificatekeypassword=k3y&ssl=true",
+     "mongodb://h/?sslclientcertificatekeypassword=***&ssl=true"},
+    {"mongodb://h/?proxyHost=p&proxyPassword=k3y&proxyPort=1080",
+     "mongodb://h/?proxyHost=p&proxyPassword=***&proxyPort=1080"},
+    {"mongodb://u:pw@h/?tlsCertificateKeyFilePassword=k&3y#x&tls=1",
+     "mongodb://u:***@h/?tlsCertificateKeyFilePassword=***&tls=1"},
+    /* The password runs to the last '@', inside the option: the two
+     * spans join. */
+    {"mongodb://u:p@h/?tlsCertificateKeyFilePassword=a@b&w=1",
+     "mongodb://u:***&w=1"},
+    {"uri mongodb://h/?authMechanismProperties=A:B failed",
+     "uri mongodb://h/?authMechanismProperties=*** failed"},
+    /* Left alone. */
+    {"mongodb://h1:27017,h2/db?replicaSet=rs0&tls=true",
+     "mongodb://h1:27017,h2/db?replicaSet=rs0&tls=true"},
+    {"mongodb://h/?tlsCertificateKeyFile=/etc/k.pem",
+     "mongodb://h/?tlsCertificateKeyFile=/etc/k.pem"},
+    {"mongodb://h/?tlsCertificateKeyFilePassword=&tls=true",
+     "mongodb://h/?tlsCertificateKeyFilePassword=&tls=true"},
+    {"x_proxyPassword=1 notproxyPassword=2",
+     "x_proxyPassword=1 notproxyPassword=2"},
+    {"http://host:8080/path?q=1&r=a:b", "http://host:8080/path?q=1&r=a:b"},
+};
+
+static void test_secret_options(void **state)
+{
+    (void)state;
+    check_redacted(option_cases, KILN__ARRAY_LEN(option_cases));
+}
+
+/* One configured URL (KILN__SECRET_WHOLE): a space or a control byte is
+ * part of its password; and a text cut short by its producer
+ * (KILN__SECRET_CUT) is masked to its end. */
+static void test_redact_whole_and_cut(void **state)
+{
+    static const struct redact_case whole[] = {
+        {"mongodb://u:p ss@h:1/", "mongodb://u:***@h:1/"},
+        {"amqp://u:a\nb@h/", "amqp://u:***@h/"},
+        {"install: done\namqp://guest:guest@127.0.0.1:17682/",
+         "install: done\namqp://guest:***@127.0.0.1:17682/"},
+        {"mongodb://h/?proxyPassword=a b&proxyPort=1",
+         "mongodb://h/?proxyPassword=***&proxyPort=1"},
+        {"a://b://u:p@h", "a://b:***@h"},
+        {"mongodb://h1:27017,h2/db?w=1", "mongodb://h1:27017,h2/db?w=1"},
+    };
+    char out[128];
+    size_t start, end;
+
+    (void)state;
+    for (size_t i = 0; i < KILN__ARRAY_LEN(whole); i++)
+        assert_string_equal(
+            kiln__redact(whole[i].in, out, sizeof(out), KILN__SECRET_WHOLE),
+            whole[i].out);
+    /* In text the space ends the URL: a value with one is masked whole
+     * only by a caller that knows it is one URL. */
+    assert_string_equal(
+        kiln__redact("mongodb://u:p ss@h/", out, sizeof(out), 0),
+        "mongodb://u:p ss@h/");
+    assert_string_equal(
+        kiln__redact("see amqp://u:s3cr", out, sizeof(out), KILN__SECRET_CUT),
+        "see amqp://u:***");
+    assert_string_equal(kiln__redact("x mongodb://h/?proxyPassword=s3", out,
+                                     sizeof(out), KILN__SECRET_CUT),
+                        "x mongodb://h/?proxyPassword=***");
+    assert_true(kiln__secret_next("amqp://u:pw@h amqp://v:qq@g", 27, 12, 0,
+                                  &start, &end));
+    assert_int_equal(start, 23);
+    assert_int_equal(end, 25);
+    assert_false(kiln__secret_next("amqp://u:pw@h", 13, 11, 0, &start, &end));
+}
+
+static void test_password_masking(void **state)
+{
+    cJSON *obj;
+
+    (void)state;
+    check_redacted(redact_cases, KILN__ARRAY_LEN(redact_cases));
 
     /* Task fields are masked too. */
+    kiln_log_set_format(KILN_LOG_JSON);
     kiln__log_task(KILN_LOG_INFO, "t", "amqp://u:pw@h", "mongodb://a:pw@h/d",
                    "m");
     obj = json_line(last_line());
@@ -720,6 +840,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_json_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_escaping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_password_masking, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_password_special_characters, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_secret_options, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redact_whole_and_cut, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_redact_url_small_buffers, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_long_messages, setup, teardown),

@@ -128,6 +128,11 @@ static int teardown(void **state)
 {
     fixture *f = *state;
 
+    if (f->started) { /* a test failed with its pool still running */
+        kiln_pool_stop(f->pool);
+        kiln_pool_stop(f->pool);
+        pthread_join(f->thread, NULL);
+    }
     kiln_pool_free(f->pool);
     kiln__store_destroy(f->store);
     kiln__broker_destroy(f->producer);
@@ -418,6 +423,70 @@ static void test_drain_timeout(void **state)
     assert_int_equal(atomic_load(&finished), 4);
 }
 
+/* What late_sender saw: its first send, and the one it makes while
+ * kiln_pool_free runs (-1 until made). */
+static atomic_int late_first, late_rc;
+
+static bool pool_closing(kiln_pool *pool)
+{
+    bool closing;
+
+    pthread_mutex_lock(&pool->mu);
+    closing = pool->closing;
+    pthread_mutex_unlock(&pool->mu);
+    return closing;
+}
+
+/* Sends a task (which opens the pool's publisher), then outlives the
+ * drain: it waits until kiln_pool_free has begun to join the workers and
+ * sends again from there. */
+static kiln_err late_sender(kiln_task_ctx *ctx, void *user)
+{
+    kiln_pool *pool = user;
+    kiln_signature *sig = kiln_signature_new("work", NULL);
+
+    (void)ctx;
+    atomic_store(&late_first, kiln_pool_send_task(pool, sig, NULL));
+    atomic_fetch_add(&slow_running, 1);
+    for (int i = 0; i < 10000 && !pool_closing(pool); i++)
+        sleep_for(1);
+    atomic_store(&late_rc, kiln_pool_send_task(pool, sig, NULL));
+    kiln_signature_free(sig);
+    atomic_fetch_sub(&slow_running, 1);
+    return KILN_OK;
+}
+
+/* A task still runs when the drain times out and sends a task while
+ * kiln_pool_free runs: free waits for it before it closes the publisher,
+ * so the late send ends cleanly (sent, or refused as closed) instead of
+ * using freed memory (ASan and valgrind watch this test). */
+static void test_free_joins_before_closing_publisher(void **state)
+{
+    fixture *f = *state;
+    kiln_error err;
+
+    f->cfg.drain_timeout_ms = 50;
+    make_pool(f);
+    assert_int_equal(
+        kiln_pool_register(f->pool, "late", late_sender, f->pool, NULL, &err),
+        KILN_OK);
+    atomic_store(&slow_running, 0);
+    atomic_store(&late_first, -1);
+    atomic_store(&late_rc, -1);
+    send_n(f, "late", 0, 1);
+    start(f);
+    wait_count(&slow_running, 1);
+    assert_int_equal(atomic_load(&late_first), KILN_OK);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_ETIMEDOUT);
+    assert_int_equal(atomic_load(&late_rc), -1); /* still waiting */
+    kiln_pool_free(f->pool);
+    f->pool = NULL;
+    assert_int_equal(atomic_load(&slow_running), 0);
+    assert_true(atomic_load(&late_rc) == KILN_OK ||
+                atomic_load(&late_rc) == KILN_ECLOSED);
+}
+
 static void test_sigterm_drains(void **state)
 {
     fixture *f = *state;
@@ -433,6 +502,87 @@ static void test_sigterm_drains(void **state)
     assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
     assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE),
                      100 - (size_t)atomic_load(&finished));
+}
+
+static atomic_int host_terms;
+
+/* The program's own SIGTERM handler. */
+static void host_on_term(int sig)
+{
+    (void)sig;
+    atomic_fetch_add(&host_terms, 1);
+}
+
+static void set_handler(int sig, void (*fn)(int), struct sigaction *old)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = fn;
+    sigemptyset(&sa.sa_mask);
+    assert_int_equal(sigaction(sig, &sa, old), 0);
+}
+
+static void (*handler_of(int sig))(int)
+{
+    struct sigaction cur;
+
+    assert_int_equal(sigaction(sig, NULL, &cur), 0);
+    return cur.sa_handler;
+}
+
+/* The program installs its own SIGTERM handler while the pool runs: it is
+ * still there once kiln_pool_start has returned, and SIGINT, which the
+ * program left alone, gets back the handler it had before the start. */
+static void test_host_handler_survives_start(void **state)
+{
+    fixture *f = *state;
+    struct sigaction orig_int, orig_term;
+
+    assert_int_equal(sigaction(SIGINT, NULL, &orig_int), 0);
+    assert_int_equal(sigaction(SIGTERM, NULL, &orig_term), 0);
+    make_pool(f);
+    send_n(f, "work", 0, 1);
+    start(f);
+    wait_count(&finished, 1); /* kiln's handlers are in place by now */
+    assert_ptr_not_equal(handler_of(SIGTERM), orig_term.sa_handler);
+    set_handler(SIGTERM, host_on_term, NULL);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    assert_ptr_equal(handler_of(SIGTERM), host_on_term);
+    assert_ptr_equal(handler_of(SIGINT), orig_int.sa_handler);
+    assert_int_equal(sigaction(SIGTERM, &orig_term, NULL), 0);
+}
+
+/* With handle_signals off kiln leaves the signals to the program: a
+ * SIGTERM reaches the program's handler, the pool runs on, and the
+ * program drains it with kiln_pool_stop. */
+static void test_signals_left_to_the_program(void **state)
+{
+    fixture *f = *state;
+    struct sigaction orig_term;
+
+    f->cfg.handle_signals = false;
+    make_pool(f);
+    atomic_store(&host_terms, 0);
+    set_handler(SIGTERM, host_on_term, &orig_term);
+    atomic_store(&sleep_ms, 20);
+    send_n(f, "work", 0, 40);
+    start(f);
+    wait_count(&runs, 2);
+    assert_ptr_equal(handler_of(SIGTERM), host_on_term);
+    assert_int_equal(kill(getpid(), SIGTERM), 0);
+    wait_count(&host_terms, 1);
+    assert_int_equal(atomic_load(&host_terms), 1);
+    assert_int_equal(atomic_load(&f->pool->stop_level), 0); /* still runs */
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    assert_int_equal(atomic_load(&finished), atomic_load(&runs));
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE),
+                     40 - (size_t)atomic_load(&finished));
+    assert_ptr_equal(handler_of(SIGTERM), host_on_term);
+    assert_int_equal(sigaction(SIGTERM, &orig_term, NULL), 0);
 }
 
 /* The connection is lost while a task runs: the broker redelivers it, but
@@ -607,7 +757,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stop_drains_running_tasks, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_drain_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_free_joins_before_closing_publisher, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_drains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_host_handler_survives_start, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_signals_left_to_the_program, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_redelivered_while_running_runs_once, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_store_records_final_states, setup,

@@ -100,11 +100,14 @@ void kiln_pool_free(kiln_pool *pool)
 {
     if (pool == NULL)
         return;
-    kiln__publisher_free(pool->pub);
     /* After a timed-out drain the workers may still run tasks, or retry
-     * a store write: tell them to stop retrying. */
+     * a store write: tell them to stop retrying, and wait for them before
+     * closing anything a task may still use (the publisher it sends
+     * through, the store, the registry). */
     atomic_store(&pool->abandon, true);
     kiln__workers_join(pool);
+    kiln__publisher_free(pool->pub);
+    pool->pub = NULL;
     for (size_t i = 0; i < pool->n_slots; i++) {
         kiln__work *w = &pool->slots[i];
         if (w->state == KILN__WORK_FREE)
@@ -215,9 +218,9 @@ void kiln_pool_stop(kiln_pool *pool)
     kiln__pool_wake(pool);
 }
 
-/* Signals. One pool at a time owns SIGINT and SIGTERM while it runs; the
- * handler only touches lock-free atomics and an eventfd, which are
- * async-signal-safe. */
+/* Signals. One pool at a time owns SIGINT and SIGTERM while it runs, unless
+ * cfg.handle_signals leaves them to the program; the handler only touches
+ * lock-free atomics and an eventfd, which are async-signal-safe. */
 static _Atomic(kiln_pool *) signal_pool;
 
 static void on_signal(int sig)
@@ -240,6 +243,8 @@ static void signals_install(kiln_pool *p, struct saved_signals *s)
     kiln_pool *expected = NULL;
 
     memset(s, 0, sizeof(*s));
+    if (!p->cfg.handle_signals)
+        return;
     if (!atomic_compare_exchange_strong(&signal_pool, &expected, p)) {
         kiln__log(KILN_LOG_WARN, "pool",
                   "another pool handles SIGINT/SIGTERM; pool=%s stops only "
@@ -256,12 +261,25 @@ static void signals_install(kiln_pool *p, struct saved_signals *s)
     s->installed = true;
 }
 
+/* Puts back the handler saved at start, but only while kiln's own is still
+ * installed: a handler the program set while the pool ran stays. (Between
+ * the look and the change another thread could still set one; a program
+ * that does that should turn handle_signals off.) */
+static void restore_one(int sig, const struct sigaction *old)
+{
+    struct sigaction cur;
+
+    if (sigaction(sig, NULL, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) == 0 &&
+        cur.sa_handler == on_signal)
+        sigaction(sig, old, NULL);
+}
+
 static void signals_restore(kiln_pool *p, struct saved_signals *s)
 {
     if (!s->installed)
         return;
-    sigaction(SIGINT, &s->old_int, NULL);
-    sigaction(SIGTERM, &s->old_term, NULL);
+    restore_one(SIGINT, &s->old_int);
+    restore_one(SIGTERM, &s->old_term);
     atomic_compare_exchange_strong(&signal_pool, &p, NULL);
 }
 

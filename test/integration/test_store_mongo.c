@@ -1107,6 +1107,58 @@ static void test_unreachable_fails_fast_without_password(void **state)
     assert_null(strstr(log_seen, PASSWORD));
 }
 
+/* Secrets as users write them reach neither an error text nor a log line
+ * (the DEBUG line naming the store, libmongoc's own lines): a password
+ * with quotes, angle brackets and a backtick, and the URI options that
+ * carry a secret. Each secret holds "Zq9". */
+static void test_secrets_never_shown(void **state)
+{
+    static const char *const bad_urls[] = {
+        /* libmongoc refuses these, and the error quotes the URL. */
+        "mongodb://kiln:Zq9<a>\"s`w@127.0.0.1:1,/",
+        "mongodb://kiln:Zq9@s?s#w@127.0.0.1:1/",
+        "mongodb://kiln:Zq9>`@127.0.0.1:1/?tlsInsecure=true"
+        "&tlsAllowInvalidHostnames=true&tlsCertificateKeyFilePassword=Zq9",
+    };
+    kiln_config cfg;
+    kiln__state_update u = {"t", "x", KILN__STATE_PENDING, NULL, NULL};
+    kiln_error err;
+    kiln__store *s;
+
+    (void)state;
+    make_cfg(&cfg);
+    cfg.connect_timeout_ms = 300;
+    log_seen[0] = '\0';
+    kiln_log_set_sink(capture_sink, NULL);
+    kiln_log_set_level(KILN_LOG_DEBUG);
+    /* Port 1 refuses at once; nothing listens there. */
+    kiln__strlcpy(
+        cfg.mongodb_url,
+        "mongodb://kiln:Zq9<a>\"s`w@127.0.0.1:1/?authMechanismProperties"
+        "=AWS_SESSION_TOKEN:Zq9&tlsCertificateKeyFilePassword=Zq9"
+        "&appname=kiln-test",
+        sizeof(cfg.mongodb_url));
+    s = kiln__mongo_store_new(&cfg, &err);
+    assert_non_null(s);
+    assert_int_equal(kiln__store_set(s, &u, &err), KILN_ESTORE);
+    assert_null(strstr(err.message, "Zq9"));
+    kiln__store_destroy(s);
+    for (size_t i = 0; i < KILN__ARRAY_LEN(bad_urls); i++) {
+        kiln__strlcpy(cfg.mongodb_url, bad_urls[i], sizeof(cfg.mongodb_url));
+        assert_null(kiln__mongo_store_new(&cfg, &err));
+        assert_int_equal(err.code, KILN_EINVAL);
+        if (strstr(err.message, "Zq9") != NULL)
+            fail_msg("secret shown: %s", err.message);
+        assert_non_null(strstr(err.message, "***"));
+    }
+    kiln_log_set_level(KILN_LOG_INFO);
+    kiln_log_set_sink(NULL, NULL);
+    /* The DEBUG line was written, with its URL masked. */
+    assert_non_null(strstr(log_seen, "mongodb store: mongodb://kiln:***@"));
+    if (strstr(log_seen, "Zq9") != NULL)
+        fail_msg("secret logged: %s", log_seen);
+}
+
 static void run_cmd(const char *var)
 {
     const char *cmd = getenv(var);
@@ -1306,6 +1358,7 @@ int main(void)
         T(test_expired_documents_go),
         T(test_no_expiry_when_zero),
         cmocka_unit_test(test_unreachable_fails_fast_without_password),
+        cmocka_unit_test(test_secrets_never_shown),
         T(test_public_get_and_wait),
         T(test_server_restart),
     };
