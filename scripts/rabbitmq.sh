@@ -158,11 +158,13 @@ stop() {
     fi
     # An Erlang tool that finds our epmd gone starts `epmd -daemon` on the
     # same port, which then outlives us and holds the port. It inherited
-    # our HOME (the data directory), so it is ours to stop. (No grep -q:
-    # with pipefail, tr's SIGPIPE would fail the test.)
-    for p in $(pgrep -x epmd || true); do
-        if tr '\0' '\n' 2>/dev/null <"/proc/$p/environ" | grep -x "HOME=$dir" >/dev/null; then
-            kill "$p" 2>/dev/null || true
+    # our HOME (the data directory), so it is ours to stop. /proc, not
+    # pgrep: a minimal Debian has no procps. (No grep -q: with pipefail,
+    # tr's SIGPIPE would fail the test.)
+    for d in /proc/[0-9]*; do
+        [ "$(cat "$d/comm" 2>/dev/null)" = epmd ] || continue
+        if tr '\0' '\n' 2>/dev/null <"$d/environ" | grep -x "HOME=$dir" >/dev/null; then
+            kill "${d#/proc/}" 2>/dev/null || true
         fi
     done
 }
