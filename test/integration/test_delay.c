@@ -3,7 +3,10 @@
  * broker's declare, messages published with kiln__delay_route arrive no
  * earlier than due and within a second after, a short delay overtakes a
  * long one, classic and quorum queues, a broker restart while messages
- * wait, and a second declare. Each test names its own exchanges and
+ * wait, and a second declare. Unroutable delayed messages: messages whose queue
+ * is deleted while they wait end in the unroutable queue and do not stop
+ * a quorum level; a delivery exchange from before the unroutable queue
+ * is refused with what to do. Each test names its own exchanges and
  * queues (the cascade included) and deletes them after. */
 #include "broker/amqp.h"
 #include "broker/delay.h"
@@ -26,7 +29,8 @@
 typedef struct fixture {
     kiln_config cfg;  /* classic queue and cascade */
     kiln_config qcfg; /* quorum queue and cascade, same delay exchange */
-    kiln__broker *b, *qb;
+    kiln_config gcfg; /* like qcfg, another queue and binding key */
+    kiln__broker *b, *qb, *gb;
 } fixture;
 
 /* The worst lateness over the run, and the earliest arrival (least
@@ -82,8 +86,16 @@ static int setup(void **state)
                    r[3], r[4]);
     name_cfg(&f->cfg, sfx, "classic");
     name_cfg(&f->qcfg, sfx, "quorum");
+    name_cfg(&f->gcfg, sfx, "quorum");
+    (void)snprintf(f->gcfg.queue, sizeof(f->gcfg.queue),
+                   "kiln_it.delay.%s.gone", sfx);
+    (void)snprintf(f->gcfg.binding_key, sizeof(f->gcfg.binding_key), "gone.%s",
+                   sfx);
+    (void)snprintf(f->gcfg.dead_letter_queue, sizeof(f->gcfg.dead_letter_queue),
+                   "kiln_it.delay.%s.gone.dlq", sfx);
     f->b = new_broker(&f->cfg);
     f->qb = new_broker(&f->qcfg);
+    f->gb = new_broker(&f->gcfg);
     *state = f;
     return 0;
 }
@@ -95,9 +107,11 @@ static int teardown(void **state)
 
     kiln__broker_destroy(f->b);
     kiln__broker_destroy(f->qb);
+    kiln__broker_destroy(f->gb);
     c = test_amqp_open();
     test_amqp_delete_topology(c, &f->cfg);
     test_amqp_delete_topology(c, &f->qcfg);
+    test_amqp_delete_topology(c, &f->gcfg);
     test_amqp_close(c);
     free(f);
     return 0;
@@ -420,6 +434,105 @@ static void test_longest_delay(void **state)
     print_message("past the longest delay: %s\n", err.message);
 }
 
+/* ---- unroutable delayed messages ------------------------------------------
+ */
+
+/* Consumes `n` deliveries within `wait_ms` and checks the destination
+ * each was sent to. */
+static void receive_n(kiln__broker *b, const kiln_config *cfg, size_t n,
+                      const char *dest_key, int wait_ms)
+{
+    int64_t end = now_ms() + wait_ms;
+
+    for (size_t got = 0; got < n; got++) {
+        kiln__delivery d;
+        kiln_error err;
+        const char *dest;
+        int64_t left = end - now_ms();
+        kiln_err rc =
+            kiln__broker_consume(b, &d, left > 0 ? (int)left : 0, &err);
+
+        if (rc != KILN_OK)
+            fail_msg("%zu of %zu deliveries in %d ms: %s", got, n, wait_ms,
+                     err.message);
+        assert_int_equal(
+            kiln__delay_parse(cfg, d.routing_key, NULL, &dest, NULL), KILN_OK);
+        assert_string_equal(dest, dest_key);
+        assert_int_equal(kiln__broker_ack(b, d.tag, false, &err), KILN_OK);
+        kiln__broker_release(b, &d);
+    }
+}
+
+/* More than dead_letter_worker_consumer_prefetch (32) */
+#define GONE 40
+
+/* Messages whose destination queue is deleted while they wait in a quorum
+ * level reach the delivery exchange with nowhere to go. Without an
+ * alternate exchange the level's at-least-once dead-lettering keeps them
+ * and retries, and once 32 are outstanding it moves nothing else: the
+ * message behind them, for a queue that exists, would wait for ever. With
+ * it they end in the unroutable queue, and that message arrives on time. */
+static void test_gone_queue_does_not_stall_level(void **state)
+{
+    static const uint64_t one_s[] = {1000};
+    fixture *f = *state;
+    char unroutable[KILN_NAME_MAX];
+    amqp_connection_state_t c;
+    sent s = {0};
+
+    connect_declare(f->qb, &f->qcfg);
+    subscribe(f->qb, &f->qcfg);
+    connect_declare(f->gb, &f->gcfg);
+    for (size_t i = 0; i < GONE; i++)
+        (void)publish_delayed(f->gb, &f->gcfg, 1000, "gone");
+    c = test_amqp_open();
+    assert_non_null(
+        amqp_queue_delete(c, 1, amqp_cstring_bytes(f->gcfg.queue), 0, 0));
+    test_amqp_close(c);
+    /* Same delay, so the same levels, behind them. */
+    send_all(f->qb, &f->qcfg, &s, one_s, 1);
+    note_lateness("behind 40 messages whose queue was deleted",
+                  receive_all(f->qb, &f->qcfg, &s, LATE_MAX_MS, 5000));
+    assert_int_equal(
+        kiln__delay_unroutable(&f->qcfg, unroutable, sizeof(unroutable), NULL),
+        KILN_OK);
+    if (f->gb->ops->subscribe(f->gb, unroutable, 100, NULL) != KILN_OK)
+        fail_msg("subscribe to %s", unroutable);
+    receive_n(f->gb, &f->gcfg, GONE, f->gcfg.binding_key, 5000);
+}
+
+/* A delivery exchange declared without the alternate exchange (as earlier
+ * versions did) is refused with a 406 naming it and what to do; deleted
+ * once, the declare goes through. */
+static void test_old_delivery_exchange_refused(void **state)
+{
+    fixture *f = *state;
+    char delivery[KILN_NAME_MAX];
+    amqp_connection_state_t c;
+    kiln_error err;
+
+    assert_int_equal(
+        kiln__delay_delivery(&f->cfg, delivery, sizeof(delivery), NULL),
+        KILN_OK);
+    c = test_amqp_open();
+    (void)amqp_exchange_declare(c, 1, amqp_cstring_bytes(delivery),
+                                amqp_cstring_bytes("topic"), 0, 1, 0, 0,
+                                amqp_empty_table);
+    assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    if (kiln__broker_connect(f->b, &err) != KILN_OK)
+        fail_msg("connect: %s", err.message);
+    assert_int_equal(f->b->ops->declare(f->b, &f->cfg, &err), KILN_EBROKER);
+    print_message("old delivery exchange: %s\n", err.message);
+    assert_non_null(strstr(err.message, "406"));
+    assert_non_null(strstr(err.message, "alternate-exchange"));
+    assert_non_null(strstr(err.message, delivery));
+    assert_non_null(strstr(err.message, "delete it once"));
+    (void)amqp_exchange_delete(c, 1, amqp_cstring_bytes(delivery), 0);
+    assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    test_amqp_close(c);
+    connect_declare(f->b, &f->cfg);
+}
+
 static int report(void **state)
 {
     (void)state;
@@ -435,9 +548,14 @@ static int report(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        T(test_delays_arrive_on_time), T(test_short_overtakes_long),
-        T(test_quorum_queue),          T(test_redeclare_and_conflict),
-        T(test_longest_delay),         T(test_broker_restart),
+        T(test_delays_arrive_on_time),
+        T(test_short_overtakes_long),
+        T(test_quorum_queue),
+        T(test_redeclare_and_conflict),
+        T(test_longest_delay),
+        T(test_gone_queue_does_not_stall_level),
+        T(test_old_delivery_exchange_refused),
+        T(test_broker_restart),
     };
 
     kiln_log_set_level(KILN_LOG_WARN);
