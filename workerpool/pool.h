@@ -95,6 +95,9 @@ struct kiln_pool {
     /* Publishing, created on first send. */
     pthread_mutex_t pub_mu;
     kiln__publisher *pub;
+    /* Destination keys of delayed sends found bound lately (dispatch.h);
+     * it has its own lock. */
+    kiln__probe_cache probe;
 };
 
 /* workers.c */

@@ -3,7 +3,8 @@
  * broker's declare, messages published with kiln__delay_route arrive no
  * earlier than due and within a second after, a short delay overtakes a
  * long one, classic and quorum queues, a broker restart while messages
- * wait, and a second declare. Unroutable delayed messages: messages whose queue
+ * wait, and a second declare. Unroutable delayed messages: a pool's send
+ * refuses an ETA for a key no queue is bound for; messages whose queue
  * is deleted while they wait end in the unroutable queue and do not stop
  * a quorum level; a delivery exchange from before the unroutable queue
  * is refused with what to do. Each test names its own exchanges and
@@ -31,6 +32,7 @@ typedef struct fixture {
     kiln_config qcfg; /* quorum queue and cascade, same delay exchange */
     kiln_config gcfg; /* like qcfg, another queue and binding key */
     kiln__broker *b, *qb, *gb;
+    kiln_pool *pool;
 } fixture;
 
 /* The worst lateness over the run, and the earliest arrival (least
@@ -105,6 +107,7 @@ static int teardown(void **state)
     fixture *f = *state;
     amqp_connection_state_t c;
 
+    kiln_pool_free(f->pool);
     kiln__broker_destroy(f->b);
     kiln__broker_destroy(f->qb);
     kiln__broker_destroy(f->gb);
@@ -437,6 +440,18 @@ static void test_longest_delay(void **state)
 /* ---- unroutable delayed messages ------------------------------------------
  */
 
+static kiln_signature *eta_sig(const char *routing_key, int64_t in_ms)
+{
+    kiln_signature *sig = kiln_signature_new("delayed", NULL);
+
+    assert_non_null(sig);
+    if (routing_key != NULL)
+        assert_int_equal(kiln_signature_set_routing_key(sig, routing_key, NULL),
+                         KILN_OK);
+    kiln_signature_set_eta(sig, kiln__realtime_ns() + in_ms * 1000000);
+    return sig;
+}
+
 /* Consumes `n` deliveries within `wait_ms` and checks the destination
  * each was sent to. */
 static void receive_n(kiln__broker *b, const kiln_config *cfg, size_t n,
@@ -461,6 +476,45 @@ static void receive_n(kiln__broker *b, const kiln_config *cfg, size_t n,
         assert_int_equal(kiln__broker_ack(b, d.tag, false, &err), KILN_OK);
         kiln__broker_release(b, &d);
     }
+}
+
+/* A task with an ETA for a routing key no queue is bound for would be
+ * confirmed into a delay level and never arrive: kiln_pool_send_task(s)
+ * refuses it with KILN_EBROKER naming the key, and sends the rest of the
+ * batch, which arrives. */
+static void test_pool_refuses_unbound_eta(void **state)
+{
+    fixture *f = *state;
+    char nobody[KILN_NAME_MAX + 8];
+    kiln_signature *sigs[3];
+    kiln_err st[3];
+    kiln_error err;
+
+    connect_declare(f->b, &f->cfg);
+    subscribe(f->b, &f->cfg);
+    (void)snprintf(nobody, sizeof(nobody), "nobody.%s", f->cfg.binding_key);
+    sigs[0] = eta_sig(NULL, 2000);
+    sigs[1] = eta_sig(nobody, 2000);
+    sigs[2] = eta_sig(f->cfg.binding_key, 2000);
+    f->pool = kiln_pool_new(&f->cfg, 1, "it-delay", &err);
+    if (f->pool == NULL)
+        fail_msg("pool: %s", err.message);
+    assert_int_equal(kiln_pool_send_tasks(f->pool,
+                                          (const kiln_signature *const *)sigs,
+                                          3, st, &err),
+                     KILN_EBROKER);
+    print_message("batch with an unbound key: %s\n", err.message);
+    assert_non_null(strstr(err.message, nobody));
+    assert_non_null(strstr(err.message, "task 1 "));
+    assert_int_equal(st[0], KILN_OK);
+    assert_int_equal(st[1], KILN_EBROKER);
+    assert_int_equal(st[2], KILN_OK);
+    assert_int_equal(kiln_pool_send_task(f->pool, sigs[1], &err), KILN_EBROKER);
+    assert_non_null(strstr(err.message, nobody));
+    /* The two bound ones arrive at their ETA. */
+    receive_n(f->b, &f->cfg, 2, f->cfg.binding_key, 2000 + 3000);
+    for (size_t i = 0; i < 3; i++)
+        kiln_signature_free(sigs[i]);
 }
 
 /* More than dead_letter_worker_consumer_prefetch (32) */
@@ -553,6 +607,7 @@ int main(void)
         T(test_quorum_queue),
         T(test_redeclare_and_conflict),
         T(test_longest_delay),
+        T(test_pool_refuses_unbound_eta),
         T(test_gone_queue_does_not_stall_level),
         T(test_old_delivery_exchange_refused),
         T(test_broker_restart),
