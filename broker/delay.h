@@ -64,9 +64,9 @@
  *   mandatory publish cannot tell that no destination queue is bound:
  *   probe the destination key first (above). A probe answers "a queue
  *   was bound for this key", not "it still exists": a message whose
- *   queue is deleted later ends in the unroutable queue. A delay of 0
- *   units goes straight to the delivery exchange, and unroutable lands in
- *   the unroutable queue as well, with no basic.return.
+ *   queue is deleted later ends in the unroutable queue. A message of 0
+ *   units, published straight to the delivery exchange, also lands there
+ *   when no queue is bound for it, with no basic.return.
  * - Do not copy the x-death, x-first-death-* and x-last-death-* headers of
  *   a delivery into a new delayed message: RabbitMQ keeps one x-death
  *   entry per queue it passed, and kiln__delay_keep_header says which
