@@ -261,9 +261,11 @@ void kiln__amqp_stash_clear(kiln__amqp *b);
 kiln_err kiln__amqp_declare(kiln__broker *base, const kiln_config *cfg,
                             kiln_error *err);
 
-/* amqp_delay.c: declares the delay cascade of `cfg` (broker/delay.h) and
- * binds cfg->queue to its delivery exchange; the last step of declare.
- * KILN_EBROKER naming the setting that differs on a 406. */
+/* amqp_delay.c: declares the delay cascade of `cfg` (broker/delay.h),
+ * binds cfg->queue to its delivery exchange and the probe queue with the
+ * same key; the last step of declare. KILN_EBROKER naming the setting that
+ * differs on a 406 (for a delivery exchange without the alternate
+ * exchange: delete it once). */
 kiln_err kiln__amqp_declare_delay(kiln__amqp *b, const kiln_config *cfg,
                                   kiln_error *err);
 

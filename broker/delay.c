@@ -8,9 +8,12 @@
 /* AMQP short strings (exchange names, routing and binding keys). */
 #define SHORTSTR_MAX 255
 
-#define DELIVERY_SUFFIX ".delivery"
-/* The longest suffix a level gets: ".quorum.31". */
-#define LEVEL_SUFFIX_MAX 10
+#define DELIVERY_SUFFIX   ".delivery"
+#define PROBE_SUFFIX      ".probe"
+#define UNROUTABLE_SUFFIX ".unroutable"
+/* The longest suffix a name of the cascade gets: ".unroutable" (a level's
+ * is at most ".quorum.31"). */
+#define SUFFIX_MAX 11
 
 static unsigned levels_of(const kiln_config *cfg)
 {
@@ -36,14 +39,13 @@ kiln_err kiln__delay_check(const kiln_config *cfg, kiln_error *err)
         return kiln__fail(err, KILN_EINVAL,
                           "KILN_DELAY_EXCHANGE: expected a name of 1 to %d "
                           "bytes",
-                          SHORTSTR_MAX - LEVEL_SUFFIX_MAX);
-    if (len > SHORTSTR_MAX - LEVEL_SUFFIX_MAX)
+                          SHORTSTR_MAX - SUFFIX_MAX);
+    if (len > SHORTSTR_MAX - SUFFIX_MAX)
         return kiln__fail(err, KILN_EINVAL,
                           "KILN_DELAY_EXCHANGE is %zu bytes; expected at most "
                           "%d, since the delay queues append up to %d "
-                          "(\".quorum.31\")",
-                          len, SHORTSTR_MAX - LEVEL_SUFFIX_MAX,
-                          LEVEL_SUFFIX_MAX);
+                          "(\"" UNROUTABLE_SUFFIX "\")",
+                          len, SHORTSTR_MAX - SUFFIX_MAX, SUFFIX_MAX);
     return KILN_OK;
 }
 
@@ -87,18 +89,39 @@ static kiln_err level_name(const kiln_config *cfg, unsigned k, char *out,
     return KILN_OK;
 }
 
-kiln_err kiln__delay_delivery(const kiln_config *cfg, char *out, size_t n,
-                              kiln_error *err)
+/* Writes "<KILN_DELAY_EXCHANGE><suffix>". */
+static kiln_err suffixed(const kiln_config *cfg, const char *suffix, char *out,
+                         size_t n, kiln_error *err)
 {
     kiln_err rc;
     int len;
 
     if ((rc = kiln__delay_check(cfg, err)) != KILN_OK)
         return rc;
-    len = snprintf(out, n, "%s%s", cfg->delay_exchange, DELIVERY_SUFFIX);
+    len = snprintf(out, n, "%s%s", cfg->delay_exchange, suffix);
     if (len < 0 || (size_t)len >= n)
-        return kiln__fail(err, KILN_EINVAL, "delay delivery: buffer of %zu", n);
+        return kiln__fail(err, KILN_EINVAL,
+                          "delay queues '%s%s': buffer of %zu",
+                          cfg->delay_exchange, suffix, n);
     return KILN_OK;
+}
+
+kiln_err kiln__delay_delivery(const kiln_config *cfg, char *out, size_t n,
+                              kiln_error *err)
+{
+    return suffixed(cfg, DELIVERY_SUFFIX, out, n, err);
+}
+
+kiln_err kiln__delay_probe(const kiln_config *cfg, char *out, size_t n,
+                           kiln_error *err)
+{
+    return suffixed(cfg, PROBE_SUFFIX, out, n, err);
+}
+
+kiln_err kiln__delay_unroutable(const kiln_config *cfg, char *out, size_t n,
+                                kiln_error *err)
+{
+    return suffixed(cfg, UNROUTABLE_SUFFIX, out, n, err);
 }
 
 /* Writes `words` words "*." and then `tail` into out[n]. */

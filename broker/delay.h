@@ -32,13 +32,41 @@
  * already waiting on their way. Changing KILN_DELAY_UNIT_MS changes the
  * TTLs, which RabbitMQ refuses for existing queues (406).
  *
+ * Two more pairs keep RabbitMQ's "unroutable is an error" for delayed
+ * messages, which a mandatory publish cannot see (the message is routed,
+ * and confirmed, into a level queue):
+ * - The probe, "<KILN_DELAY_EXCHANGE>.probe": a topic exchange and a
+ *   classic queue of the same name with x-max-length 0 (drop-head: it
+ *   keeps nothing, and a message routed to it is still confirmed as
+ *   routed). Next to each destination binding on the delivery exchange
+ *   the declare binds the probe queue with the bare binding key, so a
+ *   key matches a probe binding exactly when, with the N delay words in
+ *   front, it matches a destination binding. A producer publishes an
+ *   empty, transient, mandatory message with the destination key to the
+ *   probe exchange before it sends delayed messages for that key: a
+ *   basic.return means no queue was ever bound for it. No consumer ever
+ *   sees a probe.
+ * - The alternate exchange of the delivery exchange,
+ *   "<KILN_DELAY_EXCHANGE>.unroutable": a fanout exchange bound to a
+ *   durable classic queue of the same name. RabbitMQ applies alternate
+ *   exchanges to dead-lettered messages too (rabbit_exchange:route), so a
+ *   message whose queue went away while it waited lands there, whole,
+ *   instead of being dropped (classic level) or retained by a quorum
+ *   level, whose at-least-once dead-letter worker holds at most 32
+ *   (dead_letter_worker_consumer_prefetch) unconfirmed messages: 32 such
+ *   messages would stop the level for every message behind them.
+ * A delivery exchange declared before it had an alternate exchange is
+ * refused with 406 (inequivalent arg 'alternate-exchange'): it must be
+ * deleted once.
+ *
  * Things a producer must know:
  * - A delayed message is routed (and confirmed) into a level queue, so a
- *   mandatory publish cannot tell that no destination queue is bound; a
- *   message that reaches the delivery exchange with no binding for its
- *   key is dropped by a classic level and kept by a quorum level (its
- *   at-least-once dead-lettering retries). Only a delay of 0 units is
- *   routed at once.
+ *   mandatory publish cannot tell that no destination queue is bound:
+ *   probe the destination key first (above). A probe answers "a queue
+ *   was bound for this key", not "it still exists": a message whose
+ *   queue is deleted later ends in the unroutable queue. A message of 0
+ *   units, published straight to the delivery exchange, also lands there
+ *   when no queue is bound for it, with no basic.return.
  * - Do not copy the x-death, x-first-death-* and x-last-death-* headers of
  *   a delivery into a new delayed message: RabbitMQ keeps one x-death
  *   entry per queue it passed, and kiln__delay_keep_header says which
@@ -111,6 +139,17 @@ kiln_err kiln__delay_level_get(const kiln_config *cfg, unsigned k,
  * every destination queue. */
 kiln_err kiln__delay_delivery(const kiln_config *cfg, char *out, size_t n,
                               kiln_error *err);
+
+/* kiln__delay_probe writes the probe's name, "<KILN_DELAY_EXCHANGE>.probe"
+ * (its exchange and its sink queue), into out[n]; kiln__delay_unroutable
+ * the delivery exchange's alternate exchange and queue,
+ * "<KILN_DELAY_EXCHANGE>.unroutable". Both are shared by the classic and
+ * quorum cascades, like the delivery exchange. KILN_EINVAL for a bad
+ * setting or when `n` is too small. */
+kiln_err kiln__delay_probe(const kiln_config *cfg, char *out, size_t n,
+                           kiln_error *err);
+kiln_err kiln__delay_unroutable(const kiln_config *cfg, char *out, size_t n,
+                                kiln_error *err);
 
 /* kiln__delay_dest_key returns the key cfg->queue is bound with on the
  * delivery exchange: KILN_BINDING_KEY, or the queue's name when there is

@@ -4,7 +4,10 @@
  * key to the queues bound on the cascade's delivery exchange, as the
  * levels of TTL queues on RabbitMQ would pass it down. The mock keeps one
  * list sorted by due time instead of the levels; broker/delay.c and
- * test/test_delay.c check the levels themselves. The lock rule is in
+ * test/test_delay.c check the levels themselves. The probe and the
+ * unroutable queue are modelled as declared: the probe queue is a sink
+ * bound with each destination key, the unroutable queue the delivery
+ * exchange's alternate exchange's. The lock rule is in
  * mocks/mock_internal.h. */
 #include "mocks/mock_internal.h"
 
@@ -60,6 +63,31 @@ static kiln_err add_cascade(kiln__mock_server *srv, const kiln_config *cfg,
     return KILN_OK;
 }
 
+/* The unroutable queue as the delivery exchange's alternate, the
+ * destination binding and the probe's, in the AMQP declare's order. The
+ * mock matches keys exactly, so the bindings hold the bare destination
+ * key and routing strips the delay words first. Caller holds srv->mu. */
+static kiln_err declare_ends(kiln__mock_server *srv, const kiln_config *cfg,
+                             const char *delivery, kiln_error *err)
+{
+    char probe[KILN_NAME_MAX], unroutable[KILN_NAME_MAX];
+    const char *key = kiln__delay_dest_key(cfg);
+    kiln_err rc;
+
+    if ((rc = kiln__delay_probe(cfg, probe, sizeof(probe), err)) != KILN_OK ||
+        (rc = kiln__delay_unroutable(cfg, unroutable, sizeof(unroutable),
+                                     err)) != KILN_OK ||
+        (rc = kiln__mock_bind_locked(srv, unroutable, "#", unroutable, err)) !=
+            KILN_OK ||
+        (rc = kiln__mock_set_alternate(srv, delivery, unroutable, err)) !=
+            KILN_OK ||
+        (rc = kiln__mock_make_sink(srv, probe, err)) != KILN_OK ||
+        (rc = kiln__mock_bind_locked(srv, delivery, key, cfg->queue, err)) !=
+            KILN_OK)
+        return rc;
+    return kiln__mock_bind_locked(srv, probe, key, probe, err);
+}
+
 kiln_err kiln__mock_server_declare_delay(kiln__mock_server *srv,
                                          const kiln_config *cfg,
                                          kiln_error *err)
@@ -78,13 +106,10 @@ kiln_err kiln__mock_server_declare_delay(kiln__mock_server *srv,
         return rc;
     pthread_mutex_lock(&srv->mu);
     rc = add_cascade(srv, cfg, err);
+    if (rc == KILN_OK)
+        rc = declare_ends(srv, cfg, delivery, err);
     pthread_mutex_unlock(&srv->mu);
-    if (rc != KILN_OK)
-        return rc;
-    /* The mock matches keys exactly, so the binding holds the bare
-     * destination key and routing strips the delay words first. */
-    return kiln__mock_server_bind(srv, delivery, kiln__delay_dest_key(cfg),
-                                  cfg->queue, err);
+    return rc;
 }
 
 /* Inserts `m` after every held message due no later, so equal delays
@@ -121,6 +146,7 @@ static kiln_err take(kiln__mock_server *srv, size_t ci, const kiln__message *m,
     unsigned low = 0;
 
     if (units == 0) {
+        /* Routed: to the unroutable queue when no destination is bound. */
         if ((rc = kiln__mock_deliver(srv, c->delivery, dest, &view, &n, err)) !=
             KILN_OK)
             return rc;

@@ -38,11 +38,19 @@ struct queue {
     struct msg *head, *tail;
     size_t ready;
     uint64_t mark; /* routing: already chosen for the current message */
+    bool sink;     /* x-max-length 0: a message routed here counts as
+                      routed (confirmed, not returned) and is dropped */
 };
 
 struct binding {
     char *exchange, *key;
     size_t queue;
+};
+
+/* An exchange's alternate-exchange argument: where a message goes that
+ * none of its bindings match, whether published or dead-lettered. */
+struct alternate {
+    char *exchange, *alternate;
 };
 
 /* A delay cascade declared by some connection (broker/delay.h): the
@@ -59,6 +67,8 @@ struct kiln__mock_server {
     size_t nq, capq;
     struct binding *binds;
     size_t nb, capb;
+    struct alternate *alts;
+    size_t nalt, capalt;
     char *unroutable;
     unsigned fail_publish_at, fail_consume, fail_conn_at;
     size_t unacked, published;
@@ -98,6 +108,20 @@ void kiln__mock_deadline_after(struct timespec *ts, int timeout_ms);
 bool kiln__mock_wait_until(kiln__mock_server *srv, const struct timespec *ts,
                            int timeout_ms);
 
+/* kiln__mock_bind_locked is kiln__mock_server_bind with srv->mu held.
+ * kiln__mock_set_alternate gives `exchange` the alternate exchange
+ * `alternate` (idempotent; the first one set stays, as RabbitMQ keeps an
+ * exchange's arguments). kiln__mock_make_sink declares `queue` when new
+ * and makes it keep nothing (x-max-length 0). KILN_ENOMEM on failure.
+ * Caller holds srv->mu. */
+kiln_err kiln__mock_bind_locked(kiln__mock_server *srv, const char *exchange,
+                                const char *key, const char *queue,
+                                kiln_error *err);
+kiln_err kiln__mock_set_alternate(kiln__mock_server *srv, const char *exchange,
+                                  const char *alternate, kiln_error *err);
+kiln_err kiln__mock_make_sink(kiln__mock_server *srv, const char *queue,
+                              kiln_error *err);
+
 /* Routes one message into every queue it reaches, all or none: KILN_EINVAL
  * for an incomplete message, KILN_ECLOSED after a shutdown, KILN_EBROKER
  * when it is nacked (fail_publish) or returned unroutable. Counts it as
@@ -109,8 +133,9 @@ kiln_err kiln__mock_route(kiln__mock_server *srv, const kiln__message *m,
 kiln__message kiln__mock_msg_view(const struct msg *msg);
 
 /* Puts a copy of `m` into every queue bound to `exchange` with `key` (or
- * with "#"); *n gets how many. KILN_ENOMEM puts none. Caller holds
- * srv->mu. */
+ * with "#"), or, when there is none, into those its alternate exchange
+ * routes it to; *n gets how many (sinks included). KILN_ENOMEM puts none.
+ * Caller holds srv->mu. */
 kiln_err kiln__mock_deliver(kiln__mock_server *srv, const char *exchange,
                             const char *key, const kiln__message *m, size_t *n,
                             kiln_error *err);
@@ -127,9 +152,10 @@ kiln_err kiln__mock_route_delay(kiln__mock_server *srv, const kiln__message *m,
 bool kiln__mock_next_due(const kiln__mock_server *srv, struct timespec *ts);
 
 /* Routes every held message whose delay has passed to the queues bound
- * for its destination on the cascade's delivery exchange (dropping it
- * when there are none, as RabbitMQ does) and broadcasts srv->cond when
- * any moved. Caller holds srv->mu. */
+ * for its destination on the cascade's delivery exchange (to its
+ * unroutable queue, the alternate exchange's, when there are none, as
+ * RabbitMQ does) and broadcasts srv->cond when any moved. Caller holds
+ * srv->mu. */
 void kiln__mock_release_due(kiln__mock_server *srv);
 
 #endif /* KILN_MOCK_INTERNAL_H */

@@ -194,6 +194,11 @@ void kiln__mock_server_free(kiln__mock_server *srv)
         kiln__free(srv->binds[i].exchange);
         kiln__free(srv->binds[i].key);
     }
+    for (size_t i = 0; i < srv->nalt; i++) {
+        kiln__free(srv->alts[i].exchange);
+        kiln__free(srv->alts[i].alternate);
+    }
+    kiln__free(srv->alts);
     free_list(srv->held);
     kiln__free(srv->cascades);
     kiln__free(srv->queues);
@@ -254,8 +259,9 @@ static kiln_err declare_queue(kiln__mock_server *srv, const char *name,
     return KILN_OK;
 }
 
-static kiln_err bind_locked(kiln__mock_server *srv, const char *exchange,
-                            const char *key, const char *queue, kiln_error *err)
+kiln_err kiln__mock_bind_locked(kiln__mock_server *srv, const char *exchange,
+                                const char *key, const char *queue,
+                                kiln_error *err)
 {
     struct binding *b;
     size_t q = 0;
@@ -294,8 +300,41 @@ kiln_err kiln__mock_server_bind(kiln__mock_server *srv, const char *exchange,
         queue == NULL || queue[0] == '\0')
         return kiln__fail(err, KILN_EINVAL, "mock broker: bind arguments");
     pthread_mutex_lock(&srv->mu);
-    rc = bind_locked(srv, exchange, binding_key, queue, err);
+    rc = kiln__mock_bind_locked(srv, exchange, binding_key, queue, err);
     pthread_mutex_unlock(&srv->mu);
+    return rc;
+}
+
+kiln_err kiln__mock_set_alternate(kiln__mock_server *srv, const char *exchange,
+                                  const char *alternate, kiln_error *err)
+{
+    struct alternate *a;
+
+    for (size_t i = 0; i < srv->nalt; i++)
+        if (strcmp(srv->alts[i].exchange, exchange) == 0)
+            return KILN_OK;
+    if (!grow((void **)&srv->alts, srv->nalt, &srv->capalt, sizeof(*a)))
+        return kiln__fail(err, KILN_ENOMEM, "mock broker: alternate exchange");
+    a = &srv->alts[srv->nalt];
+    a->exchange = kiln__strdup(exchange);
+    a->alternate = kiln__strdup(alternate);
+    if (a->exchange == NULL || a->alternate == NULL) {
+        kiln__free(a->exchange);
+        kiln__free(a->alternate);
+        return kiln__fail(err, KILN_ENOMEM, "mock broker: alternate exchange");
+    }
+    srv->nalt++;
+    return KILN_OK;
+}
+
+kiln_err kiln__mock_make_sink(kiln__mock_server *srv, const char *queue,
+                              kiln_error *err)
+{
+    size_t q;
+    kiln_err rc = declare_queue(srv, queue, &q, err);
+
+    if (rc == KILN_OK)
+        srv->queues[q].sink = true;
     return rc;
 }
 
@@ -411,14 +450,21 @@ kiln_err kiln__mock_server_wait_idle(kiln__mock_server *srv, const char *queue,
 
 /* ---- routing ------------------------------------------------------------ */
 
-/* Marks every queue a message to `exchange` with `key` routes to;
- * returns how many. Caller holds srv->mu. */
-static size_t mark_routes(kiln__mock_server *srv, const char *exchange,
-                          const char *key)
+static const char *alternate_of(const kiln__mock_server *srv,
+                                const char *exchange)
+{
+    for (size_t i = 0; i < srv->nalt; i++)
+        if (strcmp(srv->alts[i].exchange, exchange) == 0)
+            return srv->alts[i].alternate;
+    return NULL;
+}
+
+/* Marks the queues `exchange` itself routes `key` to; returns how many. */
+static size_t mark_from(kiln__mock_server *srv, const char *exchange,
+                        const char *key)
 {
     size_t n = 0, idx;
 
-    srv->stamp++;
     if (exchange[0] == '\0') {
         if (!kiln__mock_find_queue(srv, key, &idx))
             return 0;
@@ -434,6 +480,22 @@ static size_t mark_routes(kiln__mock_server *srv, const char *exchange,
             q->mark = srv->stamp;
             n++;
         }
+    }
+    return n;
+}
+
+/* Marks every queue a message to `exchange` with `key` routes to,
+ * following alternate exchanges (a few deep, a guard against loops)
+ * while none matches; returns how many. Caller holds srv->mu. */
+static size_t mark_routes(kiln__mock_server *srv, const char *exchange,
+                          const char *key)
+{
+    size_t n = 0;
+
+    srv->stamp++;
+    for (unsigned depth = 0; exchange != NULL && n == 0 && depth < 4; depth++) {
+        n = mark_from(srv, exchange, key);
+        exchange = alternate_of(srv, exchange);
     }
     return n;
 }
@@ -458,7 +520,10 @@ static kiln_err enqueue_marked(kiln__mock_server *srv, const kiln__message *m,
         c = copies;
         copies = c->next;
         c->queue = i;
-        queue_push_tail(&srv->queues[i], c);
+        if (srv->queues[i].sink)
+            kiln__free(c);
+        else
+            queue_push_tail(&srv->queues[i], c);
     }
     return KILN_OK;
 }

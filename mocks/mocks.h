@@ -48,14 +48,18 @@ kiln_err kiln__mock_server_bind(kiln__mock_server *srv, const char *exchange,
                                 kiln_error *err);
 
 /* Declares the delay cascade of `cfg` (broker/delay.h) and binds
- * cfg->queue on its delivery exchange; the mock broker's declare op calls
- * it. A message published to one of the cascade's exchanges is then held
- * until its delay has passed on the mock clock and delivered, with the
- * delivery exchange and its whole routing key, to the queues bound for
- * its destination key (or dropped when there are none, as on RabbitMQ).
- * A delay of 0 units is delivered at once, and returned unroutable when
- * no queue is bound. KILN_EBROKER ("406 ...") when the same cascade was
- * declared with another KILN_DELAY_UNIT_MS. Safe from any thread. */
+ * cfg->queue on its delivery exchange and its key on the probe; the mock
+ * broker's declare op calls it. A message published to one of the
+ * cascade's exchanges is then held until its delay has passed on the mock
+ * clock and delivered, with the delivery exchange and its whole routing
+ * key, to the queues bound for its destination key, or, when there are
+ * none, to the queue "<KILN_DELAY_EXCHANGE>.unroutable" (the delivery
+ * exchange's alternate exchange, as on RabbitMQ). A delay of 0 units is
+ * delivered at once, the same way. A message published to
+ * "<KILN_DELAY_EXCHANGE>.probe" is confirmed and dropped when a queue was
+ * declared for its key, and returned unroutable otherwise. KILN_EBROKER
+ * ("406 ...") when the same cascade was declared with another
+ * KILN_DELAY_UNIT_MS. Safe from any thread. */
 kiln_err kiln__mock_server_declare_delay(kiln__mock_server *srv,
                                          const kiln_config *cfg,
                                          kiln_error *err);

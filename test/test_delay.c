@@ -405,17 +405,25 @@ static void test_settings_checked(void **state)
     kiln_error err;
 
     (void)state;
-    /* ".quorum.31" must still fit in 255 bytes */
-    memset(cfg.delay_exchange, 'd', 245);
-    cfg.delay_exchange[245] = '\0';
+    /* ".unroutable" (and ".quorum.31") must still fit in 255 bytes */
+    memset(cfg.delay_exchange, 'd', 244);
+    cfg.delay_exchange[244] = '\0';
     assert_int_equal(kiln__delay_check(&cfg, NULL), KILN_OK);
     cfg.delay_queue_type = KILN_QUEUE_QUORUM;
     assert_int_equal(kiln__delay_delivery(&cfg, name, sizeof(name), NULL),
                      KILN_OK);
-    cfg.delay_exchange[245] = 'd';
-    cfg.delay_exchange[246] = '\0';
+    assert_int_equal(kiln__delay_unroutable(&cfg, name, sizeof(name), NULL),
+                     KILN_OK);
+    assert_int_equal(strlen(name), 255);
+    assert_int_equal(kiln__delay_probe(&cfg, name, sizeof(name), NULL),
+                     KILN_OK);
+    assert_int_equal(kiln__delay_probe(&cfg, name, 250, &err), KILN_EINVAL);
+    cfg.delay_exchange[244] = 'd';
+    cfg.delay_exchange[245] = '\0';
     assert_int_equal(kiln__delay_check(&cfg, &err), KILN_EINVAL);
-    assert_non_null(strstr(err.message, "KILN_DELAY_EXCHANGE is 246 bytes"));
+    assert_non_null(strstr(err.message, "KILN_DELAY_EXCHANGE is 245 bytes"));
+    assert_int_equal(kiln__delay_unroutable(&cfg, name, sizeof(name), &err),
+                     KILN_EINVAL);
     cfg = make_cfg(33, 50);
     assert_int_equal(kiln__delay_check(&cfg, &err), KILN_EINVAL);
     assert_non_null(strstr(err.message, "KILN_DELAY_LEVELS=33"));
@@ -431,10 +439,14 @@ static void test_settings_checked(void **state)
 /* ---- the mock broker ------------------------------------------------------
  */
 
+/* The default cascade's probe and unroutable queues. */
+#define PROBE      "kiln_tasks.delay.probe"
+#define UNROUTABLE "kiln_tasks.delay.unroutable"
+
 typedef struct mock_fix {
     kiln_config cfg;
     kiln__mock_server *srv;
-    kiln__broker *pub, *sub;
+    kiln__broker *pub, *sub, *sub2;
 } mock_fix;
 
 static int mock_setup(void **state)
@@ -459,6 +471,7 @@ static int mock_teardown(void **state)
 
     kiln__broker_destroy(f->pub);
     kiln__broker_destroy(f->sub);
+    kiln__broker_destroy(f->sub2);
     kiln__mock_server_free(f->srv);
     test_free(f);
     return 0;
@@ -552,14 +565,16 @@ static void test_mock_routes_and_refuses(void **state)
     kiln__message m;
     kiln_error err;
 
-    /* Delay 0 to nobody is returned; a delayed one is taken and dropped
-     * when due, as RabbitMQ does. */
-    assert_int_equal(send_delayed(f, 0, "nobody", "x", &err), KILN_EBROKER);
-    assert_non_null(strstr(err.message, "NO_ROUTE"));
+    /* Delay 0 to nobody goes to the unroutable queue at once (the
+     * delivery exchange's alternate exchange: no basic.return); a delayed
+     * one when due, as RabbitMQ does. */
+    assert_int_equal(send_delayed(f, 0, "nobody", "x", &err), KILN_OK);
+    assert_int_equal(kiln__mock_server_ready(f->srv, UNROUTABLE), 1);
     assert_int_equal(send_delayed(f, 50, "nobody", "x", &err), KILN_OK);
     kiln__mock_server_advance(f->srv, 50);
     assert_int_equal(kiln__mock_server_delayed(f->srv), 0);
     assert_int_equal(kiln__mock_server_ready(f->srv, f->cfg.queue), 0);
+    assert_int_equal(kiln__mock_server_ready(f->srv, UNROUTABLE), 2);
     /* A key that spells no delay matches no level binding. */
     m = text_msg("kiln_tasks.delay.3", "kiln_task", "bad");
     assert_int_equal(kiln__broker_publish(f->pub, &m, 1, NULL, &err),
@@ -591,6 +606,47 @@ static void test_mock_routes_and_refuses(void **state)
     expect_delivery(f, "quorum", "kiln_tasks.delay.delivery");
 }
 
+/* The probe: a key some queue was declared for is confirmed and kept
+ * nowhere; any other is returned. A delayed message whose destination
+ * is gone by the time it is due ends in the unroutable queue, whole,
+ * and does not hold up the one due after it. */
+static void test_mock_probe_and_unroutable(void **state)
+{
+    mock_fix *f = *state;
+    kiln_config other = f->cfg;
+    kiln__delivery d;
+    kiln__message m;
+    kiln_error err;
+
+    m = text_msg(PROBE, "kiln_task", "");
+    assert_int_equal(kiln__broker_publish(f->pub, &m, 1, NULL, &err), KILN_OK);
+    assert_int_equal(kiln__mock_server_ready(f->srv, PROBE), 0);
+    m = text_msg(PROBE, "elsewhere", "");
+    assert_int_equal(kiln__broker_publish(f->pub, &m, 1, NULL, &err),
+                     KILN_EBROKER);
+    assert_non_null(strstr(err.message, "NO_ROUTE"));
+    /* Another queue's declare binds its key on the probe too. */
+    kiln__strlcpy(other.queue, "elsewhere", sizeof(other.queue));
+    kiln__strlcpy(other.binding_key, "elsewhere", sizeof(other.binding_key));
+    assert_int_equal(f->pub->ops->declare(f->pub, &other, &err), KILN_OK);
+    m = text_msg(PROBE, "elsewhere", "");
+    assert_int_equal(kiln__broker_publish(f->pub, &m, 1, NULL, &err), KILN_OK);
+    assert_int_equal(kiln__mock_server_ready(f->srv, PROBE), 0);
+    /* Sent to a key nobody is bound for (no probe asked), then one to the
+     * task queue due a unit later. */
+    assert_int_equal(send_delayed(f, 100, "gone", "lost", &err), KILN_OK);
+    assert_int_equal(send_delayed(f, 150, "kiln_task", "behind", &err),
+                     KILN_OK);
+    kiln__mock_server_advance(f->srv, 150);
+    expect_delivery(f, "behind", "kiln_tasks.delay.delivery");
+    assert_int_equal(kiln__mock_server_ready(f->srv, UNROUTABLE), 1);
+    f->sub2 = open_conn(f->srv, UNROUTABLE, 0);
+    assert_int_equal(kiln__broker_consume(f->sub2, &d, 0, &err), KILN_OK);
+    assert_string_equal(d.body, "lost");
+    assert_non_null(strstr(d.routing_key, ".gone"));
+    kiln__broker_release(f->sub2, &d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -607,6 +663,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mock_due_in_real_time, mock_setup,
                                         mock_teardown),
         cmocka_unit_test_setup_teardown(test_mock_routes_and_refuses,
+                                        mock_setup, mock_teardown),
+        cmocka_unit_test_setup_teardown(test_mock_probe_and_unroutable,
                                         mock_setup, mock_teardown),
     };
 

@@ -748,6 +748,70 @@ static void test_store_outage_then_stop(void **state)
     assert_int_equal(kiln__mock_store_count(f->store, -1), 0);
 }
 
+static kiln_signature *eta_sig(const char *routing_key, int64_t in_ms)
+{
+    kiln_signature *sig = kiln_signature_new("work", NULL);
+
+    assert_non_null(sig);
+    if (routing_key != NULL)
+        assert_int_equal(kiln_signature_set_routing_key(sig, routing_key, NULL),
+                         KILN_OK);
+    if (in_ms > 0)
+        kiln_signature_set_eta(sig, kiln__realtime_ns() + in_ms * 1000000);
+    return sig;
+}
+
+/* A delayed task for a routing key no queue is bound for would be
+ * confirmed into the delay queues and never arrive: the send refuses it
+ * (KILN_EBROKER naming the key), records no state for it, and still sends
+ * the rest of its batch. Keys found bound are not probed again. */
+static void test_eta_to_unbound_key_refused(void **state)
+{
+    fixture *f = *state;
+    kiln_signature *sigs[4] = {eta_sig(NULL, 2000), eta_sig("nobody", 2000),
+                               eta_sig(QUEUE, 2000), eta_sig(NULL, 0)};
+    kiln_err st[4];
+    kiln_error err;
+    size_t calls;
+
+    f->store = kiln__mock_store_new(&err);
+    make_pool(f);
+    kiln__pool_set_store(f->pool, f->store);
+    assert_int_equal(kiln_pool_send_tasks(f->pool,
+                                          (const kiln_signature *const *)sigs,
+                                          4, st, &err),
+                     KILN_EBROKER);
+    assert_non_null(strstr(err.message, "task 1 (work)"));
+    assert_non_null(strstr(err.message, "'nobody'"));
+    assert_non_null(strstr(err.message, "no queue is bound"));
+    assert_int_equal(st[0], KILN_OK);
+    assert_int_equal(st[1], KILN_EBROKER);
+    assert_int_equal(st[2], KILN_OK);
+    assert_int_equal(st[3], KILN_OK);
+    assert_int_equal(kiln__mock_server_delayed(f->srv), 2);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE), 1);
+    assert_int_equal(kiln__mock_store_count(f->store, -1), 3);
+    /* Alone, the same; the probe confirms the other key every time. */
+    assert_int_equal(kiln_pool_send_task(f->pool, sigs[1], &err), KILN_EBROKER);
+    assert_non_null(strstr(err.message, "'nobody'"));
+    /* A key found bound costs no probe for a while: one publish. */
+    calls = kiln__mock_server_publish_calls(f->srv);
+    assert_int_equal(kiln_pool_send_task(f->pool, sigs[0], &err), KILN_OK);
+    assert_int_equal(kiln__mock_server_publish_calls(f->srv), calls + 1);
+    assert_int_equal(kiln__mock_server_delayed(f->srv), 3);
+    /* The producer's own broker call probes too, with no cache. */
+    calls = kiln__mock_server_publish_calls(f->srv);
+    assert_int_equal(kiln__send_tasks(&f->cfg, f->producer, NULL,
+                                      (const kiln_signature *const *)sigs, 2,
+                                      st, &err),
+                     KILN_EBROKER);
+    assert_non_null(strstr(err.message, "'nobody'"));
+    assert_int_equal(st[0], KILN_OK);
+    assert_int_equal(kiln__mock_server_publish_calls(f->srv), calls + 2);
+    for (size_t i = 0; i < 4; i++)
+        kiln_signature_free(sigs[i]);
+}
+
 static void test_misuse(void **state)
 {
     fixture *f = *state;
@@ -816,6 +880,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_store_outage_holds_deliveries,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_outage_then_stop, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_eta_to_unbound_key_refused, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_misuse, setup, teardown),
     };

@@ -26,6 +26,7 @@
 #include "broker/broker.h"
 #include "store/store.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 /* Says whether to stop retrying a final state write (the pool is stopping
@@ -229,6 +230,46 @@ typedef struct kiln__staged {
     char routing_key[KILN_NAME_MAX];
 } kiln__staged;
 
+/* Publishes `n` messages and waits for their confirms, with the status
+ * contract of the broker's publish op (broker.h). */
+typedef kiln_err (*kiln__publish_fn)(void *ctx, const kiln__message *msgs,
+                                     size_t n, kiln_err *status,
+                                     kiln_error *err);
+
+/* How long a destination key found bound on the delay cascade's probe is
+ * taken as bound without asking again. The probe only ever changes from
+ * "not bound" to "bound" (nothing unbinds it), so this bounds the cost of
+ * an operator's clean-up, not of normal traffic. */
+#define KILN__PROBE_TTL_MS 5000
+#define KILN__PROBE_CACHE  16 /* destination keys remembered */
+
+/* Destination keys a producer found bound on the delay cascade's probe
+ * (broker/delay.h), for KILN__PROBE_TTL_MS each. Thread-safety: `mu`
+ * guards the entries; it is never held while publishing. */
+typedef struct kiln__probe_cache {
+    pthread_mutex_t mu;
+    struct {
+        int64_t until_ns; /* monotonic; 0 = empty */
+        char key[KILN_NAME_MAX];
+    } e[KILN__PROBE_CACHE];
+} kiln__probe_cache;
+
+/* kiln__probe_cache_init empties the cache and makes its mutex (with
+ * default attributes, which cannot fail on Linux);
+ * kiln__probe_cache_destroy frees the mutex. The owner calls each once,
+ * with no other thread using the cache. */
+void kiln__probe_cache_init(kiln__probe_cache *c);
+void kiln__probe_cache_destroy(kiln__probe_cache *c);
+
+/* How a producer asks whether a delayed task's destination is bound:
+ * `publish` sends the probes (on `ctx`, borrowed); `cache` (may be NULL:
+ * ask every time) remembers the keys found bound. */
+typedef struct kiln__prober {
+    kiln__publish_fn publish;
+    void *ctx;
+    kiln__probe_cache *cache;
+} kiln__prober;
+
 /* Encodes each of the `n` signatures in cfg->dialect and records PENDING
  * in `store` (may be NULL), on the calling thread: a producer with many
  * threads encodes in parallel. out[i] gets signature i's buffers and
@@ -237,14 +278,32 @@ typedef struct kiln__staged {
  * the queue name; a signature whose ETA is in the future goes to the
  * delay cascade instead, to reach that routing key at its ETA) with
  * map[j] = i; returns how many. The messages borrow
- * from `out` and `sigs`. For a failure at an index below *first, *first
- * becomes that index and `err` its reason ("task 3 (add): ..."). `out`
- * (zeroed), `msgs` and `map` hold `n` entries each; free the buffers with
- * kiln__staged_release, also after a failure. Any thread. */
+ * from `out` and `sigs`.
+ *
+ * A delayed message would be confirmed even when no queue is bound for
+ * its destination, so before PENDING is recorded every destination key of
+ * a delayed signature not in probe->cache is probed, all in one publish
+ * through `probe` (broker/delay.h); a signature whose key is not bound
+ * fails with KILN_EBROKER naming the key, and one whose probe was not
+ * confirmed with the probe's status. Neither is staged.
+ *
+ * For a failure at an index below *first, *first becomes that index and
+ * `err` its reason ("task 3 (add): ..."). `out` (zeroed), `msgs` and `map`
+ * hold `n` entries each; free the buffers with kiln__staged_release, also
+ * after a failure. Any thread that may call probe->publish. */
 size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
+                         const kiln__prober *probe,
                          const kiln_signature *const *sigs, size_t n,
                          kiln__staged *out, kiln__message *msgs, size_t *map,
                          size_t *first, kiln_error *err);
+
+/* kiln__probe_staged is the probing step of kiln__stage_tasks, on
+ * out[0..n) after encoding and routing: it fails (out[i].rc, *first and
+ * `err` as there) each delayed signature whose destination is not found
+ * bound. Any thread that may call probe->publish. */
+void kiln__probe_staged(const kiln_config *cfg, const kiln__prober *probe,
+                        const kiln_signature *const *sigs, size_t n,
+                        kiln__staged *out, size_t *first, kiln_error *err);
 
 /* Frees the buffers of out[0..n) and zeroes the entries. */
 void kiln__staged_release(kiln__staged *out, size_t n);
@@ -255,7 +314,8 @@ void kiln__staged_release(kiln__staged *out, size_t n);
  * or the binding key (the queue name when that is empty). status[i] (status
  * may be NULL) gets each one's result; returns KILN_OK when all succeeded,
  * else the first failure with its index in `err`. A signature whose PENDING
- * write failed is not published. The broker's owner only. */
+ * write failed is not published. Delayed signatures are probed on `b`
+ * first, with no cache (kiln__stage_tasks). The broker's owner only. */
 kiln_err kiln__send_tasks(const kiln_config *cfg, kiln__broker *b,
                           kiln__store *store, const kiln_signature *const *sigs,
                           size_t n, kiln_err *status, kiln_error *err);

@@ -72,6 +72,7 @@ kiln_pool *kiln_pool_new(const kiln_config *cfg, unsigned concurrency,
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->work_cv, NULL);
     pthread_mutex_init(&p->pub_mu, NULL);
+    kiln__probe_cache_init(&p->probe);
     if ((p->reg = kiln_registry_new(err)) == NULL)
         goto fail;
     p->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -125,6 +126,7 @@ void kiln_pool_free(kiln_pool *pool)
     if (pool->wake_fd >= 0)
         close(pool->wake_fd);
     pthread_mutex_destroy(&pool->pub_mu);
+    kiln__probe_cache_destroy(&pool->probe);
     pthread_cond_destroy(&pool->work_cv);
     pthread_mutex_destroy(&pool->mu);
     kiln__free(pool);

@@ -152,6 +152,9 @@ struct kiln_pool {
     pthread_mutex_t pub_mu;
     kiln__publisher *pub;
     atomic_bool hold_acks; /* kiln__pool_hold_acks */
+    /* Destination keys of delayed sends found bound lately (dispatch.h);
+     * it has its own lock. */
+    kiln__probe_cache probe;
 };
 
 /* workers.c */

@@ -1,5 +1,6 @@
 /* kiln_pool_send_task(s): encode on the calling thread (so callers encode
- * in parallel), record PENDING when the pool has a store, then hand the
+ * in parallel), probe the destinations of delayed tasks not probed
+ * lately, record PENDING when the pool has a store, then hand the
  * messages to the pool's publisher and wait once for their confirms. */
 #include "workerpool/pool.h"
 
@@ -22,6 +23,13 @@ kiln__publisher *kiln__pool_publisher(kiln_pool *pool, kiln_error *err)
     pub = pool->pub;
     pthread_mutex_unlock(&pool->pub_mu);
     return pub;
+}
+
+/* Probes of delayed tasks go through the publisher like the tasks. */
+static kiln_err publisher_send(void *ctx, const kiln__message *msgs, size_t n,
+                               kiln_err *status, kiln_error *err)
+{
+    return kiln__publisher_send(ctx, msgs, n, status, err);
 }
 
 static kiln_err fail_all(kiln_err *status, size_t n, kiln_err code)
@@ -96,6 +104,7 @@ kiln_err kiln_pool_send_tasks(kiln_pool *pool,
                               kiln_err *status, kiln_error *err)
 {
     kiln__publisher *pub;
+    kiln__prober probe;
     kiln_error e;
     stage_buf sb;
     size_t first = n, m;
@@ -118,8 +127,10 @@ kiln_err kiln_pool_send_tasks(kiln_pool *pool,
         (void)fail_all(status, n, KILN_ENOMEM);
         return kiln__fail(err, KILN_ENOMEM, "send: %zu tasks", n);
     }
-    m = kiln__stage_tasks(&pool->cfg, pool->store, sigs, n, sb.out, sb.msgs,
-                          sb.map, &first, err);
+    probe = (kiln__prober){
+        .publish = publisher_send, .ctx = pub, .cache = &pool->probe};
+    m = kiln__stage_tasks(&pool->cfg, pool->store, &probe, sigs, n, sb.out,
+                          sb.msgs, sb.map, &first, err);
     publish(pub, sigs, &sb, m, &first, err);
     for (size_t i = 0; status != NULL && i < n; i++)
         status[i] = sb.out[i].rc;

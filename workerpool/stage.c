@@ -1,6 +1,7 @@
-/* The producer side of a send: encode each signature, record PENDING,
- * route it (through the delay cascade when it has an ETA in the future)
- * and publish the batch. See dispatch.h. */
+/* The producer side of a send: encode each signature, route it (through
+ * the delay cascade when it has an ETA in the future, after probing its
+ * destination: probe.c), record PENDING and publish the batch. See
+ * dispatch.h. */
 #include "broker/delay.h"
 #include "workerpool/dispatch.h"
 
@@ -110,6 +111,7 @@ static void stage_pending(kiln__store *store, const kiln_signature *const *sigs,
 }
 
 size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
+                         const kiln__prober *probe,
                          const kiln_signature *const *sigs, size_t n,
                          kiln__staged *out, kiln__message *msgs, size_t *map,
                          size_t *first, kiln_error *err)
@@ -128,6 +130,8 @@ size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
             *first = i < *first ? i : *first;
         }
     }
+    /* Before PENDING: a task refused here leaves no state behind. */
+    kiln__probe_staged(cfg, probe, sigs, n, out, first, err);
     if (store != NULL)
         stage_pending(store, sigs, n, out, first, err);
     for (size_t i = 0; i < n; i++) {
@@ -148,10 +152,17 @@ void kiln__staged_release(kiln__staged *out, size_t n)
     }
 }
 
+static kiln_err broker_publish(void *ctx, const kiln__message *msgs, size_t n,
+                               kiln_err *status, kiln_error *err)
+{
+    return kiln__broker_publish(ctx, msgs, n, status, err);
+}
+
 kiln_err kiln__send_tasks(const kiln_config *cfg, kiln__broker *b,
                           kiln__store *store, const kiln_signature *const *sigs,
                           size_t n, kiln_err *status, kiln_error *err)
 {
+    kiln__prober probe = {.publish = broker_publish, .ctx = b};
     kiln__staged *out;
     kiln__message *msgs;
     size_t *map, first = n, m;
@@ -171,7 +182,8 @@ kiln_err kiln__send_tasks(const kiln_config *cfg, kiln__broker *b,
     msgs = (kiln__message *)(void *)(out + n);
     map = (size_t *)(void *)(msgs + n);
     pst = (kiln_err *)(void *)(map + n);
-    m = kiln__stage_tasks(cfg, store, sigs, n, out, msgs, map, &first, err);
+    m = kiln__stage_tasks(cfg, store, &probe, sigs, n, out, msgs, map, &first,
+                          err);
     for (size_t j = 0; j < m; j++)
         pst[j] = KILN_ETIMEDOUT; /* what a message nobody settled is */
     if (m > 0 && kiln__broker_publish(b, msgs, m, pst, &e) != KILN_OK) {

@@ -3,7 +3,11 @@
  * broker's declare, messages published with kiln__delay_route arrive no
  * earlier than due and within a second after, a short delay overtakes a
  * long one, classic and quorum queues, a broker restart while messages
- * wait, and a second declare. Each test names its own exchanges and
+ * wait, and a second declare. Unroutable delayed messages: a pool's send
+ * refuses an ETA for a key no queue is bound for; messages whose queue
+ * is deleted while they wait end in the unroutable queue and do not stop
+ * a quorum level; a delivery exchange from before the unroutable queue
+ * is refused with what to do. Each test names its own exchanges and
  * queues (the cascade included) and deletes them after. */
 #include "broker/amqp.h"
 #include "broker/delay.h"
@@ -26,7 +30,9 @@
 typedef struct fixture {
     kiln_config cfg;  /* classic queue and cascade */
     kiln_config qcfg; /* quorum queue and cascade, same delay exchange */
-    kiln__broker *b, *qb;
+    kiln_config gcfg; /* like qcfg, another queue and binding key */
+    kiln__broker *b, *qb, *gb;
+    kiln_pool *pool;
 } fixture;
 
 /* The worst lateness over the run, and the earliest arrival (least
@@ -82,8 +88,16 @@ static int setup(void **state)
                    r[3], r[4]);
     name_cfg(&f->cfg, sfx, "classic");
     name_cfg(&f->qcfg, sfx, "quorum");
+    name_cfg(&f->gcfg, sfx, "quorum");
+    (void)snprintf(f->gcfg.queue, sizeof(f->gcfg.queue),
+                   "kiln_it.delay.%s.gone", sfx);
+    (void)snprintf(f->gcfg.binding_key, sizeof(f->gcfg.binding_key), "gone.%s",
+                   sfx);
+    (void)snprintf(f->gcfg.dead_letter_queue, sizeof(f->gcfg.dead_letter_queue),
+                   "kiln_it.delay.%s.gone.dlq", sfx);
     f->b = new_broker(&f->cfg);
     f->qb = new_broker(&f->qcfg);
+    f->gb = new_broker(&f->gcfg);
     *state = f;
     return 0;
 }
@@ -93,11 +107,14 @@ static int teardown(void **state)
     fixture *f = *state;
     amqp_connection_state_t c;
 
+    kiln_pool_free(f->pool);
     kiln__broker_destroy(f->b);
     kiln__broker_destroy(f->qb);
+    kiln__broker_destroy(f->gb);
     c = test_amqp_open();
     test_amqp_delete_topology(c, &f->cfg);
     test_amqp_delete_topology(c, &f->qcfg);
+    test_amqp_delete_topology(c, &f->gcfg);
     test_amqp_close(c);
     free(f);
     return 0;
@@ -420,6 +437,178 @@ static void test_longest_delay(void **state)
     print_message("past the longest delay: %s\n", err.message);
 }
 
+/* ---- unroutable delayed messages ------------------------------------------
+ */
+
+static kiln_signature *eta_sig(const char *routing_key, int64_t in_ms)
+{
+    kiln_signature *sig = kiln_signature_new("delayed", NULL);
+
+    assert_non_null(sig);
+    if (routing_key != NULL)
+        assert_int_equal(kiln_signature_set_routing_key(sig, routing_key, NULL),
+                         KILN_OK);
+    kiln_signature_set_eta(sig, kiln__realtime_ns() + in_ms * 1000000);
+    return sig;
+}
+
+/* Consumes `n` deliveries within `wait_ms` and checks the destination
+ * each was sent to. */
+static void receive_n(kiln__broker *b, const kiln_config *cfg, size_t n,
+                      const char *dest_key, int wait_ms)
+{
+    int64_t end = now_ms() + wait_ms;
+
+    for (size_t got = 0; got < n; got++) {
+        kiln__delivery d;
+        kiln_error err;
+        const char *dest;
+        int64_t left = end - now_ms();
+        kiln_err rc =
+            kiln__broker_consume(b, &d, left > 0 ? (int)left : 0, &err);
+
+        if (rc != KILN_OK)
+            fail_msg("%zu of %zu deliveries in %d ms: %s", got, n, wait_ms,
+                     err.message);
+        assert_int_equal(
+            kiln__delay_parse(cfg, d.routing_key, NULL, &dest, NULL), KILN_OK);
+        assert_string_equal(dest, dest_key);
+        assert_int_equal(kiln__broker_ack(b, d.tag, false, &err), KILN_OK);
+        kiln__broker_release(b, &d);
+    }
+}
+
+/* A task with an ETA for a routing key no queue is bound for would be
+ * confirmed into a delay level and never arrive: kiln_pool_send_task(s)
+ * refuses it with KILN_EBROKER naming the key, and sends the rest of the
+ * batch, which arrives. */
+static void test_pool_refuses_unbound_eta(void **state)
+{
+    fixture *f = *state;
+    char nobody[KILN_NAME_MAX + 8];
+    kiln_signature *sigs[3];
+    kiln_err st[3];
+    kiln_error err;
+
+    connect_declare(f->b, &f->cfg);
+    subscribe(f->b, &f->cfg);
+    (void)snprintf(nobody, sizeof(nobody), "nobody.%s", f->cfg.binding_key);
+    sigs[0] = eta_sig(NULL, 2000);
+    sigs[1] = eta_sig(nobody, 2000);
+    sigs[2] = eta_sig(f->cfg.binding_key, 2000);
+    f->pool = kiln_pool_new(&f->cfg, 1, "it-delay", &err);
+    if (f->pool == NULL)
+        fail_msg("pool: %s", err.message);
+    assert_int_equal(kiln_pool_send_tasks(f->pool,
+                                          (const kiln_signature *const *)sigs,
+                                          3, st, &err),
+                     KILN_EBROKER);
+    print_message("batch with an unbound key: %s\n", err.message);
+    assert_non_null(strstr(err.message, nobody));
+    assert_non_null(strstr(err.message, "task 1 "));
+    assert_int_equal(st[0], KILN_OK);
+    assert_int_equal(st[1], KILN_EBROKER);
+    assert_int_equal(st[2], KILN_OK);
+    assert_int_equal(kiln_pool_send_task(f->pool, sigs[1], &err), KILN_EBROKER);
+    assert_non_null(strstr(err.message, nobody));
+    /* The two bound ones arrive at their ETA. */
+    receive_n(f->b, &f->cfg, 2, f->cfg.binding_key, 2000 + 3000);
+    for (size_t i = 0; i < 3; i++)
+        kiln_signature_free(sigs[i]);
+}
+
+/* More than dead_letter_worker_consumer_prefetch (32) */
+#define GONE 40
+
+/* Messages whose destination queue is deleted while they wait in a quorum
+ * level reach the delivery exchange with nowhere to go. Without an
+ * alternate exchange the level's at-least-once dead-lettering keeps them
+ * and retries, and once 32 are outstanding it moves nothing else: the
+ * message behind them, for a queue that exists, would wait for ever. With
+ * it they end in the unroutable queue, and that message arrives on time. */
+static void test_gone_queue_does_not_stall_level(void **state)
+{
+    static const uint64_t one_s[] = {1000};
+    fixture *f = *state;
+    char unroutable[KILN_NAME_MAX];
+    amqp_connection_state_t c;
+    sent s = {0};
+
+    connect_declare(f->qb, &f->qcfg);
+    subscribe(f->qb, &f->qcfg);
+    connect_declare(f->gb, &f->gcfg);
+    for (size_t i = 0; i < GONE; i++)
+        (void)publish_delayed(f->gb, &f->gcfg, 1000, "gone");
+    c = test_amqp_open();
+    assert_non_null(
+        amqp_queue_delete(c, 1, amqp_cstring_bytes(f->gcfg.queue), 0, 0));
+    test_amqp_close(c);
+    /* Same delay, so the same levels, behind them. */
+    send_all(f->qb, &f->qcfg, &s, one_s, 1);
+    note_lateness("behind 40 messages whose queue was deleted",
+                  receive_all(f->qb, &f->qcfg, &s, LATE_MAX_MS, 5000));
+    assert_int_equal(
+        kiln__delay_unroutable(&f->qcfg, unroutable, sizeof(unroutable), NULL),
+        KILN_OK);
+    if (f->gb->ops->subscribe(f->gb, unroutable, 100, NULL) != KILN_OK)
+        fail_msg("subscribe to %s", unroutable);
+    receive_n(f->gb, &f->gcfg, GONE, f->gcfg.binding_key, 5000);
+}
+
+/* Log lines captured by a sink (one test at a time). */
+static char captured[4096];
+
+static void capture(kiln_log_level level, const char *line, void *user)
+{
+    (void)level;
+    (void)user;
+    if (strlen(captured) + strlen(line) + 2 < sizeof(captured)) {
+        strcat(captured, line);
+        strcat(captured, "\n");
+    }
+}
+
+/* A delivery exchange declared without the alternate exchange (as earlier
+ * versions did): RabbitMQ refuses to add one (406), so kiln says once what
+ * to do and works with the exchange as it is; tasks still arrive. Deleted
+ * once, the next declare makes it with the alternate exchange. */
+static void test_old_delivery_exchange_kept(void **state)
+{
+    fixture *f = *state;
+    char delivery[KILN_NAME_MAX];
+    amqp_connection_state_t c;
+    kiln_error err;
+
+    assert_int_equal(
+        kiln__delay_delivery(&f->cfg, delivery, sizeof(delivery), NULL),
+        KILN_OK);
+    c = test_amqp_open();
+    (void)amqp_exchange_declare(c, 1, amqp_cstring_bytes(delivery),
+                                amqp_cstring_bytes("topic"), 0, 1, 0, 0,
+                                amqp_empty_table);
+    assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    if (kiln__broker_connect(f->b, &err) != KILN_OK)
+        fail_msg("connect: %s", err.message);
+    captured[0] = '\0';
+    kiln_log_set_sink(capture, NULL);
+    if (f->b->ops->declare(f->b, &f->cfg, &err) != KILN_OK)
+        fail_msg("declare: %s", err.message);
+    kiln_log_set_sink(NULL, NULL);
+    print_message("old delivery exchange: %s", captured);
+    assert_non_null(strstr(captured, delivery));
+    assert_non_null(strstr(captured, "deleted once"));
+    connect_declare(f->b, &f->cfg); /* every connect: the same, no error */
+    (void)amqp_exchange_delete(c, 1, amqp_cstring_bytes(delivery), 0);
+    assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    test_amqp_close(c);
+    f->b->ops->close(f->b);
+    captured[0] = '\0';
+    kiln_log_set_sink(capture, NULL);
+    connect_declare(f->b, &f->cfg);
+    kiln_log_set_sink(NULL, NULL);
+    assert_null(strstr(captured, "deleted once"));
+}
+
 static int report(void **state)
 {
     (void)state;
@@ -435,9 +624,15 @@ static int report(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        T(test_delays_arrive_on_time), T(test_short_overtakes_long),
-        T(test_quorum_queue),          T(test_redeclare_and_conflict),
-        T(test_longest_delay),         T(test_broker_restart),
+        T(test_delays_arrive_on_time),
+        T(test_short_overtakes_long),
+        T(test_quorum_queue),
+        T(test_redeclare_and_conflict),
+        T(test_longest_delay),
+        T(test_pool_refuses_unbound_eta),
+        T(test_gone_queue_does_not_stall_level),
+        T(test_old_delivery_exchange_kept),
+        T(test_broker_restart),
     };
 
     kiln_log_set_level(KILN_LOG_WARN);

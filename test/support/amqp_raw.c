@@ -97,4 +97,13 @@ void test_amqp_delete_topology(amqp_connection_state_t c,
     }
     if (kiln__delay_delivery(cfg, delivery, sizeof(delivery), NULL) == KILN_OK)
         delete_one(c, delivery, false);
+    if (kiln__delay_probe(cfg, delivery, sizeof(delivery), NULL) == KILN_OK) {
+        delete_one(c, delivery, true);
+        delete_one(c, delivery, false);
+    }
+    if (kiln__delay_unroutable(cfg, delivery, sizeof(delivery), NULL) ==
+        KILN_OK) {
+        delete_one(c, delivery, true);
+        delete_one(c, delivery, false);
+    }
 }

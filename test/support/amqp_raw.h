@@ -19,10 +19,10 @@ long test_amqp_count(const char *queue);
 
 /* Deletes what a kiln broker or pool declares for `cfg` through `c`: the
  * task queue and exchange, the dead-letter pair, and the delay cascade
- * named after cfg->delay_exchange (each level's queue and exchange, and
- * the delivery exchange). A name that does not exist costs the channel,
- * which is opened again; nothing here fails the test, so a teardown may
- * call it after a failure. */
+ * named after cfg->delay_exchange (each level's queue and exchange, the
+ * delivery exchange, and the probe and unroutable queues and exchanges). A name
+ * that does not exist costs the channel, which is opened again; nothing here
+ * fails the test, so a teardown may call it after a failure. */
 void test_amqp_delete_topology(amqp_connection_state_t c,
                                const kiln_config *cfg);
 
