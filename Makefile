@@ -301,4 +301,6 @@ format-check:
 clean:
 	rm -rf build
 
--include $(LIB_OBJS:.o=.d) $(TEST_SUPPORT_OBJS:.o=.d) $(IOP_TEST:=.d) $(IOP_PROGS:=.d)
+-include $(LIB_OBJS:.o=.d) $(TEST_SUPPORT_OBJS:.o=.d) $(IOP_TEST:=.d) $(IOP_PROGS:=.d) \
+    $(TEST_BINS:=.d) $(IT_BINS:=.d) $(IT_PROGS:=.d) $(LONG_BINS:=.d) \
+    $(BENCH_BINS:=.d) $(EXAMPLE_BINS:=.d)

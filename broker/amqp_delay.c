@@ -100,8 +100,8 @@ static kiln_err send_classic_pair(kiln__amqp *b, const char *name,
  * then the probe pair (its binding for cfg->queue comes last, with the
  * delivery binding). */
 static kiln_err send_ends(kiln__amqp *b, const char *delivery,
-                          const char *probe, const char *unroutable,
-                          bool plain, kiln_error *err)
+                          const char *probe, const char *unroutable, bool plain,
+                          kiln_error *err)
 {
     amqp_table_entry_t args[3], ae = word_arg("alternate-exchange", unroutable);
     amqp_table_t ends = plain ? amqp_empty_table : (amqp_table_t){1, &ae};
@@ -252,11 +252,10 @@ static kiln_err declare_once(kiln__amqp *b, const kiln_config *cfg,
      * order and a refused one stops the rest. */
     if ((rc = send_bind(b, cfg->queue, nm->delivery, nm->key, err)) != KILN_OK)
         return rc;
-    (void)amqp_queue_bind(b->conn, KILN__AMQP_CHANNEL,
-                          amqp_cstring_bytes(nm->probe),
-                          amqp_cstring_bytes(nm->probe),
-                          amqp_cstring_bytes(kiln__delay_dest_key(cfg)),
-                          amqp_empty_table);
+    (void)amqp_queue_bind(
+        b->conn, KILN__AMQP_CHANNEL, amqp_cstring_bytes(nm->probe),
+        amqp_cstring_bytes(nm->probe),
+        amqp_cstring_bytes(kiln__delay_dest_key(cfg)), amqp_empty_table);
     (void)snprintf(what, sizeof(what), "declare delay queues '%s'",
                    cfg->delay_exchange);
     rc = kiln__amqp_check_reply(b, amqp_get_rpc_reply(b->conn), err, what);
@@ -287,8 +286,8 @@ kiln_err kiln__amqp_declare_delay(kiln__amqp *b, const kiln_config *cfg,
                                        sizeof(nm.key), err)) != KILN_OK)
         return rc;
     rc = declare_once(b, cfg, &nm, false, err);
-    if (rc != KILN_OK && !b->lost && b->chan_open &&
-        err != NULL && strstr(err->message, "'alternate-exchange'") != NULL) {
+    if (rc != KILN_OK && !b->lost && b->chan_open && err != NULL &&
+        strstr(err->message, "'alternate-exchange'") != NULL) {
         /* An earlier kiln made the delivery exchange without an alternate
          * exchange, and RabbitMQ refuses to add one. Work with it as it
          * is: everything but the unroutable queue works. Every connect

@@ -33,7 +33,7 @@
 #define KILN__HDR_RETRIES     "x-kiln-retries"        /* retries so far */
 #define KILN__HDR_ATTEMPTS    "x-kiln-attempts" /* runs, in a dead letter */
 #define KILN__HDR_WORKER      "x-kiln-worker"   /* host:pid, dead letter */
-#define KILN__HDR_LEASE       "x-kiln-lease" /* host:pid that leased it */
+#define KILN__HDR_LEASE       "x-kiln-lease"    /* host:pid that leased it */
 
 /* One message to publish. Every pointer is borrowed for the publish call. */
 typedef struct kiln__message {

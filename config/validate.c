@@ -38,8 +38,7 @@ static kiln_err check_queue(const kiln_config *cfg, const char *const *used,
 /* kiln hands a delivery back, or leases it, at half the broker's
  * consumer_timeout; below a second that would be most of the time. */
 static kiln_err check_consumer_timeout(const kiln_config *cfg,
-                                       const char *const *used,
-                                       kiln_error *err)
+                                       const char *const *used, kiln_error *err)
 {
     if (cfg->consumer_timeout_ms > 0 && cfg->consumer_timeout_ms < 1000)
         return bad_field(cfg, used, IDX(consumer_timeout_ms),

@@ -247,16 +247,16 @@ typedef struct kiln_config {
     unsigned max_deliveries; /* poison limit, 1..1000000 */
     kiln_unregistered_policy unregistered;
     kiln_expired_policy expired;
-    unsigned time_limit_ms; /* default soft limit, 0 = none,
-                               at most 30 days */
+    unsigned time_limit_ms;       /* default soft limit, 0 = none,
+                                     at most 30 days */
     unsigned consumer_timeout_ms; /* the broker's consumer_timeout (RabbitMQ
                                      closes a channel holding a delivery
                                      unacked that long); kiln keeps no
                                      delivery unacked past half of it.
                                      0 = the broker has none */
-    bool handle_signals;    /* kiln_pool_start drains on SIGINT and
-                               SIGTERM; false leaves every signal to the
-                               program, which stops with kiln_pool_stop */
+    bool handle_signals;          /* kiln_pool_start drains on SIGINT and
+                                     SIGTERM; false leaves every signal to the
+                                     program, which stops with kiln_pool_stop */
 
     /* wire */
     kiln_dialect dialect;

@@ -553,14 +553,12 @@ static bool bounce(struct fixture *fx, bool run, kiln__verdict *v)
 
     assert_int_equal(kiln__broker_consume(fx->c, &dl, 0, NULL), KILN_OK);
     if (!run) {
-        assert_int_equal(kiln__broker_nack(fx->c, dl.tag, true, NULL),
-                         KILN_OK);
+        assert_int_equal(kiln__broker_nack(fx->c, dl.tag, true, NULL), KILN_OK);
         kiln__broker_release(fx->c, &dl);
         return false;
     }
     if (kiln__dispatch_prepare(&fx->d, &dl, &job) && setjmp(crash_jmp) != 0) {
-        assert_int_equal(kiln__broker_nack(fx->c, dl.tag, true, NULL),
-                         KILN_OK);
+        assert_int_equal(kiln__broker_nack(fx->c, dl.tag, true, NULL), KILN_OK);
         kiln__job_release(&job);
         kiln__broker_release(fx->c, &dl);
         return true;

@@ -323,7 +323,7 @@ static void test_lost_connection_redeliveries_not_counted(void **state)
     for (int i = 0; i < 5000 && atomic_load(&slow_running) == 0; i++)
         sleep_for(1);
     assert_int_equal(atomic_load(&slow_running), 1);
-    sleep_for(50); /* the five are prefetched */
+    sleep_for(50);                             /* the five are prefetched */
     kiln__mock_server_fail_consume(f->srv, 1); /* the connection drops */
     sleep_for(100);
     atomic_store(&release_slow, true);
@@ -334,8 +334,7 @@ static void test_lost_connection_redeliveries_not_counted(void **state)
             kiln__mock_server_wait_idle(f->srv, QUEUE, 50) == KILN_OK)
             break;
     }
-    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 5000),
-                     KILN_OK);
+    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 5000), KILN_OK);
     kiln_pool_stop(f->pool);
     assert_int_equal(join(f), KILN_OK);
     for (int i = 0; i < 5; i++)
@@ -653,8 +652,7 @@ static void test_redelivered_while_running_runs_once(void **state)
             kiln__mock_server_wait_idle(f->srv, QUEUE, 50) == KILN_OK)
             break;
     }
-    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 5000),
-                     KILN_OK);
+    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 5000), KILN_OK);
     kiln_pool_stop(f->pool);
     assert_int_equal(join(f), KILN_OK);
     assert_int_equal(atomic_load(&seen[0]), 1);
@@ -873,8 +871,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_signals_left_to_the_program, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_redelivered_while_running_runs_once, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(
+            test_redelivered_while_running_runs_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_records_final_states, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_store_outage_holds_deliveries,

@@ -106,6 +106,7 @@ typedef struct consumer {
     size_t in_workers;    /* QUEUED entries not yet back: queued or running */
     size_t in_publisher;  /* copies the publisher has */
     size_t waiting;       /* WAITING entries */
+    size_t parked;        /* PARKED entries */
     bool refusing;        /* the broker refuses copies: said once */
     int64_t lease_ns;     /* half the consumer timeout; 0: none */
     int64_t lease_check_ns;
@@ -140,12 +141,16 @@ static void work_release(consumer *c, kiln__work *w)
     c->free_list = w;
 }
 
+static void unpark(consumer *c, const kiln__work *w);
+
 /* Nothing is left to do for `w`: its slot is free once it is out of the
  * window (the window drops it at the next compaction). */
 static void settled(consumer *c, kiln__work *w)
 {
     w->state = KILN__WORK_SETTLED;
     w->live = false;
+    if (c->parked > 0)
+        unpark(c, w);
     if (!w->in_window)
         work_release(c, w);
 }
@@ -251,7 +256,10 @@ static void lose(consumer *c, const kiln_error *why)
         e->live = false;
         if (e->state == KILN__WORK_DONE)
             remember(c, e->uuid, RECENT_DONE);
-        if (e->state == KILN__WORK_DONE || e->state == KILN__WORK_SETTLED)
+        if (e->state == KILN__WORK_PARKED)
+            c->parked--;
+        if (e->state == KILN__WORK_DONE || e->state == KILN__WORK_SETTLED ||
+            e->state == KILN__WORK_PARKED)
             work_release(c, e);
         /* else it runs, or its copy is on its way: an orphan until then */
     }
@@ -416,8 +424,8 @@ static void reject(consumer *c, kiln__work *w, bool requeue)
 static void on_sent(kiln__pub_req *r, void *ctx)
 {
     kiln_pool *p = ctx;
-    kiln__work *w = (kiln__work *)(void *)((char *)r -
-                                           offsetof(kiln__work, req));
+    kiln__work *w =
+        (kiln__work *)(void *)((char *)r - offsetof(kiln__work, req));
 
     pthread_mutex_lock(&p->mu);
     w->next = p->sent_head;
@@ -435,8 +443,7 @@ static void submit(consumer *c, kiln__work *w)
         w->state = KILN__WORK_SENDING;
     c->in_publisher++;
     if (kiln__publisher_submit(c->pub, &w->req, &w->settle.msg, 1,
-                               &w->req_status, on_sent,
-                               c->p) == KILN_OK)
+                               &w->req_status, on_sent, c->p) == KILN_OK)
         return;
     c->in_publisher--;
     if (w->leasing) {
@@ -454,8 +461,8 @@ static void send_copy(consumer *c, kiln__work *w)
 
     kiln__settle_discard(&w->settle);
     memset(&w->settle, 0, sizeof(w->settle));
-    if (kiln__settle_begin(&c->p->dispatch, &w->dl, &w->job, &w->settle,
-                           &e) != KILN_OK) {
+    if (kiln__settle_begin(&c->p->dispatch, &w->dl, &w->job, &w->settle, &e) !=
+        KILN_OK) {
         refused(c, w, e.message);
         return;
     }
@@ -513,10 +520,16 @@ static void copy_sent(consumer *c, kiln__work *w)
                        w->attempts + 1);
     kiln__settle_discard(&w->settle);
     w->attempts = 0;
-    if (end == KILN__SETTLE_ACK)
-        finish(c, w);
-    else
+    if (end != KILN__SETTLE_ACK) {
         reject(c, w, end == KILN__SETTLE_REQUEUE);
+        return;
+    }
+    finish(c, w);
+    /* The copy stands for the delivery now: ack at once, not at the next
+     * coalesced flush. A copy sent on at once can be back and running
+     * within that flush's 2 ms, and a task that kills its worker would
+     * then leave both behind, to be run again each. */
+    maybe_flush(c, true);
 }
 
 /* A lease copy was confirmed (it now stands for the delivery, which is
@@ -533,9 +546,8 @@ static void lease_sent(consumer *c, kiln__work *w)
                        "lease copy not confirmed: %s; trying again",
                        w->req.err.message);
         w->retry_at_ns = kiln__monotonic_ns() +
-                         (int64_t)kiln__backoff_ms(w->attempts++,
-                                                   RESEND_BASE_MS,
-                                                   RESEND_CAP_MS) *
+                         (int64_t)kiln__backoff_ms(
+                             w->attempts++, RESEND_BASE_MS, RESEND_CAP_MS) *
                              MS_NS;
     } else {
         w->attempts = 0;
@@ -677,9 +689,9 @@ static void start_lease(consumer *c, kiln__work *w, int64_t now)
 
     kiln__settle_discard(&w->settle);
     memset(&w->settle, 0, sizeof(w->settle));
-    if (kiln__lease_build(&c->p->cfg, &w->dl,
-                          (uint64_t)(c->lease_ns / MS_NS), w->retries_seen,
-                          w->deliveries_seen, &w->settle, &e) != KILN_OK) {
+    if (kiln__lease_build(&c->p->cfg, &w->dl, (uint64_t)(c->lease_ns / MS_NS),
+                          w->retries_seen, w->deliveries_seen, &w->settle,
+                          &e) != KILN_OK) {
         kiln__log_task(KILN_LOG_WARN, MODULE, w->uuid, w->job.sig->name,
                        "cannot build a lease copy: %s", e.message);
         w->retry_at_ns = now + 1000 * MS_NS;
@@ -758,8 +770,7 @@ static kiln__work *running_here(consumer *c, const kiln__work *self,
     for (size_t i = 0; i < c->p->n_slots; i++) {
         kiln__work *o = &c->p->slots[i];
         if (o == self || o->live || o->uuid == NULL ||
-            (o->state != KILN__WORK_QUEUED &&
-             o->state != KILN__WORK_SENDING &&
+            (o->state != KILN__WORK_QUEUED && o->state != KILN__WORK_SENDING &&
              o->state != KILN__WORK_WAITING))
             continue;
         if (strcmp(o->uuid, uuid) == 0)
@@ -806,28 +817,76 @@ static bool seen_here(consumer *c, kiln__work *w)
     return false;
 }
 
-/* Decides what to do with a new delivery: true when a worker must take
- * it, false when its verdict is decided here. */
-static bool admit(consumer *c, kiln__work *w)
+/* A live delivery here, other than `self`, of task `uuid` whose copy is
+ * on its way: `self` may be that copy, back before the original's ack. */
+static kiln__work *original_here(consumer *c, const kiln__work *self,
+                                 const char *uuid)
+{
+    for (size_t i = 0; i < c->p->n_slots; i++) {
+        kiln__work *o = &c->p->slots[i];
+        if (o != self && o->live && o->uuid != NULL &&
+            (o->state == KILN__WORK_SENDING ||
+             o->state == KILN__WORK_WAITING) &&
+            strcmp(o->uuid, uuid) == 0)
+            return o;
+    }
+    return NULL;
+}
+
+/* Hands the copies parked behind `w` to the workers (back to the queue
+ * when draining): `w` is settled. */
+static void unpark(consumer *c, const kiln__work *w)
+{
+    for (size_t i = 0; c->parked > 0 && i < c->p->n_slots; i++) {
+        kiln__work *o = &c->p->slots[i];
+        if (o->state != KILN__WORK_PARKED || o->behind != w)
+            continue;
+        c->parked--;
+        o->behind = NULL;
+        o->state = KILN__WORK_QUEUED;
+        if (c->draining) {
+            kiln__job_hold(&o->job, 0);
+            send_copy(c, o);
+        } else {
+            enqueue(c, o, o, 1);
+        }
+    }
+}
+
+typedef enum admission { ADMIT_RUN, ADMIT_DECIDED, ADMIT_PARKED } admission;
+
+/* Decides what to do with a new delivery: a worker takes it, or its
+ * verdict is decided here, or it waits for a delivery here to be acked. */
+static admission admit(consumer *c, kiln__work *w)
 {
     const kiln__dispatch *d = &c->p->dispatch;
     bool needs_worker;
 
     if (!kiln__dispatch_decode(d, &w->dl, &w->job, &needs_worker))
-        return needs_worker;
+        return needs_worker ? ADMIT_RUN : ADMIT_DECIDED;
     w->uuid = w->job.sig->uuid;
     if (w->job.redelivery && seen_here(c, w))
-        return false;
+        return ADMIT_DECIDED;
     if (!kiln__dispatch_admit(d, &w->dl, &w->job))
-        return false;
+        return ADMIT_DECIDED;
     if (c->draining) {
         /* Arrived before the cancel took effect: straight back. */
         kiln__job_hold(&w->job, 0);
-        return false;
+        return ADMIT_DECIDED;
     }
     w->retries_seen = w->job.retries;
     w->deliveries_seen = w->job.deliveries;
-    return true;
+    /* A copy can reach this consumer before the publisher's connection
+     * has the broker's confirm, so before its original here is acked. A
+     * task that kills its worker must not run until then, or both would
+     * stay behind and run again. */
+    if (w->job.redelivery &&
+        (w->behind = original_here(c, w, w->uuid)) != NULL) {
+        w->state = KILN__WORK_PARKED;
+        c->parked++;
+        return ADMIT_PARKED;
+    }
+    return ADMIT_RUN;
 }
 
 /* Takes deliveries that already arrived, without waiting. */
@@ -853,7 +912,12 @@ static void fetch(consumer *c)
         w->state = KILN__WORK_QUEUED;
         w->taken_ns = kiln__monotonic_ns();
         win_push(c, w);
-        if (!admit(c, w)) {
+        switch (admit(c, w)) {
+        case ADMIT_RUN:
+            break;
+        case ADMIT_PARKED:
+            continue;
+        case ADMIT_DECIDED:
             /* Decided without a worker. Its settling may lose the
              * connection, so the jobs gathered so far go to the workers
              * first: a loss then finds them queued, not adrift. */
@@ -932,21 +996,22 @@ static void consumer_free_arrays(consumer *c)
 static kiln_err consumer_init(consumer *c, kiln_pool *p, kiln_error *err)
 {
     const kiln_config *cfg = &p->cfg;
+    kiln_error e;
 
     memset(c, 0, sizeof(*c));
     c->p = p;
-    c->ack_batch = cfg->prefetch / 2 < ACK_BATCH ? cfg->prefetch / 2 : ACK_BATCH;
+    c->ack_batch =
+        cfg->prefetch / 2 < ACK_BATCH ? cfg->prefetch / 2 : ACK_BATCH;
     if (c->ack_batch == 0)
         c->ack_batch = 1;
     c->lease_ns = (int64_t)(cfg->consumer_timeout_ms / 2) * MS_NS;
     c->hold_ms = c->lease_ns > 0 && c->lease_ns / MS_NS < HOLD_MS
                      ? (uint64_t)(c->lease_ns / MS_NS)
                      : HOLD_MS;
-    c->remember_ns =
-        (c->lease_ns > (int64_t)c->hold_ms * MS_NS ? c->lease_ns
-                                                   : (int64_t)c->hold_ms *
-                                                         MS_NS) +
-        REMEMBER_EXTRA_NS;
+    c->remember_ns = (c->lease_ns > (int64_t)c->hold_ms * MS_NS
+                          ? c->lease_ns
+                          : (int64_t)c->hold_ms * MS_NS) +
+                     REMEMBER_EXTRA_NS;
     /* Entries outlive their slots: a few per slot, within reason. */
     c->n_recents = p->n_slots * 2 < 4096 ? p->n_slots * 2 : 4096;
     c->win = kiln__calloc(p->n_slots, sizeof(kiln__work *));     // NOLINT
@@ -955,23 +1020,22 @@ static kiln_err consumer_init(consumer *c, kiln_pool *p, kiln_error *err)
     c->recents = kiln__calloc(c->n_recents, sizeof(*c->recents));
     if (c->win == NULL || c->scratch == NULL || c->recents == NULL) {
         consumer_free_arrays(c);
-        return kiln__fail(err, KILN_ENOMEM, "pool: ack window");
+        kiln__fail(err, KILN_ENOMEM, "pool: ack window");
+        return KILN_ENOMEM; /* a constant: the analyzer follows it */
     }
     for (size_t i = p->n_slots; i-- > 0;) {
         p->slots[i].next = c->free_list;
         c->free_list = &p->slots[i];
     }
     /* Outcome copies go out through the pool's publisher. */
-    if ((c->pub = kiln__pool_publisher(p, err)) == NULL) {
+    e.code = KILN_OK;
+    if ((c->pub = kiln__pool_publisher(p, &e)) == NULL ||
+        (c->b = p->broker_new(p->broker_ctx, &p->cfg, &e)) == NULL) {
+        kiln_err rc = e.code != KILN_OK ? e.code : KILN_EBROKER;
         consumer_free_arrays(c);
-        return err != NULL && err->code != KILN_OK ? err->code : KILN_EBROKER;
-    }
-    c->b = p->broker_new(p->broker_ctx, &p->cfg, err);
-    if (c->b == NULL) {
-        consumer_free_arrays(c);
-        if (err == NULL || err->code == KILN_OK)
-            return kiln__fail(err, KILN_EBROKER, "pool: no broker object");
-        return err->code;
+        kiln__fail(err, rc, "pool: %s",
+                   e.code != KILN_OK ? e.message : "no broker object");
+        return rc;
     }
     return KILN_OK;
 }

@@ -273,10 +273,6 @@ bool kiln__dispatch_decode(const kiln__dispatch *d, const kiln__delivery *dl,
     job->redelivery = dl->redelivered || dl->delivery_count > 0 ||
                       job->lease != NULL ||
                       kiln__header_uint(dl, KILN__HDR_DELIVERIES) > 0;
-    /* A lease copy stands for a run that had started: a copy that comes
-     * back to a worker that does not know it counts that run. */
-    if (job->lease != NULL && job->deliveries < UINT32_MAX)
-        job->deliveries++;
     if ((rc = decode(d, dl, &job->sig, &job->reason)) != KILN_OK) {
         kiln__prefix(&job->reason, "undecodable message");
         *needs_worker = refuse(d, dl, job, rc);
@@ -290,6 +286,11 @@ bool kiln__dispatch_admit(const kiln__dispatch *d, const kiln__delivery *dl,
 {
     unsigned max = d->cfg->max_deliveries;
 
+    /* A lease copy stands for a run that had started: admitted here, at
+     * a worker that does not know it, it counts that run. (One that comes
+     * back to its own worker is held or acked before this.) */
+    if (job->lease != NULL && job->deliveries < UINT32_MAX)
+        job->deliveries++;
     /* With a store, the runs it counted decide (on the worker): a
      * redelivery that never ran, after a drain or a lost connection, does
      * not count against max_deliveries. */

@@ -76,6 +76,8 @@ typedef enum kiln__work_state {
     KILN__WORK_QUEUED,  /* in the work queue, or a worker runs it */
     KILN__WORK_SENDING, /* its copy is with the publisher */
     KILN__WORK_WAITING, /* its copy was refused; sent again at retry_at_ns */
+    KILN__WORK_PARKED,  /* a copy of a delivery here not yet acked: it
+                           waits for that ack before a worker takes it */
     KILN__WORK_DONE,    /* outcome settled but for the ack */
     KILN__WORK_SETTLED  /* acked, nacked or given up: the slot is free */
 } kiln__work_state;
@@ -84,23 +86,24 @@ typedef struct kiln__work {
     kiln__delivery dl;
     kiln__job job;
     kiln__work_state state;
-    bool live;      /* the delivery is unacked on the current channel */
-    bool in_window; /* in the consumer's ack window */
-    bool started;   /* a worker took it; under kiln_pool.mu */
-    bool leasing;   /* a lease copy is with the publisher */
-    bool leased;    /* a lease copy took the delivery's place */
+    bool live;          /* the delivery is unacked on the current channel */
+    bool in_window;     /* in the consumer's ack window */
+    bool started;       /* a worker took it; under kiln_pool.mu */
+    bool leasing;       /* a lease copy is with the publisher */
+    bool leased;        /* a lease copy took the delivery's place */
     bool outcome_waits; /* finished while its lease copy was in flight */
     int64_t taken_ns;   /* monotonic time it was consumed */
     int64_t retry_at_ns;
-    unsigned attempts; /* publishes of its copy so far */
-    const char *uuid;  /* the task's, borrowed from job.sig; NULL when the
-                          body did not decode. Read by the consumer only. */
-    unsigned retries_seen;    /* job.retries and job.deliveries as admitted, */
+    unsigned attempts;     /* publishes of its copy so far */
+    const char *uuid;      /* the task's, borrowed from job.sig; NULL when the
+                              body did not decode. Read by the consumer only. */
+    unsigned retries_seen; /* job.retries and job.deliveries as admitted, */
     uint32_t deliveries_seen; /* for a lease copy made while it runs */
     kiln__settle settle;
     kiln__pub_req req;
     kiln_err req_status;
-    struct kiln__work *next; /* work queue, done lists or free list */
+    struct kiln__work *behind; /* PARKED: the delivery it waits for */
+    struct kiln__work *next;   /* work queue, done lists or free list */
 } kiln__work;
 
 typedef enum kiln__pool_state {
@@ -134,9 +137,9 @@ struct kiln_pool {
     kiln__work *queue_head, *queue_tail;
     kiln__work *done_head, *done_tail;
     kiln__work *sent_head; /* copies the publisher is done with */
-    bool closing;         /* workers exit once the queue is empty */
-    unsigned running;     /* tasks being run right now */
-    unsigned max_running; /* highest `running` seen (tests check <= C) */
+    bool closing;          /* workers exit once the queue is empty */
+    unsigned running;      /* tasks being run right now */
+    unsigned max_running;  /* highest `running` seen (tests check <= C) */
 
     kiln__work *slots;
     size_t n_slots;

@@ -43,6 +43,8 @@ typedef struct kiln__pub_conn {
     /* The owner thread's own. */
     kiln__pub_req *act_head, *act_tail; /* taken, not done */
     bool connected;
+    bool redeclare;       /* the broker refused a message: declare again
+                             before the next batch */
     unsigned attempt;     /* connection failures in a row */
     int64_t retry_at_ns;  /* no connect before */
     int64_t io_ns;        /* last publish or tick */

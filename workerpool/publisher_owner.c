@@ -213,6 +213,11 @@ static void settle(kiln__pub_conn *c, size_t m, kiln_err rc,
             lost = true;
             continue; /* still pending: sent again after reconnecting */
         }
+        /* A message nacked or returned unroutable: the queue or an
+         * exchange it needs may have been deleted; the topology is
+         * declared again before the next batch, so a copy sent again
+         * finds it. */
+        c->redeclare |= s == KILN_EBROKER;
         kiln__pub_finish(c->bslot[j].r, c->bslot[j].i, s,
                          j == first ? e->message : NULL);
     }
@@ -233,6 +238,13 @@ static void run_batch(kiln__pub_conn *c)
 
     if (!c->connected && !open_conn(c))
         return;
+    if (c->redeclare) {
+        c->redeclare = false;
+        if (c->b->ops->declare(c->b, &c->pub->cfg, &e) != KILN_OK) {
+            connection_failed(c, &e, "declare");
+            return;
+        }
+    }
     if ((m = assemble(c)) == 0)
         return;
     for (size_t j = 0; j < m; j++)

@@ -393,7 +393,7 @@ static inline void it_env_init(it_env *e, const it_fix *f)
                c->dialect == KILN_DIALECT_PAOTA           ? "paota"
                : c->dialect == KILN_DIALECT_PAOTA_HEADERS ? "paota-headers"
                                                           : "machinery");
-    it_env_add(e, "KILN_LOG_LEVEL", "notice");
+    it_env_add(e, "KILN_LOG_LEVEL", "debug");
     if (c->store == KILN_STORE_MONGODB) {
         it_env_add(e, "KILN_STORE", "mongodb");
         it_env_add(e, "KILN_MONGODB_URL", "%s", c->mongodb_url);
