@@ -8,7 +8,8 @@
  *     to the workers, settles their outcomes and coalesces acks;
  *   - `concurrency` worker threads (workers.c) run task functions;
  *   - the publisher (publisher.c) owns the publishing connections and
- *     serves kiln_pool_send_task(s) from any thread.
+ *     serves kiln_pool_send_task(s) from any thread, and the consumer's
+ *     outcome copies (dead letters, retries), asynchronously.
  * Data goes one way: consumer -> work queue -> worker -> done list ->
  * consumer. Workers never touch a broker connection.
  */

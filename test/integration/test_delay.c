@@ -338,13 +338,17 @@ static void reconnect(kiln__broker *b, const kiln_config *cfg)
     int64_t t0 = now_ms();
     kiln_err rc = KILN_EBROKER;
 
-    b->ops->close(b);
-    while (now_ms() - t0 < 30000 &&
-           (rc = kiln__broker_connect(b, &err)) != KILN_OK)
+    /* As a worker does: right after start_app the quorum levels may still
+     * be recovering, and a declare can time out on a busy machine. */
+    do {
+        b->ops->close(b);
+        if ((rc = kiln__broker_connect(b, &err)) == KILN_OK &&
+            (rc = b->ops->declare(b, cfg, &err)) == KILN_OK)
+            break;
         usleep(200000);
+    } while (now_ms() - t0 < 60000);
     if (rc != KILN_OK)
         fail_msg("reconnect: %s", err.message);
-    connect_declare(b, cfg);
     subscribe(b, cfg);
 }
 
