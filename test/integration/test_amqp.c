@@ -575,30 +575,95 @@ static void test_unroutable_in_batch(void **state)
 }
 
 /* Bad messages are refused before anything is written. */
+/* A message no broker can take is refused alone, before any of it is
+ * written; the others of its batch are published and the connection
+ * stays up: [good, bad, good] gives OK, EINVAL, OK. */
 static void test_publish_bad_message(void **state)
 {
     fixture *f = *state;
-    char long_id[300];
-    kiln__message m[2];
-    kiln_err st[2];
+    char long_id[300], long_key[300];
+    kiln__message m[3];
+    kiln_header h = {long_key, "v"};
+    kiln_err st[3];
     kiln_error err;
 
     connect_declare(f);
     memset(long_id, 'i', sizeof(long_id) - 1);
     long_id[sizeof(long_id) - 1] = '\0';
-    m[0] = msg_to(&f->cfg, "fine");
+    memcpy(long_key, long_id, sizeof(long_key));
+    m[0] = msg_to(&f->cfg, "good 1");
     m[1] = msg_to(&f->cfg, "bad");
+    m[2] = msg_to(&f->cfg, "good 2");
     m[1].message_id = long_id;
-    assert_int_equal(kiln__broker_publish(f->b, m, 2, st, &err), KILN_EINVAL);
-    assert_int_equal(st[0], KILN_EINVAL);
+    assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err), KILN_EINVAL);
+    assert_int_equal(st[0], KILN_OK);
     assert_int_equal(st[1], KILN_EINVAL);
+    assert_int_equal(st[2], KILN_OK);
+    print_message("bad message: %s\n", err.message);
     assert_non_null(strstr(err.message, "msgs[1]"));
+    assert_non_null(strstr(err.message, "message id of 299 bytes"));
+    assert_false(f->b->ops->publish_lost(f->b, 1)); /* nothing to resend */
+    assert_int_equal(wait_count(f->cfg.queue, 2), 2);
+
+    /* no routing key, a header name over 255 bytes: the same */
     m[1].message_id = NULL;
     m[1].routing_key = NULL;
-    assert_int_equal(kiln__broker_publish(f->b, m, 2, st, &err), KILN_EINVAL);
-    /* nothing was sent, and the connection is fine */
-    assert_int_equal(kiln__broker_publish(f->b, m, 1, st, &err), KILN_OK);
-    assert_int_equal(test_amqp_count(f->cfg.queue), 1);
+    assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err), KILN_EINVAL);
+    assert_int_equal(st[0], KILN_OK);
+    assert_int_equal(st[1], KILN_EINVAL);
+    assert_int_equal(st[2], KILN_OK);
+    assert_non_null(strstr(err.message, "no routing key"));
+    m[1].routing_key = f->cfg.binding_key;
+    m[1].headers = &h;
+    m[1].n_headers = 1;
+    assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err), KILN_EINVAL);
+    assert_int_equal(st[1], KILN_EINVAL);
+    assert_non_null(strstr(err.message, "header name"));
+    assert_int_equal(wait_count(f->cfg.queue, 6), 6);
+}
+
+/* A message whose properties do not fit one frame is found before its
+ * method frame is written (rabbitmq-c writes that first and fails only
+ * while encoding the header frame, which breaks the connection): refused
+ * alone with KILN_ETOOBIG, naming the sizes; the rest of the batch goes,
+ * the connection stays up. */
+static void test_publish_too_big_headers(void **state)
+{
+    fixture *f = *state;
+    size_t big_len = 140 * 1024;
+    char *big = malloc(big_len + 1);
+    kiln_header h = {"x-big", big};
+    kiln__message m[3];
+    kiln_err st[3];
+    kiln_error err;
+
+    assert_non_null(big);
+    memset(big, 'b', big_len);
+    big[big_len] = '\0';
+    connect_declare(f);
+    m[0] = msg_to(&f->cfg, "good 1");
+    m[1] = msg_to(&f->cfg, "big");
+    m[2] = msg_to(&f->cfg, "good 2");
+    m[1].headers = &h;
+    m[1].n_headers = 1;
+    assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err), KILN_ETOOBIG);
+    print_message("too big: %s\n", err.message);
+    assert_int_equal(st[0], KILN_OK);
+    assert_int_equal(st[1], KILN_ETOOBIG);
+    assert_int_equal(st[2], KILN_OK);
+    assert_non_null(strstr(err.message, "msgs[1]"));
+    assert_non_null(strstr(err.message, "frame_max 131072"));
+    assert_false(f->b->ops->publish_lost(f->b, 1));
+    /* just under the limit still goes: the check is exact */
+    big[131072 - 20 - 2 - 17 - 1 - 4 - 1 - 5 - 1 - 4] = '\0';
+    assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err), KILN_OK);
+    big[strlen(big)] = 'b';
+    big[131072 - 20 - 2 - 17 - 1 - 4 - 1 - 5 - 1 - 4 + 1] = '\0';
+    assert_int_equal(kiln__broker_publish(f->b, &m[1], 1, st, &err),
+                     KILN_ETOOBIG);
+    publish_one(f, "after", NULL);
+    assert_int_equal(wait_count(f->cfg.queue, 6), 6);
+    free(big);
 }
 
 static void test_publish_to_missing_exchange(void **state)
@@ -1464,6 +1529,7 @@ int main(void)
         T(test_nack_dead_letters),
         T(test_unroutable_in_batch),
         T(test_publish_bad_message),
+        T(test_publish_too_big_headers),
         T(test_publish_to_missing_exchange),
         T(test_publish_to_deleted_exchange),
         T(test_consume_timeout),
