@@ -13,8 +13,8 @@ static kiln_err encode(const kiln_config *cfg, const kiln_signature *sig,
     if (sig == NULL)
         return kiln__fail(err, KILN_EINVAL, "NULL signature");
     if (cfg->dialect == KILN_DIALECT_PAOTA_HEADERS)
-        return kiln_signature_to_raw(sig, &o->body, &o->len, &o->headers,
-                                     &o->n_headers, err);
+        return kiln__signature_to_raw_fields(sig, &o->body, &o->len,
+                                             &o->headers, &o->n_headers, err);
     return kiln_signature_to_json(sig, cfg->dialect, &o->body, &o->len, err);
 }
 
@@ -52,8 +52,8 @@ static kiln__message outgoing_message(const kiln_config *cfg,
         .routing_key = delayed ? o->routing_key : destination(cfg, sig),
         .body = o->body,
         .body_len = o->len,
-        .headers = o->headers,
-        .n_headers = o->n_headers,
+        .fields = o->headers,
+        .n_fields = o->n_headers,
         .message_id = sig->uuid,
         .priority = (uint8_t)(sig->priority > 255 ? 255 : sig->priority),
         .persistent = true};
