@@ -2,6 +2,7 @@
  * route it (through the delay cascade when it has an ETA in the future)
  * and publish the batch. See dispatch.h. */
 #include "broker/delay.h"
+#include "broker/outgoing.h"
 #include "workerpool/dispatch.h"
 
 #include <stdio.h>
@@ -57,6 +58,38 @@ static kiln__message outgoing_message(const kiln_config *cfg,
         .message_id = sig->uuid,
         .priority = (uint8_t)(sig->priority > 255 ? 255 : sig->priority),
         .persistent = true};
+}
+
+/* The UUID and the routing key travel as AMQP short strings (255 bytes),
+ * which a decoded signature may exceed. Checked per signature, before
+ * PENDING is written and before its message joins a batch that other
+ * callers share, so that no message can fail the batch. */
+static kiln_err check_names(const kiln_config *cfg, const kiln_signature *sig,
+                            kiln_error *err)
+{
+    size_t n;
+
+    if ((n = strlen(kiln_signature_uuid(sig))) > 255)
+        return kiln__fail(err, KILN_EINVAL,
+                          "UUID of %zu bytes: it travels as the AMQP message "
+                          "id, which holds 255",
+                          n);
+    if ((n = strlen(destination(cfg, sig))) > 255)
+        return kiln__fail(err, KILN_EINVAL,
+                          "routing key of %zu bytes: an AMQP routing key "
+                          "holds 255",
+                          n);
+    return KILN_OK;
+}
+
+/* The whole message, as a broker will check it: header names, and its
+ * properties within the largest frame any connection of kiln has. */
+static kiln_err check_message(const kiln_config *cfg, const kiln_signature *sig,
+                              const kiln__staged *o, kiln_error *err)
+{
+    kiln__message m = outgoing_message(cfg, sig, o);
+
+    return kiln__message_check(&m, KILN__MAX_PROPS, NULL, err);
 }
 
 /* Records PENDING for every signature staged so far (out[i].rc == OK),
@@ -121,7 +154,9 @@ size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
         kiln_error e;
 
         if ((out[i].rc = encode(cfg, sig, &out[i], &e)) != KILN_OK ||
-            (out[i].rc = route_eta(cfg, sig, &out[i], &e)) != KILN_OK) {
+            (out[i].rc = check_names(cfg, sig, &e)) != KILN_OK ||
+            (out[i].rc = route_eta(cfg, sig, &out[i], &e)) != KILN_OK ||
+            (out[i].rc = check_message(cfg, sig, &out[i], &e)) != KILN_OK) {
             if (i < *first)
                 kiln__fail(err, out[i].rc, "task %zu (%s): %s", i,
                            sig ? sig->name : "?", e.message);
