@@ -101,7 +101,7 @@ static void scalar_in(const amqp_field_value_t *s, kiln__hval *d)
         d->v.b = s->value.boolean != 0;
         break;
     case AMQP_FIELD_KIND_I8:
-        d->v.i = s->value.i8;
+        d->v.i = (int64_t)s->value.i8;
         break;
     case AMQP_FIELD_KIND_I16:
         d->v.i = s->value.i16;
@@ -193,7 +193,7 @@ kiln__hdr *kiln__amqp_fields_in(kiln__bump *b, const amqp_table_t *t)
         size_t at = l->i;
         kiln__hval *d = NULL;
 
-        if (at >= l->n) {
+        if (at >= l->n || (l->te == NULL && l->av == NULL)) {
             top--;
             continue;
         }
@@ -275,9 +275,15 @@ static void scalar_out(const kiln__hval *s, amqp_field_value_t *d)
     }
 }
 
+/* The items of a table or an array (none without an items pointer, as
+ * core/headers.c counts them). */
 static bool nested_out(const kiln__hval *s, out_level *l, size_t size)
 {
-    l->n = s->type == KILN__HV_TABLE ? s->v.table.n : s->v.array.n;
+    bool table = s->type == KILN__HV_TABLE;
+    const void *items =
+        table ? (const void *)s->v.table.items : (const void *)s->v.array.items;
+
+    l->n = items == NULL ? 0 : table ? s->v.table.n : s->v.array.n;
     l->i = 0;
     return l->n == 0 || l->n <= (size_t)INT32_MAX / size;
 }
@@ -333,7 +339,8 @@ kiln_err kiln__amqp_fields_out(amqp_pool_t *pool, const kiln__hdr *f, size_t n,
         size_t at = l->i;
         bool ok;
 
-        if (at >= l->n) {
+        if (at >= l->n ||
+            (l->tf == NULL ? l->av == NULL || l->dv == NULL : l->te == NULL)) {
             top--;
             continue;
         }
