@@ -462,12 +462,14 @@ kiln_err kiln__amqp_publish(kiln__broker *base, const kiln__message *msgs,
     t.refused = SIZE_MAX;
     memset(t.st, 0, n);
     b->pub_checked = true;
-    for (size_t i = 0; i < n; i++)
-        if (kiln__message_valid(&msgs[i], &e) != KILN_OK)
-            (void)refuse(&t, i, KILN_EINVAL, e.message);
     if ((rc = kiln__amqp_ready(b, &e)) != KILN_OK) {
-        /* Nothing written: what was not refused can go on the next
-         * connection. */
+        /* Nothing written: what a broker would take can go on the next
+         * connection; the rest is refused now. (On a usable connection
+         * send_one checks each message as it comes.) */
+        kiln_error bad;
+        for (size_t i = 0; i < n; i++)
+            if (kiln__message_valid(&msgs[i], &bad) != KILN_OK)
+                (void)refuse(&t, i, KILN_EINVAL, bad.message);
         b->pub_lost = true;
         return unready(&t, n, rc, &e, status, err);
     }
