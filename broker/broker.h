@@ -12,9 +12,13 @@
  * edge (a mutex or a join) between the last call of one and the first call
  * of the other.
  *
- * Memory. Messages handed to publish are borrowed for the call only. A
- * delivery filled by consume is owned by the broker object's caller until
- * it is given back with release; its fields are read-only.
+ * Memory. Messages handed to publish are borrowed for the call only,
+ * and so is a delivery a message inherits headers from. A delivery
+ * filled by consume is owned by the broker object's caller until it is
+ * given back with release; its fields are read-only, so another thread's
+ * broker object may publish a copy of it meanwhile (the typed headers are
+ * only read), as long as the delivery is not released before that
+ * publish returns.
  */
 #ifndef KILN_BROKER_H
 #define KILN_BROKER_H
@@ -84,7 +88,8 @@ typedef struct kiln__message {
     const char *routing_key; /* never NULL */
     const void *body;        /* may be NULL when body_len is 0 */
     size_t body_len;
-    const kiln__delivery *inherit; /* NULL: none */
+    const kiln__delivery *inherit; /* NULL: none; one without typed
+                                      headers gives its strings */
     bool (*keep)(const char *key); /* inherited names to keep; NULL: all */
     const kiln__hdr *fields;       /* NULL when n_fields is 0 */
     size_t n_fields;

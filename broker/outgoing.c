@@ -17,7 +17,8 @@ static size_t n_inherited(const kiln__message *m)
 {
     const kiln__delivery *d = m->inherit;
 
-    return d != NULL && d->fields != NULL ? d->n_headers : 0;
+    return d != NULL && (d->fields != NULL || d->headers != NULL) ? d->n_headers
+                                                                  : 0;
 }
 
 static size_t n_entries(const kiln__message *m)
@@ -96,6 +97,12 @@ static bool entry(const kiln__message *m, size_t i, kiln__hdr *out,
     const char *k;
 
     *inherited = i < ni;
+    if (i < ni && m->inherit->fields == NULL) {
+        /* A delivery built without typed headers: its strings, as text. */
+        k = or_empty(m->inherit->headers[i].key);
+        *out = kiln__hdr_text(k, or_empty(m->inherit->headers[i].value));
+        return (m->keep == NULL || m->keep(k)) && !shadowed(m, 0, 0, k);
+    }
     if (i < ni) {
         *out = m->inherit->fields[i];
         k = out->key = or_empty(out->key);

@@ -293,6 +293,20 @@ static void test_merge(void **state)
     assert_int_equal(o.table[1].value.type, KILN__HV_I64);
     assert_string_equal(o.table[2].key, "c");
     assert_int_equal(o.table[2].value.type, KILN__HV_UTF8);
+
+    /* a delivery built with string headers only passes them on as text */
+    {
+        kiln_header plain[2] = {{"p", "1"}, {"x-death", "[]"}};
+        kiln__delivery text_only = {.headers = plain, .n_headers = 2};
+        m.inherit = &text_only;
+        assert_int_equal(kiln__outgoing_prepare(&m, 0, scratch, 8, note,
+                                                sizeof(note), &o, NULL),
+                         KILN_OK);
+        assert_int_equal(o.n, 3);
+        assert_string_equal(o.table[0].key, "p");
+        assert_int_equal(o.table[0].value.type, KILN__HV_UTF8);
+        assert_int_equal(o.table[0].value.v.str.len, 1);
+    }
 }
 
 int main(void)
