@@ -148,12 +148,12 @@ typedef struct kiln__settle {
     kiln__hdr *headers;              /* owned; freed by end or discard */
     char exchange[KILN_NAME_MAX];    /* a retry's level of the cascade */
     char routing_key[KILN_NAME_MAX]; /* and its key */
-    /* The headers a dead letter adds to those it inherits, and a retry's
-     * replacement when it does not fit a frame: a dead letter of the
-     * delivery saying so (msg.oversize points to it). */
+    /* The headers a dead letter adds to those it inherits (msg's, or
+     * fallback's), and a retry's replacement when it does not fit a
+     * frame: a dead letter of the delivery saying so (msg.oversize points
+     * to it). */
     kiln__hdr own[5];
     kiln__message fallback;
-    kiln__hdr fallback_own[5];
     char fallback_reason[sizeof(((kiln_error *)0)->message) + 96];
 } kiln__settle;
 
