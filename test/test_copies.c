@@ -396,6 +396,43 @@ static void test_paota_headers_typed(void **state)
     kiln__broker_release(fx->c, &back);
 }
 
+/* A producer's message whose headers cannot fit one frame (a task name of
+ * 140 KiB in header mode) fails alone with KILN_ETOOBIG, before PENDING;
+ * the rest of the batch is sent. */
+static void test_producer_too_big_fails_alone(void **state)
+{
+    struct fixture *fx = *state;
+    size_t big = 140 * 1024;
+    char *name = malloc(big + 1);
+    kiln_signature *sigs[3];
+    kiln_err st[3];
+    kiln_error err;
+
+    assert_non_null(name);
+    memset(name, 'n', big);
+    name[big] = '\0';
+    for (int i = 0; i < 3; i++) {
+        sigs[i] = kiln_signature_new(i == 1 ? name : "boom", NULL);
+        assert_non_null(sigs[i]);
+        assert_int_equal(kiln_signature_set_raw_body(sigs[i], "1", 1, NULL),
+                         KILN_OK);
+    }
+    assert_int_equal(kiln__send_tasks(&fx->cfg, fx->p, NULL,
+                                      (const kiln_signature *const *)sigs, 3,
+                                      st, &err),
+                     KILN_ETOOBIG);
+    print_message("%s\n", err.message);
+    assert_int_equal(st[0], KILN_OK);
+    assert_int_equal(st[1], KILN_ETOOBIG);
+    assert_int_equal(st[2], KILN_OK);
+    assert_non_null(strstr(err.message, "task 1"));
+    assert_non_null(strstr(err.message, "do not fit one frame"));
+    assert_int_equal(kiln__mock_server_ready(fx->srv, fx->cfg.queue), 2);
+    for (int i = 0; i < 3; i++)
+        kiln_signature_free(sigs[i]);
+    free(name);
+}
+
 /* ---- too big for one frame ----------------------------------------------- */
 
 /* `typed` (without x-death and x-first-death-queue when `no_death`) plus a
@@ -526,6 +563,8 @@ int main(void)
         T(test_retry_keeps_types),
         T(test_hold_keeps_types),
         cmocka_unit_test_setup_teardown(test_paota_headers_typed,
+                                        setup_paota_headers, teardown),
+        cmocka_unit_test_setup_teardown(test_producer_too_big_fails_alone,
                                         setup_paota_headers, teardown),
         T(test_dead_letter_too_big_is_trimmed),
         T(test_retry_too_big_is_dead_lettered),

@@ -110,7 +110,7 @@ static void stage_pending(kiln__store *store, const kiln_signature *const *sigs,
                 continue;
             out[i].rc = KILN_ENOMEM;
             if (i < *first) {
-                kiln__fail(err, KILN_ENOMEM, "task %zu (%s): PENDING", i,
+                kiln__fail(err, KILN_ENOMEM, "task %zu (%.64s): PENDING", i,
                            sigs[i]->name);
                 *first = i;
             }
@@ -134,7 +134,7 @@ static void stage_pending(kiln__store *store, const kiln_signature *const *sigs,
             if ((out[i].rc = st[j]) == KILN_OK)
                 continue;
             if (i < *first)
-                kiln__fail(err, st[j], "task %zu (%s): %s", i, sigs[i]->name,
+                kiln__fail(err, st[j], "task %zu (%.64s): %s", i, sigs[i]->name,
                            e.message);
             *first = i < *first ? i : *first;
         }
@@ -158,7 +158,7 @@ size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
             (out[i].rc = route_eta(cfg, sig, &out[i], &e)) != KILN_OK ||
             (out[i].rc = check_message(cfg, sig, &out[i], &e)) != KILN_OK) {
             if (i < *first)
-                kiln__fail(err, out[i].rc, "task %zu (%s): %s", i,
+                kiln__fail(err, out[i].rc, "task %zu (%.64s): %s", i,
                            sig ? sig->name : "?", e.message);
             *first = i < *first ? i : *first;
         }
@@ -214,7 +214,7 @@ kiln_err kiln__send_tasks(const kiln_config *cfg, kiln__broker *b,
             out[map[j]].rc = pst[j];
             if (pst[j] != KILN_OK && map[j] < first) {
                 first = map[j];
-                kiln__fail(err, pst[j], "task %zu (%s): %s", first,
+                kiln__fail(err, pst[j], "task %zu (%.64s): %s", first,
                            sigs[first]->name, e.message);
             }
         }
