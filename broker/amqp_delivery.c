@@ -10,19 +10,6 @@
 
 #include <string.h>
 
-/* Writes bytes and a NUL; returns where they went (NULL when counting). */
-static char *put_str(kiln__bump *s, const void *src, size_t n)
-{
-    char *at = kiln__bump_take(s, n + 1, 1);
-
-    if (at != NULL) {
-        if (n > 0)
-            memcpy(at, src, n);
-        at[n] = '\0';
-    }
-    return at;
-}
-
 static const amqp_table_t *headers_of(const amqp_message_t *msg)
 {
     const amqp_basic_properties_t *p = &msg->properties;
@@ -37,18 +24,20 @@ static void fill(kiln__bump *s, const kiln__amqp_content *c, kiln__delivery *d,
     const amqp_basic_properties_t *p = &c->msg->properties;
     kiln_header *hdrs;
 
-    d->exchange = put_str(s, c->exchange.bytes, c->exchange.len);
+    d->exchange = kiln__bump_str(s, c->exchange.bytes, c->exchange.len);
     hdrs = kiln__bump_take(s, nh * sizeof(kiln_header), _Alignof(kiln_header));
-    d->routing_key = put_str(s, c->routing_key.bytes, c->routing_key.len);
+    d->routing_key =
+        kiln__bump_str(s, c->routing_key.bytes, c->routing_key.len);
     if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
-        d->message_id = put_str(s, p->message_id.bytes, p->message_id.len);
+        d->message_id =
+            kiln__bump_str(s, p->message_id.bytes, p->message_id.len);
     else
-        d->message_id = put_str(s, "", 0);
-    d->body = put_str(s, c->msg->body.bytes, c->msg->body.len);
+        d->message_id = kiln__bump_str(s, "", 0);
+    d->body = kiln__bump_str(s, c->msg->body.bytes, c->msg->body.len);
     for (size_t i = 0; i < nh; i++) {
         char *at = kiln__bump_take(s, 0, 1);
         s->len += kiln__hval_text(&f[i].value, at);
-        (void)put_str(s, "", 0);
+        (void)kiln__bump_str(s, "", 0);
         if (hdrs != NULL) {
             hdrs[i].key = f[i].key; /* the same string as the typed one */
             hdrs[i].value = at;

@@ -74,18 +74,6 @@ static const uint8_t kind_out[] = {
 
 /* ---- in ----------------------------------------------------------------- */
 
-static const char *copy_bytes(kiln__bump *b, const void *s, size_t n)
-{
-    char *at = kiln__bump_take(b, n + 1, 1);
-
-    if (at != NULL) {
-        if (n > 0)
-            memcpy(at, s, n);
-        at[n] = '\0';
-    }
-    return at;
-}
-
 typedef struct in_level {
     const amqp_table_entry_t *te; /* a table's entries, or */
     const amqp_field_value_t *av; /* an array's items */
@@ -153,7 +141,7 @@ static void value_in(kiln__bump *b, const amqp_field_value_t *s, kiln__hval *d,
         *top == KILN__HVAL_MAX_DEPTH)
         v.type = KILN__HV_VOID;
     if (v.type == KILN__HV_UTF8 || v.type == KILN__HV_BYTES) {
-        v.v.str.p = copy_bytes(b, s->value.bytes.bytes, s->value.bytes.len);
+        v.v.str.p = kiln__bump_str(b, s->value.bytes.bytes, s->value.bytes.len);
         v.v.str.len = s->value.bytes.len;
     } else if (v.type == KILN__HV_TABLE) {
         n = s->value.table.num_entries;
@@ -200,7 +188,7 @@ kiln__hdr *kiln__amqp_fields_in(kiln__bump *b, const amqp_table_t *t)
         l->i++;
         if (l->te != NULL) {
             const amqp_table_entry_t *e = &l->te[at];
-            const char *k = copy_bytes(b, e->key.bytes, e->key.len);
+            const char *k = kiln__bump_str(b, e->key.bytes, e->key.len);
             if (l->tf != NULL) {
                 l->tf[at].key = k;
                 d = &l->tf[at].value;

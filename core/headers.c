@@ -128,18 +128,6 @@ size_t kiln__hdrs_wire_size(const kiln__hdr *f, size_t n)
 
 /* ---- copies ------------------------------------------------------------- */
 
-static const char *copy_bytes(kiln__bump *b, const char *s, size_t n)
-{
-    char *at = kiln__bump_take(b, n + 1, 1);
-
-    if (at != NULL) {
-        if (n > 0 && s != NULL)
-            memcpy(at, s, n);
-        at[n] = '\0';
-    }
-    return at;
-}
-
 /* A level of a copy: where it reads, and where it writes (NULL when the
  * bump only counts). */
 typedef struct copy_level {
@@ -163,7 +151,7 @@ static void copy_value(kiln__bump *b, const kiln__hval *v, kiln__hval *dv,
     if (dv != NULL)
         *dv = *v;
     if (is_string(v)) {
-        const char *p = copy_bytes(b, v->v.str.p, v->v.str.len);
+        const char *p = kiln__bump_str(b, v->v.str.p, v->v.str.len);
         if (dv != NULL)
             dv->v.str.p = p;
         return;
@@ -212,7 +200,7 @@ kiln__hdr *kiln__hdrs_copy(kiln__bump *b, const kiln__hdr *src, size_t n)
         }
         v = next_of(&c->src, &key);
         if (key != NULL) {
-            const char *k = copy_bytes(b, key, strlen(key));
+            const char *k = kiln__bump_str(b, key, strlen(key));
             if (c->tf != NULL) {
                 c->tf[at].key = k;
                 dv = &c->tf[at].value;

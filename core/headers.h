@@ -122,6 +122,20 @@ static inline void *kiln__bump_take(kiln__bump *b, size_t n, size_t align)
     return at;
 }
 
+/* Copies `n` bytes of `s` and a NUL into `b`; returns the copy (NULL when
+ * counting). */
+static inline char *kiln__bump_str(kiln__bump *b, const void *s, size_t n)
+{
+    char *at = kiln__bump_take(b, n + 1, 1);
+
+    if (at != NULL) {
+        if (n > 0 && s != NULL)
+            memcpy(at, s, n);
+        at[n] = '\0';
+    }
+    return at;
+}
+
 /* kiln__hdrs_wire_size returns the bytes the `n` entries take in an
  * AMQP field table (names, type octets, values; not the table's own
  * 4-byte length), or SIZE_MAX when they cannot be encoded at all: a name

@@ -7,18 +7,6 @@
 
 /* ---- messages --------------------------------------------------------- */
 
-static char *put_str(kiln__bump *b, const char *s, size_t n)
-{
-    char *at = kiln__bump_take(b, n + 1, 1);
-
-    if (at != NULL) {
-        if (n > 0)
-            memcpy(at, s, n);
-        at[n] = '\0';
-    }
-    return at;
-}
-
 /* Sizes (b->p NULL) or fills one message block: the struct, the typed
  * headers, their text, the strings and the body. */
 static struct msg *pack(kiln__bump *b, const kiln__message *m)
@@ -36,7 +24,7 @@ static struct msg *pack(kiln__bump *b, const kiln__message *m)
     for (size_t i = 0; i < n; i++) {
         char *at = kiln__bump_take(b, 0, 1);
         b->len += kiln__hval_text(&m->fields[i].value, at);
-        (void)put_str(b, "", 0);
+        (void)kiln__bump_str(b, "", 0);
         if (h != NULL) {
             h[i].key = tmp.fields[i].key;
             h[i].value = at;
@@ -45,11 +33,11 @@ static struct msg *pack(kiln__bump *b, const kiln__message *m)
     tmp.headers = n > 0 ? h : NULL;
     tmp.fields = n > 0 ? tmp.fields : NULL;
     tmp.n_headers = n;
-    tmp.exchange = put_str(b, m->exchange, strlen(m->exchange));
-    tmp.routing_key = put_str(b, m->routing_key, strlen(m->routing_key));
-    tmp.message_id = put_str(b, mid, strlen(mid));
-    tmp.content_type = put_str(b, ct, strlen(ct));
-    tmp.body = put_str(b, m->body, m->body_len);
+    tmp.exchange = kiln__bump_str(b, m->exchange, strlen(m->exchange));
+    tmp.routing_key = kiln__bump_str(b, m->routing_key, strlen(m->routing_key));
+    tmp.message_id = kiln__bump_str(b, mid, strlen(mid));
+    tmp.content_type = kiln__bump_str(b, ct, strlen(ct));
+    tmp.body = kiln__bump_str(b, m->body, m->body_len);
     tmp.body_len = m->body_len;
     tmp.priority = m->priority;
     tmp.persistent = m->persistent;

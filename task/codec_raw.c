@@ -183,52 +183,56 @@ static kiln_err raw_parts(const kiln_signature *sig, char **body,
     return KILN_OK;
 }
 
-kiln_err kiln_signature_to_raw(const kiln_signature *sig, char **body,
-                               size_t *body_len, kiln_header **headers,
-                               size_t *n, kiln_error *err)
+/* Both forms of header mode: the headers as strings, or typed. */
+static kiln_err to_raw(const kiln_signature *sig, char **body, size_t *body_len,
+                       void **headers, size_t *n, bool typed, kiln_error *err)
 {
     hdr h[12];
     size_t count;
     kiln_err rc;
 
-    if (sig == NULL || body == NULL || headers == NULL || n == NULL)
-        return kiln__fail(err, KILN_EINVAL,
-                          "signature, body, headers and n are required");
     *headers = NULL;
     *n = 0;
     if ((rc = raw_parts(sig, body, body_len, h, &count, err)) != KILN_OK)
         return rc;
-    *n = count;
-    if (count > 0 && (*headers = pack(h, count)) == NULL) {
+    if (count > 0 && (*headers = typed ? (void *)pack_fields(h, count)
+                                       : (void *)pack(h, count)) == NULL) {
         kiln__free(*body);
         *body = NULL;
         return kiln__fail(err, KILN_ENOMEM, "building %zu headers", count);
     }
+    *n = count;
     return KILN_OK;
+}
+
+kiln_err kiln_signature_to_raw(const kiln_signature *sig, char **body,
+                               size_t *body_len, kiln_header **headers,
+                               size_t *n, kiln_error *err)
+{
+    void *out = NULL;
+    kiln_err rc;
+
+    if (sig == NULL || body == NULL || headers == NULL || n == NULL)
+        return kiln__fail(err, KILN_EINVAL,
+                          "signature, body, headers and n are required");
+    rc = to_raw(sig, body, body_len, &out, n, false, err);
+    *headers = out;
+    return rc;
 }
 
 kiln_err kiln__signature_to_raw_fields(const kiln_signature *sig, char **body,
                                        size_t *body_len, kiln__hdr **fields,
                                        size_t *n, kiln_error *err)
 {
-    hdr h[12];
-    size_t count;
+    void *out = NULL;
     kiln_err rc;
 
     if (sig == NULL || body == NULL || fields == NULL || n == NULL)
         return kiln__fail(err, KILN_EINVAL,
                           "signature, body, fields and n are required");
-    *fields = NULL;
-    *n = 0;
-    if ((rc = raw_parts(sig, body, body_len, h, &count, err)) != KILN_OK)
-        return rc;
-    *n = count;
-    if (count > 0 && (*fields = pack_fields(h, count)) == NULL) {
-        kiln__free(*body);
-        *body = NULL;
-        return kiln__fail(err, KILN_ENOMEM, "building %zu headers", count);
-    }
-    return KILN_OK;
+    rc = to_raw(sig, body, body_len, &out, n, true, err);
+    *fields = out;
+    return rc;
 }
 
 /* ---- decode ------------------------------------------------------------- */

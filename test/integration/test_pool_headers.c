@@ -105,9 +105,9 @@ static void declare_spy(amqp_connection_state_t c, const it_fix *f,
         fail_msg("queue.bind %s to %s failed", name, exchange);
 }
 
-static void publish(amqp_connection_state_t c, const char *exchange,
-                    const char *rk, const char *body, const char *id,
-                    amqp_table_t headers)
+/* The properties publish() sends: persistent JSON with an id and
+ * headers. */
+static amqp_basic_properties_t props(const char *id, amqp_table_t headers)
 {
     amqp_basic_properties_t p;
 
@@ -118,6 +118,15 @@ static void publish(amqp_connection_state_t c, const char *exchange,
     p.content_type = amqp_cstring_bytes("application/json");
     p.message_id = amqp_cstring_bytes(id);
     p.headers = headers;
+    return p;
+}
+
+static void publish(amqp_connection_state_t c, const char *exchange,
+                    const char *rk, const char *body, const char *id,
+                    amqp_table_t headers)
+{
+    amqp_basic_properties_t p = props(id, headers);
+
     assert_int_equal(amqp_basic_publish(c, 1, amqp_cstring_bytes(exchange),
                                         amqp_cstring_bytes(rk), 0, 0, &p,
                                         amqp_cstring_bytes(body)),
@@ -403,21 +412,14 @@ static void test_retry_keeps_types(void **state)
     f->passed = true;
 }
 
-/* The bytes of the properties publish() writes for `n` typed_table
- * headers (the last one BIG_HEADER of length 0) and message id `id`. */
+/* The bytes of the properties publish() writes for headers `t` and
+ * message id `id`, as rabbitmq-c encodes them. */
 static size_t props_of(const amqp_table_t *t, const char *id)
 {
-    amqp_basic_properties_t p;
+    amqp_basic_properties_t p = props(id, *t);
     char buf[4096];
     int n;
 
-    memset(&p, 0, sizeof(p));
-    p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
-               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
-    p.delivery_mode = 2;
-    p.content_type = amqp_cstring_bytes("application/json");
-    p.message_id = amqp_cstring_bytes(id);
-    p.headers = *t;
     n = amqp_encode_properties(AMQP_BASIC_CLASS, &p,
                                (amqp_bytes_t){sizeof(buf), buf});
     assert_true(n > 0);
