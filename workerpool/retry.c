@@ -123,8 +123,8 @@ static void oversize(const kiln_config *cfg, const kiln__delivery *dl,
                    "do not fit one frame",
                    why, why[0] != '\0' ? "; " : "");
     if (kiln__dead_letter_copy(cfg, dl, s->fallback_reason,
-                               job->fn != NULL ? job->retries + 1 : 0,
-                               s->own, &s->fallback))
+                               job->fn != NULL ? job->retries + 1 : 0, s->own,
+                               &s->fallback))
         s->msg.oversize = &s->fallback;
     else
         s->msg.trim = true;
