@@ -56,6 +56,7 @@ kiln__broker *kiln__amqp_broker_new(const kiln_config *cfg, kiln_error *err)
     b->base.ops = &amqp_ops;
     b->cfg = *cfg;
     b->next_seq = 1;
+    init_amqp_pool(&b->pool, 4096);
     if (gethostname(host, sizeof(host)) != 0)
         host[0] = '\0';
     host[sizeof(host) - 1] = '\0';
@@ -167,7 +168,11 @@ static void amqp_destroy(kiln__broker *base)
     amqp_close(base);
     kiln__free(b->stash);
     kiln__free(b->pub_state);
+    kiln__free(b->pub_order);
     kiln__free(b->hdr);
+    kiln__free(b->fhdr);
+    kiln__free(b->props_buf);
+    empty_amqp_pool(&b->pool);
     kiln__free(b);
 }
 

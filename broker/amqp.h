@@ -151,13 +151,21 @@ typedef struct kiln__amqp {
     size_t stash_head, stash_len, stash_cap;
     unsigned char *pub_state; /* per-message state of a publish */
     size_t pub_cap;
-    size_t pub_n;    /* messages of the last publish */
-    size_t pub_sent; /* of those, written to the socket */
-    bool pub_lost;   /* the connection or channel of the last publish went
-                        away before it ended, or was unusable before it
-                        began: what it left unsettled may be sent again */
+    size_t pub_n;      /* messages of the last publish */
+    size_t pub_sent;   /* of those, written to the socket */
+    bool pub_lost;     /* the connection or channel of the last publish went
+                          away before it ended, or was unusable before it
+                          began: what it left unsettled may be sent again */
+    bool pub_checked;  /* pub_state describes the last publish (false when
+                          it failed before looking at its messages) */
+    size_t *pub_order; /* publish: written ordinal -> message index */
     amqp_table_entry_t *hdr; /* scratch headers table for publish */
-    size_t hdr_cap;
+    kiln__hdr *fhdr;         /* the same, typed, as outgoing.c merges it */
+    size_t hdr_cap;          /* entries of hdr and of fhdr */
+    amqp_pool_t pool;        /* nested header values of one publish */
+    char note[1024];         /* x-kiln-reason of a trimmed message */
+    char *props_buf;         /* frame_max bytes: checks the encoding of
+                                properties near the limit */
     kiln__amqp_batch *batch; /* publish waiting for confirms, or NULL */
     int64_t hb_check_ns;     /* next zero-wait read that lets
                                 rabbitmq-c check the heartbeat */
@@ -240,6 +248,15 @@ typedef struct kiln__amqp_content {
 
 kiln_err kiln__amqp_build(kiln__amqp *b, const kiln__amqp_content *c,
                           kiln__delivery *out, kiln_error *err);
+
+/* amqp_fields.c. kiln__amqp_fields_in copies table `t` as typed headers
+ * into `b` (see core/headers.h; counts when b->p is NULL) and returns the
+ * copy. kiln__amqp_fields_out writes the `n` entries of `f` into out[n],
+ * nested tables and arrays allocated from `pool`; every string is
+ * borrowed from `f`. KILN_ENOMEM when the pool runs out. */
+kiln__hdr *kiln__amqp_fields_in(kiln__bump *b, const amqp_table_t *t);
+kiln_err kiln__amqp_fields_out(amqp_pool_t *pool, const kiln__hdr *f, size_t n,
+                               amqp_table_entry_t *out, kiln_error *err);
 void kiln__amqp_release(kiln__broker *base, kiln__delivery *d);
 
 /* amqp_consume.c */

@@ -12,14 +12,19 @@
  * edge (a mutex or a join) between the last call of one and the first call
  * of the other.
  *
- * Memory. Messages handed to publish are borrowed for the call only. A
- * delivery filled by consume is owned by the broker object's caller until
- * it is given back with release; its fields are read-only.
+ * Memory. Messages handed to publish are borrowed for the call only,
+ * and so is a delivery a message inherits headers from. A delivery
+ * filled by consume is owned by the broker object's caller until it is
+ * given back with release; its fields are read-only, so another thread's
+ * broker object may publish a copy of it meanwhile (the typed headers are
+ * only read), as long as the delivery is not released before that
+ * publish returns.
  */
 #ifndef KILN_BROKER_H
 #define KILN_BROKER_H
 
 #include "core/core.h"
+#include "core/headers.h"
 
 #include <string.h>
 
@@ -35,24 +40,15 @@
 #define KILN__HDR_WORKER      "x-kiln-worker"   /* host:pid, dead letter */
 #define KILN__HDR_LEASE       "x-kiln-lease"    /* host:pid that leased it */
 
-/* One message to publish. Every pointer is borrowed for the publish call. */
-typedef struct kiln__message {
-    const char *exchange;    /* "" = the default exchange */
-    const char *routing_key; /* never NULL */
-    const void *body;        /* may be NULL when body_len is 0 */
-    size_t body_len;
-    const kiln_header *headers; /* string headers; NULL when n_headers is 0 */
-    size_t n_headers;
-    const char *message_id;   /* the task UUID; NULL = none */
-    const char *content_type; /* NULL = "application/json" */
-    uint8_t priority;         /* 0 = none; capped by the queue's maximum */
-    bool persistent;          /* delivery mode 2 */
-} kiln__message;
-
 /* One message received. Every pointer is owned by the delivery and valid
- * until the delivery is given back with the broker's release op. Headers
- * of an AMQP table arrive as strings (numbers in decimal, booleans as
- * "true"/"false"), the shape kiln_signature_from_raw reads. */
+ * until the delivery is given back with the broker's release op.
+ *
+ * Headers come two ways, entry for entry in the same order (headers[i]
+ * is fields[i] as text, with the same key pointer): `fields` with the
+ * types they travelled with, for republishing them as they came, and
+ * `headers` as strings (kiln__hval_text: numbers in decimal, booleans
+ * as "true"/"false", tables and arrays as JSON), the shape
+ * kiln_signature_from_raw and the rest of the worker read. */
 typedef struct kiln__delivery {
     uint64_t tag;   /* delivery tag, unique per broker object */
     char *exchange; /* the exchange it was published to */
@@ -61,7 +57,8 @@ typedef struct kiln__delivery {
     size_t body_len; /* excluding that NUL */
     kiln_header *headers;
     size_t n_headers;
-    char *message_id; /* "" when the publisher set none */
+    const kiln__hdr *fields; /* n_headers of them */
+    char *message_id;        /* "" when the publisher set none */
     uint8_t priority;
     bool redelivered;        /* AMQP redelivered flag */
     uint32_t delivery_count; /* earlier deliveries of this message, as a
@@ -69,6 +66,43 @@ typedef struct kiln__delivery {
                                 first delivery or when unknown */
     void *impl;              /* the implementation's own; do not touch */
 } kiln__delivery;
+
+/* One message to publish. Every pointer is borrowed for the publish call.
+ *
+ * Headers. The table that goes out is, in this order: the typed headers
+ * of `inherit` (a delivery of any broker implementation) that `keep`
+ * accepts, then `fields`, then the string headers `headers` (as UTF-8
+ * strings). An entry of `fields` or `headers` replaces every earlier
+ * entry of the same name, so the headers a copy adds win over those it
+ * inherits.
+ *
+ * Size. A message's content header (its properties, headers included)
+ * must fit one frame of the connection (frame_max, 128 KiB on RabbitMQ
+ * unless the server sets less). publish checks every message before it
+ * writes anything: one that does not fit is published as `oversize`
+ * instead when that is set; else, with `trim`, without inherited headers,
+ * the largest first, until it fits (their names and sizes are appended
+ * to its x-kiln-reason header, which it gets if it has none); else it is
+ * refused alone with KILN_ETOOBIG, and the rest of the batch goes on. */
+typedef struct kiln__message {
+    const char *exchange;    /* "" = the default exchange */
+    const char *routing_key; /* never NULL */
+    const void *body;        /* may be NULL when body_len is 0 */
+    size_t body_len;
+    const kiln__delivery *inherit; /* NULL: none; one without typed
+                                      headers gives its strings */
+    bool (*keep)(const char *key); /* inherited names to keep; NULL: all */
+    const kiln__hdr *fields;       /* NULL when n_fields is 0 */
+    size_t n_fields;
+    const kiln_header *headers; /* NULL when n_headers is 0 */
+    size_t n_headers;
+    const char *message_id;   /* the task UUID; NULL = none */
+    const char *content_type; /* NULL = "application/json" */
+    uint8_t priority;         /* 0 = none; capped by the queue's maximum */
+    bool persistent;          /* delivery mode 2 */
+    const struct kiln__message *oversize; /* see Size; NULL: none */
+    bool trim;                            /* see Size */
+} kiln__message;
 
 typedef struct kiln__broker kiln__broker;
 
@@ -95,7 +129,11 @@ typedef struct kiln__broker_ops {
      * KILN_OK when message i was confirmed and routed, KILN_EBROKER when it
      * was nacked or returned unroutable, KILN_ETIMEDOUT when no confirm
      * came in time; every status is set, also when the connection failed
-     * before anything was sent. Returns KILN_OK when every message is
+     * before anything was sent. A message no broker can take is refused
+     * alone, before anything of it is written, and the others go on:
+     * KILN_EINVAL (naming the field: no routing key, a name or id over
+     * the 255 bytes of an AMQP short string, ...) or KILN_ETOOBIG (see
+     * kiln__message, Size). Returns KILN_OK when every message is
      * KILN_OK, else the first failing code with that message's index and
      * reason in `err`. */
     kiln_err (*publish)(kiln__broker *b, const kiln__message *msgs, size_t n,

@@ -4,6 +4,8 @@
  * mocks/mock_internal.h. */
 #include "mocks/mock_internal.h"
 
+#include "broker/outgoing.h"
+
 #include <string.h>
 
 struct conn {
@@ -37,12 +39,42 @@ static kiln_err publish_one(struct conn *c, const kiln__message *m, size_t i,
     return kiln__fail(err, KILN_EBROKER, "connection lost (injected)");
 }
 
+/* As the AMQP broker does, before anything reaches the server: checks
+ * `m`, merges its headers and decides what goes out when they do not fit
+ * a frame of KILN__FRAME_MAX bytes. The result goes to *flat, its headers
+ * all typed in a table that `*scratch` owns (kiln__free it). */
+static kiln_err prepare(const kiln__message *m, kiln__hdr **scratch, char *note,
+                        size_t note_len, kiln__message *flat, kiln_error *err)
+{
+    size_t cap = kiln__outgoing_cap(m);
+    kiln__outgoing o;
+    kiln_err rc;
+
+    if ((*scratch = kiln__malloc(cap * sizeof(**scratch))) == NULL)
+        return kiln__fail(err, KILN_ENOMEM, "mock broker: headers");
+    rc = kiln__outgoing_prepare(m, KILN__MAX_PROPS, *scratch, cap, note,
+                                note_len, &o, err);
+    if (rc != KILN_OK)
+        return rc;
+    *flat = *o.msg;
+    flat->inherit = NULL;
+    flat->keep = NULL;
+    flat->fields = o.table;
+    flat->n_fields = o.n;
+    flat->headers = NULL;
+    flat->n_headers = 0;
+    flat->oversize = NULL;
+    flat->trim = false;
+    return KILN_OK;
+}
+
 static kiln_err conn_publish(kiln__broker *b, const kiln__message *msgs,
                              size_t n, kiln_err *status, kiln_error *err)
 {
     struct conn *c = (struct conn *)b;
     kiln_err first = KILN_OK;
     unsigned delay_ms;
+    char note[1024];
 
     c->lost_from = SIZE_MAX;
     if (!c->connected) {
@@ -50,16 +82,25 @@ static kiln_err conn_publish(kiln__broker *b, const kiln__message *msgs,
             status[i] = KILN_ECLOSED;
         return kiln__fail(err, KILN_ECLOSED, "mock broker: not connected");
     }
-    pthread_mutex_lock(&c->srv->mu);
     for (size_t i = 0; i < n; i++) {
+        kiln__hdr *scratch = NULL;
+        kiln__message flat;
         kiln_error e;
-        kiln_err rc = publish_one(c, &msgs[i], i, &e);
+        kiln_err rc =
+            prepare(&msgs[i], &scratch, note, sizeof(note), &flat, &e);
+        if (rc == KILN_OK) {
+            pthread_mutex_lock(&c->srv->mu);
+            rc = publish_one(c, &flat, i, &e);
+            pthread_mutex_unlock(&c->srv->mu);
+        }
+        kiln__free(scratch);
         if (status != NULL)
             status[i] = rc;
         if (rc != KILN_OK && first == KILN_OK)
             first = kiln__fail(err, rc, "publish %zu of %zu: %s", i + 1, n,
                                e.message);
     }
+    pthread_mutex_lock(&c->srv->mu);
     c->srv->publish_calls++;
     delay_ms = c->srv->confirm_delay_ms;
     pthread_cond_broadcast(&c->srv->cond);
@@ -219,6 +260,7 @@ static kiln_err conn_consume(kiln__broker *b, kiln__delivery *out,
                             .body_len = copy->body_len,
                             .headers = copy->headers,
                             .n_headers = copy->n_headers,
+                            .fields = copy->fields,
                             .message_id = copy->message_id,
                             .priority = m->priority,
                             .redelivered = m->deliveries > 0,

@@ -29,7 +29,8 @@ struct msg {
     bool persistent;
     char *exchange, *routing_key, *message_id, *content_type, *body;
     size_t body_len;
-    kiln_header *headers;
+    kiln__hdr *fields;    /* the headers with their types */
+    kiln_header *headers; /* the same as text, as a delivery has them */
     size_t n_headers;
 };
 
@@ -84,8 +85,10 @@ struct kiln__mock_server {
                           CLOCK_MONOTONIC (kiln__mock_server_advance) */
 };
 
-/* Copies `m` into one allocation; free with kiln__free. NULL on ENOMEM or
- * overflow. */
+/* Copies `m` into one allocation; free with kiln__free. Its headers must
+ * all be in m->fields (no inherit, no string headers), as
+ * kiln__outgoing_prepare leaves them and kiln__mock_msg_view gives them.
+ * NULL on ENOMEM. */
 struct msg *kiln__mock_msg_pack(const kiln__message *m);
 
 /* Queue operations; the caller holds srv->mu. push_head puts a message

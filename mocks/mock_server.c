@@ -7,65 +7,54 @@
 
 /* ---- messages --------------------------------------------------------- */
 
-static bool add_size(size_t *total, size_t n)
-{
-    if (n > SIZE_MAX - *total)
-        return false;
-    *total += n;
-    return true;
-}
-
-static char *put(char **p, const char *s, size_t n)
-{
-    char *start = *p;
-
-    if (n > 0)
-        memcpy(start, s, n);
-    start[n] = '\0';
-    *p += n + 1;
-    return start;
-}
-
-/* Copies `m` into one allocation. NULL on ENOMEM or overflow. */
-struct msg *kiln__mock_msg_pack(const kiln__message *m)
+/* Sizes (b->p NULL) or fills one message block: the struct, the typed
+ * headers, their text, the strings and the body. */
+static struct msg *pack(kiln__bump *b, const kiln__message *m)
 {
     const char *mid = m->message_id ? m->message_id : "";
     const char *ct = m->content_type ? m->content_type : "application/json";
-    size_t size = sizeof(struct msg), nh = m->n_headers;
-    bool ok = nh < SIZE_MAX / sizeof(kiln_header) &&
-              add_size(&size, nh * sizeof(kiln_header)) &&
-              add_size(&size, strlen(m->exchange) + strlen(m->routing_key)) &&
-              add_size(&size, strlen(mid) + strlen(ct) + 5) &&
-              add_size(&size, m->body_len);
-    struct msg *msg;
-    char *p;
+    size_t n = m->fields != NULL ? m->n_fields : 0;
+    struct msg *msg = kiln__bump_take(b, sizeof(*msg), _Alignof(struct msg));
+    struct msg tmp;
+    kiln_header *h;
 
-    for (size_t i = 0; ok && i < nh; i++) {
-        const kiln_header *h = &m->headers[i];
-        ok = add_size(&size, strlen(h->key ? h->key : "") + 1) &&
-             add_size(&size, strlen(h->value ? h->value : "") + 1);
+    memset(&tmp, 0, sizeof(tmp));
+    tmp.fields = kiln__hdrs_copy(b, m->fields, n);
+    h = kiln__bump_take(b, n * sizeof(*h), _Alignof(kiln_header));
+    for (size_t i = 0; i < n; i++) {
+        char *at = kiln__bump_take(b, 0, 1);
+        b->len += kiln__hval_text(&m->fields[i].value, at);
+        (void)kiln__bump_str(b, "", 0);
+        if (h != NULL) {
+            h[i].key = tmp.fields[i].key;
+            h[i].value = at;
+        }
     }
-    if (!ok || (msg = kiln__malloc(size)) == NULL)
-        return NULL;
-    memset(msg, 0, sizeof(*msg));
-    msg->headers = nh > 0 ? (kiln_header *)(void *)(msg + 1) : NULL;
-    msg->n_headers = nh;
-    p = (char *)(msg + 1) + nh * sizeof(kiln_header);
-    for (size_t i = 0; i < nh; i++) {
-        const char *k = m->headers[i].key ? m->headers[i].key : "";
-        const char *v = m->headers[i].value ? m->headers[i].value : "";
-        msg->headers[i].key = put(&p, k, strlen(k));
-        msg->headers[i].value = put(&p, v, strlen(v));
-    }
-    msg->exchange = put(&p, m->exchange, strlen(m->exchange));
-    msg->routing_key = put(&p, m->routing_key, strlen(m->routing_key));
-    msg->message_id = put(&p, mid, strlen(mid));
-    msg->content_type = put(&p, ct, strlen(ct));
-    msg->body = put(&p, m->body, m->body_len);
-    msg->body_len = m->body_len;
-    msg->priority = m->priority;
-    msg->persistent = m->persistent;
+    tmp.headers = n > 0 ? h : NULL;
+    tmp.fields = n > 0 ? tmp.fields : NULL;
+    tmp.n_headers = n;
+    tmp.exchange = kiln__bump_str(b, m->exchange, strlen(m->exchange));
+    tmp.routing_key = kiln__bump_str(b, m->routing_key, strlen(m->routing_key));
+    tmp.message_id = kiln__bump_str(b, mid, strlen(mid));
+    tmp.content_type = kiln__bump_str(b, ct, strlen(ct));
+    tmp.body = kiln__bump_str(b, m->body, m->body_len);
+    tmp.body_len = m->body_len;
+    tmp.priority = m->priority;
+    tmp.persistent = m->persistent;
+    if (msg != NULL)
+        *msg = tmp;
     return msg;
+}
+
+struct msg *kiln__mock_msg_pack(const kiln__message *m)
+{
+    kiln__bump b = {NULL, 0};
+
+    (void)pack(&b, m);
+    if ((b.p = kiln__malloc(b.len)) == NULL)
+        return NULL;
+    b.len = 0;
+    return pack(&b, m);
 }
 
 kiln__message kiln__mock_msg_view(const struct msg *msg)
@@ -74,8 +63,8 @@ kiln__message kiln__mock_msg_view(const struct msg *msg)
                            .routing_key = msg->routing_key,
                            .body = msg->body,
                            .body_len = msg->body_len,
-                           .headers = msg->headers,
-                           .n_headers = msg->n_headers,
+                           .fields = msg->fields,
+                           .n_fields = msg->n_headers,
                            .message_id = msg->message_id,
                            .content_type = msg->content_type,
                            .priority = msg->priority,
@@ -551,7 +540,8 @@ kiln_err kiln__mock_route(kiln__mock_server *srv, const kiln__message *m,
 
     if (m->exchange == NULL || m->routing_key == NULL ||
         (m->body == NULL && m->body_len > 0) ||
-        (m->headers == NULL && m->n_headers > 0))
+        (m->fields == NULL && m->n_fields > 0) || m->n_headers > 0 ||
+        m->inherit != NULL)
         return kiln__fail(err, KILN_EINVAL, "incomplete message");
     if (srv->shutdown)
         return kiln__fail(err, KILN_ECLOSED, "broker is shutting down");

@@ -6,16 +6,22 @@
  * text "null") paota sends the whole Signature as JSON and no headers;
  * kiln_signature_to_raw does the same.
  *
- * The header names and their Go types, from paota:
- *   uuid, task_name              string
+ * The header names, their Go types in paota and the AMQP types they
+ * travel as (amqp091-go writes a Go int as 'I'; paota's registrar reads
+ * ints through utils.GetInt, which takes int32, int64 or float64):
+ *   uuid, task_name              string   S
  *   retry_count, retry_timeout,
- *   timeout (TaskTimeOut), wait_time, retries_done   int
- *   ignore_if_unregistered       bool
- *   created_at, eta              int64, Unix seconds (only when set)
+ *   timeout (TaskTimeOut), wait_time, retries_done   int   I
+ *   ignore_if_unregistered       bool     t
+ *   created_at, eta              int64    l   Unix seconds, only when set
  * and, read by the registrar though its broker never writes them,
- *   routing_key (string), priority (uint8).
+ *   routing_key (string, S) and priority (uint8). paota reads priority
+ * through utils.GetUInt8, which takes a Go int or a float64, and no AMQP
+ * type decodes to a Go int, so kiln writes it as a double (d).
  * kiln writes those two as well when they are set. Times travel in whole
- * seconds, so a round trip through headers drops the fraction. */
+ * seconds, so a round trip through headers drops the fraction.
+ * kiln_signature_to_raw gives the same headers as strings (its public
+ * shape); kiln__signature_to_raw_fields gives them typed, for the wire. */
 #include "task/codec.h"
 
 #include <inttypes.h>
@@ -28,6 +34,8 @@
 
 typedef struct hdr {
     const char *key;
+    kiln__htype type; /* how it travels */
+    int64_t num;      /* the number of an integer, bool or double */
     char value[24];
     const char *text; /* value, or a string of the signature */
 } hdr;
@@ -39,9 +47,12 @@ static int64_t unix_seconds(int64_t ns)
     return (ns % NS_PER_S < 0) ? s - 1 : s; /* Go's Time.Unix floors */
 }
 
-static void add_int(hdr *h, size_t *n, const char *key, int64_t v)
+static void add_int(hdr *h, size_t *n, const char *key, kiln__htype type,
+                    int64_t v)
 {
     h[*n].key = key;
+    h[*n].type = type;
+    h[*n].num = v;
     (void)snprintf(h[*n].value, sizeof(h[*n].value), "%" PRId64, v);
     h[*n].text = h[*n].value;
     (*n)++;
@@ -50,7 +61,17 @@ static void add_int(hdr *h, size_t *n, const char *key, int64_t v)
 static void add_text(hdr *h, size_t *n, const char *key, const char *v)
 {
     h[*n].key = key;
+    h[*n].type = KILN__HV_UTF8;
     h[*n].text = v != NULL ? v : "";
+    (*n)++;
+}
+
+static void add_bool(hdr *h, size_t *n, const char *key, bool v)
+{
+    h[*n].key = key;
+    h[*n].type = KILN__HV_BOOL;
+    h[*n].num = v;
+    h[*n].text = v ? "true" : "false";
     (*n)++;
 }
 
@@ -60,21 +81,21 @@ static size_t collect(const kiln_signature *sig, hdr *h)
 
     add_text(h, &n, "uuid", sig->uuid);
     add_text(h, &n, "task_name", sig->name);
-    add_int(h, &n, "retry_count", sig->retry_count);
-    add_int(h, &n, "retry_timeout", sig->retry_timeout);
-    add_int(h, &n, "timeout", sig->task_timeout);
-    add_int(h, &n, "wait_time", sig->wait_time);
-    add_int(h, &n, "retries_done", sig->retries_done);
-    add_text(h, &n, "ignore_if_unregistered",
-             sig->ignore_unregistered ? "true" : "false");
+    add_int(h, &n, "retry_count", KILN__HV_I32, sig->retry_count);
+    add_int(h, &n, "retry_timeout", KILN__HV_I32, sig->retry_timeout);
+    add_int(h, &n, "timeout", KILN__HV_I32, sig->task_timeout);
+    add_int(h, &n, "wait_time", KILN__HV_I32, sig->wait_time);
+    add_int(h, &n, "retries_done", KILN__HV_I32, sig->retries_done);
+    add_bool(h, &n, "ignore_if_unregistered", sig->ignore_unregistered);
     if (sig->has_created_at)
-        add_int(h, &n, "created_at", unix_seconds(sig->created_at.unix_ns));
+        add_int(h, &n, "created_at", KILN__HV_I64,
+                unix_seconds(sig->created_at.unix_ns));
     if (sig->has_eta)
-        add_int(h, &n, "eta", unix_seconds(sig->eta.unix_ns));
+        add_int(h, &n, "eta", KILN__HV_I64, unix_seconds(sig->eta.unix_ns));
     if (sig->routing_key != NULL && sig->routing_key[0] != '\0')
         add_text(h, &n, "routing_key", sig->routing_key);
     if (sig->priority != 0)
-        add_int(h, &n, "priority", sig->priority);
+        add_int(h, &n, "priority", KILN__HV_F64, sig->priority);
     return n;
 }
 
@@ -103,43 +124,115 @@ static kiln_header *pack(const hdr *h, size_t n)
     return out;
 }
 
+/* The same headers typed, in one allocation: the array, then each key
+ * and string value. */
+static kiln__hdr *pack_fields(const hdr *h, size_t n)
+{
+    kiln__bump b = {NULL, 0};
+    kiln__hdr *out = NULL;
+
+    for (int pass = 0; pass < 2; pass++) {
+        out = kiln__bump_take(&b, n * sizeof(*out), _Alignof(kiln__hdr));
+        for (size_t i = 0; i < n; i++) {
+            size_t kl = strlen(h[i].key) + 1, tl = strlen(h[i].text);
+            char *k = kiln__bump_take(&b, kl, 1);
+            char *t = h[i].type == KILN__HV_UTF8
+                          ? kiln__bump_take(&b, tl + 1, 1)
+                          : NULL;
+            if (out == NULL)
+                continue;
+            memcpy(k, h[i].key, kl);
+            out[i] = kiln__hdr_int(k, h[i].type, h[i].num);
+            if (h[i].type == KILN__HV_BOOL)
+                out[i].value.v.b = h[i].num != 0;
+            else if (h[i].type == KILN__HV_F64)
+                out[i].value.v.f64 = (double)h[i].num;
+            else if (t != NULL)
+                out[i] = kiln__hdr_text(k, memcpy(t, h[i].text, tl + 1));
+        }
+        if (pass == 0 && (b.p = kiln__malloc(b.len)) == NULL)
+            return NULL;
+        b.len = 0;
+    }
+    return out;
+}
+
 static bool has_raw_body(const kiln_signature *sig)
 {
     return sig->raw_args != NULL && sig->raw_args_len > 0 &&
            !(sig->raw_args_len == 4 && memcmp(sig->raw_args, "null", 4) == 0);
 }
 
+/* The body of a header-mode message and its headers (h[12]); *count 0
+ * and a JSON body without a raw body. */
+static kiln_err raw_parts(const kiln_signature *sig, char **body,
+                          size_t *body_len, hdr *h, size_t *count,
+                          kiln_error *err)
+{
+    *count = 0;
+    if (!has_raw_body(sig))
+        return kiln_signature_to_json(sig, KILN_DIALECT_PAOTA, body, body_len,
+                                      err);
+    if (sig->name == NULL || sig->name[0] == '\0')
+        return kiln__fail(err, KILN_EINVAL, "task_name: empty");
+    *count = collect(sig, h);
+    if ((*body = kiln__strndup(sig->raw_args, sig->raw_args_len)) == NULL)
+        return kiln__fail(err, KILN_ENOMEM, "copying a raw body");
+    if (body_len != NULL)
+        *body_len = sig->raw_args_len;
+    return KILN_OK;
+}
+
+/* Both forms of header mode: the headers as strings, or typed. */
+static kiln_err to_raw(const kiln_signature *sig, char **body, size_t *body_len,
+                       void **headers, size_t *n, bool typed, kiln_error *err)
+{
+    hdr h[12];
+    size_t count;
+    kiln_err rc;
+
+    *headers = NULL;
+    *n = 0;
+    if ((rc = raw_parts(sig, body, body_len, h, &count, err)) != KILN_OK)
+        return rc;
+    if (count > 0 && (*headers = typed ? (void *)pack_fields(h, count)
+                                       : (void *)pack(h, count)) == NULL) {
+        kiln__free(*body);
+        *body = NULL;
+        return kiln__fail(err, KILN_ENOMEM, "building %zu headers", count);
+    }
+    *n = count;
+    return KILN_OK;
+}
+
 kiln_err kiln_signature_to_raw(const kiln_signature *sig, char **body,
                                size_t *body_len, kiln_header **headers,
                                size_t *n, kiln_error *err)
 {
-    hdr h[12];
-    size_t count;
-    char *text;
+    void *out = NULL;
+    kiln_err rc;
 
     if (sig == NULL || body == NULL || headers == NULL || n == NULL)
         return kiln__fail(err, KILN_EINVAL,
                           "signature, body, headers and n are required");
-    if (!has_raw_body(sig)) {
-        *headers = NULL;
-        *n = 0;
-        return kiln_signature_to_json(sig, KILN_DIALECT_PAOTA, body, body_len,
-                                      err);
-    }
-    if (sig->name == NULL || sig->name[0] == '\0')
-        return kiln__fail(err, KILN_EINVAL, "task_name: empty");
-    count = collect(sig, h);
-    if ((text = kiln__strndup(sig->raw_args, sig->raw_args_len)) == NULL)
-        return kiln__fail(err, KILN_ENOMEM, "copying a raw body");
-    if ((*headers = pack(h, count)) == NULL) {
-        kiln__free(text);
-        return kiln__fail(err, KILN_ENOMEM, "building %zu headers", count);
-    }
-    *n = count;
-    *body = text;
-    if (body_len != NULL)
-        *body_len = sig->raw_args_len;
-    return KILN_OK;
+    rc = to_raw(sig, body, body_len, &out, n, false, err);
+    *headers = out;
+    return rc;
+}
+
+kiln_err kiln__signature_to_raw_fields(const kiln_signature *sig, char **body,
+                                       size_t *body_len, kiln__hdr **fields,
+                                       size_t *n, kiln_error *err)
+{
+    void *out = NULL;
+    kiln_err rc;
+
+    if (sig == NULL || body == NULL || fields == NULL || n == NULL)
+        return kiln__fail(err, KILN_EINVAL,
+                          "signature, body, fields and n are required");
+    rc = to_raw(sig, body, body_len, &out, n, true, err);
+    *fields = out;
+    return rc;
 }
 
 /* ---- decode ------------------------------------------------------------- */

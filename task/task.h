@@ -6,6 +6,7 @@
 #define KILN_TASK_H
 
 #include "core/core.h"
+#include "core/headers.h"
 
 #include <cjson/cJSON.h>
 
@@ -129,6 +130,16 @@ kiln_err kiln__time_parse(const char *s, kiln__time *out, kiln_error *err);
 char *kiln__base64_encode(const uint8_t *data, size_t n);
 kiln_err kiln__base64_decode(const char *s, size_t len, uint8_t **out,
                              size_t *n, kiln_error *err);
+
+/* kiln__signature_to_raw_fields is kiln_signature_to_raw with the headers
+ * typed as paota writes them, so that a Go reader finds the types it
+ * asserts (task/codec_raw.c lists them). *fields: one block with its
+ * names and strings, caller owns; free it with kiln__free. Without a raw
+ * body the whole signature is the body, as JSON, and there are no
+ * headers (*fields NULL, *n 0). Thread-safety: safe from any thread. */
+kiln_err kiln__signature_to_raw_fields(const kiln_signature *sig, char **body,
+                                       size_t *body_len, kiln__hdr **fields,
+                                       size_t *n, kiln_error *err);
 
 /* The task context a function runs with. */
 struct kiln_task_ctx {

@@ -792,6 +792,90 @@ static void test_pool_send_task_threads(void **state)
     kiln_signature_free(sig);
 }
 
+/* A signature decoded from JSON may carry a UUID or a routing key longer
+ * than the 255 bytes an AMQP short string holds. Sent by one thread while
+ * another sends good ones through the same pool (so their messages would
+ * share publisher batches), it fails alone, naming the field, before its
+ * PENDING is written; every good send succeeds. */
+typedef struct bad_sender {
+    kiln_pool *pool;
+    const kiln_signature *sig;
+    unsigned count, not_einval;
+    kiln_error last;
+} bad_sender;
+
+static void *pool_send_bad(void *arg)
+{
+    bad_sender *s = arg;
+
+    for (unsigned i = 0; i < s->count; i++)
+        if (kiln_pool_send_task(s->pool, s->sig, &s->last) != KILN_EINVAL)
+            s->not_einval++;
+    return NULL;
+}
+
+static kiln_signature *decoded_with(const char *key, size_t len)
+{
+    char *long_text = malloc(len + 1), *json = malloc(len + 128);
+    kiln_signature *sig = NULL;
+    kiln_error err;
+
+    assert_non_null(long_text);
+    assert_non_null(json);
+    memset(long_text, 'k', len);
+    long_text[len] = '\0';
+    (void)snprintf(
+        json, len + 128, "{\"UUID\":\"%s\",\"Name\":\"add\",%s\"%s\":\"%s\"}",
+        strcmp(key, "UUID") == 0 ? long_text : "task_1", "\"Args\":[],",
+        strcmp(key, "UUID") == 0 ? "RoutingKey" : key,
+        strcmp(key, "UUID") == 0 ? "" : long_text);
+    assert_int_equal(
+        kiln_signature_from_json(json, strlen(json), 0, &sig, &err), KILN_OK);
+    free(long_text);
+    free(json);
+    return sig;
+}
+
+static void test_pool_bad_signature_fails_alone(void **state)
+{
+    fixture *f = *state;
+    kiln_pool *pool = new_pool(f);
+    kiln__store *store = kiln__mock_store_new(NULL);
+    kiln_signature *good = sig_with_key(NULL);
+    kiln_signature *bad_id = decoded_with("UUID", 300);
+    kiln_signature *bad_key = decoded_with("RoutingKey", 300);
+    pool_sender g[2] = {{pool, good, 300, 0}, {pool, good, 300, 0}};
+    bad_sender b[2] = {{pool, bad_id, 50, 0, {0}}, {pool, bad_key, 50, 0, {0}}};
+    pthread_t t[4];
+
+    assert_non_null(store);
+    kiln__pool_set_store(pool, store);
+    /* a confirm takes a while, so sends pile up into shared batches */
+    atomic_store(&f->env.delay_ms, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(pthread_create(&t[i], NULL, pool_send_singles, &g[i]),
+                         0);
+        assert_int_equal(pthread_create(&t[2 + i], NULL, pool_send_bad, &b[i]),
+                         0);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    kiln_pool_free(pool);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(g[i].failed, 0);
+        assert_int_equal(b[i].not_einval, 0);
+        print_message("%s\n", b[i].last.message);
+    }
+    assert_non_null(strstr(b[0].last.message, "UUID of 300 bytes"));
+    assert_non_null(strstr(b[1].last.message, "routing key of 300 bytes"));
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 600);
+    assert_int_equal(kiln__mock_store_count(store, KILN__STATE_PENDING), 1);
+    kiln__store_destroy(store);
+    kiln_signature_free(good);
+    kiln_signature_free(bad_id);
+    kiln_signature_free(bad_key);
+}
+
 /* ---- allocation failures
  * ----------------------------------------------------- */
 
@@ -875,6 +959,7 @@ int main(void)
         T(test_big_send_is_capped_and_fair),
         T(test_pool_send_tasks_statuses),
         T(test_pool_send_task_threads),
+        T(test_pool_bad_signature_fails_alone),
         T(test_alloc_failures_publisher),
         T(test_alloc_failures_pool_send),
 #undef T

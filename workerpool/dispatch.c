@@ -511,38 +511,41 @@ void kiln__job_release(kiln__job *job)
 
 /* ---- settle ------------------------------------------------------------- */
 
-/* Builds a persistent copy of `dl` with `extra` headers added (replacing
- * any of the same key) into s->msg. */
-static kiln_err build_copy(kiln__settle *s, const char *exchange,
-                           const char *routing_key, const kiln__delivery *dl,
-                           const kiln_header *extra, size_t n_extra,
-                           kiln_error *err)
+/* A persistent copy of `dl` into *m: its body and its typed headers, with
+ * `own` added (replacing any of the same name). Too big for one frame, it
+ * goes without its largest inherited headers, and says so in its
+ * x-kiln-reason (broker.h, Size). */
+static void build_copy(kiln__message *m, const char *exchange,
+                       const char *routing_key, const kiln__delivery *dl,
+                       const kiln__hdr *own, size_t n_own)
 {
-    kiln_header *h = kiln__malloc((dl->n_headers + n_extra) * sizeof(*h));
-    size_t n = 0;
+    *m = (kiln__message){.exchange = exchange,
+                         .routing_key = routing_key,
+                         .body = dl->body,
+                         .body_len = dl->body_len,
+                         .inherit = dl,
+                         .fields = own,
+                         .n_fields = n_own,
+                         .message_id = dl->message_id,
+                         .priority = dl->priority,
+                         .persistent = true,
+                         .trim = true};
+}
 
-    if (h == NULL)
-        return kiln__fail(err, KILN_ENOMEM, "headers of a copy");
-    for (size_t i = 0; i < dl->n_headers; i++) {
-        bool replaced = false;
-        for (size_t j = 0; j < n_extra && !replaced; j++)
-            replaced = strcmp(dl->headers[i].key, extra[j].key) == 0;
-        if (!replaced)
-            h[n++] = dl->headers[i];
-    }
-    memcpy(h + n, extra, n_extra * sizeof(*h));
-    s->headers = h;
-    s->msg = (kiln__message){.exchange = exchange,
-                             .routing_key = routing_key,
-                             .body = dl->body,
-                             .body_len = dl->body_len,
-                             .headers = h,
-                             .n_headers = n + n_extra,
-                             .message_id = dl->message_id,
-                             .priority = dl->priority,
-                             .persistent = true};
-    s->publish = true;
-    return KILN_OK;
+bool kiln__dead_letter_copy(const kiln_config *cfg, const kiln__delivery *dl,
+                            const char *reason, unsigned attempts,
+                            kiln__hdr *own, kiln__message *m)
+{
+    if (cfg->dead_letter_queue[0] == '\0')
+        return false;
+    own[0] = kiln__hdr_text(KILN__HDR_REASON, reason);
+    own[1] = kiln__hdr_text(KILN__HDR_EXCHANGE, dl->exchange);
+    own[2] = kiln__hdr_text(KILN__HDR_ROUTING_KEY, dl->routing_key);
+    own[3] = kiln__hdr_int(KILN__HDR_ATTEMPTS, KILN__HV_I64, attempts);
+    own[4] = kiln__hdr_text(KILN__HDR_WORKER, kiln__worker_id());
+    build_copy(m, cfg->dead_letter_exchange, cfg->dead_letter_queue, dl, own,
+               attempts > 0 ? 5 : 3);
+    return true;
 }
 
 /* The dead-letter copy; `attempts` > 0 adds how many times the task ran
@@ -553,16 +556,9 @@ static kiln_err dead_letter_build(const kiln_config *cfg,
                                   unsigned attempts, kiln__settle *s,
                                   kiln_error *err)
 {
-    const kiln_header extra[] = {
-        {KILN__HDR_REASON, reason},
-        {KILN__HDR_EXCHANGE, dl->exchange},
-        {KILN__HDR_ROUTING_KEY, dl->routing_key},
-        {KILN__HDR_ATTEMPTS, s->count},
-        {KILN__HDR_WORKER, kiln__worker_id()},
-    };
-
+    (void)err;
     s->what = "dead-letter";
-    if (cfg->dead_letter_queue[0] == '\0') {
+    if (!kiln__dead_letter_copy(cfg, dl, reason, attempts, s->own, &s->msg)) {
         kiln__log(KILN_LOG_ERR, MODULE,
                   "no dead-letter queue configured; "
                   "dropping message_id=%s reason=%s",
@@ -570,9 +566,8 @@ static kiln_err dead_letter_build(const kiln_config *cfg,
         s->end = KILN__SETTLE_DROP;
         return KILN_OK;
     }
-    (void)snprintf(s->count, sizeof(s->count), "%u", attempts);
-    return build_copy(s, cfg->dead_letter_exchange, cfg->dead_letter_queue, dl,
-                      extra, attempts > 0 ? 5 : 3, err);
+    s->publish = true;
+    return KILN_OK;
 }
 
 static void settle_init(kiln__settle *s)

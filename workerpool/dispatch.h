@@ -108,7 +108,7 @@ typedef struct kiln__job {
     bool count;
     char *out_body; /* owned */
     size_t out_len;
-    kiln_header *out_headers; /* owned; paota header mode */
+    kiln__hdr *out_headers; /* owned; paota header mode, typed */
     size_t n_out_headers;
 } kiln__job;
 
@@ -170,11 +170,16 @@ typedef struct kiln__settle {
     kiln__settle_end_action end;
     const char *what; /* names the copy in errors: "dead-letter", ... */
     kiln__message msg;
-    kiln_header *headers;            /* owned; freed by end or discard */
+    kiln__hdr *headers;              /* owned; freed by end or discard */
     char exchange[KILN_NAME_MAX];    /* a retry's level of the cascade */
     char routing_key[KILN_NAME_MAX]; /* and its key */
-    char count[16], count2[16];      /* header values: runs, retries and
-                                        deliveries as text */
+    /* The headers a dead letter adds to those it inherits (msg's, or
+     * fallback's), and a retry's replacement when it does not fit a
+     * frame: a dead letter of the delivery saying so (msg.oversize points
+     * to it). */
+    kiln__hdr own[5];
+    kiln__message fallback;
+    char fallback_reason[sizeof(((kiln_error *)0)->message) + 96];
 } kiln__settle;
 
 /* Builds the settle of job->verdict for `dl` into *s. Fails when the
@@ -214,6 +219,18 @@ kiln_err kiln__dead_letter(kiln__broker *b, const kiln_config *cfg,
                            const kiln__delivery *dl, const char *reason,
                            kiln_error *err);
 
+/* kiln__dead_letter_copy builds into *m the dead-letter copy of `dl`: its
+ * body and typed headers (all of them, x-death included), with
+ * x-kiln-reason `reason`, x-kiln-exchange and x-kiln-routing-key and, for
+ * `attempts` > 0, x-kiln-attempts (an integer) and x-kiln-worker, which
+ * go into own[5]. A copy too big for one frame goes without its largest
+ * inherited headers, named in its reason. False, building nothing, when
+ * cfg has no dead-letter queue. `dl`, `reason` and `own` must outlive the
+ * publish of *m. Any thread. */
+bool kiln__dead_letter_copy(const kiln_config *cfg, const kiln__delivery *dl,
+                            const char *reason, unsigned attempts,
+                            kiln__hdr *own, kiln__message *m);
+
 /* ---- producer side ------------------------------------------------------ */
 
 /* One signature encoded for publishing: the buffers a kiln__message built
@@ -221,7 +238,8 @@ kiln_err kiln__dead_letter(kiln__broker *b, const kiln_config *cfg,
 typedef struct kiln__staged {
     char *body; /* owned; freed by kiln__staged_release */
     size_t len;
-    kiln_header *headers; /* owned; paota header mode only; one block */
+    kiln__hdr *headers; /* owned; paota header mode only, typed; one
+                           block */
     size_t n_headers;
     kiln_err rc; /* KILN_OK once staged, else why it was not */
     /* Set for a task with an ETA in the future: where the delay cascade
@@ -277,8 +295,11 @@ typedef struct kiln__prober {
  * cfg->exchange, routed by its routing key, else cfg->binding_key, else
  * the queue name; a signature whose ETA is in the future goes to the
  * delay cascade instead, to reach that routing key at its ETA) with
- * map[j] = i; returns how many. The messages borrow
- * from `out` and `sigs`.
+ * map[j] = i; returns how many. A signature no broker could take fails
+ * alone, before PENDING and before it can join a batch, with KILN_EINVAL
+ * naming the field (a UUID or routing key over the 255 bytes of an AMQP
+ * short string) or KILN_ETOOBIG (headers too large for one frame). The
+ * messages borrow from `out` and `sigs`.
  *
  * A delayed message would be confirmed even when no queue is bound for
  * its destination, so before PENDING is recorded every destination key of

@@ -80,34 +80,54 @@ kiln_err kiln__encode_again(kiln_signature *sig, uint64_t delay_ms,
                            kiln__realtime_ns() + (int64_t)delay_ms * 1000000);
     job->delay_ms = delay_ms;
     if (sig->dialect == KILN_DIALECT_PAOTA_HEADERS)
-        return kiln_signature_to_raw(sig, &job->out_body, &job->out_len,
-                                     &job->out_headers, &job->n_out_headers,
-                                     err);
+        return kiln__signature_to_raw_fields(sig, &job->out_body, &job->out_len,
+                                             &job->out_headers,
+                                             &job->n_out_headers, err);
     return kiln_signature_to_json(sig, sig->dialect, &job->out_body,
                                   &job->out_len, err);
 }
 
-/* Headers of the copy: those of the new encoding (header mode) or of the
- * delivery, less what RabbitMQ adds when dead-lettering and the counts,
- * which go last with their new values. */
-static size_t copy_headers(const kiln__delivery *dl, const kiln__job *job,
-                           kiln_header *h, char *retries, char *deliveries)
+/* The headers the copy adds to those it inherits from the delivery:
+ * those of the new encoding (paota's header mode), then the counts, as
+ * integers, which replace the delivery's. */
+static size_t copy_headers(const kiln__job *job, kiln__hdr *h)
 {
-    const kiln_header *src =
-        job->out_body != NULL ? job->out_headers : dl->headers;
-    size_t n_src = job->out_body != NULL ? job->n_out_headers : dl->n_headers;
+    bool again = job->out_body != NULL;
     size_t n = 0;
 
-    for (size_t i = 0; i < n_src; i++) {
-        if (!kiln__delay_keep_header(src[i].key) ||
-            strcmp(src[i].key, KILN__HDR_RETRIES) == 0 ||
-            strcmp(src[i].key, KILN__HDR_DELIVERIES) == 0)
-            continue;
-        h[n++] = src[i];
-    }
-    h[n++] = (kiln_header){KILN__HDR_RETRIES, retries};
-    h[n++] = (kiln_header){KILN__HDR_DELIVERIES, deliveries};
+    for (size_t i = 0; again && i < job->n_out_headers; i++)
+        h[n++] = job->out_headers[i];
+    /* A retry counts one more; a requeue counts a delivery and a retry
+     * starts counting afresh; a task early for its ETA, or a classic
+     * redelivery (whose count already includes the delivery before),
+     * keeps its count. */
+    h[n++] = kiln__hdr_int(KILN__HDR_RETRIES, KILN__HV_I64,
+                           (int64_t)job->retries + (again ? 1 : 0));
+    h[n++] = kiln__hdr_int(KILN__HDR_DELIVERIES, KILN__HV_I64,
+                           job->count ? (int64_t)job->deliveries + 1
+                           : again    ? 0
+                                      : (int64_t)job->deliveries);
     return n;
+}
+
+/* What goes instead when the copy does not fit one frame: the delivery,
+ * dead-lettered with a reason that says so; without a dead-letter queue,
+ * the copy itself without its largest inherited headers. */
+static void oversize(const kiln_config *cfg, const kiln__delivery *dl,
+                     const kiln__job *job, kiln__settle *s)
+{
+    const char *why = job->reason.message;
+
+    (void)snprintf(s->fallback_reason, sizeof(s->fallback_reason),
+                   "%s%snot sent on through the delay queues: its headers "
+                   "do not fit one frame",
+                   why, why[0] != '\0' ? "; " : "");
+    if (kiln__dead_letter_copy(cfg, dl, s->fallback_reason,
+                               job->fn != NULL ? job->retries + 1 : 0, s->own,
+                               &s->fallback))
+        s->msg.oversize = &s->fallback;
+    else
+        s->msg.trim = true;
 }
 
 kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
@@ -115,8 +135,8 @@ kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
                            kiln_error *err)
 {
     uint64_t max = kiln__delay_max_ms(cfg);
-    size_t n_max =
-        (job->out_body != NULL ? job->n_out_headers : dl->n_headers) + 2;
+    bool again = job->out_body != NULL;
+    size_t n_max = (again ? job->n_out_headers : 0) + 2;
     kiln_err rc;
 
     s->what = "sending on through the delay queues";
@@ -130,25 +150,20 @@ kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
     }
     if ((s->headers = kiln__malloc(n_max * sizeof(*s->headers))) == NULL)
         return kiln__fail(err, KILN_ENOMEM, "headers of a copy");
-    (void)snprintf(s->count, sizeof(s->count), "%u",
-                   job->retries + (job->out_body != NULL ? 1 : 0));
-    /* A requeue counts a delivery; a retry starts counting afresh; a task
-     * early for its ETA, or a classic redelivery (whose count already
-     * includes the delivery before), keeps its count. */
-    (void)snprintf(s->count2, sizeof(s->count2), "%u",
-                   job->count              ? job->deliveries + 1
-                   : job->out_body != NULL ? 0
-                                           : job->deliveries);
-    s->msg = (kiln__message){
-        .exchange = s->exchange,
-        .routing_key = s->routing_key,
-        .body = job->out_body != NULL ? job->out_body : dl->body,
-        .body_len = job->out_body != NULL ? job->out_len : dl->body_len,
-        .headers = s->headers,
-        .n_headers = copy_headers(dl, job, s->headers, s->count, s->count2),
-        .message_id = dl->message_id,
-        .priority = dl->priority,
-        .persistent = true};
+    /* The delivery's headers go on with their types, less those RabbitMQ
+     * added when dead-lettering it (x-death and its kin). */
+    s->msg = (kiln__message){.exchange = s->exchange,
+                             .routing_key = s->routing_key,
+                             .body = again ? job->out_body : dl->body,
+                             .body_len = again ? job->out_len : dl->body_len,
+                             .inherit = dl,
+                             .keep = kiln__delay_keep_header,
+                             .fields = s->headers,
+                             .n_fields = copy_headers(job, s->headers),
+                             .message_id = dl->message_id,
+                             .priority = dl->priority,
+                             .persistent = true};
+    oversize(cfg, dl, job, s);
     s->publish = true;
     return KILN_OK;
 }
@@ -159,7 +174,7 @@ kiln_err kiln__lease_build(const kiln_config *cfg, const kiln__delivery *dl,
                            kiln_error *err)
 {
     kiln__job job;
-    kiln_header *h;
+    kiln__hdr *h;
     kiln_err rc;
 
     memset(&job, 0, sizeof(job));
@@ -169,23 +184,20 @@ kiln_err kiln__lease_build(const kiln_config *cfg, const kiln__delivery *dl,
     if ((rc = kiln__retry_build(cfg, dl, &job, s, err)) != KILN_OK)
         return rc;
     s->what = "lease copy";
-    for (size_t i = 0; i < s->msg.n_headers; i++) {
-        if (strcmp(s->headers[i].key, KILN__HDR_LEASE) == 0) {
-            s->headers[i].value = kiln__worker_id(); /* a lease again */
-            return KILN_OK;
-        }
-    }
-    h = kiln__realloc(s->headers, (s->msg.n_headers + 1) * sizeof(*h));
+    /* A lease copy that does not fit a frame is not turned into a dead
+     * letter (its task still runs): the lease is tried again later. */
+    s->msg.oversize = NULL;
+    s->msg.trim = false;
+    /* It replaces an x-kiln-lease the delivery may carry already. */
+    h = kiln__realloc(s->headers, (s->msg.n_fields + 1) * sizeof(*h));
     if (h == NULL) {
-        kiln__free(s->headers);
-        s->headers = NULL;
-        s->publish = false;
+        kiln__settle_discard(s);
         return kiln__fail(err, KILN_ENOMEM, "headers of a lease copy");
     }
-    h[s->msg.n_headers] = (kiln_header){KILN__HDR_LEASE, kiln__worker_id()};
+    h[s->msg.n_fields] = kiln__hdr_text(KILN__HDR_LEASE, kiln__worker_id());
     s->headers = h;
-    s->msg.headers = h;
-    s->msg.n_headers++;
+    s->msg.fields = h;
+    s->msg.n_fields++;
     return KILN_OK;
 }
 

@@ -50,9 +50,13 @@ kiln_err kiln__encode_again(kiln_signature *sig, uint64_t delay_ms,
 /* Builds into *s the message that sends `dl` on through the delay cascade
  * as job->delay_ms and the out_* fields of `job` say, to reach cfg's
  * queue again (the key the queue is bound with on the cascade's delivery
- * exchange); its settle then acks `dl`. Headers RabbitMQ added when
- * dead-lettering are left out; x-kiln-retries and x-kiln-deliveries carry
- * the counts. *s comes initialised by kiln__settle_begin. */
+ * exchange); its settle then acks `dl`. The delivery's headers go on with
+ * their types, less those RabbitMQ added when dead-lettering
+ * (kiln__delay_keep_header); the new encoding's headers (paota's header
+ * mode, typed) and x-kiln-retries and x-kiln-deliveries (integers)
+ * replace theirs. Should the copy not fit one frame, the delivery is
+ * dead-lettered instead, with a reason that says so (s->fallback).
+ * *s comes initialised by kiln__settle_begin. */
 kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
                            const kiln__job *job, kiln__settle *s,
                            kiln_error *err);

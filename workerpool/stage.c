@@ -3,6 +3,7 @@
  * destination: probe.c), record PENDING and publish the batch. See
  * dispatch.h. */
 #include "broker/delay.h"
+#include "broker/outgoing.h"
 #include "workerpool/dispatch.h"
 
 #include <stdio.h>
@@ -14,8 +15,8 @@ static kiln_err encode(const kiln_config *cfg, const kiln_signature *sig,
     if (sig == NULL)
         return kiln__fail(err, KILN_EINVAL, "NULL signature");
     if (cfg->dialect == KILN_DIALECT_PAOTA_HEADERS)
-        return kiln_signature_to_raw(sig, &o->body, &o->len, &o->headers,
-                                     &o->n_headers, err);
+        return kiln__signature_to_raw_fields(sig, &o->body, &o->len,
+                                             &o->headers, &o->n_headers, err);
     return kiln_signature_to_json(sig, cfg->dialect, &o->body, &o->len, err);
 }
 
@@ -53,11 +54,43 @@ static kiln__message outgoing_message(const kiln_config *cfg,
         .routing_key = delayed ? o->routing_key : destination(cfg, sig),
         .body = o->body,
         .body_len = o->len,
-        .headers = o->headers,
-        .n_headers = o->n_headers,
+        .fields = o->headers,
+        .n_fields = o->n_headers,
         .message_id = sig->uuid,
         .priority = (uint8_t)(sig->priority > 255 ? 255 : sig->priority),
         .persistent = true};
+}
+
+/* The UUID and the routing key travel as AMQP short strings (255 bytes),
+ * which a decoded signature may exceed. Checked per signature, before
+ * PENDING is written and before its message joins a batch that other
+ * callers share, so that no message can fail the batch. */
+static kiln_err check_names(const kiln_config *cfg, const kiln_signature *sig,
+                            kiln_error *err)
+{
+    size_t n;
+
+    if ((n = strlen(kiln_signature_uuid(sig))) > 255)
+        return kiln__fail(err, KILN_EINVAL,
+                          "UUID of %zu bytes: it travels as the AMQP message "
+                          "id, which holds 255",
+                          n);
+    if ((n = strlen(destination(cfg, sig))) > 255)
+        return kiln__fail(err, KILN_EINVAL,
+                          "routing key of %zu bytes: an AMQP routing key "
+                          "holds 255",
+                          n);
+    return KILN_OK;
+}
+
+/* The whole message, as a broker will check it: header names, and its
+ * properties within the largest frame any connection of kiln has. */
+static kiln_err check_message(const kiln_config *cfg, const kiln_signature *sig,
+                              const kiln__staged *o, kiln_error *err)
+{
+    kiln__message m = outgoing_message(cfg, sig, o);
+
+    return kiln__message_check(&m, KILN__MAX_PROPS, NULL, err);
 }
 
 /* Records PENDING for every signature staged so far (out[i].rc == OK),
@@ -78,7 +111,7 @@ static void stage_pending(kiln__store *store, const kiln_signature *const *sigs,
                 continue;
             out[i].rc = KILN_ENOMEM;
             if (i < *first) {
-                kiln__fail(err, KILN_ENOMEM, "task %zu (%s): PENDING", i,
+                kiln__fail(err, KILN_ENOMEM, "task %zu (%.64s): PENDING", i,
                            sigs[i]->name);
                 *first = i;
             }
@@ -102,7 +135,7 @@ static void stage_pending(kiln__store *store, const kiln_signature *const *sigs,
             if ((out[i].rc = st[j]) == KILN_OK)
                 continue;
             if (i < *first)
-                kiln__fail(err, st[j], "task %zu (%s): %s", i, sigs[i]->name,
+                kiln__fail(err, st[j], "task %zu (%.64s): %s", i, sigs[i]->name,
                            e.message);
             *first = i < *first ? i : *first;
         }
@@ -123,9 +156,11 @@ size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
         kiln_error e;
 
         if ((out[i].rc = encode(cfg, sig, &out[i], &e)) != KILN_OK ||
-            (out[i].rc = route_eta(cfg, sig, &out[i], &e)) != KILN_OK) {
+            (out[i].rc = check_names(cfg, sig, &e)) != KILN_OK ||
+            (out[i].rc = route_eta(cfg, sig, &out[i], &e)) != KILN_OK ||
+            (out[i].rc = check_message(cfg, sig, &out[i], &e)) != KILN_OK) {
             if (i < *first)
-                kiln__fail(err, out[i].rc, "task %zu (%s): %s", i,
+                kiln__fail(err, out[i].rc, "task %zu (%.64s): %s", i,
                            sig ? sig->name : "?", e.message);
             *first = i < *first ? i : *first;
         }
@@ -191,7 +226,7 @@ kiln_err kiln__send_tasks(const kiln_config *cfg, kiln__broker *b,
             out[map[j]].rc = pst[j];
             if (pst[j] != KILN_OK && map[j] < first) {
                 first = map[j];
-                kiln__fail(err, pst[j], "task %zu (%s): %s", first,
+                kiln__fail(err, pst[j], "task %zu (%.64s): %s", first,
                            sigs[first]->name, e.message);
             }
         }

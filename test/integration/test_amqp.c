@@ -575,30 +575,95 @@ static void test_unroutable_in_batch(void **state)
 }
 
 /* Bad messages are refused before anything is written. */
+/* A message no broker can take is refused alone, before any of it is
+ * written; the others of its batch are published and the connection
+ * stays up: [good, bad, good] gives OK, EINVAL, OK. */
 static void test_publish_bad_message(void **state)
 {
     fixture *f = *state;
-    char long_id[300];
-    kiln__message m[2];
-    kiln_err st[2];
+    char long_id[300], long_key[300];
+    kiln__message m[3];
+    kiln_header h = {long_key, "v"};
+    kiln_err st[3];
     kiln_error err;
 
     connect_declare(f);
     memset(long_id, 'i', sizeof(long_id) - 1);
     long_id[sizeof(long_id) - 1] = '\0';
-    m[0] = msg_to(&f->cfg, "fine");
+    memcpy(long_key, long_id, sizeof(long_key));
+    m[0] = msg_to(&f->cfg, "good 1");
     m[1] = msg_to(&f->cfg, "bad");
+    m[2] = msg_to(&f->cfg, "good 2");
     m[1].message_id = long_id;
-    assert_int_equal(kiln__broker_publish(f->b, m, 2, st, &err), KILN_EINVAL);
-    assert_int_equal(st[0], KILN_EINVAL);
+    assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err), KILN_EINVAL);
+    assert_int_equal(st[0], KILN_OK);
     assert_int_equal(st[1], KILN_EINVAL);
+    assert_int_equal(st[2], KILN_OK);
+    print_message("bad message: %s\n", err.message);
     assert_non_null(strstr(err.message, "msgs[1]"));
+    assert_non_null(strstr(err.message, "message id of 299 bytes"));
+    assert_false(f->b->ops->publish_lost(f->b, 1)); /* nothing to resend */
+    assert_int_equal(wait_count(f->cfg.queue, 2), 2);
+
+    /* no routing key, a header name over 255 bytes: the same */
     m[1].message_id = NULL;
     m[1].routing_key = NULL;
-    assert_int_equal(kiln__broker_publish(f->b, m, 2, st, &err), KILN_EINVAL);
-    /* nothing was sent, and the connection is fine */
-    assert_int_equal(kiln__broker_publish(f->b, m, 1, st, &err), KILN_OK);
-    assert_int_equal(test_amqp_count(f->cfg.queue), 1);
+    assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err), KILN_EINVAL);
+    assert_int_equal(st[0], KILN_OK);
+    assert_int_equal(st[1], KILN_EINVAL);
+    assert_int_equal(st[2], KILN_OK);
+    assert_non_null(strstr(err.message, "no routing key"));
+    m[1].routing_key = f->cfg.binding_key;
+    m[1].headers = &h;
+    m[1].n_headers = 1;
+    assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err), KILN_EINVAL);
+    assert_int_equal(st[1], KILN_EINVAL);
+    assert_non_null(strstr(err.message, "header name"));
+    assert_int_equal(wait_count(f->cfg.queue, 6), 6);
+}
+
+/* A message whose properties do not fit one frame is found before its
+ * method frame is written (rabbitmq-c writes that first and fails only
+ * while encoding the header frame, which breaks the connection): refused
+ * alone with KILN_ETOOBIG, naming the sizes; the rest of the batch goes,
+ * the connection stays up. */
+static void test_publish_too_big_headers(void **state)
+{
+    fixture *f = *state;
+    size_t big_len = 140 * 1024;
+    char *big = malloc(big_len + 1);
+    kiln_header h = {"x-big", big};
+    kiln__message m[3];
+    kiln_err st[3];
+    kiln_error err;
+
+    assert_non_null(big);
+    memset(big, 'b', big_len);
+    big[big_len] = '\0';
+    connect_declare(f);
+    m[0] = msg_to(&f->cfg, "good 1");
+    m[1] = msg_to(&f->cfg, "big");
+    m[2] = msg_to(&f->cfg, "good 2");
+    m[1].headers = &h;
+    m[1].n_headers = 1;
+    assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err), KILN_ETOOBIG);
+    print_message("too big: %s\n", err.message);
+    assert_int_equal(st[0], KILN_OK);
+    assert_int_equal(st[1], KILN_ETOOBIG);
+    assert_int_equal(st[2], KILN_OK);
+    assert_non_null(strstr(err.message, "msgs[1]"));
+    assert_non_null(strstr(err.message, "frame_max 131072"));
+    assert_false(f->b->ops->publish_lost(f->b, 1));
+    /* just under the limit still goes: the check is exact */
+    big[131072 - 20 - 2 - 17 - 1 - 4 - 1 - 5 - 1 - 4] = '\0';
+    assert_int_equal(kiln__broker_publish(f->b, m, 3, st, &err), KILN_OK);
+    big[strlen(big)] = 'b';
+    big[131072 - 20 - 2 - 17 - 1 - 4 - 1 - 5 - 1 - 4 + 1] = '\0';
+    assert_int_equal(kiln__broker_publish(f->b, &m[1], 1, st, &err),
+                     KILN_ETOOBIG);
+    publish_one(f, "after", NULL);
+    assert_int_equal(wait_count(f->cfg.queue, 6), 6);
+    free(big);
 }
 
 static void test_publish_to_missing_exchange(void **state)
@@ -879,12 +944,46 @@ static void test_publish_while_consuming(void **state)
     assert_int_equal(kiln__broker_consume(f->b, &d, 100, &err), KILN_ETIMEDOUT);
 }
 
-/* Headers of every AMQP type, as another client would send them. */
+static bool not_delivery_count(const char *key)
+{
+    return strcmp(key, "x-delivery-count") != 0;
+}
+
+/* Every header of `d` but x-delivery-count and `skip` is in `copy` with
+ * the same type and value (the text form shows nested values too). */
+static void assert_same_headers(const kiln__delivery *d,
+                                const kiln__delivery *copy, const char *skip)
+{
+    for (size_t i = 0; i < d->n_headers; i++) {
+        const kiln__hdr *a = &d->fields[i], *b;
+        char ta[256], tb[256];
+        size_t na, nb;
+        if (strcmp(a->key, "x-delivery-count") == 0 ||
+            strcmp(a->key, skip) == 0)
+            continue;
+        if ((b = kiln__hdrs_find(copy->fields, copy->n_headers, a->key)) ==
+            NULL)
+            fail_msg("header %s lost", a->key);
+        if (b->value.type != a->value.type)
+            fail_msg("header %s: type %d became %d", a->key, (int)a->value.type,
+                     (int)b->value.type);
+        na = kiln__hval_text(&a->value, NULL);
+        nb = kiln__hval_text(&b->value, NULL);
+        assert_true(na < sizeof(ta) && nb < sizeof(tb));
+        assert_int_equal(kiln__hval_text(&a->value, ta), na);
+        assert_int_equal(kiln__hval_text(&b->value, tb), nb);
+        assert_int_equal(na, nb);
+        assert_memory_equal(ta, tb, na);
+    }
+}
+
+/* Headers of every AMQP type, as another client would send them; a copy
+ * that inherits them republishes each with its type. */
 static void test_header_types(void **state)
 {
     fixture *f = *state;
     amqp_connection_state_t c;
-    amqp_table_entry_t inner[2], e[11];
+    amqp_table_entry_t inner[2], e[18];
     amqp_field_value_t arr[2];
     amqp_basic_properties_t p;
     kiln__delivery d;
@@ -939,9 +1038,30 @@ static void test_header_types(void **state)
     e[10].key = amqp_cstring_bytes("x-delivery-count");
     e[10].value.kind = AMQP_FIELD_KIND_I64;
     e[10].value.value.i64 = 3;
+    e[11].key = amqp_cstring_bytes("i8");
+    e[11].value.kind = AMQP_FIELD_KIND_I8;
+    e[11].value.value.i8 = -8;
+    e[12].key = amqp_cstring_bytes("i16");
+    e[12].value.kind = AMQP_FIELD_KIND_I16;
+    e[12].value.value.i16 = -300;
+    e[13].key = amqp_cstring_bytes("u16");
+    e[13].value.kind = AMQP_FIELD_KIND_U16;
+    e[13].value.value.u16 = 60000;
+    e[14].key = amqp_cstring_bytes("u32");
+    e[14].value.kind = AMQP_FIELD_KIND_U32;
+    e[14].value.value.u32 = 4000000000u;
+    e[15].key = amqp_cstring_bytes("u64");
+    e[15].value.kind = AMQP_FIELD_KIND_U64;
+    e[15].value.value.u64 = UINT64_MAX;
+    e[16].key = amqp_cstring_bytes("f32");
+    e[16].value.kind = AMQP_FIELD_KIND_F32;
+    e[16].value.value.f32 = 0.25f;
+    e[17].key = amqp_cstring_bytes("bytes");
+    e[17].value.kind = AMQP_FIELD_KIND_BYTES;
+    e[17].value.value.bytes = (amqp_bytes_t){3, (void *)"a\0b"};
     memset(&p, 0, sizeof(p));
     p._flags = AMQP_BASIC_HEADERS_FLAG;
-    p.headers.num_entries = 11;
+    p.headers.num_entries = 18;
     p.headers.entries = e;
     c = test_amqp_open();
     assert_int_equal(amqp_basic_publish(c, 1,
@@ -954,7 +1074,13 @@ static void test_header_types(void **state)
     assert_int_equal(d.body_len, 0);
     assert_string_equal(d.body, "");
     assert_string_equal(d.message_id, "");
-    assert_int_equal(d.n_headers, 11);
+    assert_int_equal(d.n_headers, 18);
+    assert_int_equal(d.fields[0].value.type, KILN__HV_I64);
+    assert_int_equal(d.fields[1].value.type, KILN__HV_BOOL);
+    assert_int_equal(d.fields[7].value.type, KILN__HV_TABLE);
+    assert_int_equal(d.fields[15].value.type, KILN__HV_U64);
+    assert_int_equal(d.fields[17].value.type, KILN__HV_BYTES);
+    assert_ptr_equal(d.headers[3].key, d.fields[3].key);
     assert_string_equal(kiln__delivery_header(&d, "i64"), "-9007199254740993");
     assert_string_equal(kiln__delivery_header(&d, "bool"), "true");
     assert_string_equal(kiln__delivery_header(&d, "f64"), "0.5");
@@ -966,7 +1092,32 @@ static void test_header_types(void **state)
                         "{\"k\":\"v\\\"q\",\"n\":7}");
     assert_string_equal(kiln__delivery_header(&d, "array"), "[false,{}]");
     assert_string_equal(kiln__delivery_header(&d, "void"), "");
+    assert_string_equal(kiln__delivery_header(&d, "u64"),
+                        "18446744073709551615");
     assert_int_equal(d.delivery_count, 3);
+
+    /* republished through the broker, every kind as it came; what the
+     * copy adds replaces the same name */
+    {
+        kiln__message m = msg_to(&f->cfg, "copy");
+        kiln__hdr own = kiln__hdr_int("i8", KILN__HV_I64, 99);
+        kiln__delivery copy;
+        m.inherit = &d;
+        m.keep = not_delivery_count;
+        m.fields = &own;
+        m.n_fields = 1;
+        assert_int_equal(kiln__broker_publish(f->b, &m, 1, NULL, &err),
+                         KILN_OK);
+        consume(f, &copy);
+        assert_int_equal(copy.n_headers, 17);
+        assert_same_headers(&d, &copy, "i8");
+        assert_int_equal(kiln__hdrs_find(copy.fields, 17, "i8")->value.type,
+                         KILN__HV_I64);
+        assert_null(kiln__delivery_header(&copy, "x-delivery-count"));
+        assert_int_equal(kiln__broker_ack(f->b, copy.tag, false, &err),
+                         KILN_OK);
+        kiln__broker_release(f->b, &copy);
+    }
     assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
     kiln__broker_release(f->b, &d);
 }
@@ -1464,6 +1615,7 @@ int main(void)
         T(test_nack_dead_letters),
         T(test_unroutable_in_batch),
         T(test_publish_bad_message),
+        T(test_publish_too_big_headers),
         T(test_publish_to_missing_exchange),
         T(test_publish_to_deleted_exchange),
         T(test_consume_timeout),

@@ -99,6 +99,8 @@ typedef struct dead_msg {
     char worker[320];
 } dead_msg;
 
+/* Header `key` as text: a string as it is, a 64-bit integer (the type
+ * kiln writes its counters with) in decimal. */
 static void header_str(const amqp_basic_properties_t *props, const char *key,
                        char *out, size_t n)
 {
@@ -109,12 +111,15 @@ static void header_str(const amqp_basic_properties_t *props, const char *key,
         return;
     for (int i = 0; i < h->num_entries; i++) {
         const amqp_table_entry_t *e = &h->entries[i];
-        if (e->key.len == strlen(key) &&
-            memcmp(e->key.bytes, key, e->key.len) == 0 &&
-            (e->value.kind == AMQP_FIELD_KIND_UTF8 ||
-             e->value.kind == AMQP_FIELD_KIND_BYTES))
+        if (e->key.len != strlen(key) ||
+            memcmp(e->key.bytes, key, e->key.len) != 0)
+            continue;
+        if (e->value.kind == AMQP_FIELD_KIND_UTF8 ||
+            e->value.kind == AMQP_FIELD_KIND_BYTES)
             (void)snprintf(out, n, "%.*s", (int)e->value.value.bytes.len,
                            (const char *)e->value.value.bytes.bytes);
+        else if (e->value.kind == AMQP_FIELD_KIND_I64)
+            (void)snprintf(out, n, "%lld", (long long)e->value.value.i64);
     }
 }
 
