@@ -121,5 +121,8 @@ int main(void)
 
     (void)setvbuf(stdout, NULL, _IOLBF, 0);
     kiln_log_set_level(KILN_LOG_WARN);
+    /* KILN_IT_FILTER=test_memory_alarm runs one test (cmocka's pattern). */
+    if (getenv("KILN_IT_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("KILN_IT_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
