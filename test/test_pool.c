@@ -215,6 +215,19 @@ static void wait_count(atomic_int *counter, int want)
         sleep_for(1);
 }
 
+/* Redeliveries held in the delay queues come back (the mock clock skips
+ * their wait) until nothing is held, ready or unacked. */
+static void wait_held_copies(fixture *f)
+{
+    for (int i = 0; i < 100; i++) {
+        kiln__mock_server_advance(f->srv, 5000);
+        if (kiln__mock_server_delayed(f->srv) == 0 &&
+            kiln__mock_server_wait_idle(f->srv, QUEUE, 50) == KILN_OK)
+            break;
+    }
+    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 5000), KILN_OK);
+}
+
 static void test_runs_every_task_once(void **state)
 {
     fixture *f = *state;
@@ -328,13 +341,7 @@ static void test_lost_connection_redeliveries_not_counted(void **state)
     sleep_for(100);
     atomic_store(&release_slow, true);
     wait_count(&finished, 5);
-    for (int i = 0; i < 100; i++) {
-        kiln__mock_server_advance(f->srv, 5000); /* held redeliveries */
-        if (kiln__mock_server_delayed(f->srv) == 0 &&
-            kiln__mock_server_wait_idle(f->srv, QUEUE, 50) == KILN_OK)
-            break;
-    }
-    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 5000), KILN_OK);
+    wait_held_copies(f);
     kiln_pool_stop(f->pool);
     assert_int_equal(join(f), KILN_OK);
     for (int i = 0; i < 5; i++)
@@ -645,14 +652,7 @@ static void test_redelivered_while_running_runs_once(void **state)
     wait_count(&runs, 1);
     kiln__mock_server_fail_consume(f->srv, 1); /* the connection drops */
     wait_count(&finished, 1);
-    /* The held redelivery comes back; the mock clock skips its wait. */
-    for (int i = 0; i < 100; i++) {
-        kiln__mock_server_advance(f->srv, 5000);
-        if (kiln__mock_server_delayed(f->srv) == 0 &&
-            kiln__mock_server_wait_idle(f->srv, QUEUE, 50) == KILN_OK)
-            break;
-    }
-    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 5000), KILN_OK);
+    wait_held_copies(f);
     kiln_pool_stop(f->pool);
     assert_int_equal(join(f), KILN_OK);
     assert_int_equal(atomic_load(&seen[0]), 1);
