@@ -87,7 +87,7 @@ SONAME := libkiln.so.$(VERSION_MAJOR)
 
 .PHONY: all lib examples benches tests longs check check-integration check-store check-interop interop-progs test test-long lint demo deps install uninstall clean \
         fuzz tidy cppcheck format format-check symbols install-check valgrind \
-        check-scripts
+        check-scripts check-snippets
 
 all: lib examples benches
 
@@ -209,6 +209,7 @@ bench: deps
 test: deps
 	$(MAKE) lint
 	$(MAKE) VARIANT=asan tests
+	$(MAKE) VARIANT=asan check-snippets
 	$(MAKE) VARIANT=plain all tests
 	$(MAKE) symbols
 	$(MAKE) install-check
@@ -220,7 +221,8 @@ test: deps
 	$(MAKE) VARIANT=asan check-interop
 	$(MAKE) fuzz
 	@scripts/run-tests.sh --total build/summary-asan.txt \
-	    build/summary-valgrind.txt $(if $(IT_SRCS),build/summary-it-asan.txt) \
+	    build/summary-valgrind.txt build/summary-snippets.txt \
+	    $(if $(IT_SRCS),build/summary-it-asan.txt) \
 	    build/summary-interop-asan.txt
 
 # Only kiln_ names may leave the library: the static archive may hold
@@ -232,6 +234,12 @@ symbols: lib
 	 if [ -n "$$bad" ]; then echo "non-API symbols exported by $(SHARED):"; echo "$$bad"; exit 1; fi
 	@readelf -d $(SHARED) | grep -q "SONAME.*$(SONAME)" || { echo "SONAME is not $(SONAME)"; exit 1; }
 	@echo "symbols: only kiln_ API names exported; SONAME $(SONAME)"
+
+# Every C snippet of README.md, docs/*.md and the public headers, compiled
+# against this variant's library; the complete programs among them run
+# (scripts/check-snippets.sh says how snippets are marked).
+check-snippets: $(STATIC)
+	@scripts/check-snippets.sh $(STATIC) build/summary-snippets.txt
 
 # Installs into a scratch prefix and builds a user program with pkg-config,
 # statically and against the shared library.

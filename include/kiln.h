@@ -16,6 +16,12 @@
  *   "caller owns; free with ...", "borrowed; valid until ...", and
  *   "takes ownership".
  * - Nothing in the library calls exit() or abort(), or asserts on input.
+ * - An example in these headers starts at a line "Example:", or
+ *   "Example (given: DECLARATIONS):" for a fragment that takes names as
+ *   given, and is indented four spaces. `make test` compiles each one
+ *   (scripts/check-snippets.sh): one with a main() as a program, which it
+ *   also runs, any other as the body of a function whose parameters are
+ *   the given declarations.
  */
 #ifndef KILN_H
 #define KILN_H
