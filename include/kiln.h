@@ -213,7 +213,9 @@ typedef enum kiln_expired_policy {
  * Thread-safety: a config is read-only once handed to the library. */
 typedef struct kiln_config {
     /* broker */
-    char broker_url[KILN_URL_MAX]; /* amqp[s]://user:pass@host:port/vhost */
+    char broker_url[KILN_URL_MAX]; /* amqp[s]://user:pass@host:port/vhost;
+                                      user, password and vhost %-decoded;
+                                      no or an empty vhost is "/" */
     char exchange[KILN_NAME_MAX];
     char exchange_type[16]; /* direct, fanout, topic, headers
                                (lowercase) */
