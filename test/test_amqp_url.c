@@ -4,7 +4,8 @@
  * (broker/amqp_conn.c). What the check accepts must parse to the parts
  * the user meant, %-decoded; what it refuses for a raw reserved
  * character rabbitmq-c cannot parse either, and the connection's error
- * then names the same problem. No broker is contacted.
+ * then names the same problem. And the TLS files, read at connect. No
+ * broker is contacted.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -109,11 +110,48 @@ static void test_refused_urls_name_the_problem(void **state)
     }
 }
 
+/* TLS files are read when a connection opens, not when the configuration
+ * is read: a configuration naming a missing file is valid (it may be
+ * checked on a machine without the files), and each connect reads the
+ * files again (a renewed certificate needs no restart). A file that
+ * cannot be loaded fails the connect, before any socket is opened, with
+ * the variable named. */
+static void test_tls_files_read_at_connect(void **state)
+{
+    static const char *const cases[][3] = {
+        {"/nonexistent/ca.pem", "", "KILN_TLS_CA"},
+        {"", "/nonexistent/client.pem", "KILN_TLS_CERT"},
+    };
+    kiln__broker *b;
+    kiln_config cfg;
+    kiln_error err;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        kiln_config_init(&cfg);
+        /* Port 1: nothing listens there, and nothing is tried. */
+        strcpy(cfg.broker_url, "amqps://127.0.0.1:1/");
+        strcpy(cfg.tls_ca, cases[i][0]);
+        strcpy(cfg.tls_cert, cases[i][1]);
+        strcpy(cfg.tls_key, cases[i][1][0] != '\0' ? "/nonexistent/k.pem" : "");
+        cfg.tls_verify = cases[i][0][0] != '\0';
+        assert_int_equal(kiln_config_validate(&cfg, &err), KILN_OK);
+        b = kiln__amqp_broker_new(&cfg, &err);
+        assert_non_null(b);
+        assert_int_equal(b->ops->connect(b, &err), KILN_EBROKER);
+        if (strstr(err.message, cases[i][2]) == NULL ||
+            strstr(err.message, "cannot load") == NULL)
+            fail_msg("%s: got '%s'", cases[i][2], err.message);
+        kiln__broker_destroy(b);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_accepted_urls_parse_as_meant),
         cmocka_unit_test(test_refused_urls_name_the_problem),
+        cmocka_unit_test(test_tls_files_read_at_connect),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
