@@ -3,7 +3,9 @@
 #   make                 libkiln.a, libkiln.so and the examples (build/plain)
 #   make test            install missing packages, then every test: unit tests
 #                        under ASan+UBSan, the same under valgrind, the symbol
-#                        check, the install check and a bounded fuzz run
+#                        check, the install check, the documentation's C
+#                        snippets, the examples' command lines and a
+#                        bounded fuzz run
 #   make install PREFIX=/usr/local
 #   make check           unit tests of one variant (VARIANT=plain|asan)
 #   make check-interop   kiln beside machinery and paota (Go, from the module
@@ -87,7 +89,7 @@ SONAME := libkiln.so.$(VERSION_MAJOR)
 
 .PHONY: all lib examples benches tests longs check check-integration check-store check-interop interop-progs test test-long lint demo deps install uninstall clean \
         fuzz tidy cppcheck format format-check symbols install-check valgrind \
-        check-scripts
+        check-scripts check-snippets check-examples
 
 all: lib examples benches
 
@@ -209,6 +211,8 @@ bench: deps
 test: deps
 	$(MAKE) lint
 	$(MAKE) VARIANT=asan tests
+	$(MAKE) VARIANT=asan check-snippets
+	$(MAKE) VARIANT=asan check-examples
 	$(MAKE) VARIANT=plain all tests
 	$(MAKE) symbols
 	$(MAKE) install-check
@@ -220,7 +224,9 @@ test: deps
 	$(MAKE) VARIANT=asan check-interop
 	$(MAKE) fuzz
 	@scripts/run-tests.sh --total build/summary-asan.txt \
-	    build/summary-valgrind.txt $(if $(IT_SRCS),build/summary-it-asan.txt) \
+	    build/summary-valgrind.txt build/summary-snippets.txt \
+	    build/summary-examples.txt \
+	    $(if $(IT_SRCS),build/summary-it-asan.txt) \
 	    build/summary-interop-asan.txt
 
 # Only kiln_ names may leave the library: the static archive may hold
@@ -232,6 +238,17 @@ symbols: lib
 	 if [ -n "$$bad" ]; then echo "non-API symbols exported by $(SHARED):"; echo "$$bad"; exit 1; fi
 	@readelf -d $(SHARED) | grep -q "SONAME.*$(SONAME)" || { echo "SONAME is not $(SONAME)"; exit 1; }
 	@echo "symbols: only kiln_ API names exported; SONAME $(SONAME)"
+
+# Every C snippet of README.md, docs/*.md and the public headers, compiled
+# against this variant's library; the complete programs among them run
+# (scripts/check-snippets.sh says how snippets are marked).
+check-snippets: $(STATIC)
+	@scripts/check-snippets.sh $(STATIC) build/summary-snippets.txt
+
+# The example programs' command lines and exit statuses, as the README
+# documents them (the part that needs no server).
+check-examples: examples
+	@scripts/check-examples.sh $(BUILD)/examples build/summary-examples.txt
 
 # Installs into a scratch prefix and builds a user program with pkg-config,
 # statically and against the shared library.

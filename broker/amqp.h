@@ -78,6 +78,24 @@ kiln__broker *kiln__amqp_broker_new(const kiln_config *cfg, kiln_error *err);
  * "kiln <hostname> pid <pid>". */
 void kiln__amqp_set_name(kiln__broker *b, const char *name);
 
+/* A broker URL as a connection reads it: rabbitmq-c's amqp_parse_url,
+ * which %-decodes user, password and vhost, and an empty vhost
+ * ("amqp://host/") read as "/", as Go's amqp091 reads it. */
+typedef struct kiln__amqp_url {
+    char user[KILN_URL_MAX];
+    char password[KILN_URL_MAX];
+    char host[KILN_URL_MAX];
+    char vhost[KILN_URL_MAX];
+    int port;
+    bool tls;
+} kiln__amqp_url;
+
+/* kiln__amqp_url_parts parses `text` into *out as kiln__amqp_connect does
+ * (without connecting). KILN_EINVAL names the problem when rabbitmq-c
+ * cannot parse it. Thread-safe. */
+kiln_err kiln__amqp_url_parts(const char *text, kiln__amqp_url *out,
+                              kiln_error *err);
+
 /* The optional ops, also callable directly. kiln__amqp_fd returns the
  * socket to poll for reading, or -1 when not connected; valid until the
  * next close or connect. Poll it only when kiln__amqp_pending is false. */

@@ -2,6 +2,7 @@
  * capabilities, channel in confirm mode. */
 #define KILN__AMQP_INTERNAL
 #include "broker/amqp.h"
+#include "config/config.h"
 #include "logger/logger.h"
 
 #include <amqp_ssl_socket.h>
@@ -36,29 +37,49 @@ static struct timeval ms_tv(unsigned ms)
 
 static kiln_err parse_url(const char *text, url *u, kiln_error *err)
 {
-    char *q;
+    char why[160];
+    const char *problem;
 
     if (kiln__strlcpy(u->buf, text, sizeof(u->buf)) >= sizeof(u->buf))
         return kiln__fail(err, KILN_EINVAL,
                           "KILN_BROKER_URL is longer than %d bytes",
                           KILN_URL_MAX - 1);
-    /* Go clients accept "?heartbeat=10" and the like; kiln takes those
-     * from its own settings, and amqp_parse_url refuses any query. */
-    if ((q = strchr(u->buf, '?')) != NULL)
-        *q = '\0';
-    /* amqp_parse_url writes into its argument: this is our copy. */
-    if (amqp_parse_url(u->buf, &u->ci) != AMQP_STATUS_OK)
-        return kiln__fail(err, KILN_EINVAL,
-                          "KILN_BROKER_URL is not an amqp:// or amqps:// URL "
-                          "of the form amqp://user:password@host:port/vhost "
-                          "(with reserved characters %%-encoded)");
-    /* "amqp://host/" parses to the vhost "", which RabbitMQ does not
-     * have; Go's amqp091 reads it as the default vhost "/", and so do we.
-     * Spell other vhosts out, "/" itself as %2f. */
+    /* amqp_parse_url writes into its argument: this is our copy. A URL
+     * that passed kiln_config_validate always parses; for any other the
+     * configuration's check says what is wrong. */
+    if (amqp_parse_url(u->buf, &u->ci) != AMQP_STATUS_OK) {
+        problem = kiln__cfg_amqp_url_problem(text, why, sizeof(why));
+        return kiln__fail(err, KILN_EINVAL, "KILN_BROKER_URL is not usable: %s",
+                          problem != NULL ? problem
+                                          : "rabbitmq-c cannot parse it");
+    }
+    /* "amqp://host/" parses to the vhost "", which RabbitMQ cannot have
+     * (the AMQP URI spec's reading); Go's amqp091, which kiln shares
+     * queues with, reads it as the default vhost "/", and so does kiln.
+     * Spell other vhosts out, "/" itself as %2F. */
     u->vhost = u->ci.vhost[0] == '\0' ? "/" : u->ci.vhost;
     (void)snprintf(u->where, sizeof(u->where),
                    strchr(u->ci.host, ':') != NULL ? "[%s]:%d" : "%s:%d",
                    u->ci.host, u->ci.port);
+    return KILN_OK;
+}
+
+kiln_err kiln__amqp_url_parts(const char *text, kiln__amqp_url *out,
+                              kiln_error *err)
+{
+    url u;
+    kiln_err rc;
+
+    memset(out, 0, sizeof(*out));
+    if ((rc = parse_url(text, &u, err)) != KILN_OK)
+        return rc;
+    kiln__strlcpy(out->user, u.ci.user, sizeof(out->user));
+    kiln__strlcpy(out->password, u.ci.password, sizeof(out->password));
+    kiln__strlcpy(out->host, u.ci.host, sizeof(out->host));
+    kiln__strlcpy(out->vhost, u.vhost, sizeof(out->vhost));
+    out->port = u.ci.port;
+    out->tls = u.ci.ssl != 0;
+    kiln__ok(err);
     return KILN_OK;
 }
 

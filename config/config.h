@@ -91,8 +91,9 @@ char *kiln__cfg_show(const char *value, char *out, size_t n);
 char *kiln__cfg_text(const kiln__cfg_field *f, const kiln_config *cfg,
                      char *out, size_t n);
 
-/* URL checks: NULL when usable, else why not (static text). */
-const char *kiln__cfg_amqp_url_problem(const char *url);
+/* URL checks: NULL when usable, else why not (static text, or formatted
+ * into buf[n] for the AMQP check). */
+const char *kiln__cfg_amqp_url_problem(const char *url, char *buf, size_t n);
 const char *kiln__cfg_mongo_url_problem(const char *url);
 
 #endif /* KILN_CONFIG_H */

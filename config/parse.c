@@ -94,6 +94,7 @@ static const char *string_problem(const kiln__cfg_field *f, const char *s,
 {
     size_t len = strlen(s);
     const char *why = NULL;
+    char reason[160];
 
     if (len > f->max) {
         (void)snprintf(buf, n, "is %zu bytes; expected at most %llu", len,
@@ -101,7 +102,7 @@ static const char *string_problem(const kiln__cfg_field *f, const char *s,
         return buf;
     }
     if (f->kind == KILN__CFG_AMQP_URL)
-        why = kiln__cfg_amqp_url_problem(s);
+        why = kiln__cfg_amqp_url_problem(s, reason, sizeof(reason));
     else if (f->kind == KILN__CFG_MONGO_URL)
         why = kiln__cfg_mongo_url_problem(s);
     if (why != NULL) {

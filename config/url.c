@@ -88,9 +88,64 @@ static const char *host_problem(const char *p, const char *end,
     return NULL;
 }
 
-const char *kiln__cfg_amqp_url_problem(const char *url)
+/* The characters rabbitmq-c's amqp_parse_url splits a URL at: inside a
+ * user, a password or a vhost each must be %-escaped. */
+static const char *reserved_in(const char *p, const char *end, const char *set)
 {
-    const char *p, *end, *at, *why;
+    for (; p < end; p++)
+        if (strchr(set, *p) != NULL)
+            return p;
+    return NULL;
+}
+
+static const char *raw_char(char *buf, size_t n, char c, const char *part)
+{
+    (void)snprintf(buf, n,
+                   "a raw '%c' in the %s: write it as %%%02X (user, password "
+                   "and vhost are %%-decoded)",
+                   c, part, (unsigned)(unsigned char)c);
+    return buf;
+}
+
+static int hex(char c)
+{
+    return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
+}
+
+/* rabbitmq-c decodes %XX only up to %7F, and a %00 would cut the text
+ * short; a character above 0x7f goes through unencoded. */
+static const char *escape_problem(const char *s, char *buf, size_t n)
+{
+    for (; *s != '\0'; s++) {
+        unsigned v;
+
+        if (*s != '%')
+            continue;
+        if (!isxdigit((unsigned char)s[1]) || !isxdigit((unsigned char)s[2]))
+            return "malformed %-escape (a '%' itself is written %25)";
+        v = (unsigned)(hex(s[1]) << 4 | hex(s[2]));
+        if (v == 0)
+            return "%00 is not allowed";
+        if (v > 0x7f) {
+            (void)snprintf(buf, n,
+                           "%%%.2s: rabbitmq-c decodes no %%-escape above "
+                           "%%7F; write that character unencoded",
+                           s + 1);
+            return buf;
+        }
+        s += 2;
+    }
+    return NULL;
+}
+
+/* The URL as the user means it: scheme://[user[:password]@]host[:port]
+ * [/vhost], the password running to the last '@' (as the log's masking
+ * assumes). Each reason names the part and the character to escape, so
+ * that a password holding '@', '?' or '#' is not reported as anything
+ * else; what passes here amqp_parse_url parses the same way. */
+const char *kiln__cfg_amqp_url_problem(const char *url, char *buf, size_t n)
+{
+    const char *p, *at, *end, *c, *colon, *why;
 
     if (strncmp(url, "amqp://", 7) == 0)
         p = url + 7;
@@ -100,20 +155,33 @@ const char *kiln__cfg_amqp_url_problem(const char *url)
         return *url == '\0' ? "empty" : "unknown scheme";
     if (has_space_or_control(url))
         return "contains a space or control character";
-    /* rabbitmq-c would take "?heartbeat=5" as part of the vhost name. */
-    if (strpbrk(p, "?#") != NULL)
-        return "URL options are not supported (use the KILN_* variables)";
-    end = p + strcspn(p, "/");
-    at = last_at(p, end);
-    if (at != NULL)
+    if ((why = escape_problem(url, buf, n)) != NULL)
+        return why;
+    if ((at = strrchr(p, '@')) != NULL) {
+        colon = memchr(p, ':', (size_t)(at - p));
+        end = colon != NULL ? colon : at;
+        if ((c = reserved_in(p, end, "@/?#[]")) != NULL)
+            return raw_char(buf, n, *c, "user");
+        if (colon != NULL &&
+            (c = reserved_in(colon + 1, at, ":@/?#[]")) != NULL)
+            return raw_char(buf, n, *c, "password");
         p = at + 1;
+    }
+    end = p + strcspn(p, "/?#");
     if ((why = host_problem(p, end, true)) != NULL)
         return why;
-    if (*end == '/' && strchr(end + 1, '/') != NULL)
+    if (*end == '\0')
+        return NULL;
+    if (*end == '/')
+        end++;
+    if ((c = reserved_in(end, end + strlen(end), "/?#:[]")) == NULL)
+        return NULL;
+    if (*c == '?')
+        return "URL options (?name=value) are not supported: use the KILN_* "
+               "variables (a '?' in the vhost is written %3F)";
+    if (*c == '/')
         return "the vhost is one path segment (write '/' in it as %2F)";
-    if (!escapes_ok(url))
-        return "malformed %-escape";
-    return NULL;
+    return raw_char(buf, n, *c, "vhost");
 }
 
 const char *kiln__cfg_mongo_url_problem(const char *url)

@@ -16,6 +16,12 @@
  *   "caller owns; free with ...", "borrowed; valid until ...", and
  *   "takes ownership".
  * - Nothing in the library calls exit() or abort(), or asserts on input.
+ * - An example in these headers starts at a line "Example:", or
+ *   "Example (given: DECLARATIONS):" for a fragment that takes names as
+ *   given, and is indented four spaces. `make test` compiles each one
+ *   (scripts/check-snippets.sh): one with a main() as a program, which it
+ *   also runs, any other as the body of a function whose parameters are
+ *   the given declarations.
  */
 #ifndef KILN_H
 #define KILN_H
@@ -188,7 +194,9 @@ typedef enum kiln_retry_policy {
  * signature does not set IgnoreWhenTaskNotRegistered. */
 typedef enum kiln_unregistered_policy {
     KILN_UNREGISTERED_DEADLETTER = 0, /* to the dead-letter queue */
-    KILN_UNREGISTERED_REQUEUE, /* back to the queue, up to max_deliveries */
+    KILN_UNREGISTERED_REQUEUE, /* into the delay queues for 1 s, doubling up
+                                  to retry_max_ms; dead-lettered once
+                                  delivered max_deliveries times */
     KILN_UNREGISTERED_DROP     /* ack and log */
 } kiln_unregistered_policy;
 
@@ -207,7 +215,9 @@ typedef enum kiln_expired_policy {
  * Thread-safety: a config is read-only once handed to the library. */
 typedef struct kiln_config {
     /* broker */
-    char broker_url[KILN_URL_MAX]; /* amqp[s]://user:pass@host:port/vhost */
+    char broker_url[KILN_URL_MAX]; /* amqp[s]://user:pass@host:port/vhost;
+                                      user, password and vhost %-decoded;
+                                      no or an empty vhost is "/" */
     char exchange[KILN_NAME_MAX];
     char exchange_type[16]; /* direct, fanout, topic, headers
                                (lowercase) */
@@ -231,10 +241,13 @@ typedef struct kiln_config {
     kiln_queue_type delay_queue_type;   /* of the delay levels; quorum
                                            (RabbitMQ 3.10+) moves messages
                                            between levels at least once */
-    char tls_ca[KILN_PATH_MAX];         /* amqps: CA bundle; empty = system */
-    char tls_cert[KILN_PATH_MAX];       /* amqps: client certificate */
-    char tls_key[KILN_PATH_MAX];        /* amqps: client key */
-    bool tls_verify;                    /* verify peer and host name */
+    /* TLS files are read at each connect (a renewed certificate needs no
+     * restart), not by kiln_config_from_env; one that cannot be loaded
+     * fails the connect with KILN_EBROKER naming its variable. */
+    char tls_ca[KILN_PATH_MAX];   /* amqps: CA bundle; empty = system */
+    char tls_cert[KILN_PATH_MAX]; /* amqps: client certificate */
+    char tls_key[KILN_PATH_MAX];  /* amqps: client key */
+    bool tls_verify;              /* verify peer and host name */
 
     /* workers */
     unsigned concurrency;      /* worker threads, 1..1024 */
@@ -399,6 +412,11 @@ KILN_API kiln_err kiln_signature_set_group(kiln_signature *sig,
                                            const char *group_uuid,
                                            int group_task_count,
                                            kiln_error *err);
+/* priority: the message's AMQP priority, 0 (the default) for none. It is
+ * sent whatever this process's cfg->max_priority, which only shapes the
+ * queue this process declares: a queue declared with x-max-priority N
+ * (KILN_MAX_PRIORITY=N) orders by it, treating more than N as N; any
+ * other queue ignores it. */
 KILN_API kiln_err kiln_signature_set_priority(kiln_signature *sig,
                                               unsigned priority,
                                               kiln_error *err);
@@ -413,7 +431,20 @@ KILN_API kiln_err kiln_signature_set_task_timeout(kiln_signature *sig,
 KILN_API void kiln_signature_set_ignore_unregistered(kiln_signature *sig,
                                                      bool ignore);
 /* kiln_signature_set_eta sets the ETA in nanoseconds since the Unix epoch
- * (written in UTC); kiln_signature_clear_eta removes it. */
+ * (written in UTC); kiln_signature_clear_eta removes it. The ETA is a
+ * wall-clock time, compared with each worker's CLOCK_REALTIME, so a
+ * countdown is CLOCK_REALTIME now plus the delay (never CLOCK_MONOTONIC,
+ * which counts from boot), and producer and worker clocks must agree
+ * (NTP): a skew moves the start by as much. A task due in 30 seconds:
+ *
+ * Example (given: kiln_signature *sig):
+ *
+ *     struct timespec now;
+ *
+ *     clock_gettime(CLOCK_REALTIME, &now);
+ *     kiln_signature_set_eta(sig, (int64_t)now.tv_sec * 1000000000 +
+ *                                     now.tv_nsec + 30 * INT64_C(1000000000));
+ */
 KILN_API void kiln_signature_set_eta(kiln_signature *sig, int64_t unix_ns);
 KILN_API void kiln_signature_clear_eta(kiln_signature *sig);
 

@@ -529,6 +529,55 @@ static void test_secrets_masked(void **state)
     assert_null(strstr(err.message, "Zq9"));
 }
 
+/* A reserved character in the user, the password or the vhost is named,
+ * with the escape to write instead; the password itself is never shown.
+ * A '?' or '#' in a password used to read as "URL options". */
+static void test_broker_url_messages(void **state)
+{
+    static const char *const cases[][2] = {
+        {"amqp://app:Zq9@w@mq/", "a raw '@' in the password: write it as %40"},
+        {"amqp://app:Zq9?w@mq/", "a raw '?' in the password: write it as %3F"},
+        {"amqp://app:Zq9#w@mq/", "a raw '#' in the password: write it as %23"},
+        {"amqps://app:Zq9/w@mq/", "a raw '/' in the password: write it as %2F"},
+        {"amqp://app:Zq9:w@mq/", "a raw ':' in the password: write it as %3A"},
+        {"amqp://app:Zq9]w@mq/", "a raw ']' in the password: write it as %5D"},
+        {"amqp://a[p:Zq9@mq/", "a raw '[' in the user: write it as %5B"},
+        {"amqp://a?p:Zq9@mq/", "a raw '?' in the user: write it as %3F"},
+        {"amqp://a@p:Zq9@mq/", "a raw '@' in the user: write it as %40"},
+        {"amqp://mq/?heartbeat=5", "URL options (?name=value) are not "
+                                   "supported: use the KILN_* variables"},
+        {"amqp://mq?heartbeat=5", "URL options (?name=value)"},
+        {"amqp://mq/v#x", "a raw '#' in the vhost: write it as %23"},
+        {"amqp://mq/v:x", "a raw ':' in the vhost: write it as %3A"},
+        {"amqp://mq/a/b", "the vhost is one path segment (write '/' in it "
+                          "as %2F)"},
+        {"amqp://app:Zq9%C3%A4@mq/", "%C3: rabbitmq-c decodes no %-escape "
+                                     "above %7F; write that character "
+                                     "unencoded"},
+        {"amqp://app:Zq9%@mq/", "malformed %-escape (a '%' itself is "
+                                "written %25)"},
+        {"amqp://app:Zq9%00@mq/", "%00 is not allowed"},
+    };
+    kiln_config cfg;
+    kiln_error err;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        clear_env();
+        setenv("KILN_BROKER_URL", cases[i][0], 1);
+        kiln_config_init(&cfg);
+        if (kiln_config_from_env(&cfg, &err) != KILN_EINVAL ||
+            strstr(err.message, cases[i][1]) == NULL ||
+            strstr(err.message, "Zq9") != NULL)
+            fail_msg("%s: got '%s'", cases[i][0], err.message);
+        /* kiln_config_validate says the same of a struct built by hand. */
+        kiln_config_init(&cfg);
+        strcpy(cfg.broker_url, cases[i][0]);
+        assert_int_equal(kiln_config_validate(&cfg, &err), KILN_EINVAL);
+        assert_non_null(strstr(err.message, cases[i][1]));
+    }
+}
+
 static void test_accepted_forms(void **state)
 {
     // clang-format off
@@ -536,7 +585,10 @@ static void test_accepted_forms(void **state)
         {"KILN_BROKER_URL", "amqp://h"}, {"KILN_BROKER_URL", "amqp://u@h/"},
         {"KILN_BROKER_URL", "amqp://u:p%40x@h:1/v"},
         {"KILN_BROKER_URL", "amqps://[::1]:5671/%2F"},
-        {"KILN_BROKER_URL", "amqp://u:p@ss@h:65535"},
+        {"KILN_BROKER_URL", "amqp://u:p%40ss@h:65535"},
+        {"KILN_BROKER_URL", "amqp://u%3Ax:p%3A%2F%3F%23%5B%5D%25@h/v%3Fx"},
+        {"KILN_BROKER_URL", "amqp://u:p\xc3\xa4ss@h/"},
+        {"KILN_BROKER_URL", "amqp://h/"}, {"KILN_BROKER_URL", "amqp://:p@h"},
         {"KILN_MONGODB_URL", "mongodb://a:27017,b:27018/db?replicaSet=rs0"},
         {"KILN_MONGODB_URL", "mongodb://u:p@h/"},
         {"KILN_MONGODB_URL", "mongodb://%2Ftmp%2Fmongodb-27017.sock"},
@@ -765,6 +817,7 @@ int main(void)
         cmocka_unit_test_setup(test_message_text, setup),
         cmocka_unit_test_setup(test_password_masked, setup),
         cmocka_unit_test_setup(test_secrets_masked, setup),
+        cmocka_unit_test_setup(test_broker_url_messages, setup),
         cmocka_unit_test_setup(test_accepted_forms, setup),
         cmocka_unit_test_setup(test_derived_names, setup),
         cmocka_unit_test_setup(test_cross_field, setup),

@@ -840,6 +840,41 @@ static void test_misuse(void **state)
     assert_non_null(strstr(err.message, "KILN_STORE=memory"));
 }
 
+/* A signature's Priority becomes the message's AMQP priority whatever
+ * this process's KILN_MAX_PRIORITY: that setting only shapes the queue
+ * this process declares, and a producer need not repeat the workers'
+ * setting (a queue without x-max-priority ignores the property). */
+static void test_priority_sent_without_max_priority(void **state)
+{
+    fixture *f = *state;
+    kiln_signature *sigs[2] = {kiln_signature_new("work", NULL),
+                               kiln_signature_new("work", NULL)};
+    kiln__delivery d;
+    kiln_error err;
+    unsigned got[2] = {0, 0};
+
+    assert_int_equal(f->cfg.max_priority, 0);
+    assert_int_equal(kiln_signature_set_priority(sigs[0], 7, &err), KILN_OK);
+    make_pool(f);
+    for (size_t i = 0; i < 2; i++)
+        assert_int_equal(kiln_pool_send_task(f->pool, sigs[i], &err), KILN_OK);
+    assert_int_equal(f->producer->ops->subscribe(f->producer, QUEUE, 0, &err),
+                     KILN_OK);
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(kiln__broker_consume(f->producer, &d, 0, &err),
+                         KILN_OK);
+        got[strcmp(d.message_id, kiln_signature_uuid(sigs[0])) == 0 ? 0 : 1] =
+            d.priority;
+        assert_int_equal(kiln__broker_ack(f->producer, d.tag, false, &err),
+                         KILN_OK);
+        kiln__broker_release(f->producer, &d);
+    }
+    assert_int_equal(got[0], 7);
+    assert_int_equal(got[1], 0); /* Priority 0: no property */
+    kiln_signature_free(sigs[0]);
+    kiln_signature_free(sigs[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -881,6 +916,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_eta_to_unbound_key_refused, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_priority_sent_without_max_priority,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_misuse, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,15 +1,21 @@
 /*
  * consumer: runs "Print" tasks on a pool of worker threads until SIGINT or
  * SIGTERM (or, with an expected count, until that many tasks ran), then
- * drains and exits 0.
+ * drains.
  *
- *   consumer [N]           stop after N tasks; 0 or none: run until a signal
+ *   consumer [N]           stop after N tasks; 0 or none: run until a signal;
+ *                          broker settings from KILN_*
+ *
+ * Exit status: 0 after a complete drain, 1 for a bad setting or when the
+ * pool stopped otherwise (a drain cut short by KILN_DRAIN_TIMEOUT_MS or a
+ * second signal), 2 for a bad command line.
  *
  * Build: cc main.c $(pkg-config --cflags --libs kiln)
  */
 #include <kiln.h>
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,13 +62,36 @@ static kiln_err print(kiln_task_ctx *ctx, void *user)
     return KILN_OK;
 }
 
+/* A count: decimal digits only, at most 10^9. */
+static bool parse_count(const char *s, long *out)
+{
+    long v = 0;
+
+    if (*s == '\0')
+        return false;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9' || v > 100000000)
+            return false;
+        v = v * 10 + (*s - '0');
+    }
+    if (v > 1000000000)
+        return false;
+    *out = v;
+    return true;
+}
+
 int main(int argc, char **argv)
 {
-    struct stats st = {.expect = argc > 1 ? strtol(argv[1], NULL, 10) : 0};
+    struct stats st = {.expect = 0};
     kiln_config cfg;
     kiln_error err;
     kiln_err rc;
 
+    if (argc > 2 || (argc == 2 && !parse_count(argv[1], &st.expect))) {
+        fprintf(stderr, "usage: consumer [N]   (N: tasks to run, 0 or none: "
+                        "until SIGINT or SIGTERM)\n");
+        return 2;
+    }
     kiln_config_init(&cfg);
     if (kiln_config_from_env(&cfg, &err) != KILN_OK ||
         (st.pool = kiln_pool_new(&cfg, 0, "consumer", &err)) == NULL ||

@@ -3,7 +3,12 @@
  * tasks are run; each one sends a follow-up "Audit" task with the user's
  * id through the same pool, and "Audit" tasks are run here too.
  *
- *   consumer_publisher     run until SIGINT or SIGTERM
+ *   consumer_publisher     run until SIGINT or SIGTERM; no arguments; broker
+ *                          settings from KILN_*
+ *
+ * Exit status: 0 after a complete drain, 1 for a bad setting or when the
+ * pool stopped otherwise (a drain cut short by KILN_DRAIN_TIMEOUT_MS or a
+ * second signal), 2 for a bad command line.
  *
  * Build: cc main.c $(pkg-config --cflags --libs kiln)
  */
@@ -49,13 +54,18 @@ static kiln_err audit(kiln_task_ctx *ctx, void *user)
     return KILN_OK;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     kiln_config cfg;
     kiln_error err;
     kiln_pool *pool = NULL;
     kiln_err rc = KILN_EINVAL;
 
+    (void)argv;
+    if (argc > 1) {
+        fprintf(stderr, "usage: consumer_publisher   (no arguments)\n");
+        return 2;
+    }
     kiln_config_init(&cfg);
     if (kiln_config_from_env(&cfg, &err) == KILN_OK &&
         (pool = kiln_pool_new(&cfg, 0, "consumer_publisher", &err)) != NULL) {

@@ -2,12 +2,17 @@
  * publisher: sends N "Print" tasks, each with a user record as a JSON
  * string argument, and waits until the broker has confirmed every one.
  *
- *   publisher [N]          N defaults to 10; broker settings from KILN_*
+ *   publisher [N]          N (at least 1) defaults to 10; broker settings
+ *                          from KILN_*; prints the last task's UUID
+ *
+ * Exit status: 0 once the broker confirmed every task, 1 for a bad
+ * setting or a task not confirmed, 2 for a bad command line.
  *
  * Build: cc main.c $(pkg-config --cflags --libs kiln)
  */
 #include <kiln.h>
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -40,9 +45,27 @@ static kiln_signature *print_task(long i, kiln_error *err)
     return sig;
 }
 
+/* A count: decimal digits only, at most 10^9. */
+static bool parse_count(const char *s, long *out)
+{
+    long v = 0;
+
+    if (*s == '\0')
+        return false;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9' || v > 100000000)
+            return false;
+        v = v * 10 + (*s - '0');
+    }
+    if (v > 1000000000)
+        return false;
+    *out = v;
+    return true;
+}
+
 int main(int argc, char **argv)
 {
-    long n = argc > 1 ? strtol(argv[1], NULL, 10) : 10, sent = 0;
+    long n = 10, sent = 0;
     kiln_signature *batch[BATCH];
     char last[KILN_UUID_LEN] = "";
     kiln_config cfg;
@@ -50,6 +73,11 @@ int main(int argc, char **argv)
     kiln_pool *pool;
     double t0 = now_s();
 
+    if (argc > 2 || (argc == 2 && (!parse_count(argv[1], &n) || n == 0))) {
+        fprintf(stderr, "usage: publisher [N]   (N: tasks to send, at least 1; "
+                        "10 when left out)\n");
+        return 2;
+    }
     kiln_config_init(&cfg);
     if (kiln_config_from_env(&cfg, &err) != KILN_OK ||
         (pool = kiln_pool_new(&cfg, 0, "publisher", &err)) == NULL) {

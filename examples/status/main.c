@@ -6,14 +6,15 @@
  *                              the task to finish, then prints its record;
  *                              store settings from KILN_*
  *
- * Exit status: 0 for SUCCESS, 1 for FAILURE or any error, 2 when the task
- * was not finished at the deadline.
+ * Exit status: 0 for SUCCESS, 1 for FAILURE or any error, 2 for a bad
+ * command line, 3 when the task was not finished at the deadline.
  *
  * Build: cc main.c $(pkg-config --cflags --libs kiln)
  */
 #include <kiln.h>
 #include <kiln/store_mongo.h>
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -38,9 +39,27 @@ static void print_results(const kiln_signature *v)
     }
 }
 
+/* A count: decimal digits only, at most 10^9. */
+static bool parse_count(const char *s, long *out)
+{
+    long v = 0;
+
+    if (*s == '\0')
+        return false;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9' || v > 100000000)
+            return false;
+        v = v * 10 + (*s - '0');
+    }
+    if (v > 1000000000)
+        return false;
+    *out = v;
+    return true;
+}
+
 int main(int argc, char **argv)
 {
-    unsigned timeout = argc > 2 ? (unsigned)strtoul(argv[2], NULL, 10) : 5000;
+    long timeout = 5000;
     kiln_config cfg;
     kiln_error err;
     kiln_store *st;
@@ -48,9 +67,11 @@ int main(int argc, char **argv)
     kiln_err rc;
     int status;
 
-    if (argc < 2) {
-        fprintf(stderr, "usage: status UUID [TIMEOUT_MS]\n");
-        return 1;
+    if (argc < 2 || argc > 3 || argv[1][0] == '\0' ||
+        (argc == 3 && !parse_count(argv[2], &timeout))) {
+        fprintf(stderr, "usage: status UUID [TIMEOUT_MS]   (TIMEOUT_MS: "
+                        "5000 when left out)\n");
+        return 2;
     }
     kiln_config_init(&cfg);
     if (kiln_config_from_env(&cfg, &err) != KILN_OK ||
@@ -58,11 +79,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "status: %s\n", err.message);
         return 1;
     }
-    rc = kiln_store_wait_result(st, argv[1], timeout, &res, &err);
+    rc = kiln_store_wait_result(st, argv[1], (unsigned)timeout, &res, &err);
     if (rc == KILN_ETIMEDOUT || rc != KILN_OK) {
         fprintf(stderr, "status: %s: %s\n", kiln_strerror(rc), err.message);
         kiln_store_free(st);
-        return rc == KILN_ETIMEDOUT ? 2 : 1;
+        return rc == KILN_ETIMEDOUT ? 3 : 1;
     }
     printf("%s %s: %s%s%s\n", kiln_result_uuid(res), kiln_result_task_name(res),
            kiln_task_state_name(kiln_result_state(res)),

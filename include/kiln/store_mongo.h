@@ -8,11 +8,19 @@
  * fields); states only move forward to SUCCESS or FAILURE, and a finished
  * task never changes again.
  *
- *     kiln_store *st = kiln_store_new(&cfg, &err);
+ * Example (given: const kiln_config *cfg, const char *uuid):
+ *
+ *     kiln_error err;
  *     kiln_result *res;
- *     if (kiln_store_wait_result(st, uuid, 5000, &res, &err) == KILN_OK) {
- *         if (kiln_result_state(res) == KILN_STATE_SUCCESS)
- *             kiln_signature_arg_int64(kiln_result_values(res), 0, &sum);
+ *     int64_t sum;
+ *     kiln_store *st = kiln_store_new(cfg, &err);
+ *
+ *     if (st != NULL &&
+ *         kiln_store_wait_result(st, uuid, 5000, &res, &err) == KILN_OK) {
+ *         if (kiln_result_state(res) == KILN_STATE_SUCCESS &&
+ *             kiln_signature_arg_int64(kiln_result_values(res), 0, &sum,
+ *                                      &err) == KILN_OK)
+ *             printf("%s: %lld\n", uuid, (long long)sum);
  *         kiln_result_free(res);
  *     }
  *     kiln_store_free(st);

@@ -413,6 +413,93 @@ static void test_priority_queue(void **state)
     assert_int_equal(err.code, KILN_EINVAL);
 }
 
+static void raw_delete_one(const char *queue, const char *exchange)
+{
+    amqp_connection_state_t c = test_amqp_open();
+
+    if (queue != NULL)
+        (void)amqp_queue_delete(c, 1, amqp_cstring_bytes(queue), 0, 0);
+    if (exchange != NULL)
+        (void)amqp_exchange_delete(c, 1, amqp_cstring_bytes(exchange), 0);
+    test_amqp_close(c);
+}
+
+/* The settings every process sharing a queue must agree on (the README's
+ * table): a second declaration that differs is refused with 406 and the
+ * setting named; the dead-letter queue's name and the delay levels' type
+ * and count may differ without an error, with the effects the table
+ * states. */
+static void test_shared_settings(void **state)
+{
+    fixture *f = *state;
+    kiln_config other = f->cfg, delay_a, delay_b;
+    kiln__broker *b2;
+    kiln_error err;
+
+    f->cfg.max_priority = 5;
+    connect_declare(f);
+    other.max_priority = 0;
+    assert_int_equal(f->b->ops->declare(f->b, &other, &err), KILN_EBROKER);
+    print_message("priority: %s\n", err.message);
+    assert_non_null(strstr(err.message, "KILN_MAX_PRIORITY=0"));
+    other = f->cfg;
+    other.queue_dlx_arg = false;
+    assert_int_equal(f->b->ops->declare(f->b, &other, &err), KILN_EBROKER);
+    print_message("dlx arg: %s\n", err.message);
+    assert_non_null(strstr(err.message, "x-dead-letter-exchange"));
+    assert_non_null(strstr(err.message, "KILN_QUEUE_DLX_ARG"));
+    other = f->cfg;
+    (void)snprintf(other.dead_letter_exchange,
+                   sizeof(other.dead_letter_exchange), "%.200s.2",
+                   f->cfg.dead_letter_exchange);
+    assert_int_equal(f->b->ops->declare(f->b, &other, &err), KILN_EBROKER);
+    print_message("dlx name: %s\n", err.message);
+    assert_non_null(strstr(err.message, "KILN_DEAD_LETTER_EXCHANGE"));
+    raw_delete_one(NULL, other.dead_letter_exchange); /* made before */
+
+    /* Another dead-letter queue on the same exchange: no error, and the
+     * fanout copies every dead letter into both queues. */
+    other = f->cfg;
+    (void)snprintf(other.dead_letter_queue, sizeof(other.dead_letter_queue),
+                   "%.200s.2", f->cfg.dead_letter_queue);
+    assert_int_equal(f->b->ops->declare(f->b, &other, &err), KILN_OK);
+    {
+        kiln__message m = msg_to(&f->cfg, "dead");
+        m.exchange = f->cfg.dead_letter_exchange;
+        assert_int_equal(kiln__broker_publish(f->b, &m, 1, NULL, &err),
+                         KILN_OK);
+    }
+    assert_int_equal(wait_count(f->cfg.dead_letter_queue, 1), 1);
+    assert_int_equal(wait_count(other.dead_letter_queue, 1), 1);
+    raw_delete_one(other.dead_letter_queue, NULL);
+
+    /* Delay levels of the other type, or fewer of them, live beside the
+     * first ones: no 406. */
+    delay_a = f->cfg;
+    delay_a.delay_levels = 4;
+    delay_a.retry_base_ms = 100;
+    delay_a.retry_max_ms = 700;
+    (void)snprintf(delay_a.delay_exchange, sizeof(delay_a.delay_exchange),
+                   "%.200s.delay", f->cfg.queue);
+    delay_b = delay_a;
+    delay_b.delay_queue_type = KILN_QUEUE_CLASSIC;
+    delay_b.delay_levels = 3;
+    delay_b.retry_max_ms = 300; /* what 3 levels of 50 ms hold */
+    assert_int_equal(f->b->ops->declare(f->b, &delay_a, &err), KILN_OK);
+    b2 = kiln__amqp_broker_new(&delay_b, &err);
+    assert_non_null(b2);
+    assert_int_equal(kiln__broker_connect(b2, &err), KILN_OK);
+    if (b2->ops->declare(b2, &delay_b, &err) != KILN_OK)
+        fail_msg("other delay levels: %s", err.message);
+    kiln__broker_destroy(b2);
+    {
+        amqp_connection_state_t c = test_amqp_open();
+        test_amqp_delete_topology(c, &delay_a);
+        test_amqp_delete_topology(c, &delay_b);
+        test_amqp_close(c);
+    }
+}
+
 /* ---- publish and consume ---------------------------------------------- */
 
 #define BATCH 1000
@@ -1609,6 +1696,7 @@ int main(void)
         T(test_declare_conflict),
         T(test_quorum_queue),
         T(test_priority_queue),
+        T(test_shared_settings),
         T(test_batch_of_1000),
         T(test_ack_multiple),
         T(test_nack_requeue),
