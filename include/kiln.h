@@ -400,7 +400,10 @@ KILN_API kiln_err kiln_signature_set_task_timeout(kiln_signature *sig,
 KILN_API void kiln_signature_set_ignore_unregistered(kiln_signature *sig,
                                                      bool ignore);
 /* kiln_signature_set_eta sets the ETA in nanoseconds since the Unix epoch
- * (written in UTC); kiln_signature_clear_eta removes it. */
+ * (written in UTC); kiln_signature_clear_eta removes it. Any value is
+ * accepted: an ETA in the past is due at once, and sending one further
+ * ahead than the delay queues hold fails with KILN_EINVAL ("longer than
+ * the delay queues hold"). */
 KILN_API void kiln_signature_set_eta(kiln_signature *sig, int64_t unix_ns);
 KILN_API void kiln_signature_clear_eta(kiln_signature *sig);
 
@@ -629,7 +632,9 @@ KILN_API kiln_err kiln_task_fail(kiln_task_ctx *ctx, const char *fmt, ...)
 
 /* kiln_task_retry asks to run the task again after `delay_ms` without
  * using up its retry count (machinery's ErrRetryTaskLater), and returns
- * KILN_ERETRY for the task to return. */
+ * KILN_ERETRY for the task to return. Any value is accepted: a delay
+ * longer than KILN_RETRY_MAX_MS (kiln_config.retry_max_ms, one hour by
+ * default) is capped to it, so even UINT64_MAX means "after the cap". */
 KILN_API kiln_err kiln_task_retry(kiln_task_ctx *ctx, uint64_t delay_ms);
 
 /* The task's soft time limit (KILN_TIME_LIMIT_MS, or the one given with

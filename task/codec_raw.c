@@ -11,7 +11,8 @@
  *   retry_count, retry_timeout,
  *   timeout (TaskTimeOut), wait_time, retries_done   int
  *   ignore_if_unregistered       bool
- *   created_at, eta              int64, Unix seconds (only when set)
+ *   created_at, eta              int64, Unix seconds (only when set;
+ *                                read saturated to 64-bit nanoseconds)
  * and, read by the registrar though its broker never writes them,
  *   routing_key (string), priority (uint8).
  * kiln writes those two as well when they are set. Times travel in whole
@@ -184,9 +185,12 @@ static kiln_err get_time(const kiln_header *h, size_t n, const char *key,
 
     if (v == NULL)
         return KILN_OK;
-    if (kiln__parse_int(v, &s) != KILN_OK ||
-        __builtin_mul_overflow(s, NS_PER_S, &t->unix_ns))
+    if (kiln__parse_int(v, &s) != KILN_OK)
         return bad(key, "Unix seconds", v, err);
+    /* Any int64 is a time to paota; past what 64-bit nanoseconds hold it
+     * is at least as far off as their ends, which is all kiln needs: such
+     * an ETA is due now or too far for the delay queues. */
+    t->unix_ns = kiln__sat_mul(s, NS_PER_S);
     t->offset_s = 0;
     *has = true;
     return KILN_OK;

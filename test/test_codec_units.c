@@ -378,7 +378,7 @@ static void test_raw_header_errors(void **state)
 {
     kiln_header h[] = {{"uuid", "task_1"}, {"retry_count", "x"}};
     kiln_header ok[] = {{"task_name", "t"}, {"eta", "1700000000"}};
-    kiln_header badtime[] = {{"task_name", "t"}, {"eta", "99999999999999"}};
+    kiln_header badtime[] = {{"task_name", "t"}, {"eta", "1.7e9"}};
     kiln_signature *sig = NULL;
     kiln_error err = {0};
 
