@@ -42,6 +42,16 @@ char *kiln__strndup(const char *s, size_t n); /* copies n bytes, adds NUL */
 void kiln__alloc_fail_after(long n);
 bool kiln__alloc_failed(void);
 
+/* kiln__alloc_count_start counts, from now on, the bytes held in blocks
+ * from kiln__malloc, calloc and realloc (their usable size) less those
+ * given back to kiln__free; kiln__alloc_count_stop stops counting and
+ * returns the highest count seen. A block allocated before the start and
+ * freed during the count lowers it. For tests only (a test points cJSON's
+ * hooks here to count its nodes too); atomic, so any thread may allocate
+ * meanwhile. */
+void kiln__alloc_count_start(void);
+size_t kiln__alloc_count_stop(void);
+
 /* kiln__strlcpy copies at most n-1 bytes and always terminates (n > 0).
  * Returns strlen(src), so a result >= n means truncation. */
 size_t kiln__strlcpy(char *dst, const char *src, size_t n);

@@ -273,7 +273,7 @@ static kiln_err check_body(const char *body, size_t len, size_t max_len,
     if ((bad_at = kiln__utf8_error_at(body, len)) < len)
         return kiln__fail(err, KILN_ECODEC, "body: invalid UTF-8 at byte %zu",
                           bad_at);
-    return kiln__json_validate(body, len, "body", NULL, err);
+    return kiln__json_validate(body, len, "body", err);
 }
 
 kiln_err kiln_signature_from_raw(const char *body, size_t len,

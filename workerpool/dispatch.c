@@ -121,19 +121,14 @@ static void salvage_ids(const kiln__dispatch *d, const kiln__delivery *dl,
                                         : KILN__DEFAULT_MAX_BODY;
     const char *hu = kiln__delivery_header(dl, "uuid");
     const char *hn = kiln__delivery_header(dl, KILN__HDR_TASK_NAME);
-    cJSON *root, *item;
 
     kiln__strlcpy(uuid, hu ? hu : "", n);
     kiln__strlcpy(name, hn ? hn : "", n);
     if (uuid[0] != '\0' || hn != NULL || dl->body_len > max)
         return;
-    if ((root = cJSON_ParseWithLength(dl->body, dl->body_len)) == NULL)
-        return;
-    if (cJSON_IsString(item = cJSON_GetObjectItemCaseSensitive(root, "UUID")))
-        kiln__strlcpy(uuid, item->valuestring, n);
-    if (cJSON_IsString(item = cJSON_GetObjectItemCaseSensitive(root, "Name")))
-        kiln__strlcpy(name, item->valuestring, n);
-    cJSON_Delete(root);
+    /* No tree: a refused body costs a pass over it, not its size many
+     * times over. */
+    kiln__json_salvage_ids(dl->body, dl->body_len, uuid, name, n);
 }
 
 /* A task that will not run: FAILURE (written by a worker when there is a
