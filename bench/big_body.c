@@ -15,8 +15,7 @@
  *                                      invalid   the same args body with
  *                                                its last brace cut off
  *
- *   KILN_RMQ_PORT=20672 scripts/with-rabbitmq.sh build/plain/bench/big_body
- * verbatim
+ *   scripts/with-rabbitmq.sh build/plain/bench/big_body verbatim
  *
  * The broker URL is KILN_BROKER_URL, else the one scripts/with-rabbitmq.sh
  * exports. Results go to stdout as key=value lines. Not part of the

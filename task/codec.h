@@ -1,8 +1,10 @@
 /*
  * Internals of the JSON codec, shared by task/codec_json.c (encode),
  * task/decode_json.c and task/decode_args.c (decode), task/codec_raw.c
- * (paota's header mode) and their helpers json_out.c, json_scan.c and
- * json_tree.c. Never installed; nothing outside the codec includes it.
+ * (paota's header mode) and their helpers: json_out.c (writing),
+ * json_scan.c, json_string.c and json_number.c (the reader), json_build.c
+ * and json_tree.c (the cJSON trees of values kept verbatim). Never
+ * installed; only the codec, its tests and the fuzzer include it.
  *
  * The codec writes what Go's encoding/json writes for machinery's and
  * paota's Signature, byte for byte, and reads what Go reads, with the
@@ -115,7 +117,12 @@ typedef struct kiln__key {
  *   when the text ends after it.
  * skip: any value, nested at most KILN__JSON_MAX_DEPTH levels counting the
  *   `depth` levels it sits in; fills *x (may be NULL). */
-void kiln__rd_ws(kiln__reader *r);
+static inline void kiln__rd_ws(kiln__reader *r)
+{
+    while (r->pos < r->n && (r->s[r->pos] == ' ' || r->s[r->pos] == '\n' ||
+                             r->s[r->pos] == '\r' || r->s[r->pos] == '\t'))
+        r->pos++;
+}
 bool kiln__rd_string(kiln__reader *r, size_t *len, bool *escaped);
 bool kiln__rd_number(kiln__reader *r);
 bool kiln__rd_literal(kiln__reader *r, const char *word);

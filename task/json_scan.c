@@ -24,8 +24,13 @@ size_t kiln__utf8_error_at(const char *s, size_t n)
     size_t i = 0, len;
 
     while (i < n) {
-        uint64_t w;
-        if (n - i >= 8 && (memcpy(&w, p + i, 8), (w & HIGH_BITS) == 0)) {
+        uint64_t w[4];
+        if (n - i >= 32 && (memcpy(w, p + i, 32),
+                            ((w[0] | w[1] | w[2] | w[3]) & HIGH_BITS) == 0)) {
+            i += 32;
+            continue;
+        }
+        if (n - i >= 8 && (memcpy(w, p + i, 8), (w[0] & HIGH_BITS) == 0)) {
             i += 8;
             continue;
         }
@@ -39,17 +44,6 @@ size_t kiln__utf8_error_at(const char *s, size_t n)
         i += len;
     }
     return n;
-}
-
-static bool is_ws(unsigned char c)
-{
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
-void kiln__rd_ws(kiln__reader *r)
-{
-    while (r->pos < r->n && is_ws(r->s[r->pos]))
-        r->pos++;
 }
 
 static int hex_val(unsigned char c)
@@ -118,22 +112,36 @@ static bool scan_unicode(kiln__reader *sc)
 #define ONES        0x0101010101010101ULL
 #define HAS_ZERO(v) (((v)-ONES) & ~(v)&HIGH_BITS)
 
-static bool special8(uint64_t w)
+/* The high bit of each byte of w that is special. Each test can also flag
+ * a byte above a special one (a borrow), never one below, so the lowest
+ * bit set is exactly the first special byte. */
+static uint64_t special8(uint64_t w)
 {
-    return ((w - 0x20 * ONES) & ~w & HIGH_BITS) != 0 ||
-           HAS_ZERO(w ^ ('"' * ONES)) != 0 || HAS_ZERO(w ^ ('\\' * ONES)) != 0;
+    return ((w - 0x20 * ONES) & ~w & HIGH_BITS) | HAS_ZERO(w ^ ('"' * ONES)) |
+           HAS_ZERO(w ^ ('\\' * ONES));
 }
 
 /* Moves pos over the plain bytes of a string (neither a quote, a
  * backslash nor a control byte), eight at a time where it can: the bulk of
- * every body. */
+ * every body. On a little-endian machine the word that holds the end
+ * also says where it is. */
 static void skip_plain(kiln__reader *sc)
 {
     const unsigned char *p = sc->s + sc->pos, *end = sc->s + sc->n;
-    uint64_t w;
+    uint64_t w, m;
 
-    while (end - p >= 8 && (memcpy(&w, p, 8), !special8(w)))
+    while (end - p >= 8) {
+        memcpy(&w, p, 8);
+        if ((m = special8(w)) != 0) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            sc->pos = (size_t)(p - sc->s) + (size_t)(__builtin_ctzll(m) >> 3);
+            return;
+#else
+            break;
+#endif
+        }
         p += 8;
+    }
     while (p < end && *p >= 0x20 && *p != '"' && *p != '\\')
         p++;
     sc->pos = (size_t)(p - sc->s);
