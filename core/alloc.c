@@ -95,14 +95,15 @@ void *kiln__calloc(size_t count, size_t size)
 
 void *kiln__realloc(void *p, size_t n)
 {
-    size_t old = p != NULL ? malloc_usable_size(p) : 0;
+    bool count = atomic_load_explicit(&counting, memory_order_relaxed);
+    size_t old = count && p != NULL ? malloc_usable_size(p) : 0;
     void *q;
 
     if (should_fail())
         return NULL;
     if ((q = realloc(p, n == 0 ? 1 : n)) == NULL)
         return NULL;
-    if (atomic_load_explicit(&counting, memory_order_relaxed)) {
+    if (count) {
         /* Counted as a new block and then the old one gone: a moving
          * realloc holds both for a moment. */
         count_block(q, true);
@@ -119,7 +120,7 @@ void kiln__free(void *p)
 
 void kiln_free(void *ptr)
 {
-    free(ptr);
+    kiln__free(ptr);
 }
 
 char *kiln__strndup(const char *s, size_t n)
