@@ -556,12 +556,13 @@ KILN_API kiln_err kiln_signature_to_json(const kiln_signature *sig,
  * KILN_ETOOBIG (0 means kiln's default of 16 MiB). Errors are KILN_ECODEC
  * with the field and the reason in `err`, e.g. "Args[2].Value: want int64,
  * got string". Memory: the decoded signature takes at most about 4 times
- * the body; values kept verbatim (unknown keys, Headers, callbacks) may
- * take at most 8 times the body + 1 MiB, and a body whose verbatim values
- * would take more is refused with KILN_ETOOBIG ("... kept verbatim would
- * take about N bytes ..."), before any of that memory is allocated. On
- * success *out is caller owns; free with kiln_signature_free.
- * Thread-safety: safe from any thread. */
+ * the body (paota's RawArgs up to 6 times when made only of <, > and &,
+ * which are kept escaped as Go writes them). Values kept verbatim
+ * (unknown keys, Headers, callbacks) may take at most 8 times the body +
+ * 1 MiB; a body whose verbatim values would take more is refused with
+ * KILN_ETOOBIG ("... kept verbatim would take about N bytes ..."), before
+ * any of that memory is allocated. On success *out is caller owns; free
+ * with kiln_signature_free. Thread-safety: safe from any thread. */
 KILN_API kiln_err kiln_signature_from_json(const char *json, size_t len,
                                            size_t max_len, kiln_signature **out,
                                            kiln_error *err);

@@ -6,7 +6,8 @@
  *   - at most 4 x the body + 64 KiB for what kiln decodes into the
  *     signature ([]int64 of one-digit numbers, the densest shape, is 4x
  *     and a few hundred bytes; []string of "" and runs of tiny arguments
- *     are under that);
+ *     are under that), with one exception: a RawArgs made of <, > and &
+ *     takes up to 6x, as Go's escaping writes it back;
  *   - at most 8 x the body + 1 MiB when it also keeps values verbatim
  *     (unknown keys, Headers, callbacks); a body whose verbatim values
  *     would cost more is refused with KILN_ETOOBIG, before their tree is
@@ -154,6 +155,39 @@ static void test_other_dense_shapes(void **state)
                   "]}]}", SMALLER, 4, KILN_TYPE_UINT8_SLICE, &n);
 }
 
+/* paota's RawArgs is kept as text, compacted as Go writes it back: its
+ * own size, except that Go's HTML escaping writes each <, > and & as
+ * \u003c and so on, six bytes for one. */
+static void test_raw_args(void **state)
+{
+    static const struct {
+        const char *head, *item, *tail;
+        double factor;
+    } shapes[] = {
+        {HEAD "\"RawArgs\":[", "1", "]}", 1},
+        {HEAD "\"RawArgs\":\"",
+         "<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<",
+         "\"}", 6},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < KILN__ARRAY_LEN(shapes); i++) {
+        size_t n, len;
+        body b =
+            make(shapes[i].head, shapes[i].item, shapes[i].tail, SMALLER, &n);
+        kiln_signature *sig = NULL;
+        kiln_error err = {0};
+        kiln_err rc;
+        size_t peak = decode_counted(&b, &sig, &err, &rc);
+
+        assert_int_equal(rc, KILN_OK);
+        assert_true(peak <= (size_t)(shapes[i].factor * (double)b.n) + SLACK);
+        assert_non_null(kiln_signature_raw_body(sig, &len));
+        kiln_signature_free(sig);
+        free(b.s);
+    }
+}
+
 /* The same 1s kept verbatim: an unknown key, Headers, a callback list.
  * Each would be a cJSON tree of some 40 x the body; each is refused
  * before it is built. */
@@ -215,6 +249,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_int64_slice),
         cmocka_unit_test(test_other_dense_shapes),
+        cmocka_unit_test(test_raw_args),
         cmocka_unit_test(test_verbatim_refused),
         cmocka_unit_test(test_verbatim_kept),
     };
