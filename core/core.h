@@ -42,6 +42,16 @@ char *kiln__strndup(const char *s, size_t n); /* copies n bytes, adds NUL */
 void kiln__alloc_fail_after(long n);
 bool kiln__alloc_failed(void);
 
+/* kiln__alloc_count_start counts, from now on, the bytes held in blocks
+ * from kiln__malloc, calloc and realloc (their usable size) less those
+ * given back to kiln__free; kiln__alloc_count_stop stops counting and
+ * returns the highest count seen. A block allocated before the start and
+ * freed during the count lowers it. For tests only (a test points cJSON's
+ * hooks here to count its nodes too); atomic, so any thread may allocate
+ * meanwhile. */
+void kiln__alloc_count_start(void);
+size_t kiln__alloc_count_stop(void);
+
 /* kiln__strlcpy copies at most n-1 bytes and always terminates (n > 0).
  * Returns strlen(src), so a result >= n means truncation. */
 size_t kiln__strlcpy(char *dst, const char *src, size_t n);
@@ -53,6 +63,55 @@ bool kiln__utf8_valid(const char *s, size_t n);
 /* Clocks, in nanoseconds. */
 int64_t kiln__realtime_ns(void);  /* since the Unix epoch */
 int64_t kiln__monotonic_ns(void); /* since an arbitrary point */
+
+/* Saturating arithmetic on nanosecond instants and intervals. Times reach
+ * kiln from producers (ETA and CreatedAt from 1678 to 2262, paota's Unix
+ * seconds anywhere in int64) and from tasks (any retry delay), so every
+ * sum, difference or unit change on them clamps to [INT64_MIN, INT64_MAX]
+ * instead of overflowing: an instant far in the past stays far in the
+ * past, a far-future one stays too far for any delay. Thread-safe. */
+static inline int64_t kiln__sat_add(int64_t a, int64_t b)
+{
+    int64_t r;
+
+    if (__builtin_add_overflow(a, b, &r))
+        return b > 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+
+static inline int64_t kiln__sat_sub(int64_t a, int64_t b)
+{
+    int64_t r;
+
+    if (__builtin_sub_overflow(a, b, &r))
+        return b < 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+
+static inline int64_t kiln__sat_mul(int64_t a, int64_t b)
+{
+    int64_t r;
+
+    if (__builtin_mul_overflow(a, b, &r))
+        return (a < 0) != (b < 0) ? INT64_MIN : INT64_MAX;
+    return r;
+}
+
+/* Milliseconds to nanoseconds, saturating at INT64_MAX. */
+static inline int64_t kiln__ms_to_ns(uint64_t ms)
+{
+    return ms > (uint64_t)INT64_MAX / 1000000 ? INT64_MAX
+                                              : (int64_t)ms * 1000000;
+}
+
+/* A nanosecond interval in whole milliseconds, rounded up (so a wait is
+ * never shorter than asked); 0 for an interval <= 0. */
+static inline uint64_t kiln__ns_to_ms_ceil(int64_t ns)
+{
+    if (ns <= 0)
+        return 0;
+    return (uint64_t)ns / 1000000 + ((uint64_t)ns % 1000000 != 0);
+}
 
 /* kiln__sleep_ns sleeps `ns` nanoseconds (<= 0: returns at once), resuming
  * after a signal. Thread-safe. */

@@ -431,11 +431,14 @@ KILN_API kiln_err kiln_signature_set_task_timeout(kiln_signature *sig,
 KILN_API void kiln_signature_set_ignore_unregistered(kiln_signature *sig,
                                                      bool ignore);
 /* kiln_signature_set_eta sets the ETA in nanoseconds since the Unix epoch
- * (written in UTC); kiln_signature_clear_eta removes it. The ETA is a
- * wall-clock time, compared with each worker's CLOCK_REALTIME, so a
- * countdown is CLOCK_REALTIME now plus the delay (never CLOCK_MONOTONIC,
- * which counts from boot), and producer and worker clocks must agree
- * (NTP): a skew moves the start by as much. A task due in 30 seconds:
+ * (written in UTC); kiln_signature_clear_eta removes it. Any value is
+ * accepted: an ETA in the past is due at once, and sending one further
+ * ahead than the delay queues hold fails with KILN_EINVAL ("longer than
+ * the delay queues hold"). The ETA is a wall-clock time, compared with
+ * each worker's CLOCK_REALTIME, so a countdown is CLOCK_REALTIME now plus
+ * the delay (never CLOCK_MONOTONIC, which counts from boot), and producer
+ * and worker clocks must agree (NTP): a skew moves the start by as much.
+ * A task due in 30 seconds:
  *
  * Example (given: kiln_signature *sig):
  *
@@ -596,8 +599,14 @@ KILN_API kiln_err kiln_signature_to_json(const kiln_signature *sig,
  * needed) in either dialect. Bodies over `max_len` bytes are refused with
  * KILN_ETOOBIG (0 means kiln's default of 16 MiB). Errors are KILN_ECODEC
  * with the field and the reason in `err`, e.g. "Args[2].Value: want int64,
- * got string". On success *out is caller owns; free with
- * kiln_signature_free. Thread-safety: safe from any thread. */
+ * got string". Memory: the decoded signature takes at most about 4 times
+ * the body (paota's RawArgs up to 6 times when made only of <, > and &,
+ * which are kept escaped as Go writes them). Values kept verbatim
+ * (unknown keys, Headers, callbacks) may take at most 8 times the body +
+ * 1 MiB; a body whose verbatim values would take more is refused with
+ * KILN_ETOOBIG ("... kept verbatim would take about N bytes ..."), before
+ * any of that memory is allocated. On success *out is caller owns; free
+ * with kiln_signature_free. Thread-safety: safe from any thread. */
 KILN_API kiln_err kiln_signature_from_json(const char *json, size_t len,
                                            size_t max_len, kiln_signature **out,
                                            kiln_error *err);
@@ -673,7 +682,9 @@ KILN_API kiln_err kiln_task_fail(kiln_task_ctx *ctx, const char *fmt, ...)
 
 /* kiln_task_retry asks to run the task again after `delay_ms` without
  * using up its retry count (machinery's ErrRetryTaskLater), and returns
- * KILN_ERETRY for the task to return. */
+ * KILN_ERETRY for the task to return. Any value is accepted: a delay
+ * longer than KILN_RETRY_MAX_MS (kiln_config.retry_max_ms, one hour by
+ * default) is capped to it, so even UINT64_MAX means "after the cap". */
 KILN_API kiln_err kiln_task_retry(kiln_task_ctx *ctx, uint64_t delay_ms);
 
 /* The task's soft time limit (KILN_TIME_LIMIT_MS, or the one given with

@@ -116,9 +116,9 @@ static kiln_err read_field(const bson_iter_t *it, kiln__task_record *r,
     else if (strcmp(k, "state") == 0)
         return read_state(it, r, has_state, err);
     else if (strcmp(k, "created_at") == 0 && BSON_ITER_HOLDS_DATE_TIME(it))
-        r->created_ns = bson_iter_date_time(it) * 1000000;
+        r->created_ns = kiln__sat_mul(bson_iter_date_time(it), 1000000);
     else if (strcmp(k, "updated_at") == 0 && BSON_ITER_HOLDS_DATE_TIME(it))
-        r->updated_ns = bson_iter_date_time(it) * 1000000;
+        r->updated_ns = kiln__sat_mul(bson_iter_date_time(it), 1000000);
     else if (strcmp(k, "results") == 0)
         return kiln__mongo_read_results(it, &r->results, err);
     else if (strcmp(k, "attempts") == 0 && BSON_ITER_HOLDS_INT(it))

@@ -279,6 +279,42 @@ static kiln_err read_elem(const bson_iter_t *it, kiln__value *v, bool slice,
     return KILN_OK;
 }
 
+/* A "[]string" of the `n` elements of the BSON array at `it`, in the
+ * one block kiln__strings_alloc lays out. */
+static kiln_err read_strings(const bson_iter_t *it, kiln__value *v, size_t n)
+{
+    bson_iter_t sub;
+    size_t bytes = 0, i = 0;
+    uint32_t len;
+    const char *s;
+    char **a, *text;
+
+    if (!bson_iter_recurse(it, &sub))
+        return KILN_ETYPE;
+    while (bson_iter_next(&sub)) {
+        if (bson_iter_type(&sub) != BSON_TYPE_UTF8)
+            return KILN_ETYPE;
+        s = bson_iter_utf8(&sub, &len);
+        if (memchr(s, '\0', len) != NULL)
+            return KILN_ETYPE;
+        bytes += len;
+    }
+    if ((a = kiln__strings_alloc(n, bytes, &text)) == NULL)
+        return KILN_ENOMEM;
+    v->v.arr.ptr = a;
+    v->v.arr.n = n;
+    if (!bson_iter_recurse(it, &sub))
+        return KILN_ETYPE;
+    for (; i < n && bson_iter_next(&sub); i++) {
+        s = bson_iter_utf8(&sub, &len);
+        memcpy(text, s, len);
+        text[len] = '\0';
+        a[i] = text;
+        text += len + 1;
+    }
+    return KILN_OK;
+}
+
 /* Fills slice `v` from the BSON array (or binary, or null) at `it`. */
 static kiln_err read_slice(const bson_iter_t *it, kiln__value *v)
 {
@@ -306,6 +342,8 @@ static kiln_err read_slice(const bson_iter_t *it, kiln__value *v)
         n++;
     if (n == 0)
         return KILN_OK;
+    if (v->type == KILN_TYPE_STRING_SLICE)
+        return read_strings(it, v, n);
     if ((v->v.arr.ptr = kiln__calloc(n, elem_size(v->type))) == NULL)
         return KILN_ENOMEM;
     v->v.arr.n = n;

@@ -86,14 +86,65 @@ static const int paota_order[] = {
     CREATED_AT_,  ETA_,
 };
 
+/* The fields whose key starts with `c`, ended by -1: the exact match runs
+ * for every key of every body, so it looks at those alone. */
+static const int *by_first_letter(char c)
+{
+    static const int a[] = {ARGS_, -1}, b[] = {BROKER_MESSAGE_GROUP_ID_, -1},
+                     c_[] = {CHORD_CALLBACK_, CREATED_AT_, -1},
+                     e[] = {ETA_, -1},
+                     g[] = {GROUP_UUID_, GROUP_TASK_COUNT_, -1},
+                     h[] = {HEADERS_, -1},
+                     i[] = {IMMUTABLE_, IGNORE_UNREGISTERED_, -1},
+                     n[] = {NAME_, -1}, o[] = {ON_SUCCESS_, ON_ERROR_, -1},
+                     p[] = {PRIORITY_, -1},
+                     r[] = {ROUTING_KEY_, RETRY_COUNT_,  RETRY_TIMEOUT_,
+                            RAW_ARGS_,    RETRIES_DONE_, -1},
+                     s_[] = {SQS_RECEIPT_HANDLE_, STOP_TASK_DELETION_, -1},
+                     t[] = {TASK_TIMEOUT_, -1}, u[] = {UUID_, -1},
+                     w[] = {WAIT_TIME_, -1}, none[] = {-1};
+
+    switch (c) {
+    case 'A':
+        return a;
+    case 'B':
+        return b;
+    case 'C':
+        return c_;
+    case 'E':
+        return e;
+    case 'G':
+        return g;
+    case 'H':
+        return h;
+    case 'I':
+        return i;
+    case 'N':
+        return n;
+    case 'O':
+        return o;
+    case 'P':
+        return p;
+    case 'R':
+        return r;
+    case 'S':
+        return s_;
+    case 'T':
+        return t;
+    case 'U':
+        return u;
+    case 'W':
+        return w;
+    default:
+        return none;
+    }
+}
+
 int kiln__field_find(const char *key)
 {
-    /* The first byte settles most misses without a call: this runs for
-     * every key of every body. */
-    for (size_t i = 0; i < kiln__n_fields; i++)
-        if (key[0] == kiln__fields[i].key[0] &&
-            strcmp(key, kiln__fields[i].key) == 0)
-            return (int)i;
+    for (const int *c = by_first_letter(key[0]); *c >= 0; c++)
+        if (strcmp(key, kiln__fields[*c].key) == 0)
+            return *c;
     for (size_t i = 0; i < kiln__n_fields; i++)
         if (kiln__key_match(key, kiln__fields[i].key))
             return (int)i;
@@ -170,8 +221,7 @@ static kiln_err put_raw(kiln__buf *b, const kiln_signature *sig,
         kiln__buf_puts(b, "null");
         return KILN_OK;
     }
-    rc = kiln__json_validate(sig->raw_args, sig->raw_args_len, "RawArgs", NULL,
-                             err);
+    rc = kiln__json_validate(sig->raw_args, sig->raw_args_len, "RawArgs", err);
     if (rc == KILN_OK)
         kiln__json_compact(b, sig->raw_args, sig->raw_args_len);
     return rc;

@@ -14,6 +14,7 @@
  *   timeout (TaskTimeOut), wait_time, retries_done   int   I
  *   ignore_if_unregistered       bool     t
  *   created_at, eta              int64    l   Unix seconds, only when set
+ *                                (read saturated to 64-bit nanoseconds)
  * and, read by the registrar though its broker never writes them,
  *   routing_key (string, S) and priority (uint8). paota reads priority
  * through utils.GetUInt8, which takes a Go int or a float64, and no AMQP
@@ -277,9 +278,12 @@ static kiln_err get_time(const kiln_header *h, size_t n, const char *key,
 
     if (v == NULL)
         return KILN_OK;
-    if (kiln__parse_int(v, &s) != KILN_OK ||
-        __builtin_mul_overflow(s, NS_PER_S, &t->unix_ns))
+    if (kiln__parse_int(v, &s) != KILN_OK)
         return bad(key, "Unix seconds", v, err);
+    /* Any int64 is a time to paota; past what 64-bit nanoseconds hold it
+     * is at least as far off as their ends, which is all kiln needs: such
+     * an ETA is due now or too far for the delay queues. */
+    t->unix_ns = kiln__sat_mul(s, NS_PER_S);
     t->offset_s = 0;
     *has = true;
     return KILN_OK;
@@ -362,7 +366,7 @@ static kiln_err check_body(const char *body, size_t len, size_t max_len,
     if ((bad_at = kiln__utf8_error_at(body, len)) < len)
         return kiln__fail(err, KILN_ECODEC, "body: invalid UTF-8 at byte %zu",
                           bad_at);
-    return kiln__json_validate(body, len, "body", NULL, err);
+    return kiln__json_validate(body, len, "body", err);
 }
 
 kiln_err kiln_signature_from_raw(const char *body, size_t len,

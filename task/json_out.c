@@ -22,7 +22,9 @@ static bool buf_grow(kiln__buf *b, size_t more)
         b->oom = true;
         return false;
     }
-    cap = b->cap == 0 ? 256 : b->cap;
+    /* A first request larger than the usual start is met exactly: the
+     * decoder sizes a RawArgs that way. */
+    cap = b->cap != 0 ? b->cap : more < 256 ? 256 : more + 1;
     while (cap - b->n <= more)
         cap *= 2;
     if ((p = kiln__realloc(b->p, cap)) == NULL) {
@@ -385,11 +387,22 @@ void kiln__json_float(kiln__buf *b, double v, int bits)
 
 /* ---- compaction of raw JSON --------------------------------------------- */
 
-void kiln__json_compact(kiln__buf *b, const char *s, size_t n)
+/* Appends s[0..n) to b, or with b NULL only counts it. */
+static size_t emit(kiln__buf *b, const char *s, size_t n)
+{
+    if (b != NULL)
+        kiln__buf_put(b, s, n);
+    return n;
+}
+
+/* One pass of the compaction; with b NULL it only counts the bytes it
+ * would write, so the buffer can be sized once. */
+static size_t compact(kiln__buf *b, const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
     bool in_string = false;
-    size_t start = 0;
+    size_t start = 0, out = 0;
+    char u[6];
 
     for (size_t i = 0; i < n; i++) {
         unsigned char c = p[i];
@@ -407,20 +420,31 @@ void kiln__json_compact(kiln__buf *b, const char *s, size_t n)
                 esc = p[i + 2] == 0xA8 ? "\\u2028" : "\\u2029";
             if (esc == NULL)
                 continue;
-            kiln__buf_put(b, s + start, i - start);
+            out += emit(b, s + start, i - start);
             if (esc[0] == '\0') {
-                put_u00(b, c);
+                memcpy(u, "\\u00", 4);
+                u[4] = hex[c >> 4];
+                u[5] = hex[c & 0xF];
+                out += emit(b, u, 6);
             } else {
-                kiln__buf_put(b, esc, 6);
+                out += emit(b, esc, 6);
                 i += 2;
             }
             start = i + 1;
         } else if (c == '"') {
             in_string = true;
         } else if (c <= ' ') {
-            kiln__buf_put(b, s + start, i - start);
+            out += emit(b, s + start, i - start);
             start = i + 1;
         }
     }
-    kiln__buf_put(b, s + start, n - start);
+    return out + emit(b, s + start, n - start);
+}
+
+void kiln__json_compact(kiln__buf *b, const char *s, size_t n)
+{
+    /* Sized first: a decoded RawArgs is compacted into a buffer of
+     * exactly its length, not into one grown by doubling. */
+    if (buf_grow(b, compact(NULL, s, n) + 1))
+        (void)compact(b, s, n);
 }

@@ -1,21 +1,17 @@
-/* The input side of the codec: a strict RFC 8259 scan of the body before
- * cJSON sees it, and the parse that turns numbers into exact text.
+/* The input side of the codec: a strict RFC 8259 reader. The decoder
+ * reads the fields kiln models with its pieces (strings, numbers, keys)
+ * and passes over everything else with kiln__rd_skip, which checks the
+ * skipped value as strictly and says how large it is; kiln__json_validate
+ * is the same check on a whole text.
  *
- * cJSON is lenient where Go is not: it takes any byte up to space as
- * whitespace (NUL included), raw control bytes inside strings, leading
- * zeros ("01"), "1." and "-.5", and stops quietly after the first value.
- * The scan rejects all of these, as Go's decoder does, so cJSON only ever
- * sees text both agree on. */
+ * Go's decoder is the model: no byte up to space but the four JSON ones
+ * as whitespace, no raw control bytes inside strings, no leading zeros
+ * ("01"), no "1." or "-.5", nothing after the value. (cJSON, which builds
+ * the trees of values kept verbatim, accepts all of these, so it never
+ * reads the text itself.) */
 #include "task/codec.h"
 
 #include <string.h>
-
-typedef struct scanner {
-    const unsigned char *s;
-    size_t n;
-    size_t pos;
-    const char *why; /* NULL: generic "not JSON" */
-} scanner;
 
 /* Task bodies are nearly all ASCII, so eight bytes are checked at once
  * (no high bit set) before the byte-wise path; memcpy keeps the load
@@ -28,8 +24,13 @@ size_t kiln__utf8_error_at(const char *s, size_t n)
     size_t i = 0, len;
 
     while (i < n) {
-        uint64_t w;
-        if (n - i >= 8 && (memcpy(&w, p + i, 8), (w & HIGH_BITS) == 0)) {
+        uint64_t w[4];
+        if (n - i >= 32 && (memcpy(w, p + i, 32),
+                            ((w[0] | w[1] | w[2] | w[3]) & HIGH_BITS) == 0)) {
+            i += 32;
+            continue;
+        }
+        if (n - i >= 8 && (memcpy(w, p + i, 8), (w[0] & HIGH_BITS) == 0)) {
             i += 8;
             continue;
         }
@@ -45,17 +46,6 @@ size_t kiln__utf8_error_at(const char *s, size_t n)
     return n;
 }
 
-static bool is_ws(unsigned char c)
-{
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
-static void skip_ws(scanner *sc)
-{
-    while (sc->pos < sc->n && is_ws(sc->s[sc->pos]))
-        sc->pos++;
-}
-
 static int hex_val(unsigned char c)
 {
     if (c >= '0' && c <= '9')
@@ -68,7 +58,7 @@ static int hex_val(unsigned char c)
 }
 
 /* Reads the 4 hex digits of a \u escape at pos; -1 if malformed. */
-static long hex4(scanner *sc)
+static long hex4(kiln__reader *sc)
 {
     long v = 0;
 
@@ -87,7 +77,7 @@ static long hex4(scanner *sc)
 /* A \u escape (pos after the 'u'). \u0000 cannot live in a C string, and
  * cJSON refuses unpaired surrogates, so both are refused here (Go
  * accepts them, the latter as U+FFFD). */
-static bool scan_unicode(scanner *sc)
+static bool scan_unicode(kiln__reader *sc)
 {
     long u = hex4(sc), lo;
 
@@ -122,29 +112,60 @@ static bool scan_unicode(scanner *sc)
 #define ONES        0x0101010101010101ULL
 #define HAS_ZERO(v) (((v)-ONES) & ~(v)&HIGH_BITS)
 
-static bool special8(uint64_t w)
+/* The high bit of each byte of w that is special. Each test can also flag
+ * a byte above a special one (a borrow), never one below, so the lowest
+ * bit set is exactly the first special byte. */
+static uint64_t special8(uint64_t w)
 {
-    return ((w - 0x20 * ONES) & ~w & HIGH_BITS) != 0 ||
-           HAS_ZERO(w ^ ('"' * ONES)) != 0 || HAS_ZERO(w ^ ('\\' * ONES)) != 0;
+    return ((w - 0x20 * ONES) & ~w & HIGH_BITS) | HAS_ZERO(w ^ ('"' * ONES)) |
+           HAS_ZERO(w ^ ('\\' * ONES));
 }
 
 /* Moves pos over the plain bytes of a string (neither a quote, a
  * backslash nor a control byte), eight at a time where it can: the bulk of
- * every body. */
-static void skip_plain(scanner *sc)
+ * every body. On a little-endian machine the word that holds the end
+ * also says where it is. */
+static void skip_plain(kiln__reader *sc)
 {
     const unsigned char *p = sc->s + sc->pos, *end = sc->s + sc->n;
-    uint64_t w;
+    uint64_t w, m;
 
-    while (end - p >= 8 && (memcpy(&w, p, 8), !special8(w)))
+    while (end - p >= 8) {
+        memcpy(&w, p, 8);
+        if ((m = special8(w)) != 0) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            sc->pos = (size_t)(p - sc->s) + (size_t)(__builtin_ctzll(m) >> 3);
+            return;
+#else
+            break;
+#endif
+        }
         p += 8;
+    }
     while (p < end && *p >= 0x20 && *p != '"' && *p != '\\')
         p++;
     sc->pos = (size_t)(p - sc->s);
 }
 
+static bool simple_escape(unsigned char c)
+{
+    switch (c) {
+    case '"':
+    case '\\':
+    case '/':
+    case 'b':
+    case 'f':
+    case 'n':
+    case 'r':
+    case 't':
+        return true;
+    default:
+        return false;
+    }
+}
+
 /* pos at the opening quote; on success pos is after the closing one. */
-static bool scan_string(scanner *sc)
+static bool scan_string(kiln__reader *sc, bool *escaped)
 {
     sc->pos++;
     while (sc->pos < sc->n) {
@@ -162,11 +183,12 @@ static bool scan_string(scanner *sc)
         }
         if (sc->pos >= sc->n)
             return false;
+        *escaped = true;
         c = sc->s[sc->pos++];
         if (c == 'u') {
             if (!scan_unicode(sc))
                 return false;
-        } else if (strchr("\"\\/bfnrt", c) == NULL || c == '\0') {
+        } else if (!simple_escape(c)) {
             sc->pos--;
             return false;
         }
@@ -174,23 +196,34 @@ static bool scan_string(scanner *sc)
     return false;
 }
 
-static bool is_digit(const scanner *sc)
+bool kiln__rd_string(kiln__reader *r, size_t *len, bool *escaped)
+{
+    size_t start = r->pos;
+
+    *escaped = false;
+    if (r->pos >= r->n || r->s[r->pos] != '"' || !scan_string(r, escaped))
+        return false;
+    *len = r->pos - start - 2;
+    return true;
+}
+
+static bool is_digit(const kiln__reader *sc)
 {
     return sc->pos < sc->n && sc->s[sc->pos] >= '0' && sc->s[sc->pos] <= '9';
 }
 
-static void skip_digits(scanner *sc)
+static void skip_digits(kiln__reader *sc)
 {
     while (is_digit(sc))
         sc->pos++;
 }
 
 /* -? (0 | [1-9][0-9]*) (.[0-9]+)? ([eE][+-]?[0-9]+)? */
-static bool scan_number(scanner *sc)
+static bool scan_number(kiln__reader *sc)
 {
     size_t start = sc->pos;
 
-    if (sc->s[sc->pos] == '-')
+    if (sc->pos < sc->n && sc->s[sc->pos] == '-')
         sc->pos++;
     if (!is_digit(sc))
         return false;
@@ -218,7 +251,12 @@ static bool scan_number(scanner *sc)
     return true;
 }
 
-static bool scan_literal(scanner *sc, const char *word)
+bool kiln__rd_number(kiln__reader *r)
+{
+    return scan_number(r);
+}
+
+static bool scan_literal(kiln__reader *sc, const char *word)
 {
     size_t len = strlen(word);
 
@@ -228,13 +266,35 @@ static bool scan_literal(scanner *sc, const char *word)
     return true;
 }
 
-/* A scalar value at pos (not a container). */
-static bool scan_scalar(scanner *sc)
+bool kiln__rd_literal(kiln__reader *r, const char *word)
+{
+    return scan_literal(r, word);
+}
+
+const char *kiln__json_kind_at(unsigned char c)
+{
+    switch (c) {
+    case '{':
+        return "object";
+    case '[':
+        return "array";
+    case '"':
+        return "string";
+    case 't':
+    case 'f':
+        return "bool";
+    case 'n':
+        return "null";
+    default:
+        return "number";
+    }
+}
+
+/* A scalar value at pos (not a container), other than a string. */
+static bool scan_scalar(kiln__reader *sc)
 {
     unsigned char c = sc->s[sc->pos];
 
-    if (c == '"')
-        return scan_string(sc);
     if (c == '-' || (c >= '0' && c <= '9'))
         return scan_number(sc);
     if (c == 't')
@@ -246,77 +306,65 @@ static bool scan_scalar(scanner *sc)
     return false;
 }
 
-static kiln_err add_span(kiln__spans *sp, size_t off, size_t len,
-                         kiln_error *err)
-{
-    kiln__span *v;
-    size_t cap;
-
-    if (sp->n == sp->cap) {
-        cap = sp->cap == 0 ? 32 : sp->cap * 2;
-        if (cap > SIZE_MAX / sizeof(*v) ||
-            (v = kiln__realloc(sp->v, cap * sizeof(*v))) == NULL)
-            return kiln__fail(err, KILN_ENOMEM, "scanning JSON");
-        sp->v = v;
-        sp->cap = cap;
-    }
-    sp->v[sp->n].off = off;
-    sp->v[sp->n++].len = len;
-    return KILN_OK;
-}
-
-void kiln__spans_free(kiln__spans *sp)
-{
-    if (sp == NULL)
-        return;
-    kiln__free(sp->v);
-    memset(sp, 0, sizeof(*sp));
-}
-
 _Static_assert(KILN__JSON_MAX_DEPTH == 128, "the message below says 128");
 
 enum state { WANT_VALUE, FIRST_IN_ARRAY, FIRST_KEY, WANT_KEY, AFTER_VALUE };
 
 typedef struct walk {
-    scanner sc;
+    kiln__reader *sc;
     unsigned char kind[KILN__JSON_MAX_DEPTH]; /* '{' or '[' per level */
-    size_t depth;
-    size_t member_start;
-    kiln__spans *members;
+    size_t depth;                             /* levels open, outer ones too */
+    size_t base;                              /* depth of the value walked */
+    kiln__extent *x;
 } walk;
 
-/* Starts a value at pos: opens a container or scans a scalar. */
+/* Starts a value at pos: opens a container or scans a scalar, counting it
+ * (and, directly inside the walked value, as one of its elements). */
 static bool start_value(walk *w, enum state *st)
 {
-    unsigned char c = w->sc.s[w->sc.pos];
+    kiln__reader *sc = w->sc;
+    unsigned char c = sc->s[sc->pos];
+    bool top = w->depth == w->base + 1, esc = false;
+    size_t at = sc->pos;
 
+    w->x->values++;
+    w->x->elems += top;
+    if (c == '"') {
+        *st = AFTER_VALUE;
+        if (!scan_string(sc, &esc))
+            return false;
+        if (top)
+            w->x->text += sc->pos - at - 2;
+        w->x->esc |= esc;
+        return true;
+    }
     if (c != '{' && c != '[') {
         *st = AFTER_VALUE;
-        return scan_scalar(&w->sc);
+        return scan_scalar(sc);
     }
     if (w->depth == KILN__JSON_MAX_DEPTH) {
-        w->sc.why = "nested deeper than 128 levels";
+        sc->why = "nested deeper than 128 levels";
         return false;
     }
     w->kind[w->depth++] = c;
-    w->sc.pos++;
+    sc->pos++;
     *st = c == '{' ? FIRST_KEY : FIRST_IN_ARRAY;
     return true;
 }
 
-/* After a value: a comma, the close of the container, or the end. */
+/* After a value: a comma or the close of the container. */
 static bool after_value(walk *w, enum state *st)
 {
-    unsigned char c = w->sc.s[w->sc.pos], kind = w->kind[w->depth - 1];
+    unsigned char c = w->sc->s[w->sc->pos], kind = w->kind[w->depth - 1];
 
     if (c == ',') {
-        w->sc.pos++;
+        w->sc->pos++;
         *st = kind == '{' ? WANT_KEY : WANT_VALUE;
         return true;
     }
     if ((kind == '{' && c != '}') || (kind == '[' && c != ']'))
         return false;
-    w->sc.pos++;
+    w->sc->pos++;
     w->depth--;
     return true;
 }
@@ -327,7 +375,7 @@ static bool close_empty(walk *w, enum state *st, unsigned char c,
 {
     if (c != want)
         return false;
-    w->sc.pos++;
+    w->sc->pos++;
     w->depth--;
     *st = AFTER_VALUE;
     return true;
@@ -335,113 +383,83 @@ static bool close_empty(walk *w, enum state *st, unsigned char c,
 
 static bool scan_key(walk *w, enum state *st)
 {
-    if (w->sc.s[w->sc.pos] != '"' || !scan_string(&w->sc))
+    kiln__reader *sc = w->sc;
+    bool esc = false;
+
+    if (sc->s[sc->pos] != '"' || !scan_string(sc, &esc))
         return false;
-    skip_ws(&w->sc);
-    if (w->sc.pos >= w->sc.n || w->sc.s[w->sc.pos] != ':')
+    kiln__rd_ws(sc);
+    if (sc->pos >= sc->n || sc->s[sc->pos] != ':')
         return false;
-    w->sc.pos++;
+    sc->pos++;
     *st = WANT_VALUE;
     return true;
 }
 
-/* One step of the scan at a non-space byte. */
-static bool step(walk *w, enum state *st, kiln_err *rc, kiln_error *err)
+/* One step of the walk at a non-space byte. */
+static bool step(walk *w, enum state *st)
 {
-    unsigned char c = w->sc.s[w->sc.pos];
-    size_t before = w->depth;
-    enum state was = *st;
-    bool ok;
+    unsigned char c = w->sc->s[w->sc->pos];
 
-    if (was == WANT_VALUE && before == 1)
-        w->member_start = w->sc.pos;
-    if (was == FIRST_IN_ARRAY)
-        ok = close_empty(w, st, c, ']') || start_value(w, st);
-    else if (was == FIRST_KEY)
-        ok = close_empty(w, st, c, '}') || scan_key(w, st);
-    else if (was == WANT_KEY)
-        ok = scan_key(w, st);
-    else if (was == WANT_VALUE)
-        ok = start_value(w, st);
-    else
-        ok = after_value(w, st);
-    if (!ok)
-        return false;
-    /* A member of the top-level object is complete when a scalar ends at
-     * depth 1 or its container closes back to depth 1. */
-    if (w->members != NULL && *st == AFTER_VALUE && w->depth == 1 &&
-        w->kind[0] == '{' &&
-        ((was == WANT_VALUE && before == 1) || before == 2))
-        *rc = add_span(w->members, w->member_start, w->sc.pos - w->member_start,
-                       err);
-    return *rc == KILN_OK;
+    switch (*st) {
+    case FIRST_IN_ARRAY:
+        return close_empty(w, st, c, ']') || start_value(w, st);
+    case FIRST_KEY:
+        return close_empty(w, st, c, '}') || scan_key(w, st);
+    case WANT_KEY:
+        return scan_key(w, st);
+    case WANT_VALUE:
+        return start_value(w, st);
+    default:
+        return after_value(w, st);
+    }
 }
 
-static kiln_err scan_fail(const walk *w, const char *what, kiln_error *err)
-{
-    if (w->sc.why != NULL)
-        return kiln__fail(err, KILN_ECODEC, "%s: not JSON (%s, at byte %zu)",
-                          what, w->sc.why, w->sc.pos);
-    return kiln__fail(err, KILN_ECODEC, "%s: not JSON (error near byte %zu)",
-                      what, w->sc.pos);
-}
-
-kiln_err kiln__json_validate(const char *s, size_t n, const char *what,
-                             kiln__spans *members, kiln_error *err)
+bool kiln__rd_skip(kiln__reader *r, size_t depth, kiln__extent *x)
 {
     walk w;
     enum state st = WANT_VALUE;
-    kiln_err rc = KILN_OK;
+    kiln__extent ignored = {0};
 
-    memset(&w, 0, sizeof(w));
-    w.sc.s = (const unsigned char *)s;
-    w.sc.n = n;
-    w.members = members;
+    w.sc = r;
+    w.depth = w.base = depth;
+    w.x = x != NULL ? x : &ignored;
+    memset(w.x, 0, sizeof(*w.x));
+    kiln__rd_ws(r);
+    w.x->off = r->pos;
+    if (depth > KILN__JSON_MAX_DEPTH)
+        return false;
     for (;;) {
-        skip_ws(&w.sc);
-        if (st == AFTER_VALUE && w.depth == 0)
+        if (r->pos >= r->n || !step(&w, &st))
+            return false;
+        if (st == AFTER_VALUE && w.depth == depth)
             break;
-        if (w.sc.pos >= n || !step(&w, &st, &rc, err)) {
-            if (rc != KILN_OK)
-                return rc;
-            return scan_fail(&w, what, err);
-        }
+        kiln__rd_ws(r);
     }
-    if (w.sc.pos != n) {
-        w.sc.why = "data after the JSON value";
-        return scan_fail(&w, what, err);
-    }
-    return KILN_OK;
+    w.x->len = r->pos - w.x->off;
+    return true;
 }
 
-kiln_err kiln__json_parse(const char *s, size_t n, size_t max_len,
-                          const char *what, kiln__spans *members, cJSON **root,
-                          kiln_error *err)
+kiln_err kiln__rd_fail(const kiln__reader *r, const char *what, kiln_error *err)
 {
-    size_t limit = max_len == 0 ? KILN__DEFAULT_MAX_BODY : max_len;
-    size_t bad;
-    kiln_err rc;
-    cJSON *tree;
+    if (r->why != NULL)
+        return kiln__fail(err, KILN_ECODEC, "%s: not JSON (%s, at byte %zu)",
+                          what, r->why, r->pos);
+    return kiln__fail(err, KILN_ECODEC, "%s: not JSON (error near byte %zu)",
+                      what, r->pos);
+}
 
-    *root = NULL;
-    if (n > limit)
-        return kiln__fail(err, KILN_ETOOBIG,
-                          "%s: %zu bytes, more than the limit of %zu", what, n,
-                          limit);
-    if (n == 0)
-        return kiln__fail(err, KILN_ECODEC, "%s: empty", what);
-    if ((bad = kiln__utf8_error_at(s, n)) < n)
-        return kiln__fail(err, KILN_ECODEC, "%s: invalid UTF-8 at byte %zu",
-                          what, bad);
-    if ((rc = kiln__json_validate(s, n, what, members, err)) != KILN_OK)
-        return rc;
-    /* The scan accepted the text, so cJSON can only fail for memory. */
-    if ((tree = cJSON_ParseWithLength(s, n)) == NULL)
-        return kiln__fail(err, KILN_ENOMEM, "%s: parsing %zu bytes", what, n);
-    if ((rc = kiln__json_raw_numbers(tree, s, n, err)) != KILN_OK) {
-        cJSON_Delete(tree);
-        return rc;
+kiln_err kiln__json_validate(const char *s, size_t n, const char *what,
+                             kiln_error *err)
+{
+    kiln__reader r = {(const unsigned char *)s, n, 0, NULL};
+
+    if (!kiln__rd_skip(&r, 0, NULL))
+        return kiln__rd_fail(&r, what, err);
+    kiln__rd_ws(&r);
+    if (r.pos != n) {
+        r.why = "data after the JSON value";
+        return kiln__rd_fail(&r, what, err);
     }
-    *root = tree;
     return KILN_OK;
 }

@@ -1,7 +1,7 @@
-/* Walks over cJSON trees: exact number text after a parse, Go's map
- * semantics for duplicate keys, and writing a tree back out. Every walk
- * is iterative on a fixed stack (trees are at most KILN__JSON_MAX_DEPTH
- * deep), so a hostile body cannot exhaust the C stack. */
+/* Walks over cJSON trees: Go's map semantics for duplicate keys, and
+ * writing a tree back out. Every walk is iterative on a fixed stack (trees
+ * are at most KILN__JSON_MAX_DEPTH deep), so a hostile body cannot exhaust
+ * the C stack. */
 #include "task/codec.h"
 
 #include <stdlib.h>
@@ -61,99 +61,6 @@ bool kiln__key_match(const char *key, const char *field)
         f += fl;
     }
     return *k == '\0' && *f == '\0';
-}
-
-/* ---- exact numbers ------------------------------------------------------ */
-
-static bool number_char(char c)
-{
-    return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' ||
-           c == 'e' || c == 'E';
-}
-
-/* Finds the next number token at or after *pos, skipping strings. The
- * text has passed the strict scan, so outside strings a '-' or a digit
- * can only start a number (true, false and null hold no digits). */
-static bool next_number(const char *s, size_t n, size_t *pos, size_t *len)
-{
-    size_t i = *pos, j;
-
-    while (i < n) {
-        if (s[i] == '"') {
-            /* Jump from quote to quote; a quote preceded by an odd run of
-             * backslashes is escaped and does not end the string. */
-            for (i++; i < n; i++) {
-                const char *q = memchr(s + i, '"', n - i);
-                size_t bs = 0;
-                if (q == NULL) {
-                    i = n;
-                    break;
-                }
-                i = (size_t)(q - s);
-                while (bs < i && s[i - 1 - bs] == '\\')
-                    bs++;
-                if (bs % 2 == 0)
-                    break;
-            }
-            i++;
-        } else if (s[i] == '-' || (s[i] >= '0' && s[i] <= '9')) {
-            for (j = i + 1; j < n && number_char(s[j]); j++)
-                ;
-            *pos = i;
-            *len = j - i;
-            return true;
-        } else {
-            i++;
-        }
-    }
-    return false;
-}
-
-static kiln_err make_raw(cJSON *it, const char *s, size_t len, kiln_error *err)
-{
-    /* cJSON_Delete frees valuestring with cJSON's allocator. */
-    char *t = cJSON_malloc(len + 1);
-
-    if (t == NULL)
-        return kiln__fail(err, KILN_ENOMEM, "copying a number");
-    memcpy(t, s, len);
-    t[len] = '\0';
-    it->type = (it->type & ~0xFF) | cJSON_Raw;
-    it->valuestring = t;
-    return KILN_OK;
-}
-
-/* cJSON keeps objects and arrays in document order, duplicates included,
- * so a preorder walk meets the numbers in the order they appear. */
-kiln_err kiln__json_raw_numbers(cJSON *root, const char *text, size_t n,
-                                kiln_error *err)
-{
-    cJSON *stack[STACK_MAX];
-    cJSON *it = root;
-    size_t sp = 0, pos = 0, len = 0;
-    kiln_err rc;
-
-    while (it != NULL) {
-        if ((it->type & 0xFF) == cJSON_Number) {
-            if (!next_number(text, n, &pos, &len))
-                return kiln__fail(err, KILN_ECODEC,
-                                  "body: numbers out of step with the text");
-            if ((rc = make_raw(it, text + pos, len, err)) != KILN_OK)
-                return rc;
-            pos += len;
-        }
-        if (it->child != NULL) {
-            if (sp == STACK_MAX)
-                return kiln__fail(err, KILN_ECODEC, "body: nested too deep");
-            stack[sp++] = it->next;
-            it = it->child;
-            continue;
-        }
-        it = it->next;
-        while (it == NULL && sp > 0)
-            it = stack[--sp];
-    }
-    return KILN_OK;
 }
 
 /* ---- duplicate keys ----------------------------------------------------- */

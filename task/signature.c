@@ -1,6 +1,6 @@
 /* The signature object: creation, deep copy, release, and the accessors
  * and setters of its delivery options. Arguments are in args.c. */
-#include "task/task.h"
+#include "task/codec.h"
 
 #include <stddef.h>
 #include <string.h>
@@ -61,6 +61,15 @@ fail:
     return NULL;
 }
 
+kiln_err kiln__signature_fill(kiln_signature *sig, kiln_error *err)
+{
+    for (size_t i = 0; i < KILN__ARRAY_LEN(string_fields); i++)
+        if (*string_slot(sig, i) == NULL &&
+            (*string_slot(sig, i) = kiln__strdup("")) == NULL)
+            return kiln__fail(err, KILN_ENOMEM, "allocating a signature");
+    return KILN_OK;
+}
+
 kiln_err kiln__set_string(char **slot, const char *s, kiln_error *err)
 {
     char *copy;
@@ -117,11 +126,13 @@ static kiln_err copy_owned(kiln_signature *dst, const kiln_signature *src,
         if (dst->raw_args == NULL)
             return kiln__fail(err, KILN_ENOMEM, "copying the raw body");
     }
+    /* Not cJSON_Duplicate: it would share the keys of the decoder's
+     * one-allocation nodes (task/json_build.c). */
     if (src->headers != NULL &&
-        (dst->headers = cJSON_Duplicate(src->headers, 1)) == NULL)
+        (dst->headers = kiln__json_copy(src->headers)) == NULL)
         return kiln__fail(err, KILN_ENOMEM, "copying the headers");
     if (src->extra != NULL &&
-        (dst->extra = cJSON_Duplicate(src->extra, 1)) == NULL)
+        (dst->extra = kiln__json_copy(src->extra)) == NULL)
         return kiln__fail(err, KILN_ENOMEM, "copying the unknown keys");
     return KILN_OK;
 }

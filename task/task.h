@@ -30,8 +30,9 @@ typedef struct kiln__value {
         char *s;    /* STRING, owned, valid UTF-8 */
         struct {
             void *ptr; /* owned: bool[], int64_t[], uint64_t[], double[],
-                          char *[] (each owned), or uint8_t[] for BYTES and
-                          UINT8_SLICE */
+                          uint8_t[] for BYTES and UINT8_SLICE, or for
+                          STRING_SLICE one block from kiln__strings_alloc
+                          (the char *[] with the strings after it) */
             size_t n;  /* element count */
         } arr;
     } v;
@@ -71,8 +72,17 @@ kiln_err kiln__values_add(kiln__values *list, const kiln__value *v,
  * checks; on failure `v`'s pointers are freed. */
 kiln_err kiln__values_add_owned(kiln__values *list, kiln__value *v,
                                 kiln_error *err);
+/* Appends `v` and takes its pointers, with no checks: for the decoder,
+ * whose values are checked as they are read. On failure (KILN_ENOMEM)
+ * v's pointers are freed. */
+kiln_err kiln__values_push(kiln__values *list, kiln__value *v, kiln_error *err);
 kiln_err kiln__values_copy(kiln__values *dst, const kiln__values *src,
                            kiln_error *err);
+
+/* The one block a "[]string" of `n` strings lives in: the char *[n], then
+ * room for `bytes` bytes of text and the n NULs; *text gets where the text
+ * starts. Caller owns (kiln__free, once). NULL on ENOMEM. */
+char **kiln__strings_alloc(size_t n, size_t bytes, char **text);
 void kiln__values_clear(kiln__values *list); /* frees items, keeps nothing */
 void kiln__value_release(kiln__value *v);    /* frees v's pointers */
 
@@ -111,6 +121,18 @@ struct kiln_signature {
 /* Creates an empty signature: every string "" (allocated), no UUID
  * generated. Used by the decoder. */
 kiln_signature *kiln__signature_alloc(kiln_error *err);
+
+/* Gives every string field still NULL its "" (allocated), so a signature
+ * built field by field (the decoder's) keeps the rule above. */
+kiln_err kiln__signature_fill(kiln_signature *sig, kiln_error *err);
+
+/* For a JSON body that did not decode: copies the string values of its
+ * top-level "UUID" and "Name" keys (the first of each; exact keys) into
+ * uuid[n] and name[n], cut to fit, when the whole body is JSON; both are
+ * "" otherwise. Allocates nothing and builds no tree, so it costs a pass
+ * over the body whatever the body holds. Thread-safe. */
+void kiln__json_salvage_ids(const char *body, size_t len, char *uuid,
+                            char *name, size_t n);
 
 /* Replaces *slot with a copy of `s`. */
 kiln_err kiln__set_string(char **slot, const char *s, kiln_error *err);

@@ -193,6 +193,13 @@ kiln_err kiln__time_parse(const char *s, kiln__time *out, kiln_error *err)
         secs = days_from_civil(f.year, f.month, f.day) * S_PER_DAY +
                (int64_t)f.hour * 3600 + (int64_t)f.min * 60 + f.sec -
                f.offset_s;
+        /* Before the epoch the fraction is added to the next second
+         * down from it, so the first nanosecond int64 holds
+         * (1677-09-21T00:12:43.145224192Z) is read without overflow. */
+        if (secs < 0 && f.nsec > 0) {
+            secs++;
+            f.nsec -= NS_PER_S;
+        }
         if (__builtin_mul_overflow(secs, NS_PER_S, &ns) ||
             __builtin_add_overflow(ns, f.nsec, &ns))
             why = "year out of range (1678 to 2261 fit in 64-bit "

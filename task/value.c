@@ -191,18 +191,35 @@ static void normalize(kiln__value *v)
     }
 }
 
+char **kiln__strings_alloc(size_t n, size_t bytes, char **text)
+{
+    char **a;
+
+    if (n > (SIZE_MAX - bytes) / (sizeof(char *) + 1) ||
+        (a = kiln__malloc(n * (sizeof(char *) + 1) + bytes)) == NULL)
+        return NULL;
+    *text = (char *)(a + n);
+    return a;
+}
+
 static kiln_err copy_strings(kiln__value *dst, const kiln__value *src)
 {
     char *const *from = src->v.arr.ptr;
-    char **to = kiln__calloc(src->v.arr.n, sizeof(char *));
+    size_t n = src->v.arr.n, bytes = 0, len;
+    char **to, *text;
 
-    if (to == NULL)
+    for (size_t i = 0; i < n; i++)
+        bytes += strlen(from[i]);
+    if ((to = kiln__strings_alloc(n, bytes, &text)) == NULL)
         return KILN_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        len = strlen(from[i]) + 1;
+        memcpy(text, from[i], len);
+        to[i] = text;
+        text += len;
+    }
     dst->v.arr.ptr = to;
-    dst->v.arr.n = src->v.arr.n;
-    for (size_t i = 0; i < src->v.arr.n; i++)
-        if ((to[i] = kiln__strdup(from[i])) == NULL)
-            return KILN_ENOMEM; /* the caller releases the partial copy */
+    dst->v.arr.n = n;
     return KILN_OK;
 }
 
@@ -301,6 +318,20 @@ kiln_err kiln__values_add_owned(kiln__values *list, kiln__value *v,
     return rc;
 }
 
+kiln_err kiln__values_push(kiln__values *list, kiln__value *v, kiln_error *err)
+{
+    kiln_err rc = reserve(list, err);
+
+    if (rc != KILN_OK) {
+        kiln__value_release(v);
+        return rc;
+    }
+    normalize(v);
+    list->items[list->n++] = *v;
+    memset(v, 0, sizeof(*v));
+    return KILN_OK;
+}
+
 kiln_err kiln__values_copy(kiln__values *dst, const kiln__values *src,
                            kiln_error *err)
 {
@@ -347,10 +378,7 @@ void kiln__value_release(kiln__value *v)
     if (v->type == KILN_TYPE_STRING) {
         kiln__free(v->v.s);
     } else if (kiln__type_is_slice(v->type)) {
-        if (v->type == KILN_TYPE_STRING_SLICE && v->v.arr.ptr != NULL)
-            for (size_t i = 0; i < v->v.arr.n; i++)
-                kiln__free(((char **)v->v.arr.ptr)[i]);
-        kiln__free(v->v.arr.ptr);
+        kiln__free(v->v.arr.ptr); /* a []string's strings live in it too */
     }
     memset(v, 0, sizeof(*v));
 }

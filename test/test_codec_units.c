@@ -378,7 +378,7 @@ static void test_raw_header_errors(void **state)
 {
     kiln_header h[] = {{"uuid", "task_1"}, {"retry_count", "x"}};
     kiln_header ok[] = {{"task_name", "t"}, {"eta", "1700000000"}};
-    kiln_header badtime[] = {{"task_name", "t"}, {"eta", "99999999999999"}};
+    kiln_header badtime[] = {{"task_name", "t"}, {"eta", "1.7e9"}};
     kiln_signature *sig = NULL;
     kiln_error err = {0};
 
@@ -410,6 +410,28 @@ static void test_raw_header_errors(void **state)
     kiln_signature_free(sig);
 }
 
+/* Every field's own key finds it, and so do Go's case-folded forms. */
+static void test_field_keys(void **state)
+{
+    char lower[64];
+
+    (void)state;
+    for (size_t i = 0; i < kiln__n_fields; i++) {
+        const char *key = kiln__fields[i].key;
+        size_t k = 0;
+
+        assert_int_equal(kiln__field_find(key), (int)i);
+        for (; key[k] != '\0' && k + 1 < sizeof(lower); k++)
+            lower[k] =
+                (char)(key[k] >= 'A' && key[k] <= 'Z' ? key[k] + 32 : key[k]);
+        lower[k] = '\0';
+        assert_int_equal(kiln__field_find(lower), (int)i);
+    }
+    assert_int_equal(kiln__field_find(""), -1);
+    assert_int_equal(kiln__field_find("Future"), -1);
+    assert_int_equal(kiln__field_find("Rawargs"), kiln__field_find("RawArgs"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -422,6 +444,7 @@ int main(void)
         cmocka_unit_test(test_raw_round_trip),
         cmocka_unit_test(test_raw_without_body_is_json),
         cmocka_unit_test(test_raw_header_errors),
+        cmocka_unit_test(test_field_keys),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

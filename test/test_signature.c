@@ -405,17 +405,25 @@ static void test_copy_empty(void **state)
 
 /* ---- the internal value list ------------------------------------------- */
 
+/* A "[]string" block (kiln__strings_alloc) holding `a` and `b`. */
+static char **two_strings(const char *a, const char *b)
+{
+    char *text, **arr = kiln__strings_alloc(2, strlen(a) + strlen(b), &text);
+
+    assert_non_null(arr);
+    arr[0] = strcpy(text, a);
+    arr[1] = strcpy(text + strlen(a) + 1, b);
+    return arr;
+}
+
 static void test_values_owned(void **state)
 {
     kiln__values list = {0};
     kiln__value v = {.type = KILN_TYPE_STRING_SLICE};
-    char **arr = kiln__calloc(2, sizeof(char *));
+    char **arr = two_strings("one", EURO);
     kiln_error err;
 
     (void)state;
-    assert_non_null(arr);
-    arr[0] = kiln__strdup("one");
-    arr[1] = kiln__strdup(EURO);
     v.name = kiln__strdup("n");
     v.v.arr.ptr = arr;
     v.v.arr.n = 2;
@@ -424,10 +432,7 @@ static void test_values_owned(void **state)
     assert_ptr_equal(list.items[0].v.arr.ptr, arr);
 
     /* On failure the owned pointers are freed (a leak fails the run). */
-    arr = kiln__calloc(2, sizeof(char *));
-    assert_non_null(arr);
-    arr[0] = kiln__strdup("fine");
-    arr[1] = kiln__strdup("bad\xff");
+    arr = two_strings("fine", "bad\xff");
     v = (kiln__value){.type = KILN_TYPE_STRING_SLICE, .name = NULL};
     v.v.arr.ptr = arr;
     v.v.arr.n = 2;

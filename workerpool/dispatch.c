@@ -8,6 +8,7 @@
  * the broker to redeliver. */
 #include "workerpool/dispatch.h"
 
+#include "broker/delay.h"
 #include "logger/logger.h"
 #include "workerpool/backoff.h"
 #include "workerpool/retry.h"
@@ -120,19 +121,14 @@ static void salvage_ids(const kiln__dispatch *d, const kiln__delivery *dl,
                                         : KILN__DEFAULT_MAX_BODY;
     const char *hu = kiln__delivery_header(dl, "uuid");
     const char *hn = kiln__delivery_header(dl, KILN__HDR_TASK_NAME);
-    cJSON *root, *item;
 
     kiln__strlcpy(uuid, hu ? hu : "", n);
     kiln__strlcpy(name, hn ? hn : "", n);
     if (uuid[0] != '\0' || hn != NULL || dl->body_len > max)
         return;
-    if ((root = cJSON_ParseWithLength(dl->body, dl->body_len)) == NULL)
-        return;
-    if (cJSON_IsString(item = cJSON_GetObjectItemCaseSensitive(root, "UUID")))
-        kiln__strlcpy(uuid, item->valuestring, n);
-    if (cJSON_IsString(item = cJSON_GetObjectItemCaseSensitive(root, "Name")))
-        kiln__strlcpy(name, item->valuestring, n);
-    cJSON_Delete(root);
+    /* No tree: a refused body costs a pass over it, not its size many
+     * times over. */
+    kiln__json_salvage_ids(dl->body, dl->body_len, uuid, name, n);
 }
 
 /* A task that will not run: FAILURE (written by a worker when there is a
@@ -221,23 +217,35 @@ static bool unregistered(const kiln__dispatch *d, const kiln__delivery *dl,
 
 /* A task that arrived before its ETA (from a producer that does not use
  * the delay cascade, or released a little early) goes back into the
- * cascade for the time left: it never holds a worker or the queue. */
-static bool early(const kiln__dispatch *d, kiln__job *job)
-{
-    int64_t left_ns;
+ * cascade for the time left: it never holds a worker or the queue. An ETA
+ * further away than the cascade holds is refused with that reason rather
+ * than cycled through it for ever. Times saturate: an ETA in 1678 is
+ * simply due. */
+enum eta_check { ETA_DUE, ETA_EARLY, ETA_TOO_FAR };
 
+static enum eta_check early(const kiln__dispatch *d, kiln__job *job)
+{
+    uint64_t left_ms, units;
+    kiln_error e;
+
+    if (!job->sig->has_eta)
+        return ETA_DUE;
+    left_ms = kiln__ns_to_ms_ceil(
+        kiln__sat_sub(job->sig->eta.unix_ns, kiln__realtime_ns()));
     /* RabbitMQ counts TTLs in whole milliseconds: within one of the ETA
      * is on time. */
-    if (!job->sig->has_eta ||
-        (left_ns = job->sig->eta.unix_ns - kiln__realtime_ns()) <= 1000000)
-        return false;
+    if (left_ms <= 1)
+        return ETA_DUE;
+    if (kiln__delay_units(d->cfg, left_ms, &units, &e) != KILN_OK) {
+        kiln__fail(&job->reason, KILN_EINVAL, "ETA: %s", e.message);
+        return ETA_TOO_FAR;
+    }
     job->verdict = KILN__VERDICT_RETRY;
-    job->delay_ms = (uint64_t)(left_ns + 999999) / 1000000;
+    job->delay_ms = left_ms;
     kiln__log_task(KILN_LOG_DEBUG, MODULE, job->sig->uuid, job->sig->name,
                    "early by %llu ms: back to the delay queues",
                    (unsigned long long)job->delay_ms);
-    (void)d;
-    return true;
+    return ETA_EARLY;
 }
 
 /* paota's TaskTimeOut: the task must start within that many seconds of
@@ -249,8 +257,9 @@ static bool expired(kiln__job *job)
 
     if (sig->task_timeout <= 0 || !sig->has_created_at)
         return false;
-    late_ms = (kiln__realtime_ns() - sig->created_at.unix_ns) / 1000000 -
-              (int64_t)sig->task_timeout * 1000;
+    late_ms =
+        kiln__sat_sub(kiln__realtime_ns(), sig->created_at.unix_ns) / 1000000 -
+        (int64_t)sig->task_timeout * 1000;
     if (late_ms <= 0)
         return false;
     kiln__fail(&job->reason, KILN_ETIMEDOUT,
@@ -311,8 +320,14 @@ bool kiln__dispatch_admit(const kiln__dispatch *d, const kiln__delivery *dl,
                        job->deliveries);
         return false;
     }
-    if (early(d, job))
+    switch (early(d, job)) {
+    case ETA_EARLY:
         return false;
+    case ETA_TOO_FAR:
+        return refuse(d, dl, job, KILN_EINVAL);
+    case ETA_DUE:
+        break;
+    }
     if (expired(job))
         return refuse_as(d, dl, job, KILN_ETIMEDOUT,
                          d->cfg->expired == KILN_EXPIRED_DROP
@@ -384,7 +399,10 @@ static void conclude(const kiln__dispatch *d, kiln__job *job,
     } else if (rc == KILN_ERETRY) {
         /* machinery's retry-later: the count is not used up. */
         kiln__fail(&job->reason, KILN_ERETRY, "the task asked for a retry");
-        if (retry(d, job, ctx->retry_delay_ms))
+        if (retry(d, job,
+                  ctx->retry_delay_ms < d->cfg->retry_max_ms
+                      ? ctx->retry_delay_ms
+                      : d->cfg->retry_max_ms))
             return;
     } else {
         if (rc == KILN_ETASK && ctx->failure.code == KILN_ETASK)

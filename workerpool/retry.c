@@ -76,8 +76,8 @@ bool kiln__retry_plan(const kiln_config *cfg, kiln_signature *sig,
 kiln_err kiln__encode_again(kiln_signature *sig, uint64_t delay_ms,
                             kiln__job *job, kiln_error *err)
 {
-    kiln_signature_set_eta(sig,
-                           kiln__realtime_ns() + (int64_t)delay_ms * 1000000);
+    kiln_signature_set_eta(
+        sig, kiln__sat_add(kiln__realtime_ns(), kiln__ms_to_ns(delay_ms)));
     job->delay_ms = delay_ms;
     if (sig->dialect == KILN_DIALECT_PAOTA_HEADERS)
         return kiln__signature_to_raw_fields(sig, &job->out_body, &job->out_len,

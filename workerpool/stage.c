@@ -28,19 +28,24 @@ static const char *destination(const kiln_config *cfg,
                                  : cfg->queue;
 }
 
-/* An ETA in the future sends the task through the delay cascade. */
+/* An ETA in the future sends the task through the delay cascade; one
+ * further away than the cascade holds is an error. The difference
+ * saturates, so an ETA of any int64 is either due or too far. */
 static kiln_err route_eta(const kiln_config *cfg, const kiln_signature *sig,
                           kiln__staged *o, kiln_error *err)
 {
-    int64_t left_ns;
+    uint64_t left_ms;
+    kiln_err rc;
 
-    if (!sig->has_eta ||
-        (left_ns = sig->eta.unix_ns - kiln__realtime_ns()) <= 0)
+    if (!sig->has_eta || (left_ms = kiln__ns_to_ms_ceil(kiln__sat_sub(
+                              sig->eta.unix_ns, kiln__realtime_ns()))) == 0)
         return KILN_OK;
-    return kiln__delay_route(cfg, (uint64_t)(left_ns + 999999) / 1000000,
-                             destination(cfg, sig), o->exchange,
-                             sizeof(o->exchange), o->routing_key,
-                             sizeof(o->routing_key), err);
+    rc = kiln__delay_route(cfg, left_ms, destination(cfg, sig), o->exchange,
+                           sizeof(o->exchange), o->routing_key,
+                           sizeof(o->routing_key), err);
+    if (rc != KILN_OK)
+        kiln__prefix(err, "ETA");
+    return rc;
 }
 
 static kiln__message outgoing_message(const kiln_config *cfg,

@@ -1,13 +1,15 @@
 /* libFuzzer target for the JSON codec (make fuzz).
  *
  * Any input: decoding either succeeds or fails with a codec error, never
- * with KILN_ENOMEM (no allocation failure is injected here, so ENOMEM
- * would mean the strict scan accepted text cJSON refused). On success the
- * signature is encoded in both dialects, decoded again and re-encoded:
- * the second encoding must be byte for byte the first. The input is also
- * tried as a paota header-mode body, and that round trip must hold too.
- * Any broken promise traps. */
-#include "task/task.h"
+ * with KILN_ENOMEM (no allocation failure is injected here). The decoder
+ * reads and checks the text in one pass, so it must agree with the
+ * whole-text check (kiln__json_validate): a body it accepts is JSON, and
+ * one it calls "not JSON" is not. On success the signature is encoded in
+ * both dialects, decoded again and re-encoded: the second encoding must
+ * be byte for byte the first. The input is also tried as a paota
+ * header-mode body, and that round trip must hold too. Any broken promise
+ * traps. */
+#include "task/codec.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -82,7 +84,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     rc = kiln_signature_from_json(text, size, 0, &sig, &err);
     if (rc != KILN_OK) {
         check_failure(rc, &err);
+        if (strncmp(err.message, "body: not JSON (", 16) == 0)
+            must(kiln__json_validate(text, size, "body", NULL) != KILN_OK);
     } else {
+        must(kiln__json_validate(text, size, "body", NULL) == KILN_OK);
         stable_json(sig, KILN_DIALECT_MACHINERY);
         stable_json(sig, KILN_DIALECT_PAOTA);
         stable_raw(sig);
