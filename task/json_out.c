@@ -422,7 +422,9 @@ static size_t compact(kiln__buf *b, const char *s, size_t n)
                 continue;
             out += emit(b, s + start, i - start);
             if (esc[0] == '\0') {
-                memcpy(u, "\\u00", 4);
+                u[0] = '\\';
+                u[1] = 'u';
+                u[2] = u[3] = '0';
                 u[4] = hex[c >> 4];
                 u[5] = hex[c & 0xF];
                 out += emit(b, u, 6);
