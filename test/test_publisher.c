@@ -744,6 +744,7 @@ static void test_pool_send_tasks_statuses(void **state)
     kiln__store *store = kiln__mock_store_new(NULL);
     const kiln_signature *sigs[10];
     kiln_signature *own[10];
+    kiln__task_record rec;
     kiln_err st[10];
     kiln_error err;
 
@@ -757,7 +758,16 @@ static void test_pool_send_tasks_statuses(void **state)
         assert_int_equal(st[i], i == 5 ? KILN_EBROKER : KILN_OK);
     assert_non_null(strstr(err.message, "task 5 (add)"));
     assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 9);
-    assert_int_equal(kiln__mock_store_count(store, KILN__STATE_PENDING), 10);
+    /* The unroutable one will never run: FAILURE, not PENDING for ever. */
+    assert_int_equal(kiln__mock_store_count(store, KILN__STATE_PENDING), 9);
+    assert_int_equal(kiln__mock_store_count(store, KILN__STATE_FAILURE), 1);
+    assert_int_equal(kiln__store_get(store, kiln_signature_uuid(own[5]), &rec,
+                                     &err),
+                     KILN_OK);
+    assert_int_equal(rec.state, KILN__STATE_FAILURE);
+    assert_non_null(strstr(rec.error, "not sent: "));
+    assert_non_null(strstr(rec.error, "'nowhere'"));
+    kiln__task_record_release(&rec);
     /* A NULL signature fails alone; the others go. */
     sigs[5] = NULL;
     assert_int_equal(kiln_pool_send_tasks(pool, sigs, 10, st, &err),
