@@ -156,8 +156,8 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
     return KILN_OK;
 }
 
-static kiln_err write(kiln__store *s, const kiln__state_update *u,
-                      bool unsent, kiln_error *err)
+static kiln_err write(kiln__store *s, const kiln__state_update *u, bool unsent,
+                      kiln_error *err)
 {
     struct mock_store *ms = (struct mock_store *)s;
     kiln_err rc;

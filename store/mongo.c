@@ -77,10 +77,9 @@ static kiln_err write_state(kiln__store *s, const kiln__state_update *u,
                                   ms->expire_s, unsent};
     rc = kiln__mongo_update(&update, u, &ctx, err);
     if (rc == KILN_OK)
-        rc = kiln__mongo_write(ms, u,
-                               unsent ? KILN__MONGO_RULE_UNSENT
-                                      : KILN__MONGO_RULE_STATE,
-                               &update, err);
+        rc = kiln__mongo_write(
+            ms, u, unsent ? KILN__MONGO_RULE_UNSENT : KILN__MONGO_RULE_STATE,
+            &update, err);
     bson_destroy(&update);
     return rc;
 }

@@ -17,8 +17,8 @@ void kiln__mongo_filter(bson_t *filter, const kiln__state_update *u,
         BSON_APPEND_BOOL(filter, KILN__MONGO_UNSENT, true);
         return;
     }
-    BSON_APPEND_ARRAY_BEGIN(filter, "$or", &or);
-    BSON_APPEND_DOCUMENT_BEGIN(&or, "0", &alt);
+    BSON_APPEND_ARRAY_BEGIN(filter, "$or", & or);
+    BSON_APPEND_DOCUMENT_BEGIN(& or, "0", &alt);
     if (u->state == KILN__STATE_PENDING || rule == KILN__MONGO_RULE_UNSENT) {
         BSON_APPEND_UTF8(&alt, "state", kiln__state_name(KILN__STATE_PENDING));
     } else {
@@ -29,13 +29,13 @@ void kiln__mongo_filter(bson_t *filter, const kiln__state_update *u,
         bson_append_array_end(&st, &nin);
         bson_append_document_end(&alt, &st);
     }
-    bson_append_document_end(&or, &alt);
+    bson_append_document_end(& or, &alt);
     /* Rule 4: a producer's FAILURE for a failed send gives way to any
      * later write. */
-    BSON_APPEND_DOCUMENT_BEGIN(&or, "1", &alt);
+    BSON_APPEND_DOCUMENT_BEGIN(& or, "1", &alt);
     BSON_APPEND_BOOL(&alt, KILN__MONGO_UNSENT, true);
-    bson_append_document_end(&or, &alt);
-    bson_append_array_end(filter, &or);
+    bson_append_document_end(& or, &alt);
+    bson_append_array_end(filter, & or);
 }
 
 bool kiln__mongo_applies(const char *state, bool marked,

@@ -269,8 +269,7 @@ kiln_err kiln__mongo_write(struct kiln__mongo_store *ms,
         rc = probe_server(ms, client, err);
         if (rc == KILN_OK)
             rc = ensure_index(ms, coll, err);
-        if (rc == KILN_OK &&
-            (ok = write_one(ms, coll, u, rule, update, &be)))
+        if (rc == KILN_OK && (ok = write_one(ms, coll, u, rule, update, &be)))
             maybe_sweep(ms, coll, kiln__mongo_now_ms());
         mongoc_collection_destroy(coll);
         mongoc_client_pool_push(ms->pool, client);
@@ -344,9 +343,8 @@ typedef enum pending_outcome {
 static pending_outcome insert_pending(struct kiln__mongo_store *ms,
                                       const bson_t **docs,
                                       const kiln__state_update *u, size_t n,
-                                      kiln_err *status, bool *dup,
-                                      kiln_err *rc, kiln_error *err,
-                                      bson_error_t *be)
+                                      kiln_err *status, bool *dup, kiln_err *rc,
+                                      kiln_error *err, bson_error_t *be)
 {
     mongoc_client_t *client = mongoc_client_pool_pop(ms->pool);
     mongoc_collection_t *coll =
@@ -404,8 +402,8 @@ kiln_err kiln__mongo_add_pending(kiln__store *s, const kiln__state_update *u,
                                  size_t n, kiln_err *status, kiln_error *err)
 {
     struct kiln__mongo_store *ms = (struct kiln__mongo_store *)s;
-    kiln__mongo_write_ctx ctx = {kiln__mongo_now_ms(), ms->worker,
-                                 ms->expire_s, false};
+    kiln__mongo_write_ctx ctx = {kiln__mongo_now_ms(), ms->worker, ms->expire_s,
+                                 false};
     pending_outcome out = PENDING_DONE;
     bson_t *docs;
     const bson_t **ptrs;

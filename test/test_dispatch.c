@@ -485,9 +485,8 @@ static void test_dispatch_unregistered_policies(void **state)
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "");
     assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
-    assert_string_equal(r.error,
-                        "unregistered task nobody, dropped "
-                        "(KILN_UNREGISTERED=drop)");
+    assert_string_equal(r.error, "unregistered task nobody, dropped "
+                                 "(KILN_UNREGISTERED=drop)");
     kiln__task_record_release(&r);
 
     fx->cfg.unregistered = KILN_UNREGISTERED_DEADLETTER;

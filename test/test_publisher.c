@@ -761,9 +761,9 @@ static void test_pool_send_tasks_statuses(void **state)
     /* The unroutable one will never run: FAILURE, not PENDING for ever. */
     assert_int_equal(kiln__mock_store_count(store, KILN__STATE_PENDING), 9);
     assert_int_equal(kiln__mock_store_count(store, KILN__STATE_FAILURE), 1);
-    assert_int_equal(kiln__store_get(store, kiln_signature_uuid(own[5]), &rec,
-                                     &err),
-                     KILN_OK);
+    assert_int_equal(
+        kiln__store_get(store, kiln_signature_uuid(own[5]), &rec, &err),
+        KILN_OK);
     assert_int_equal(rec.state, KILN__STATE_FAILURE);
     assert_non_null(strstr(rec.error, "not sent: "));
     assert_non_null(strstr(rec.error, "'nowhere'"));

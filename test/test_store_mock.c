@@ -114,14 +114,14 @@ static void test_store_send_failed(void **state)
     kiln__task_record r;
 
     (void)state;
-    assert_int_equal(set_state(s, "u1", "sent", KILN__STATE_PENDING, NULL, NULL),
-                     KILN_OK);
+    assert_int_equal(
+        set_state(s, "u1", "sent", KILN__STATE_PENDING, NULL, NULL), KILN_OK);
     assert_int_equal(send_failed(s, "u1", "not sent: unroutable"), KILN_OK);
     assert_int_equal(get_state(s, "u1", &r), KILN__STATE_FAILURE);
     assert_string_equal(r.error, "not sent: unroutable");
     kiln__task_record_release(&r);
-    assert_int_equal(set_state(s, "u1", "sent", KILN__STATE_PENDING, NULL, NULL),
-                     KILN_OK);
+    assert_int_equal(
+        set_state(s, "u1", "sent", KILN__STATE_PENDING, NULL, NULL), KILN_OK);
     assert_int_equal(get_state(s, "u1", &r), KILN__STATE_PENDING);
     assert_string_equal(r.error, "");
     kiln__task_record_release(&r);
@@ -138,8 +138,8 @@ static void test_store_send_failed(void **state)
     assert_int_equal(set_state(s, "u1", NULL, KILN__STATE_SUCCESS, NULL, NULL),
                      KILN_OK);
     assert_int_equal(send_failed(s, "u1", "late"), KILN_OK);
-    assert_int_equal(set_state(s, "u1", "sent", KILN__STATE_PENDING, NULL, NULL),
-                     KILN_OK);
+    assert_int_equal(
+        set_state(s, "u1", "sent", KILN__STATE_PENDING, NULL, NULL), KILN_OK);
     assert_int_equal(get_state(s, "u1", &r), KILN__STATE_SUCCESS);
     kiln__task_record_release(&r);
     started.state = KILN__STATE_RETRY;

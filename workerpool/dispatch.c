@@ -153,8 +153,7 @@ static bool refuse_at(const kiln__dispatch *d, const kiln__delivery *dl,
         salvage_ids(d, dl, job->failed_uuid, job->failed_name,
                     sizeof(job->failed_uuid));
     }
-    kiln__log_task(level, MODULE, job->failed_uuid, job->failed_name,
-                   "%s: %s",
+    kiln__log_task(level, MODULE, job->failed_uuid, job->failed_name, "%s: %s",
                    verdict == KILN__VERDICT_ACK ? "dropped" : "dead-lettered",
                    job->reason.message);
     if (d->store == NULL || job->failed_uuid[0] == '\0') {

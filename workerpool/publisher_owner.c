@@ -74,8 +74,7 @@ static void expire(kiln__pub_conn *c, int64_t now)
                        ms, c->last.message);
     } else {
         (void)snprintf(lost, sizeof(lost),
-                       "no confirm within %u ms (KILN_PUBLISH_TIMEOUT_MS)",
-                       ms);
+                       "no confirm within %u ms (KILN_PUBLISH_TIMEOUT_MS)", ms);
         (void)snprintf(unsent, sizeof(unsent),
                        "not sent within %u ms (KILN_PUBLISH_TIMEOUT_MS): the "
                        "connection was still waiting for the broker to "

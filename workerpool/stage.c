@@ -226,8 +226,7 @@ void kiln__stage_unsent(kiln__store *store, const kiln_signature *const *sigs,
         if (!kiln__unsent_definite(pst[j]) || (lost != NULL && lost[j]))
             continue;
         (void)snprintf(text, sizeof(text), "not sent: %s",
-                       j == why_j && why != NULL ? why
-                                                 : unsent_reason(pst[j]));
+                       j == why_j && why != NULL ? why : unsent_reason(pst[j]));
         if (kiln__store_send_failed(store, &u, &e) != KILN_OK)
             kiln__log_task(KILN_LOG_WARN, "pool", sig->uuid, sig->name,
                            "its send failed and its FAILURE could not be "
