@@ -818,6 +818,22 @@ KILN_API kiln_err kiln_pool_start(kiln_pool *pool, kiln_error *err);
  * stops at once, as a second signal does. */
 KILN_API void kiln_pool_stop(kiln_pool *pool);
 
+/* kiln_pool_wait_ready waits until the pool's consumer is subscribed to
+ * its queue: kiln_pool_start, running on another thread, has connected,
+ * declared the topology and is consuming, so tasks in the queue now reach
+ * this pool. That is also when the pool logs the NOTICE line
+ * "pool=NAME consuming queue=QUEUE". Returns KILN_OK at once when it is
+ * consuming (after a lost connection: once it consumes again);
+ * KILN_ETIMEDOUT when `timeout_ms` (0: look once) passed first, with the
+ * last connection error in `err` ("pool billing is not consuming queue
+ * orders after 5000 ms: ..."); KILN_ECLOSED once the pool is stopping or
+ * stopped (kiln_pool_stop, a signal, or kiln_pool_start returned);
+ * KILN_EINVAL for a NULL pool. It may be called before kiln_pool_start.
+ * Thread-safety: safe from any thread, several at once, but not from a
+ * signal handler, and not once kiln_pool_free may run. */
+KILN_API kiln_err kiln_pool_wait_ready(kiln_pool *pool, unsigned timeout_ms,
+                                       kiln_error *err);
+
 /* kiln_pool_send_task publishes `sig` (borrowed; not modified) to the
  * configured exchange, persistent and mandatory, and returns once the
  * broker has confirmed it: KILN_OK means the broker has taken the task.
