@@ -594,7 +594,11 @@ KILN_API kiln_err kiln_signature_set_raw_body(kiln_signature *sig,
 /* kiln_signature_to_raw produces a header-mode message: *body (the raw
  * body; caller owns; free with kiln_free) and *headers, an array of *n
  * headers whose strings live inside the same allocation (caller owns; free
- * the array with one kiln_free). */
+ * the array with one kiln_free). As paota does, a signature without a raw
+ * body becomes paota's JSON (typed Args included) with no headers. One
+ * with both a raw body and typed arguments is refused with KILN_EINVAL:
+ * header mode carries the raw body alone, so the arguments would be lost
+ * (send it in the paota JSON dialect, which carries both). */
 KILN_API kiln_err kiln_signature_to_raw(const kiln_signature *sig, char **body,
                                         size_t *body_len, kiln_header **headers,
                                         size_t *n, kiln_error *err);
