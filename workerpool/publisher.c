@@ -17,9 +17,10 @@
  * that was written and is still unsettled is KILN_ETIMEDOUT (the broker
  * may have it); one never written (no connection could be opened, or the
  * connection was busy with earlier messages) is KILN_EBROKER, "not sent",
- * with the last connection error: the broker cannot have it. A caller waits at
- * most its deadline plus the rest of a batch already in progress, which the
- * broker's own publish timeout bounds.
+ * with the last connection error: the broker cannot have it. A caller
+ * waits at most its deadline plus the rest of a batch or connection
+ * attempt already in progress, which the broker's own publish and connect
+ * timeouts bound.
  *
  * Threads, and the lock rule: see workerpool/publisher.h. */
 #include "workerpool/publisher.h"
