@@ -182,7 +182,8 @@ typedef enum kiln_store_kind {
 typedef enum kiln_dialect {
     KILN_DIALECT_MACHINERY = 0, /* machinery v1/v2 Signature */
     KILN_DIALECT_PAOTA,         /* paota Signature */
-    KILN_DIALECT_PAOTA_HEADERS  /* paota raw mode: metadata in AMQP headers */
+    KILN_DIALECT_PAOTA_HEADERS  /* paota raw mode: metadata in AMQP headers
+                                   (see kiln_signature_to_raw) */
 } kiln_dialect;
 
 typedef enum kiln_retry_policy {
@@ -191,7 +192,11 @@ typedef enum kiln_retry_policy {
 } kiln_retry_policy;
 
 /* What a worker does with a task whose name nobody registered, when the
- * signature does not set IgnoreWhenTaskNotRegistered. */
+ * signature does not set IgnoreWhenTaskNotRegistered (which means DROP
+ * for it). Dead-lettered or dropped, the task is recorded FAILURE with
+ * the reason ("unregistered task NAME", "unregistered task NAME, dropped
+ * (KILN_UNREGISTERED=drop)", "unregistered task NAME, ignored
+ * (IgnoreWhenTaskNotRegistered)"). */
 typedef enum kiln_unregistered_policy {
     KILN_UNREGISTERED_DEADLETTER = 0, /* to the dead-letter queue */
     KILN_UNREGISTERED_REQUEUE, /* into the delay queues for 1 s, doubling up
@@ -634,7 +639,11 @@ KILN_API kiln_err kiln_signature_set_raw_body(kiln_signature *sig,
 /* kiln_signature_to_raw produces a header-mode message: *body (the raw
  * body; caller owns; free with kiln_free) and *headers, an array of *n
  * headers whose strings live inside the same allocation (caller owns; free
- * the array with one kiln_free). */
+ * the array with one kiln_free). As paota does, a signature without a raw
+ * body becomes paota's JSON (typed Args included) with no headers. One
+ * with both a raw body and typed arguments is refused with KILN_EINVAL:
+ * header mode carries the raw body alone, so the arguments would be lost
+ * (send it in the paota JSON dialect, which carries both). */
 KILN_API kiln_err kiln_signature_to_raw(const kiln_signature *sig, char **body,
                                         size_t *body_len, kiln_header **headers,
                                         size_t *n, kiln_error *err);
@@ -813,9 +822,11 @@ KILN_API kiln_pool *kiln_pool_new(const kiln_config *cfg, unsigned concurrency,
 
 /* kiln_pool_free waits for any task still running (after a timed-out
  * drain or a second signal), then closes every connection and frees
- * everything: such a task may still send tasks until it returns. Call it
- * after kiln_pool_start returned, or for a pool never started, from a
- * thread that is not one of its tasks. NULL is a no-op. */
+ * everything: such a task may still send tasks until it returns, and a
+ * task that never returns keeps kiln_pool_free waiting (see
+ * kiln_pool_start for ending the process anyway). Call it after
+ * kiln_pool_start returned, or for a pool never started, from a thread
+ * that is not one of its tasks. NULL is a no-op. */
 KILN_API void kiln_pool_free(kiln_pool *pool);
 
 /* kiln_pool_register adds a task function, as kiln_registry_add (same
@@ -842,16 +853,32 @@ KILN_API kiln_err kiln_pool_register_table(kiln_pool *pool,
  * handlers for these two for the duration of the call (one pool at a time)
  * and, on return, puts back the ones it found unless the program replaced
  * kiln's meanwhile; with it off, kiln touches no signal disposition and the
- * program stops the pool with kiln_pool_stop. A lost broker connection is
- * re-established with capped, jittered backoff; start does not return for
- * it. Stopping drains: no new deliveries are taken, deliveries not yet
+ * program stops the pool with kiln_pool_stop.
+ *
+ * A broker that cannot be reached, at start as later, is tried again with
+ * capped, jittered backoff (100 ms doubling to 10 s) and a WARN line
+ * saying why at each attempt; start does not return for it, so a worker
+ * may start before its broker (kiln_pool_wait_ready says when it
+ * consumes). A stop or signal while it connects ends the call with
+ * KILN_OK once the attempt under way ends (at most
+ * cfg->connect_timeout_ms).
+ *
+ * Stopping drains: no new deliveries are taken, deliveries not yet
  * started go back to the queue, running tasks finish and are acked, the
  * connection is closed. Returns KILN_OK after a complete drain;
  * KILN_ETIMEDOUT when cfg->drain_timeout_ms passed or a second signal came
  * first (unacked deliveries then return to the queue when the connection
  * closes, and kiln_pool_free waits for the tasks still running);
  * KILN_EINVAL when nothing is registered; KILN_ECLOSED when called twice.
- * Blocks the calling thread. */
+ * Blocks the calling thread.
+ *
+ * After KILN_ETIMEDOUT, a program that must not wait for tasks that may
+ * never return may end the process without kiln_pool_free, with _exit()
+ * (not exit(), whose clean-up would run under the task threads). Nothing
+ * acknowledged is lost: the consuming connection is closed before this
+ * returns, so the deliveries of those tasks are back in the queue and run
+ * again elsewhere. Lost are those tasks' work in progress and any send
+ * they had not had confirmed. */
 KILN_API kiln_err kiln_pool_start(kiln_pool *pool, kiln_error *err);
 
 /* kiln_pool_stop asks a running kiln_pool_start to drain and return. Safe
@@ -860,22 +887,57 @@ KILN_API kiln_err kiln_pool_start(kiln_pool *pool, kiln_error *err);
  * stops at once, as a second signal does. */
 KILN_API void kiln_pool_stop(kiln_pool *pool);
 
+/* kiln_pool_wait_ready waits until the pool's consumer is subscribed to
+ * its queue: kiln_pool_start, running on another thread, has connected,
+ * declared the topology and is consuming, so tasks in the queue now reach
+ * this pool. That is also when the pool logs the NOTICE line
+ * "pool=NAME consuming queue=QUEUE". Returns KILN_OK at once when it is
+ * consuming (after a lost connection: once it consumes again);
+ * KILN_ETIMEDOUT when `timeout_ms` (0: look once) passed first, with the
+ * last connection error in `err` ("pool billing is not consuming queue
+ * orders after 5000 ms: ..."); KILN_ECLOSED once the pool is stopping or
+ * stopped (kiln_pool_stop, a signal, or kiln_pool_start returned);
+ * KILN_EINVAL for a NULL pool. It may be called before kiln_pool_start.
+ * Thread-safety: safe from any thread, several at once, but not from a
+ * signal handler, and not once kiln_pool_free may run. */
+KILN_API kiln_err kiln_pool_wait_ready(kiln_pool *pool, unsigned timeout_ms,
+                                       kiln_error *err);
+
 /* kiln_pool_send_task publishes `sig` (borrowed; not modified) to the
- * configured exchange, persistent and mandatory, and returns once the
- * broker has confirmed it: KILN_OK means the broker has taken the task.
- * The routing key is the signature's, or cfg->binding_key when it has
- * none. An unroutable task, a nack or no confirm within
- * cfg->publish_timeout_ms is an error, never a silent loss. Concurrent
- * calls share publisher confirms (one round trip for many tasks).
- * Publishing connections are opened on first use. */
+ * configured exchange, persistent and mandatory, in cfg->dialect, and
+ * returns once the broker has confirmed it: KILN_OK means the broker has
+ * taken the task. The routing key is the signature's, or
+ * cfg->binding_key when it has none. An unroutable task, a nack or no
+ * confirm within cfg->publish_timeout_ms is an error, never a silent
+ * loss: KILN_ETIMEDOUT when the task was written and not confirmed in
+ * time (the broker may have it: it may run, and sending it again may
+ * duplicate it); KILN_EBROKER when the broker certainly does not have it
+ * (nacked, returned unroutable, or "not sent" because no connection
+ * opened within cfg->publish_timeout_ms, the connect error in `err`; a
+ * connection attempt under way may add up to cfg->connect_timeout_ms).
+ * Concurrent calls share publisher confirms (one round trip for many
+ * tasks).
+ *
+ * Publishing connections are opened on first use, and each declares the
+ * topology of cfg as a worker does (exchange, task queue and binding,
+ * dead-letter and delay queues): a producer started before any worker
+ * routes its tasks into the queue cfg names. One dialect per pool: to
+ * send in two, use two pools.
+ *
+ * With a store, PENDING is recorded before publishing. When the send then
+ * fails for certain (any code but KILN_ETIMEDOUT and KILN_ECLOSED), the
+ * task is recorded FAILURE "not sent: REASON" instead, so a waiter learns
+ * that it will not run; sending the same signature again replaces that
+ * FAILURE with PENDING. */
 KILN_API kiln_err kiln_pool_send_task(kiln_pool *pool,
                                       const kiln_signature *sig,
                                       kiln_error *err);
 
 /* kiln_pool_send_tasks publishes `n` signatures and waits once for all of
- * their confirms. status[i] (status may be NULL) gets each one's result;
- * returns KILN_OK when all were confirmed, else the first failure with its
- * index in `err`. */
+ * their confirms. status[i] (status may be NULL) gets each one's result,
+ * with the meanings of kiln_pool_send_task (the store, too, is written as
+ * there, task by task); returns KILN_OK when all were confirmed, else the
+ * first failure with its index in `err`. */
 KILN_API kiln_err kiln_pool_send_tasks(kiln_pool *pool,
                                        const kiln_signature *const *sigs,
                                        size_t n, kiln_err *status,

@@ -115,17 +115,23 @@ static kiln_err conn_publish(kiln__broker *b, const kiln__message *msgs,
 static kiln_err conn_connect(kiln__broker *b, kiln_error *err)
 {
     struct conn *c = (struct conn *)b;
-    bool down;
+    bool down, refused;
 
     if (c->broken)
         b->ops->close(b);
     pthread_mutex_lock(&c->srv->mu);
     down = c->srv->shutdown;
+    refused = c->srv->refuse_connects;
+    if (!down && !refused)
+        c->srv->connects++;
     pthread_mutex_unlock(&c->srv->mu);
     if (down)
         return kiln__fail(err, KILN_EBROKER,
                           "mock broker: connection "
                           "refused (shut down)");
+    if (refused)
+        return kiln__fail(err, KILN_EBROKER,
+                          "mock broker: connection refused (injected)");
     c->connected = true;
     return KILN_OK;
 }

@@ -77,6 +77,8 @@ struct kiln__mock_server {
     unsigned confirm_delay_ms; /* each publish call waits this long */
     uint64_t stamp;
     bool shutdown;
+    bool refuse_connects; /* kiln__mock_server_refuse_connections */
+    unsigned connects;    /* connections opened */
     struct cascade *cascades;
     size_t ncasc, capcasc;
     struct msg *held; /* waiting out a delay, soonest first */

@@ -198,6 +198,23 @@ void kiln__mock_server_free(kiln__mock_server *srv)
     kiln__free(srv);
 }
 
+void kiln__mock_server_refuse_connections(kiln__mock_server *srv, bool refuse)
+{
+    pthread_mutex_lock(&srv->mu);
+    srv->refuse_connects = refuse;
+    pthread_mutex_unlock(&srv->mu);
+}
+
+unsigned kiln__mock_server_connects(kiln__mock_server *srv)
+{
+    unsigned n;
+
+    pthread_mutex_lock(&srv->mu);
+    n = srv->connects;
+    pthread_mutex_unlock(&srv->mu);
+    return n;
+}
+
 void kiln__mock_server_shutdown(kiln__mock_server *srv)
 {
     pthread_mutex_lock(&srv->mu);

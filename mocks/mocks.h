@@ -87,6 +87,12 @@ size_t kiln__mock_server_delayed(kiln__mock_server *srv);
  * (publish_lost says so), and publish, declare and tick fail until the
  * connection is closed or connected again; 0 disarms. */
 void kiln__mock_server_fail_publish(kiln__mock_server *srv, unsigned nth);
+/* refuse_connections: while `refuse`, every connect fails with KILN_EBROKER
+ * "mock broker: connection refused (injected)", as against a broker that is
+ * down; connections already open stay. connects: connections opened so
+ * far. */
+void kiln__mock_server_refuse_connections(kiln__mock_server *srv, bool refuse);
+unsigned kiln__mock_server_connects(kiln__mock_server *srv);
 void kiln__mock_server_fail_connection(kiln__mock_server *srv, unsigned nth);
 void kiln__mock_server_fail_consume(kiln__mock_server *srv, unsigned count);
 kiln_err kiln__mock_server_set_unroutable(kiln__mock_server *srv,

@@ -11,6 +11,7 @@ struct entry {
     struct entry *next;
     uint64_t hash;
     kiln__task_record rec;
+    bool unsent; /* rec is a producer's FAILURE for a failed send */
 };
 
 struct mock_store {
@@ -71,14 +72,17 @@ static void maybe_grow(struct mock_store *ms)
     ms->nbuckets = n;
 }
 
-/* The rules of store/store.h: may `u` change a record in state `cur`? */
-static bool applies(const kiln__task_record *cur, const kiln__state_update *u)
+/* The rules of store/store.h: may `u` (a failed send's FAILURE when
+ * `unsent`) change the entry `e` (NULL: none)? */
+static bool applies(const struct entry *e, const kiln__state_update *u,
+                    bool unsent)
 {
-    if (cur == NULL)
+    if (e == NULL || e->unsent)
         return true;
-    if (kiln__state_finished(cur->state))
+    if (kiln__state_finished(e->rec.state))
         return false;
-    return u->state != KILN__STATE_PENDING || cur->state == KILN__STATE_PENDING;
+    return (u->state != KILN__STATE_PENDING && !unsent) ||
+           e->rec.state == KILN__STATE_PENDING;
 }
 
 /* Builds the new contents of a record before touching the old one, so a
@@ -109,14 +113,14 @@ static kiln_err fill(kiln__task_record *r, const kiln__state_update *u,
 
 /* Applies `u` to the map. Caller holds ms->mu. */
 static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
-                      kiln_error *err)
+                      bool unsent, kiln_error *err)
 {
     uint64_t h = hash_str(u->uuid);
     struct entry *e = lookup(ms, u->uuid, h);
     kiln__task_record rec;
     kiln_err rc;
 
-    if (!applies(e ? &e->rec : NULL, u))
+    if (!applies(e, u, unsent))
         return KILN_OK;
     if ((rc = fill(&rec, u, err)) != KILN_OK)
         return rc;
@@ -146,13 +150,14 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
         kiln__task_record_release(&e->rec);
     }
     e->rec = rec;
+    e->unsent = unsent;
     ms->per_state[rec.state]++;
     pthread_cond_broadcast(&ms->cond);
     return KILN_OK;
 }
 
-static kiln_err ms_set_state(kiln__store *s, const kiln__state_update *u,
-                             kiln_error *err)
+static kiln_err write(kiln__store *s, const kiln__state_update *u, bool unsent,
+                      kiln_error *err)
 {
     struct mock_store *ms = (struct mock_store *)s;
     kiln_err rc;
@@ -172,10 +177,24 @@ static kiln_err ms_set_state(kiln__store *s, const kiln__state_update *u,
                         "mock store: write failed "
                         "(injected)");
     } else {
-        rc = apply(ms, u, err);
+        rc = apply(ms, u, unsent, err);
     }
     pthread_mutex_unlock(&ms->mu);
     return rc;
+}
+
+static kiln_err ms_set_state(kiln__store *s, const kiln__state_update *u,
+                             kiln_error *err)
+{
+    return write(s, u, false, err);
+}
+
+static kiln_err ms_send_failed(kiln__store *s, const kiln__state_update *u,
+                               kiln_error *err)
+{
+    if (u != NULL && u->state != KILN__STATE_FAILURE)
+        return kiln__fail(err, KILN_EINVAL, "mock store: send_failed: FAILURE");
+    return write(s, u, true, err);
 }
 
 static kiln_err ms_get_state(kiln__store *s, const char *uuid,
@@ -230,7 +249,8 @@ static void ms_destroy(kiln__store *s)
 
 static const kiln__store_ops ms_ops = {.set_state = ms_set_state,
                                        .get_state = ms_get_state,
-                                       .destroy = ms_destroy};
+                                       .destroy = ms_destroy,
+                                       .send_failed = ms_send_failed};
 
 kiln__store *kiln__mock_store_new(kiln_error *err)
 {

@@ -60,8 +60,8 @@ bool kiln__mongo_stale_socket(const bson_error_t *be)
 
 /* ---- ops ------------------------------------------------------------- */
 
-static kiln_err mongo_set_state(kiln__store *s, const kiln__state_update *u,
-                                kiln_error *err)
+static kiln_err write_state(kiln__store *s, const kiln__state_update *u,
+                            bool unsent, kiln_error *err)
 {
     struct kiln__mongo_store *ms = (struct kiln__mongo_store *)s;
     bson_t update = BSON_INITIALIZER;
@@ -73,13 +73,30 @@ static kiln_err mongo_set_state(kiln__store *s, const kiln__state_update *u,
     if ((unsigned)u->state > KILN__STATE_LAST)
         return kiln__fail(err, KILN_EINVAL, "mongodb store: state %d",
                           (int)u->state);
-    ctx =
-        (kiln__mongo_write_ctx){kiln__mongo_now_ms(), ms->worker, ms->expire_s};
+    ctx = (kiln__mongo_write_ctx){kiln__mongo_now_ms(), ms->worker,
+                                  ms->expire_s, unsent};
     rc = kiln__mongo_update(&update, u, &ctx, err);
     if (rc == KILN_OK)
-        rc = kiln__mongo_write(ms, u, &update, err);
+        rc = kiln__mongo_write(
+            ms, u, unsent ? KILN__MONGO_RULE_UNSENT : KILN__MONGO_RULE_STATE,
+            &update, err);
     bson_destroy(&update);
     return rc;
+}
+
+static kiln_err mongo_set_state(kiln__store *s, const kiln__state_update *u,
+                                kiln_error *err)
+{
+    return write_state(s, u, false, err);
+}
+
+static kiln_err mongo_send_failed(kiln__store *s, const kiln__state_update *u,
+                                  kiln_error *err)
+{
+    if (u != NULL && u->state != KILN__STATE_FAILURE)
+        return kiln__fail(err, KILN_EINVAL,
+                          "mongodb store: a failed send records FAILURE");
+    return write_state(s, u, true, err);
 }
 
 /* One find by _id. False (with *be) when the server could not be asked;
@@ -156,7 +173,8 @@ static const kiln__store_ops mongo_ops = {.set_state = mongo_set_state,
                                           .add_pending =
                                               kiln__mongo_add_pending,
                                           .get_state = mongo_get_state,
-                                          .destroy = mongo_destroy};
+                                          .destroy = mongo_destroy,
+                                          .send_failed = mongo_send_failed};
 
 /* ---- construction ------------------------------------------------------ */
 

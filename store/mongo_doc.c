@@ -7,22 +7,48 @@
 
 /* ---- filters and updates ---------------------------------------------- */
 
-void kiln__mongo_filter(bson_t *filter, const kiln__state_update *u)
+void kiln__mongo_filter(bson_t *filter, const kiln__state_update *u,
+                        kiln__mongo_rule rule)
 {
-    bson_t st, nin;
+    bson_t or, alt, st, nin;
 
     BSON_APPEND_UTF8(filter, "_id", u->uuid);
-    if (u->state == KILN__STATE_PENDING) {
-        BSON_APPEND_UTF8(filter, "state",
-                         kiln__state_name(KILN__STATE_PENDING));
+    if (rule == KILN__MONGO_RULE_RESENT) {
+        BSON_APPEND_BOOL(filter, KILN__MONGO_UNSENT, true);
         return;
     }
-    BSON_APPEND_DOCUMENT_BEGIN(filter, "state", &st);
-    BSON_APPEND_ARRAY_BEGIN(&st, "$nin", &nin);
-    BSON_APPEND_UTF8(&nin, "0", kiln__state_name(KILN__STATE_SUCCESS));
-    BSON_APPEND_UTF8(&nin, "1", kiln__state_name(KILN__STATE_FAILURE));
-    bson_append_array_end(&st, &nin);
-    bson_append_document_end(filter, &st);
+    BSON_APPEND_ARRAY_BEGIN(filter, "$or", & or);
+    BSON_APPEND_DOCUMENT_BEGIN(& or, "0", &alt);
+    if (u->state == KILN__STATE_PENDING || rule == KILN__MONGO_RULE_UNSENT) {
+        BSON_APPEND_UTF8(&alt, "state", kiln__state_name(KILN__STATE_PENDING));
+    } else {
+        BSON_APPEND_DOCUMENT_BEGIN(&alt, "state", &st);
+        BSON_APPEND_ARRAY_BEGIN(&st, "$nin", &nin);
+        BSON_APPEND_UTF8(&nin, "0", kiln__state_name(KILN__STATE_SUCCESS));
+        BSON_APPEND_UTF8(&nin, "1", kiln__state_name(KILN__STATE_FAILURE));
+        bson_append_array_end(&st, &nin);
+        bson_append_document_end(&alt, &st);
+    }
+    bson_append_document_end(& or, &alt);
+    /* Rule 4: a producer's FAILURE for a failed send gives way to any
+     * later write. */
+    BSON_APPEND_DOCUMENT_BEGIN(& or, "1", &alt);
+    BSON_APPEND_BOOL(&alt, KILN__MONGO_UNSENT, true);
+    bson_append_document_end(& or, &alt);
+    bson_append_array_end(filter, & or);
+}
+
+bool kiln__mongo_applies(const char *state, bool marked,
+                         const kiln__state_update *u, kiln__mongo_rule rule)
+{
+    bool pending = strcmp(state, kiln__state_name(KILN__STATE_PENDING)) == 0;
+
+    if (marked || rule == KILN__MONGO_RULE_RESENT)
+        return marked;
+    if (u->state == KILN__STATE_PENDING || rule == KILN__MONGO_RULE_UNSENT)
+        return pending;
+    return strcmp(state, kiln__state_name(KILN__STATE_SUCCESS)) != 0 &&
+           strcmp(state, kiln__state_name(KILN__STATE_FAILURE)) != 0;
 }
 
 /* Only fields a write knows go into $set; created_at, and the task name
@@ -33,8 +59,10 @@ kiln_err kiln__mongo_update(bson_t *update, const kiln__state_update *u,
 {
     bool named = u->task_name != NULL && u->task_name[0] != '\0';
     bool started = u->state == KILN__STATE_STARTED;
+    bool finished = kiln__state_finished(u->state);
+    bool unsent = ctx->unsent;
     kiln_err rc = KILN_OK;
-    bson_t set, ins, inc;
+    bson_t set, ins, inc, unset;
 
     BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
     BSON_APPEND_UTF8(&set, "state", kiln__state_name(u->state));
@@ -42,19 +70,32 @@ kiln_err kiln__mongo_update(bson_t *update, const kiln__state_update *u,
     BSON_APPEND_DATE_TIME(&set, "updated_at", ctx->now_ms);
     if (named)
         BSON_APPEND_UTF8(&set, "task_name", u->task_name);
-    if (u->state != KILN__STATE_PENDING)
+    if (u->state != KILN__STATE_PENDING && !unsent)
         BSON_APPEND_UTF8(&set, "worker", ctx->worker);
     if (started)
         BSON_APPEND_DATE_TIME(&set, "started_at", ctx->now_ms);
-    if (kiln__state_finished(u->state)) {
+    if (finished) {
         BSON_APPEND_DATE_TIME(&set, "finished_at", ctx->now_ms);
         if (ctx->expire_s > 0)
             BSON_APPEND_DATE_TIME(&set, "delete_at",
                                   ctx->now_ms + (int64_t)ctx->expire_s * 1000);
     }
+    if (unsent)
+        BSON_APPEND_BOOL(&set, KILN__MONGO_UNSENT, true);
     if (u->results != NULL)
         rc = kiln__mongo_append_results(&set, "results", u->results, err);
     bson_append_document_end(update, &set);
+    /* A write that replaces a failed send's FAILURE (rule 4) takes away
+     * its mark, and, when unfinished, its expiry. */
+    if (!unsent) {
+        BSON_APPEND_DOCUMENT_BEGIN(update, "$unset", &unset);
+        BSON_APPEND_UTF8(&unset, KILN__MONGO_UNSENT, "");
+        if (!finished) {
+            BSON_APPEND_UTF8(&unset, "finished_at", "");
+            BSON_APPEND_UTF8(&unset, "delete_at", "");
+        }
+        bson_append_document_end(update, &unset);
+    }
     BSON_APPEND_DOCUMENT_BEGIN(update, "$setOnInsert", &ins);
     BSON_APPEND_DATE_TIME(&ins, "created_at", ctx->now_ms);
     if (!named)

@@ -18,6 +18,9 @@
  *   attempts     int32   how many times the task was STARTED      (kiln)
  *   started_at   date    the last STARTED                         (kiln)
  *   finished_at  date    SUCCESS or FAILURE                       (kiln)
+ *   send_failed  bool    true on a producer's FAILURE for a send that
+ *                        failed for certain (store.h rule 4); absent
+ *                        otherwise                                (kiln)
  */
 #ifndef KILN_STORE_MONGO_DOC_H
 #define KILN_STORE_MONGO_DOC_H
@@ -36,18 +39,40 @@ typedef struct kiln__mongo_write_ctx {
     int64_t now_ms;     /* realtime, milliseconds since the Unix epoch */
     const char *worker; /* "host:pid" */
     unsigned expire_s;  /* results_expire_s; 0 = no delete_at */
+    bool unsent;        /* the write is a failed send's FAILURE (store.h
+                           rule 4) */
 } kiln__mongo_write_ctx;
 
+#define KILN__MONGO_UNSENT "send_failed"
+
+/* Which of store/store.h's rules a write follows. */
+typedef enum kiln__mongo_rule {
+    KILN__MONGO_RULE_STATE = 0, /* set_state: rules 1 to 3, and a failed
+                                   send's FAILURE gives way (rule 4) */
+    KILN__MONGO_RULE_UNSENT,    /* send_failed: over PENDING or a failed
+                                   send's FAILURE only */
+    KILN__MONGO_RULE_RESENT     /* a batch's PENDING for a task already
+                                   known: over a failed send's FAILURE
+                                   only (rule 2 leaves the rest) */
+} kiln__mongo_rule;
+
 /* kiln__mongo_filter fills `filter` (initialised by the caller) with the
- * condition under which `u` applies (store/store.h's rules): for PENDING
- * {_id, state: "PENDING"}, else {_id, state: {$nin: [SUCCESS, FAILURE]}}.
- * With upsert, a missing document is created; an existing one that fails
- * the condition makes the insert collide on _id, which the caller takes as
- * "ignored". */
-void kiln__mongo_filter(bson_t *filter, const kiln__state_update *u);
+ * condition under which `u` applies by `rule`: {_id, $or: [C, {send_failed:
+ * true}]} where C is {state: "PENDING"} for PENDING and a failed send's
+ * FAILURE, else {state: {$nin: [SUCCESS, FAILURE]}}; {_id, send_failed:
+ * true} for RESENT. With upsert, a missing document is created; an
+ * existing one that fails the condition makes the insert collide on _id,
+ * which the caller takes as "ignored". */
+void kiln__mongo_filter(bson_t *filter, const kiln__state_update *u,
+                        kiln__mongo_rule rule);
+
+/* kiln__mongo_applies: the same condition, for a document read back with
+ * `state` ("" when it has none) and its send_failed mark `marked`. */
+bool kiln__mongo_applies(const char *state, bool marked,
+                         const kiln__state_update *u, kiln__mongo_rule rule);
 
 /* kiln__mongo_update fills `update` (initialised by the caller) with the
- * $set/$setOnInsert/$inc document for `u`. KILN_ETOOBIG when the results
+ * $set/$setOnInsert/$inc/$unset document for `u`. KILN_ETOOBIG when the results
  * do not fit a BSON document; KILN_EINVAL for a value the store cannot
  * write. */
 kiln_err kiln__mongo_update(bson_t *update, const kiln__state_update *u,

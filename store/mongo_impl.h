@@ -69,11 +69,12 @@ kiln_err kiln__mongo_fail(kiln_error *err, kiln_err code,
 bool kiln__mongo_stale_socket(const bson_error_t *be);
 
 /* kiln__mongo_write applies `update` (kiln__mongo_update's document for
- * `u`) following store/store.h's rules; creates the expiry index first
- * when the store has not yet. KILN_ESTORE with the server's reason. */
+ * `u`) following store/store.h's rules as `rule` says (mongo_doc.h);
+ * creates the expiry index first when the store has not yet. KILN_ESTORE
+ * with the server's reason. */
 kiln_err kiln__mongo_write(struct kiln__mongo_store *ms,
-                           const kiln__state_update *u, const bson_t *update,
-                           kiln_error *err);
+                           const kiln__state_update *u, kiln__mongo_rule rule,
+                           const bson_t *update, kiln_error *err);
 
 /* The add_pending op of store/store.h: one unordered insert. */
 kiln_err kiln__mongo_add_pending(kiln__store *s, const kiln__state_update *u,

@@ -157,12 +157,13 @@ static kiln_err probe_server(struct kiln__mongo_store *ms,
  * a concurrent write created it in between; a plain conditional update
  * then applies `update` or finds that a rule says to ignore it. */
 static bool write_atomic(mongoc_collection_t *coll, const kiln__state_update *u,
-                         const bson_t *update, bson_error_t *be)
+                         kiln__mongo_rule rule, const bson_t *update,
+                         bson_error_t *be)
 {
     bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
     bool ok;
 
-    kiln__mongo_filter(&filter, u);
+    kiln__mongo_filter(&filter, u, rule);
     BSON_APPEND_BOOL(&opts, "upsert", true);
     ok = mongoc_collection_update_one(coll, &filter, update, &opts, NULL, be);
     if (!ok && is_dup_key(be))
@@ -173,23 +174,14 @@ static bool write_atomic(mongoc_collection_t *coll, const kiln__state_update *u,
     return ok;
 }
 
-/* The rules of store/store.h for a task now in `cur` (NULL: unknown). */
-static bool applies(const char *cur, kiln__task_state next)
-{
-    if (cur == NULL)
-        return true;
-    if (strcmp(cur, kiln__state_name(KILN__STATE_SUCCESS)) == 0 ||
-        strcmp(cur, kiln__state_name(KILN__STATE_FAILURE)) == 0)
-        return false;
-    return next != KILN__STATE_PENDING ||
-           strcmp(cur, kiln__state_name(KILN__STATE_PENDING)) == 0;
-}
-
-/* The `state` of a stored document; "" when it has none. */
-static const char *state_of(const bson_t *doc)
+/* The `state` of a stored document ("" when it has none) and its
+ * send_failed mark. */
+static const char *state_of(const bson_t *doc, bool *unsent)
 {
     bson_iter_t it;
 
+    *unsent = bson_iter_init_find(&it, doc, KILN__MONGO_UNSENT) &&
+              BSON_ITER_HOLDS_BOOL(&it) && bson_iter_bool(&it);
     if (bson_iter_init_find(&it, doc, "state") && BSON_ITER_HOLDS_UTF8(&it))
         return bson_iter_utf8(&it, NULL);
     return "";
@@ -198,8 +190,8 @@ static const char *state_of(const bson_t *doc)
 /* Reads the state by _id, checks the rules, writes by _id (see
  * probe_server). Caller holds the task's stripe lock. */
 static bool write_checked(mongoc_collection_t *coll,
-                          const kiln__state_update *u, const bson_t *update,
-                          bson_error_t *be)
+                          const kiln__state_update *u, kiln__mongo_rule rule,
+                          const bson_t *update, bson_error_t *be)
 {
     bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj;
     mongoc_cursor_t *cur;
@@ -209,12 +201,16 @@ static bool write_checked(mongoc_collection_t *coll,
     BSON_APPEND_UTF8(&filter, "_id", u->uuid);
     BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
     BSON_APPEND_INT32(&proj, "state", 1);
+    BSON_APPEND_INT32(&proj, KILN__MONGO_UNSENT, 1);
     bson_append_document_end(&opts, &proj);
     cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
-    if (mongoc_cursor_next(cur, &doc))
-        apply = applies(state_of(doc), u->state);
-    else if (mongoc_cursor_error(cur, be))
+    if (mongoc_cursor_next(cur, &doc)) {
+        bool marked;
+        const char *st = state_of(doc, &marked);
+        apply = kiln__mongo_applies(st, marked, u, rule);
+    } else if (mongoc_cursor_error(cur, be)) {
         ok = apply = false;
+    }
     mongoc_cursor_destroy(cur);
     bson_reinit(&opts);
     BSON_APPEND_BOOL(&opts, "upsert", true);
@@ -238,19 +234,19 @@ static uint64_t hash_str(const char *s)
 }
 
 static bool write_one(struct kiln__mongo_store *ms, mongoc_collection_t *coll,
-                      const kiln__state_update *u, const bson_t *update,
-                      bson_error_t *be)
+                      const kiln__state_update *u, kiln__mongo_rule rule,
+                      const bson_t *update, bson_error_t *be)
 {
     pthread_mutex_t *mu;
     bool ok;
 
     if (atomic_load(&ms->server) != KILN__MONGO_FERRETDB)
-        return write_atomic(coll, u, update, be);
+        return write_atomic(coll, u, rule, update, be);
     mu = &ms->stripes[hash_str(u->uuid) % KILN__MONGO_STRIPES];
     pthread_mutex_lock(mu);
-    ok = write_checked(coll, u, update, be);
+    ok = write_checked(coll, u, rule, update, be);
     if (!ok && is_dup_key(be)) /* another process created it meanwhile */
-        ok = write_checked(coll, u, update, be);
+        ok = write_checked(coll, u, rule, update, be);
     pthread_mutex_unlock(mu);
     return ok;
 }
@@ -258,8 +254,8 @@ static bool write_one(struct kiln__mongo_store *ms, mongoc_collection_t *coll,
 /* ---- the write ---------------------------------------------------------- */
 
 kiln_err kiln__mongo_write(struct kiln__mongo_store *ms,
-                           const kiln__state_update *u, const bson_t *update,
-                           kiln_error *err)
+                           const kiln__state_update *u, kiln__mongo_rule rule,
+                           const bson_t *update, kiln_error *err)
 {
     mongoc_client_t *client;
     mongoc_collection_t *coll;
@@ -273,7 +269,7 @@ kiln_err kiln__mongo_write(struct kiln__mongo_store *ms,
         rc = probe_server(ms, client, err);
         if (rc == KILN_OK)
             rc = ensure_index(ms, coll, err);
-        if (rc == KILN_OK && (ok = write_one(ms, coll, u, update, &be)))
+        if (rc == KILN_OK && (ok = write_one(ms, coll, u, rule, update, &be)))
             maybe_sweep(ms, coll, kiln__mongo_now_ms());
         mongoc_collection_destroy(coll);
         mongoc_client_pool_push(ms->pool, client);
@@ -290,11 +286,12 @@ kiln_err kiln__mongo_write(struct kiln__mongo_store *ms,
 /* ---- PENDING in bulk ---------------------------------------------------- */
 
 /* Sets status[i] from the writeErrors of an unordered insert: a duplicate
- * _id means the task is known already, which rule 2 leaves as it is.
+ * _id means the task is known already, which rule 2 leaves as it is
+ * unless it is a failed send's FAILURE (rule 4): dup[i] says to look.
  * Returns false when the reply has no per-document errors (the whole call
  * failed). *rc gets the first real failure, KILN_OK when there is none. */
 static bool pending_errors(const bson_t *reply, const kiln__state_update *u,
-                           size_t n, kiln_err *status, kiln_err *rc,
+                           size_t n, kiln_err *status, bool *dup, kiln_err *rc,
                            kiln_error *err)
 {
     bson_iter_t it, arr, doc;
@@ -319,8 +316,12 @@ static bool pending_errors(const bson_t *reply, const kiln__state_update *u,
             else if (strcmp(k, "errmsg") == 0 && BSON_ITER_HOLDS_UTF8(&doc))
                 msg = bson_iter_utf8(&doc, NULL);
         }
-        if (idx < 0 || (size_t)idx >= n || code == CODE_DUPLICATE_KEY)
+        if (idx < 0 || (size_t)idx >= n)
             continue;
+        if (code == CODE_DUPLICATE_KEY) {
+            dup[idx] = true;
+            continue;
+        }
         status[idx] = KILN_ESTORE;
         if ((size_t)idx < first_i) {
             first_i = (size_t)idx;
@@ -342,7 +343,7 @@ typedef enum pending_outcome {
 static pending_outcome insert_pending(struct kiln__mongo_store *ms,
                                       const bson_t **docs,
                                       const kiln__state_update *u, size_t n,
-                                      kiln_err *status, kiln_err *rc,
+                                      kiln_err *status, bool *dup, kiln_err *rc,
                                       kiln_error *err, bson_error_t *be)
 {
     mongoc_client_t *client = mongoc_client_pool_pop(ms->pool);
@@ -357,7 +358,7 @@ static pending_outcome insert_pending(struct kiln__mongo_store *ms,
         out = PENDING_SETUP;
     } else {
         if (!mongoc_collection_insert_many(coll, docs, n, &opts, &reply, be) &&
-            !pending_errors(&reply, u, n, status, rc, err))
+            !pending_errors(&reply, u, n, status, dup, rc, err))
             out = PENDING_WHOLE;
         bson_destroy(&reply);
     }
@@ -367,18 +368,46 @@ static pending_outcome insert_pending(struct kiln__mongo_store *ms,
     return out;
 }
 
+/* A task already known gets PENDING only over a failed send's FAILURE
+ * (rule 4: the task is sent again): one conditional write for each, so
+ * only a send of a UUID the store knows pays for it. */
+static void pending_known(struct kiln__mongo_store *ms,
+                          const kiln__state_update *u, size_t n,
+                          const bool *dup, const kiln__mongo_write_ctx *ctx,
+                          kiln_err *status, kiln_err *rc, kiln_error *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        bson_t update = BSON_INITIALIZER;
+        kiln_error e;
+
+        if (!dup[i] || status[i] != KILN_OK)
+            continue;
+        if ((status[i] = kiln__mongo_update(&update, &u[i], ctx, &e)) ==
+            KILN_OK)
+            status[i] = kiln__mongo_write(ms, &u[i], KILN__MONGO_RULE_RESENT,
+                                          &update, &e);
+        bson_destroy(&update);
+        if (status[i] != KILN_OK && *rc == KILN_OK) {
+            *rc = status[i];
+            if (err != NULL)
+                *err = e;
+        }
+    }
+}
+
 /* One unordered insert of every PENDING document: an insert is atomic on
- * MongoDB and FerretDB alike, and a duplicate _id is exactly rule 2's "the
- * task is known, leave it". */
+ * MongoDB and FerretDB alike, and a duplicate _id is rule 2's "the task is
+ * known, leave it", but for rule 4 (pending_known). */
 kiln_err kiln__mongo_add_pending(kiln__store *s, const kiln__state_update *u,
                                  size_t n, kiln_err *status, kiln_error *err)
 {
     struct kiln__mongo_store *ms = (struct kiln__mongo_store *)s;
-    kiln__mongo_write_ctx ctx = {kiln__mongo_now_ms(), ms->worker,
-                                 ms->expire_s};
+    kiln__mongo_write_ctx ctx = {kiln__mongo_now_ms(), ms->worker, ms->expire_s,
+                                 false};
     pending_outcome out = PENDING_DONE;
     bson_t *docs;
     const bson_t **ptrs;
+    bool *dup;
     bson_error_t be = {0};
     kiln_err rc = KILN_OK;
 
@@ -389,11 +418,13 @@ kiln_err kiln__mongo_add_pending(kiln__store *s, const kiln__state_update *u,
                               "mongodb store: PENDING with a UUID required");
     if (n == 0)
         return KILN_OK;
-    /* One block: the documents, then the pointers insert_many takes. */
-    docs = kiln__calloc(n, sizeof(bson_t) + sizeof(void *));
+    /* One block: the documents, the pointers insert_many takes and the
+     * duplicate marks. */
+    docs = kiln__calloc(n, sizeof(bson_t) + sizeof(void *) + sizeof(bool));
     if (docs == NULL)
         return kiln__fail(err, KILN_ENOMEM, "mongodb store: %zu tasks", n);
     ptrs = (const bson_t **)(void *)(docs + n);
+    dup = (bool *)(void *)(ptrs + n);
     for (size_t i = 0; i < n; i++) {
         bson_init(&docs[i]);
         kiln__mongo_pending_doc(&docs[i], &u[i], &ctx);
@@ -401,7 +432,7 @@ kiln_err kiln__mongo_add_pending(kiln__store *s, const kiln__state_update *u,
         status[i] = KILN_OK;
     }
     for (int attempt = 0; attempt < 2; attempt++) {
-        out = insert_pending(ms, ptrs, u, n, status, &rc, err, &be);
+        out = insert_pending(ms, ptrs, u, n, status, dup, &rc, err, &be);
         /* A resend after a stale socket is safe: what the first call
          * inserted is a duplicate the second time. */
         if (out != PENDING_WHOLE || !kiln__mongo_stale_socket(&be))
@@ -410,6 +441,8 @@ kiln_err kiln__mongo_add_pending(kiln__store *s, const kiln__state_update *u,
     if (out == PENDING_WHOLE)
         rc = kiln__mongo_fail(err, KILN_ESTORE, &be,
                               "writing PENDING for %zu tasks", n);
+    else if (out == PENDING_DONE)
+        pending_known(ms, u, n, dup, &ctx, status, &rc, err);
     for (size_t i = 0; i < n; i++) {
         if (out != PENDING_DONE)
             status[i] = rc;

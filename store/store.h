@@ -14,12 +14,21 @@
  *
  * 1. A finished task (SUCCESS or FAILURE) never changes again: any later
  *    write for its UUID is ignored (and is not an error). The first
- *    finishing write wins.
+ *    finishing write wins. The one exception is rule 4's FAILURE.
  * 2. PENDING is written only for a task the store does not know yet (or
  *    that is still PENDING): a producer's PENDING that arrives after a
  *    worker's RECEIVED is ignored.
  * 3. Otherwise any unfinished state may follow any other (a retried task
  *    goes RETRY -> RECEIVED -> STARTED again).
+ * 4. A producer whose send failed for certain (the broker never took the
+ *    message: nacked, unroutable, never written) records FAILURE over its
+ *    own PENDING with the send_failed op, so that a waiter learns the
+ *    task will not run. That write applies only over PENDING (or an
+ *    earlier such FAILURE), never over a worker's state. Readers see an
+ *    ordinary FAILURE, but any later write replaces it, as if it were
+ *    PENDING: a new send of the same UUID (its PENDING), or a worker's
+ *    state (a message of an earlier send of that UUID did reach a queue,
+ *    say one whose send timed out and was sent again).
  */
 #ifndef KILN_STORE_H
 #define KILN_STORE_H
@@ -102,6 +111,13 @@ typedef struct kiln__store_ops {
 
     /* Frees the object. No other thread may use it any more. */
     void (*destroy)(kiln__store *s);
+
+    /* Records rule 4's FAILURE for `u` (u->state must be
+     * KILN__STATE_FAILURE, u->error why the send failed): the producer's
+     * send of the task failed for certain. KILN_OK also when the rule
+     * made the store ignore it; otherwise as set_state. */
+    kiln_err (*send_failed)(kiln__store *s, const kiln__state_update *u,
+                            kiln_error *err);
 } kiln__store_ops;
 
 /* Every implementation starts its object with this struct. */
@@ -135,6 +151,14 @@ static inline kiln_err kiln__store_add_pending(kiln__store *s,
         }
     }
     return first;
+}
+
+/* See send_failed above; any thread. */
+static inline kiln_err kiln__store_send_failed(kiln__store *s,
+                                               const kiln__state_update *u,
+                                               kiln_error *err)
+{
+    return s->ops->send_failed(s, u, err);
 }
 
 static inline kiln_err kiln__store_get(kiln__store *s, const char *uuid,

@@ -176,6 +176,16 @@ static kiln_err raw_parts(const kiln_signature *sig, char **body,
                                       err);
     if (sig->name == NULL || sig->name[0] == '\0')
         return kiln__fail(err, KILN_EINVAL, "task_name: empty");
+    /* The body is the raw body alone (as paota sends it), and no reader
+     * of header mode looks for Args: typed arguments would be lost. */
+    if (sig->args.n > 0)
+        return kiln__fail(err, KILN_EINVAL,
+                          "header mode carries the raw body alone, and this "
+                          "signature also has %zu typed argument(s) that "
+                          "would be lost: send it with KILN_DIALECT=paota "
+                          "(RawArgs and Args both travel in the JSON), or "
+                          "put the arguments in the raw body",
+                          sig->args.n);
     *count = collect(sig, h);
     if ((*body = kiln__strndup(sig->raw_args, sig->raw_args_len)) == NULL)
         return kiln__fail(err, KILN_ENOMEM, "copying a raw body");

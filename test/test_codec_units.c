@@ -374,6 +374,36 @@ static void test_raw_without_body_is_json(void **state)
     kiln_signature_free(sig);
 }
 
+/* A raw body with typed arguments beside it: header mode would carry the
+ * body alone and lose the arguments, so it is refused, naming them; the
+ * arguments alone go as paota's JSON, typed. */
+static void test_raw_with_typed_args_refused(void **state)
+{
+    kiln_signature *sig = kiln_signature_new("both", NULL);
+    kiln_header *h = NULL;
+    kiln_error err = {0};
+    size_t n = 0, len;
+    char *body = NULL;
+
+    (void)state;
+    assert_int_equal(kiln_signature_add_arg_int64(sig, "a", 7, NULL), KILN_OK);
+    assert_int_equal(kiln_signature_to_raw(sig, &body, &len, &h, &n, &err),
+                     KILN_OK);
+    assert_int_equal(n, 0);
+    assert_non_null(strstr(body, "\"Args\":[{\"Name\":\"a\",\"Type\":"
+                                 "\"int64\",\"Value\":7}]"));
+    kiln_free(body);
+    body = NULL;
+    assert_int_equal(kiln_signature_set_raw_body(sig, "[1]", 3, NULL), KILN_OK);
+    assert_int_equal(kiln_signature_to_raw(sig, &body, &len, &h, &n, &err),
+                     KILN_EINVAL);
+    assert_null(body);
+    assert_null(h);
+    assert_non_null(strstr(err.message, "1 typed argument(s)"));
+    assert_non_null(strstr(err.message, "KILN_DIALECT=paota"));
+    kiln_signature_free(sig);
+}
+
 static void test_raw_header_errors(void **state)
 {
     kiln_header h[] = {{"uuid", "task_1"}, {"retry_count", "x"}};
@@ -443,6 +473,7 @@ int main(void)
         cmocka_unit_test(test_golden_paota_headers),
         cmocka_unit_test(test_raw_round_trip),
         cmocka_unit_test(test_raw_without_body_is_json),
+        cmocka_unit_test(test_raw_with_typed_args_refused),
         cmocka_unit_test(test_raw_header_errors),
         cmocka_unit_test(test_field_keys),
     };

@@ -396,6 +396,7 @@ static void test_expired(void **state)
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_ACK);
     assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_non_null(strstr(r.error, "expired: not started within"));
     kiln__task_record_release(&r);
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "");
@@ -475,13 +476,17 @@ static void test_dispatch_unregistered_policies(void **state)
     assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
     kiln__task_record_release(&r);
 
+    /* Dropped: acked, not dead-lettered, and recorded FAILURE, so a
+     * producer waiting for it learns that it will never run. */
     fx->cfg.unregistered = KILN_UNREGISTERED_DROP;
     send_one(fx, "nobody");
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_ACK);
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "");
-    assert_int_equal(state_of(fx, &r), KILN__STATE_PENDING);
+    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_string_equal(r.error, "unregistered task nobody, dropped "
+                                 "(KILN_UNREGISTERED=drop)");
     kiln__task_record_release(&r);
 
     fx->cfg.unregistered = KILN_UNREGISTERED_DEADLETTER;
@@ -938,9 +943,12 @@ static void check_task_states(struct e2e_run *r)
                      KILN__STATE_FAILURE);
     assert_string_equal(rec.error, "unregistered task nope");
     kiln__task_record_release(&rec);
+    /* IgnoreWhenTaskNotRegistered: acked, and FAILURE for a waiter. */
     assert_int_equal(
         get_state(s, kiln_signature_uuid(r->sigs[E2E_N + 1]), &rec),
-        KILN__STATE_PENDING);
+        KILN__STATE_FAILURE);
+    assert_string_equal(rec.error, "unregistered task ghost, ignored "
+                                   "(IgnoreWhenTaskNotRegistered)");
     kiln__task_record_release(&rec);
     assert_int_equal(get_state(s, "task_bad", &rec), KILN__STATE_FAILURE);
     assert_non_null(strstr(rec.error, "undecodable message"));
@@ -951,8 +959,8 @@ static void check_task_states(struct e2e_run *r)
     kiln__task_record_release(&rec);
     assert_int_equal(kiln__mock_store_count(s, -1), E2E_N + 4);
     assert_int_equal(kiln__mock_store_count(s, KILN__STATE_SUCCESS), 67);
-    assert_int_equal(kiln__mock_store_count(s, KILN__STATE_FAILURE), 36);
-    assert_int_equal(kiln__mock_store_count(s, KILN__STATE_PENDING), 1);
+    assert_int_equal(kiln__mock_store_count(s, KILN__STATE_FAILURE), 37);
+    assert_int_equal(kiln__mock_store_count(s, KILN__STATE_PENDING), 0);
 }
 
 /* Every dead-lettered message, counted by reason. */

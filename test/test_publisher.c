@@ -517,6 +517,9 @@ static void test_idle_tick_and_lazy_reconnect(void **state)
 /* ---- deadlines and shutdown
  * -------------------------------------------------- */
 
+/* No connection can be opened: at the deadline the messages fail as not
+ * sent (KILN_EBROKER: the broker cannot have them), with the connect
+ * error, not as unconfirmed. */
 static void test_timeout_when_broker_down(void **state)
 {
     fixture *f = *state;
@@ -530,14 +533,37 @@ static void test_timeout_when_broker_down(void **state)
     atomic_store(&f->env.refuse, -1);
     pub = new_pub(f, 1);
     t0 = now_ms();
-    assert_int_equal(kiln__publisher_send(pub, m, 2, st, &err), KILN_ETIMEDOUT);
+    assert_int_equal(kiln__publisher_send(pub, m, 2, st, &err), KILN_EBROKER);
     assert_true(now_ms() - t0 >= 290);
     assert_true(now_ms() - t0 < 3000);
-    assert_int_equal(st[0], KILN_ETIMEDOUT);
-    assert_int_equal(st[1], KILN_ETIMEDOUT);
-    assert_non_null(strstr(err.message, "no confirm within 300 ms"));
+    assert_int_equal(st[0], KILN_EBROKER);
+    assert_int_equal(st[1], KILN_EBROKER);
+    assert_non_null(strstr(err.message, "not sent within 300 ms"));
     assert_non_null(strstr(err.message, "connection refused"));
     kiln__publisher_free(pub);
+    assert_int_equal(atomic_load(&f->env.publishes), 0);
+}
+
+/* A message written on a connection that is then lost, and no new
+ * connection before the deadline: the broker may have it (here it does),
+ * so it is KILN_ETIMEDOUT, never "not sent". */
+static void test_timeout_after_lost_connection(void **state)
+{
+    fixture *f = *state;
+    kiln__publisher *pub;
+    kiln__message m = msg("rk", "m0");
+    kiln_error err;
+
+    f->cfg.publish_timeout_ms = 300;
+    pub = new_pub(f, 1);
+    assert_int_equal(kiln__publisher_send(pub, &m, 1, NULL, &err), KILN_OK);
+    atomic_store(&f->env.refuse, -1);
+    kiln__mock_server_fail_connection(f->env.srv, 1);
+    assert_int_equal(kiln__publisher_send(pub, &m, 1, NULL, &err),
+                     KILN_ETIMEDOUT);
+    assert_non_null(strstr(err.message, "no confirm within 300 ms"));
+    kiln__publisher_free(pub);
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 2);
 }
 
 typedef struct one_send {
@@ -557,8 +583,8 @@ static void *send_one(void *arg)
     return NULL;
 }
 
-/* A send queued behind a slow batch times out without being sent; the
- * one in the batch is confirmed. */
+/* A send queued behind a slow batch reaches its deadline without being
+ * sent (KILN_EBROKER, "not sent"); the one in the batch is confirmed. */
 static void test_timeout_behind_slow_batch(void **state)
 {
     fixture *f = *state;
@@ -576,7 +602,7 @@ static void test_timeout_behind_slow_batch(void **state)
     pthread_join(tb, NULL);
     kiln__publisher_free(a.pub);
     assert_int_equal(a.rc, KILN_OK);
-    assert_int_equal(b.rc, KILN_ETIMEDOUT);
+    assert_int_equal(b.rc, KILN_EBROKER);
     assert_int_equal(atomic_load(&f->env.publishes), 1);
     assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 1);
 }
@@ -718,6 +744,7 @@ static void test_pool_send_tasks_statuses(void **state)
     kiln__store *store = kiln__mock_store_new(NULL);
     const kiln_signature *sigs[10];
     kiln_signature *own[10];
+    kiln__task_record rec;
     kiln_err st[10];
     kiln_error err;
 
@@ -731,7 +758,16 @@ static void test_pool_send_tasks_statuses(void **state)
         assert_int_equal(st[i], i == 5 ? KILN_EBROKER : KILN_OK);
     assert_non_null(strstr(err.message, "task 5 (add)"));
     assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 9);
-    assert_int_equal(kiln__mock_store_count(store, KILN__STATE_PENDING), 10);
+    /* The unroutable one will never run: FAILURE, not PENDING for ever. */
+    assert_int_equal(kiln__mock_store_count(store, KILN__STATE_PENDING), 9);
+    assert_int_equal(kiln__mock_store_count(store, KILN__STATE_FAILURE), 1);
+    assert_int_equal(
+        kiln__store_get(store, kiln_signature_uuid(own[5]), &rec, &err),
+        KILN_OK);
+    assert_int_equal(rec.state, KILN__STATE_FAILURE);
+    assert_non_null(strstr(rec.error, "not sent: "));
+    assert_non_null(strstr(rec.error, "'nowhere'"));
+    kiln__task_record_release(&rec);
     /* A NULL signature fails alone; the others go. */
     sigs[5] = NULL;
     assert_int_equal(kiln_pool_send_tasks(pool, sigs, 10, st, &err),
@@ -953,6 +989,7 @@ int main(void)
         T(test_reconnect_backoff),
         T(test_idle_tick_and_lazy_reconnect),
         T(test_timeout_when_broker_down),
+        T(test_timeout_after_lost_connection),
         T(test_timeout_behind_slow_batch),
         T(test_free_with_waiting_callers),
         T(test_free_while_broker_down),

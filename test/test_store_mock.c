@@ -95,6 +95,58 @@ static void test_store_transitions(void **state)
     kiln__store_destroy(NULL);
 }
 
+static kiln_err send_failed(kiln__store *s, const char *uuid, const char *why)
+{
+    kiln__state_update u = {.uuid = uuid,
+                            .task_name = "sent",
+                            .state = KILN__STATE_FAILURE,
+                            .error = why};
+
+    return kiln__store_send_failed(s, &u, NULL);
+}
+
+/* Rule 4: a failed send's FAILURE applies over PENDING only, and any
+ * later write replaces it: a new send's PENDING, a worker's state. */
+static void test_store_send_failed(void **state)
+{
+    kiln__store *s = kiln__mock_store_new(NULL);
+    kiln__state_update started = {.uuid = "u1", .state = KILN__STATE_STARTED};
+    kiln__task_record r;
+
+    (void)state;
+    assert_int_equal(
+        set_state(s, "u1", "sent", KILN__STATE_PENDING, NULL, NULL), KILN_OK);
+    assert_int_equal(send_failed(s, "u1", "not sent: unroutable"), KILN_OK);
+    assert_int_equal(get_state(s, "u1", &r), KILN__STATE_FAILURE);
+    assert_string_equal(r.error, "not sent: unroutable");
+    kiln__task_record_release(&r);
+    assert_int_equal(
+        set_state(s, "u1", "sent", KILN__STATE_PENDING, NULL, NULL), KILN_OK);
+    assert_int_equal(get_state(s, "u1", &r), KILN__STATE_PENDING);
+    assert_string_equal(r.error, "");
+    kiln__task_record_release(&r);
+    assert_int_equal(send_failed(s, "u1", "not sent: nacked"), KILN_OK);
+    assert_int_equal(kiln__store_set(s, &started, NULL), KILN_OK);
+    assert_int_equal(get_state(s, "u1", &r), KILN__STATE_STARTED);
+    assert_string_equal(r.task_name, "sent");
+    assert_int_equal(r.attempts, 1);
+    kiln__task_record_release(&r);
+    /* Never over a worker's state; once finished by a worker, final. */
+    assert_int_equal(send_failed(s, "u1", "late"), KILN_OK);
+    assert_int_equal(get_state(s, "u1", &r), KILN__STATE_STARTED);
+    kiln__task_record_release(&r);
+    assert_int_equal(set_state(s, "u1", NULL, KILN__STATE_SUCCESS, NULL, NULL),
+                     KILN_OK);
+    assert_int_equal(send_failed(s, "u1", "late"), KILN_OK);
+    assert_int_equal(
+        set_state(s, "u1", "sent", KILN__STATE_PENDING, NULL, NULL), KILN_OK);
+    assert_int_equal(get_state(s, "u1", &r), KILN__STATE_SUCCESS);
+    kiln__task_record_release(&r);
+    started.state = KILN__STATE_RETRY;
+    assert_int_equal(kiln__store_send_failed(s, &started, NULL), KILN_EINVAL);
+    kiln__store_destroy(s);
+}
+
 static void test_store_many(void **state)
 {
     kiln__store *s = kiln__mock_store_new(NULL);
@@ -185,6 +237,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_store_transitions),
+        cmocka_unit_test(test_store_send_failed),
         cmocka_unit_test(test_store_many),
         cmocka_unit_test(test_store_wait),
         cmocka_unit_test(test_store_alloc_failures),

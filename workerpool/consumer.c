@@ -148,6 +148,7 @@ void kiln__consumer_lose(kiln__consumer *c, const kiln_error *why)
               "pool=%s lost its broker connection: %s; unacked deliveries "
               "return to the queue",
               c->p->name, why != NULL ? why->message : "closed");
+    kiln__pool_ready(c->p, false, why);
     for (; w != NULL; w = next) {
         next = w->next;
         w->next = NULL;
@@ -188,9 +189,11 @@ static kiln_err connect_all(kiln__consumer *c, kiln_error *err)
         return rc;
     }
     c->connected = true;
+    /* The line kiln_pool_wait_ready stands for; the README documents it. */
     kiln__log(KILN_LOG_NOTICE, MODULE, "pool=%s consuming queue=%s%s", p->name,
               p->cfg.queue, c->attempt > 0 ? " (reconnected)" : "");
     c->attempt = 0;
+    kiln__pool_ready(p, true, NULL);
     return KILN_OK;
 }
 
@@ -213,6 +216,7 @@ static void reconnect(kiln__consumer *c)
 
     if (connect_all(c, &e) == KILN_OK)
         return;
+    kiln__pool_ready(c->p, false, &e);
     ms = kiln__backoff_ms(c->attempt++, KILN__RECONNECT_BASE_MS,
                           KILN__RECONNECT_CAP_MS);
     kiln__log(KILN_LOG_WARN, MODULE,
@@ -486,6 +490,7 @@ static kiln_err drain(kiln__consumer *c)
     kiln_error e;
 
     c->draining = true;
+    kiln__pool_ready(p, false, NULL);
     if (c->connected && c->b->ops->cancel != NULL &&
         c->b->ops->cancel(c->b, &e) != KILN_OK)
         kiln__consumer_lose(c, &e);

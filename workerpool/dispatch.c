@@ -132,10 +132,11 @@ static void salvage_ids(const kiln__dispatch *d, const kiln__delivery *dl,
 }
 
 /* A task that will not run: FAILURE (written by a worker when there is a
- * store and the UUID can be read), then `verdict` (dead-letter or drop).
- * Returns whether a worker must write that FAILURE. */
-static bool refuse_as(const kiln__dispatch *d, const kiln__delivery *dl,
-                      kiln__job *job, kiln_err status, kiln__verdict verdict)
+ * store and the UUID can be read), then `verdict` (dead-letter or drop),
+ * logged at `level`. Returns whether a worker must write that FAILURE. */
+static bool refuse_at(const kiln__dispatch *d, const kiln__delivery *dl,
+                      kiln__job *job, kiln_err status, kiln__verdict verdict,
+                      kiln_log_level level)
 {
     job->status = status;
     job->verdict = verdict;
@@ -148,8 +149,7 @@ static bool refuse_as(const kiln__dispatch *d, const kiln__delivery *dl,
         salvage_ids(d, dl, job->failed_uuid, job->failed_name,
                     sizeof(job->failed_uuid));
     }
-    kiln__log_task(KILN_LOG_WARN, MODULE, job->failed_uuid, job->failed_name,
-                   "%s: %s",
+    kiln__log_task(level, MODULE, job->failed_uuid, job->failed_name, "%s: %s",
                    verdict == KILN__VERDICT_ACK ? "dropped" : "dead-lettered",
                    job->reason.message);
     if (d->store == NULL || job->failed_uuid[0] == '\0') {
@@ -157,6 +157,12 @@ static bool refuse_as(const kiln__dispatch *d, const kiln__delivery *dl,
         return false;
     }
     return true;
+}
+
+static bool refuse_as(const kiln__dispatch *d, const kiln__delivery *dl,
+                      kiln__job *job, kiln_err status, kiln__verdict verdict)
+{
+    return refuse_at(d, dl, job, status, verdict, KILN_LOG_WARN);
 }
 
 /* Bad input: dead-lettered with the reason, FAILURE where possible. */
@@ -181,18 +187,25 @@ static bool unregistered(const kiln__dispatch *d, const kiln__delivery *dl,
 {
     const kiln_signature *sig = job->sig;
 
+    /* Acked and gone, it will never run here: FAILURE with the reason,
+     * so that whoever waits for it learns so. */
+    if (sig->ignore_unregistered) {
+        kiln__fail(&job->reason, KILN_ENOHANDLER,
+                   "unregistered task %s, ignored "
+                   "(IgnoreWhenTaskNotRegistered)",
+                   sig->name);
+        return refuse_at(d, dl, job, KILN_ENOHANDLER, KILN__VERDICT_ACK,
+                         KILN_LOG_INFO);
+    }
+    if (d->cfg->unregistered == KILN_UNREGISTERED_DROP) {
+        kiln__fail(&job->reason, KILN_ENOHANDLER,
+                   "unregistered task %s, dropped (KILN_UNREGISTERED=drop)",
+                   sig->name);
+        return refuse_at(d, dl, job, KILN_ENOHANDLER, KILN__VERDICT_ACK,
+                         KILN_LOG_INFO);
+    }
     kiln__fail(&job->reason, KILN_ENOHANDLER, "unregistered task %s",
                sig->name);
-    if (sig->ignore_unregistered ||
-        d->cfg->unregistered == KILN_UNREGISTERED_DROP) {
-        job->status = KILN_ENOHANDLER;
-        job->verdict = KILN__VERDICT_ACK;
-        kiln__log_task(KILN_LOG_INFO, MODULE, sig->uuid, sig->name,
-                       "dropped: unregistered task (%s)",
-                       sig->ignore_unregistered ? "IgnoreWhenTaskNotRegistered"
-                                                : "unregistered policy drop");
-        return false;
-    }
     if (d->cfg->unregistered == KILN_UNREGISTERED_REQUEUE) {
         unsigned max = d->cfg->max_deliveries;
         /* kiln requeued it itself each time: its deliveries count even

@@ -329,6 +329,25 @@ void kiln__probe_staged(const kiln_config *cfg, const kiln__prober *probe,
 /* Frees the buffers of out[0..n) and zeroes the entries. */
 void kiln__staged_release(kiln__staged *out, size_t n);
 
+/* kiln__unsent_definite: a publish status that says the broker certainly
+ * did not take the message (nacked, returned unroutable, refused or never
+ * written). KILN_ETIMEDOUT and KILN_ECLOSED are not: such a message may
+ * have reached the broker. */
+bool kiln__unsent_definite(kiln_err status);
+
+/* After the publish of `m` staged messages (msgs[j] is sigs[map[j]],
+ * whose PENDING `store` recorded): for each message j whose status pst[j]
+ * says the broker certainly did not take it, unless lost[j] (may be NULL)
+ * says it may have, records FAILURE "not sent: ..." (store.h rule 4) so
+ * that a waiter learns the task will not run. `why` is the reason of the
+ * lowest failed message, `why_j` its index; the others get their code's
+ * reason. A FAILURE that cannot be written is logged; the task then
+ * stays PENDING. No-op when `store` is NULL. Any thread. */
+void kiln__stage_unsent(kiln__store *store, const kiln_signature *const *sigs,
+                        const size_t *map, const kiln_err *pst,
+                        const bool *lost, size_t m, size_t why_j,
+                        const char *why);
+
 /* Producer side: encodes each of the `n` signatures in cfg->dialect,
  * records PENDING in `store` (may be NULL) and publishes them in one
  * confirmed batch to cfg->exchange, routed by the signature's routing key,

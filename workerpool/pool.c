@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 static kiln__broker *amqp_factory(void *ctx, const kiln_config *cfg,
@@ -27,6 +28,20 @@ static bool give_up(void *ctx)
     kiln_pool *p = ctx;
 
     return atomic_load(&p->stop_level) >= 2 || atomic_load(&p->abandon);
+}
+
+/* kiln_pool_wait_ready's deadlines are on the monotonic clock. */
+static bool ready_cv_init(pthread_cond_t *cv)
+{
+    pthread_condattr_t attr;
+    bool ok;
+
+    if (pthread_condattr_init(&attr) != 0)
+        return false;
+    ok = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0 &&
+         pthread_cond_init(cv, &attr) == 0;
+    (void)pthread_condattr_destroy(&attr);
+    return ok;
 }
 
 kiln_pool *kiln_pool_new(const kiln_config *cfg, unsigned concurrency,
@@ -72,6 +87,16 @@ kiln_pool *kiln_pool_new(const kiln_config *cfg, unsigned concurrency,
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->work_cv, NULL);
     pthread_mutex_init(&p->pub_mu, NULL);
+    pthread_mutex_init(&p->ready_mu, NULL);
+    if (!ready_cv_init(&p->ready_cv)) {
+        pthread_mutex_destroy(&p->ready_mu);
+        pthread_mutex_destroy(&p->pub_mu);
+        pthread_cond_destroy(&p->work_cv);
+        pthread_mutex_destroy(&p->mu);
+        kiln__free(p);
+        kiln__fail(err, KILN_ENOMEM, "pool: condition variable");
+        return NULL;
+    }
     kiln__probe_cache_init(&p->probe);
     if ((p->reg = kiln_registry_new(err)) == NULL)
         goto fail;
@@ -126,6 +151,8 @@ void kiln_pool_free(kiln_pool *pool)
     if (pool->wake_fd >= 0)
         close(pool->wake_fd);
     pthread_mutex_destroy(&pool->pub_mu);
+    pthread_cond_destroy(&pool->ready_cv);
+    pthread_mutex_destroy(&pool->ready_mu);
     kiln__probe_cache_destroy(&pool->probe);
     pthread_cond_destroy(&pool->work_cv);
     pthread_mutex_destroy(&pool->mu);
@@ -205,6 +232,72 @@ void kiln__pool_wake(kiln_pool *p)
         /* EAGAIN: the counter is already non-zero, the loop will wake. */
     }
     errno = saved;
+}
+
+void kiln__pool_ready(kiln_pool *p, bool ready, const kiln_error *why)
+{
+    pthread_mutex_lock(&p->ready_mu);
+    p->ready = ready;
+    if (ready)
+        p->ready_why.code = KILN_OK;
+    else if (why != NULL && why->code != KILN_OK)
+        p->ready_why = *why;
+    pthread_cond_broadcast(&p->ready_cv);
+    pthread_mutex_unlock(&p->ready_mu);
+}
+
+/* Why a pool is not ready at its deadline. Caller holds ready_mu. */
+static kiln_err not_ready(const kiln_pool *p, unsigned timeout_ms,
+                          kiln_error *err)
+{
+    const char *why = p->ready_why.code != KILN_OK ? p->ready_why.message
+                      : atomic_load(&p->state) == KILN__POOL_NEW
+                          ? "kiln_pool_start has not been called"
+                          : "still connecting";
+
+    return kiln__fail(err, KILN_ETIMEDOUT,
+                      "pool %s is not consuming queue %s after %u ms: %s",
+                      p->name, p->cfg.queue, timeout_ms, why);
+}
+
+kiln_err kiln_pool_wait_ready(kiln_pool *pool, unsigned timeout_ms,
+                              kiln_error *err)
+{
+    int64_t deadline, now;
+    kiln_err rc;
+
+    if (pool == NULL)
+        return kiln__fail(err, KILN_EINVAL, "pool is NULL");
+    deadline = kiln__monotonic_ns() + (int64_t)timeout_ms * 1000000;
+    pthread_mutex_lock(&pool->ready_mu);
+    for (;;) {
+        /* kiln_pool_stop may come from a signal handler, which cannot
+         * signal the condition variable: the stop level is looked at on
+         * each wake-up, and a wait is never longer than 100 ms. */
+        if (atomic_load(&pool->stop_level) > 0 ||
+            atomic_load(&pool->state) == KILN__POOL_DONE) {
+            rc = kiln__fail(err, KILN_ECLOSED, "pool %s is stopping",
+                            pool->name);
+            break;
+        }
+        if (pool->ready) {
+            kiln__ok(err);
+            rc = KILN_OK;
+            break;
+        }
+        if ((now = kiln__monotonic_ns()) >= deadline) {
+            rc = not_ready(pool, timeout_ms, err);
+            break;
+        }
+        now = deadline - now < 100000000 ? deadline : now + 100000000;
+        {
+            struct timespec ts = {(time_t)(now / 1000000000),
+                                  (long)(now % 1000000000)};
+            (void)pthread_cond_timedwait(&pool->ready_cv, &pool->ready_mu, &ts);
+        }
+    }
+    pthread_mutex_unlock(&pool->ready_mu);
+    return rc;
 }
 
 void kiln_pool_stop(kiln_pool *pool)
@@ -316,6 +409,7 @@ kiln_err kiln_pool_start(kiln_pool *pool, kiln_error *err)
         (rc = kiln__workers_start(pool, err)) != KILN_OK) {
         kiln__workers_join(pool);
         atomic_store(&pool->state, KILN__POOL_DONE);
+        kiln__pool_ready(pool, false, NULL);
         return rc;
     }
     signals_install(pool, &sigs);
@@ -328,6 +422,7 @@ kiln_err kiln_pool_start(kiln_pool *pool, kiln_error *err)
     if (rc == KILN_OK)
         kiln__workers_join(pool);
     atomic_store(&pool->state, KILN__POOL_DONE);
+    kiln__pool_ready(pool, false, NULL);
     kiln__log(rc == KILN_OK ? KILN_LOG_NOTICE : KILN_LOG_WARN, "pool",
               "pool=%s stopped: %s", pool->name,
               rc == KILN_OK ? "drained" : kiln_strerror(rc));

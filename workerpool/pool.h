@@ -159,6 +159,16 @@ struct kiln_pool {
     /* Destination keys of delayed sends found bound lately (dispatch.h);
      * it has its own lock. */
     kiln__probe_cache probe;
+
+    /* Readiness, for kiln_pool_wait_ready: `ready_mu` guards `ready` (the
+     * consumer is subscribed right now) and `ready_why` (the last failed
+     * connection attempt; code KILN_OK when none); `ready_cv`
+     * (CLOCK_MONOTONIC) is broadcast on each change. Never held while
+     * calling the broker. */
+    pthread_mutex_t ready_mu;
+    pthread_cond_t ready_cv;
+    bool ready;
+    kiln_error ready_why;
 };
 
 /* workers.c */
@@ -170,6 +180,11 @@ kiln_err kiln__consumer_run(kiln_pool *p, kiln_error *err);
 
 /* Wakes the consumer loop (eventfd write). Any thread; async-signal-safe. */
 void kiln__pool_wake(kiln_pool *p);
+
+/* The consumer says whether it is subscribed now, and after a failed
+ * connection attempt why (`why` may be NULL); wakes kiln_pool_wait_ready.
+ * Any thread, not from a signal handler. */
+void kiln__pool_ready(kiln_pool *p, bool ready, const kiln_error *why);
 
 /* The pool's publisher, created on first use. NULL with `err` when it
  * cannot be made. Any thread. */

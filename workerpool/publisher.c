@@ -13,10 +13,14 @@
  * Delivery is at least once. A message that a lost connection left
  * unsettled is sent again on a new connection while its request's deadline
  * holds (a duplicate is possible, a loss is not); a message the broker
- * nacked or returned is a final KILN_EBROKER; what is unsettled at the
- * deadline is KILN_ETIMEDOUT. A caller waits at most its deadline plus the
- * rest of a batch already in progress, which the broker's own publish
- * timeout bounds.
+ * nacked or returned is a final KILN_EBROKER. At the deadline, a message
+ * that was written and is still unsettled is KILN_ETIMEDOUT (the broker
+ * may have it); one never written (no connection could be opened, or the
+ * connection was busy with earlier messages) is KILN_EBROKER, "not sent",
+ * with the last connection error: the broker cannot have it. A caller
+ * waits at most its deadline plus the rest of a batch or connection
+ * attempt already in progress, which the broker's own publish and connect
+ * timeouts bound.
  *
  * Threads, and the lock rule: see workerpool/publisher.h. */
 #include "workerpool/publisher.h"
@@ -48,7 +52,7 @@ void kiln__pub_finish(kiln__pub_req *r, size_t i, kiln_err s, const char *why)
 void kiln__pub_finish_rest(kiln__pub_req *r, kiln_err code, const char *why)
 {
     for (size_t i = r->low; i < r->n && r->pending > 0; i++)
-        if (r->status[i] == KILN__PUB_PENDING)
+        if (kiln__pub_unsettled(r->status[i]))
             kiln__pub_finish(r, i, code, why);
 }
 

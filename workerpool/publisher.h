@@ -11,8 +11,18 @@
 #define KILN__PUB_SCRATCH_MIN 64
 #define KILN__PUB_SPILL       256 /* messages: a home this busy may be left */
 
-/* A status no publish gives: the message is still to be (re)sent. */
+/* Statuses no publish gives, for a message still to be (re)sent.
+ * PENDING: never written to a connection, so the broker cannot have it.
+ * LOST: written on a connection that was lost before the broker settled
+ * it: the broker may have it. At the deadline the first is KILN_EBROKER
+ * ("not sent"), the second KILN_ETIMEDOUT. */
 #define KILN__PUB_PENDING KILN_ERETRY
+#define KILN__PUB_LOST    KILN_ETASK
+
+static inline bool kiln__pub_unsettled(kiln_err s)
+{
+    return s == KILN__PUB_PENDING || s == KILN__PUB_LOST;
+}
 
 typedef struct kiln__pub_slot {
     kiln__pub_req *r;

@@ -56,21 +56,40 @@ static void complete(kiln__pub_conn *c)
     }
 }
 
+/* Fails what is unsettled at its deadline: KILN_ETIMEDOUT for a message
+ * that was written (the broker may have it), KILN_EBROKER for one that
+ * never was (it cannot), with the reason a caller can act on. */
 static void expire(kiln__pub_conn *c, int64_t now)
 {
-    char why[sizeof(c->last.message) + 64];
+    char lost[sizeof(c->last.message) + 96];
+    char unsent[sizeof(c->last.message) + 96];
+    unsigned ms = c->pub->cfg.publish_timeout_ms;
 
+    if (c->last.code != KILN_OK) {
+        (void)snprintf(lost, sizeof(lost),
+                       "no confirm within %u ms (KILN_PUBLISH_TIMEOUT_MS): %s",
+                       ms, c->last.message);
+        (void)snprintf(unsent, sizeof(unsent),
+                       "not sent within %u ms (KILN_PUBLISH_TIMEOUT_MS): %s",
+                       ms, c->last.message);
+    } else {
+        (void)snprintf(lost, sizeof(lost),
+                       "no confirm within %u ms (KILN_PUBLISH_TIMEOUT_MS)", ms);
+        (void)snprintf(unsent, sizeof(unsent),
+                       "not sent within %u ms (KILN_PUBLISH_TIMEOUT_MS): the "
+                       "connection was still waiting for the broker to "
+                       "confirm earlier messages",
+                       ms);
+    }
     for (kiln__pub_req *r = c->act_head; r != NULL; r = r->next) {
         if (r->pending == 0 || now < r->deadline_ns)
             continue;
-        if (c->last.code != KILN_OK)
-            (void)snprintf(why, sizeof(why), "no confirm within %u ms: %s",
-                           c->pub->cfg.publish_timeout_ms, c->last.message);
-        else
-            (void)snprintf(why, sizeof(why),
-                           "no confirm within %u ms (KILN_PUBLISH_TIMEOUT_MS)",
-                           c->pub->cfg.publish_timeout_ms);
-        kiln__pub_finish_rest(r, KILN_ETIMEDOUT, why);
+        for (size_t i = r->low; i < r->n && r->pending > 0; i++) {
+            if (r->status[i] == KILN__PUB_LOST)
+                kiln__pub_finish(r, i, KILN_ETIMEDOUT, lost);
+            else if (r->status[i] == KILN__PUB_PENDING)
+                kiln__pub_finish(r, i, KILN_EBROKER, unsent);
+        }
     }
 }
 
@@ -160,7 +179,7 @@ static void tick(kiln__pub_conn *c, int64_t now)
 static size_t take(kiln__pub_conn *c, kiln__pub_req *r, size_t m, size_t limit)
 {
     for (; r->scan < r->n && m < limit; r->scan++) {
-        if (r->status[r->scan] != KILN__PUB_PENDING)
+        if (!kiln__pub_unsettled(r->status[r->scan]))
             continue;
         c->bmsgs[m] = r->msgs[r->scan];
         c->bslot[m].r = r;
@@ -177,7 +196,7 @@ static size_t assemble(kiln__pub_conn *c)
     size_t m = 0, want = 0, cap;
 
     for (kiln__pub_req *r = c->act_head; r != NULL; r = r->next) {
-        while (r->low < r->n && r->status[r->low] != KILN__PUB_PENDING)
+        while (r->low < r->n && !kiln__pub_unsettled(r->status[r->low]))
             r->low++;
         r->scan = r->low;
         want += r->pending;
@@ -211,7 +230,10 @@ static void settle(kiln__pub_conn *c, size_t m, kiln_err rc,
             (lost_op != NULL ? lost_op(c->b, j) : probed)) {
             first_lost |= j == first;
             lost = true;
-            continue; /* still pending: sent again after reconnecting */
+            /* Still pending, sent again after reconnecting; the broker
+             * may have it already. */
+            c->bslot[j].r->status[c->bslot[j].i] = KILN__PUB_LOST;
+            continue;
         }
         /* A message nacked or returned unroutable: the queue or an
          * exchange it needs may have been deleted; the topology is

@@ -77,10 +77,13 @@ static bool stage_buf_init(stage_buf *sb, size_t n)
 
 /* Publishes the `m` staged messages and folds their statuses into `out`;
  * *first (the lowest failed index so far) and `err` follow the lowest
- * failure. */
-static void publish(kiln__publisher *pub, const kiln_signature *const *sigs,
-                    stage_buf *sb, size_t m, size_t *first, kiln_error *err)
+ * failure. A task the broker certainly did not take is recorded FAILURE
+ * in `store` (may be NULL) over the PENDING staging wrote. */
+static void publish(kiln__publisher *pub, kiln__store *store,
+                    const kiln_signature *const *sigs, stage_buf *sb, size_t m,
+                    size_t *first, kiln_error *err)
 {
+    size_t why_j = m;
     kiln_error e;
 
     if (m == 0 ||
@@ -91,12 +94,18 @@ static void publish(kiln__publisher *pub, const kiln_signature *const *sigs,
         sb->out[i].rc = sb->pst[j];
         /* map grows with j, so only the first failure can be the lowest,
          * and e describes exactly that one. */
+        if (sb->pst[j] != KILN_OK && why_j == m)
+            why_j = j;
         if (sb->pst[j] != KILN_OK && i < *first) {
             *first = i;
             kiln__fail(err, sb->pst[j], "task %zu (%s): %s", i,
                        kiln_signature_name(sigs[i]), e.message);
         }
     }
+    /* The publisher never leaves a message it may have written as
+     * anything but KILN_ETIMEDOUT or KILN_ECLOSED. */
+    kiln__stage_unsent(store, sigs, sb->map, sb->pst, NULL, m, why_j,
+                       e.message);
 }
 
 kiln_err kiln_pool_send_tasks(kiln_pool *pool,
@@ -131,7 +140,7 @@ kiln_err kiln_pool_send_tasks(kiln_pool *pool,
         .publish = publisher_send, .ctx = pub, .cache = &pool->probe};
     m = kiln__stage_tasks(&pool->cfg, pool->store, &probe, sigs, n, sb.out,
                           sb.msgs, sb.map, &first, err);
-    publish(pub, sigs, &sb, m, &first, err);
+    publish(pub, pool->store, sigs, &sb, m, &first, err);
     for (size_t i = 0; status != NULL && i < n; i++)
         status[i] = sb.out[i].rc;
     if (first < n)

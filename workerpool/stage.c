@@ -4,6 +4,7 @@
  * dispatch.h. */
 #include "broker/delay.h"
 #include "broker/outgoing.h"
+#include "logger/logger.h"
 #include "workerpool/dispatch.h"
 
 #include <stdio.h>
@@ -192,10 +193,77 @@ void kiln__staged_release(kiln__staged *out, size_t n)
     }
 }
 
+bool kiln__unsent_definite(kiln_err status)
+{
+    return status != KILN_OK && status != KILN_ETIMEDOUT &&
+           status != KILN_ECLOSED;
+}
+
+static const char *unsent_reason(kiln_err status)
+{
+    switch (status) {
+    case KILN_EBROKER:
+        return "the broker did not take it (nacked, returned unroutable, or "
+               "not written within KILN_PUBLISH_TIMEOUT_MS)";
+    case KILN_EINVAL:
+    case KILN_ETOOBIG:
+        return "refused before it was written: no broker can take it";
+    default:
+        return kiln_strerror(status);
+    }
+}
+
+void kiln__stage_unsent(kiln__store *store, const kiln_signature *const *sigs,
+                        const size_t *map, const kiln_err *pst,
+                        const bool *lost, size_t m, size_t why_j,
+                        const char *why)
+{
+    char text[sizeof(((kiln_error *)0)->message) + 64];
+
+    for (size_t j = 0; store != NULL && j < m; j++) {
+        const kiln_signature *sig = sigs[map[j]];
+        kiln__state_update u = {.uuid = sig->uuid,
+                                .task_name = sig->name,
+                                .state = KILN__STATE_FAILURE,
+                                .error = text};
+        kiln_error e;
+
+        if (!kiln__unsent_definite(pst[j]) || (lost != NULL && lost[j]))
+            continue;
+        (void)snprintf(text, sizeof(text), "not sent: %s",
+                       j == why_j && why != NULL ? why : unsent_reason(pst[j]));
+        if (kiln__store_send_failed(store, &u, &e) != KILN_OK)
+            kiln__log_task(KILN_LOG_WARN, "pool", sig->uuid, sig->name,
+                           "its send failed and its FAILURE could not be "
+                           "recorded, so the store keeps it PENDING: %s",
+                           e.message);
+    }
+}
+
 static kiln_err broker_publish(void *ctx, const kiln__message *msgs, size_t n,
                                kiln_err *status, kiln_error *err)
 {
     return kiln__broker_publish(ctx, msgs, n, status, err);
+}
+
+/* kiln__stage_unsent after a publish on `b`, which may say that a
+ * message was lost with the connection rather than refused. */
+static void record_unsent(kiln__broker *b, kiln__store *store,
+                          const kiln_signature *const *sigs, const size_t *map,
+                          const kiln_err *pst, size_t m, size_t why_j,
+                          const char *why)
+{
+    bool *lost = NULL;
+
+    if (store == NULL)
+        return;
+    if (b->ops->publish_lost != NULL &&
+        (lost = kiln__calloc(m, sizeof(*lost))) == NULL)
+        return; /* unsure which were lost: they stay PENDING */
+    for (size_t j = 0; lost != NULL && j < m; j++)
+        lost[j] = pst[j] != KILN_OK && b->ops->publish_lost(b, j);
+    kiln__stage_unsent(store, sigs, map, pst, lost, m, why_j, why);
+    kiln__free(lost);
 }
 
 kiln_err kiln__send_tasks(const kiln_config *cfg, kiln__broker *b,
@@ -227,14 +295,17 @@ kiln_err kiln__send_tasks(const kiln_config *cfg, kiln__broker *b,
     for (size_t j = 0; j < m; j++)
         pst[j] = KILN_ETIMEDOUT; /* what a message nobody settled is */
     if (m > 0 && kiln__broker_publish(b, msgs, m, pst, &e) != KILN_OK) {
+        size_t why_j = m;
         for (size_t j = 0; j < m; j++) {
             out[map[j]].rc = pst[j];
+            why_j = pst[j] != KILN_OK && why_j == m ? j : why_j;
             if (pst[j] != KILN_OK && map[j] < first) {
                 first = map[j];
                 kiln__fail(err, pst[j], "task %zu (%.64s): %s", first,
                            sigs[first]->name, e.message);
             }
         }
+        record_unsent(b, store, sigs, map, pst, m, why_j, e.message);
     }
     for (size_t i = 0; status != NULL && i < n; i++)
         status[i] = out[i].rc;

@@ -6,7 +6,9 @@
  * tool, a service in Go reading the same `tasks` collection with
  * machinery. Documents follow machinery's schema (the README lists the
  * fields); states only move forward to SUCCESS or FAILURE, and a finished
- * task never changes again.
+ * task never changes again, with one exception: a FAILURE "not sent: ..."
+ * that a producer recorded for a send that failed is replaced when the
+ * same task is sent again (or when a worker runs an earlier send of it).
  *
  * Example (given: const kiln_config *cfg, const char *uuid):
  *

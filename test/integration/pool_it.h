@@ -31,16 +31,19 @@
 
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -90,6 +93,23 @@ static inline void it_path(char *out, size_t n, const char *dir,
 {
     if ((size_t)snprintf(out, n, "%s/%s", dir, file) >= n)
         fail_msg("path %s/%s too long", dir, file);
+}
+
+/* An AMQP URL on 127.0.0.1 where nothing listens (a port the kernel just
+ * handed out and took back): connections to it are refused at once. */
+static inline void it_closed_url(char *out, size_t n)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    (void)snprintf(out, n, "amqp://guest:guest@127.0.0.1:%u/",
+                   (unsigned)ntohs(a.sin_port));
 }
 
 /* ---- raw AMQP: depths and clean-up, independent of the code under test -- */

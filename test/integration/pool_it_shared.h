@@ -44,6 +44,11 @@
 /* 1: the pool sends no acks (kiln__pool_hold_acks), so a test can kill it
  * after tasks finished and before their acks went out. */
 #define IT_ENV_HOLD_ACKS "KILN_IT_HOLD_ACKS"
+/* 1: when kiln_pool_start returns KILN_ETIMEDOUT (a task outlived the
+ * drain), end the process with _exit(IT_EXIT_ABANDONED) instead of
+ * waiting in kiln_pool_free, as the README says a program may. */
+#define IT_ENV_EXIT_ON_TIMEOUT "KILN_IT_EXIT_ON_TIMEOUT"
+#define IT_EXIT_ABANDONED      4
 
 /* prog_sender */
 #define IT_ENV_SENT     "KILN_IT_SENT"     /* send log path */

@@ -1,7 +1,8 @@
 /* The worker pool's limits and its shutdown on a real RabbitMQ: a SIGTERM
  * drains (running tasks finish and are acked, the rest go back to the
- * queue, exit status 0), and never more than C tasks run at once nor more
- * than the prefetch count wait unacknowledged.
+ * queue, exit status 0), a task that outlives the drain does not keep a
+ * program that exits without kiln_pool_free, and never more than C tasks
+ * run at once nor more than the prefetch count wait unacknowledged.
  * Fixture and conventions: pool_it.h. */
 #include "pool_it.h"
 
@@ -89,6 +90,54 @@ static void test_sigterm_drains(void **state)
     f->passed = true;
 }
 
+/* A task outlives the drain: kiln_pool_start returns KILN_ETIMEDOUT at
+ * KILN_DRAIN_TIMEOUT_MS, and a program that then ends the process without
+ * kiln_pool_free (the README's way out) exits at once and loses nothing:
+ * the stuck task's delivery is back in the queue, ready for another
+ * worker, and nothing is unacked. */
+static void test_stuck_task_exit_without_free(void **state)
+{
+    it_fix *f = *state;
+    const char *const extra[] = {IT_ENV_EXIT_ON_TIMEOUT "=1", NULL};
+    kiln_signature *sig;
+    long long end, t_term;
+    it_proc *p;
+    long r, u, n;
+    size_t w;
+
+    f->cfg.drain_timeout_ms = 500;
+    w = it_start_worker(f, "worker", extra);
+    p = &f->procs[w];
+    assert_true(it_wait_consumers(f->cfg.queue, 1, 20000));
+    sig = it_new_sig(IT_TASK_SLEEP, NULL);
+    assert_int_equal(kiln_signature_add_arg_int64(sig, "ms", 120000, NULL),
+                     KILN_OK);
+    it_send_free(f, &sig, 1);
+    end = it_ms() + 20000;
+    while (it_count(f->log, 'S') < 1 && it_ms() < end)
+        it_sleep_ms(10);
+    assert_int_equal(it_count(f->log, 'S'), 1);
+    it_signal(f, w, SIGTERM);
+    t_term = it_ms();
+    /* The task sleeps 120 s: a worker waiting in kiln_pool_free for it
+     * would still be here. */
+    if (!it_wait_exit(f, w, 30000)) {
+        it_tail(p->out, 20);
+        fail_msg("the worker did not exit after its drain timed out");
+    }
+    printf("  SIGTERM with a task of 120 s running, drain timeout %u ms: "
+           "exited after %lld ms with status %d\n",
+           f->cfg.drain_timeout_ms, it_ms() - t_term,
+           WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1);
+    assert_true(WIFEXITED(p->status));
+    assert_int_equal(WEXITSTATUS(p->status), IT_EXIT_ABANDONED);
+    assert_int_equal(it_count(f->log, 'F'), 0);
+    if (!it_ctl_wait_settled(f->cfg.queue, 1, 20000, &r, &u, &n))
+        fail_msg("queue: ready %ld unacked %ld, want 1 and 0", r, u);
+    assert_int_equal(n, 0);
+    f->passed = true;
+}
+
 /* Never more than C tasks at once in the worker, never more than the
  * prefetch count unacknowledged at the broker. */
 static void test_concurrency_and_prefetch_bounds(void **state)
@@ -164,11 +213,16 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_sigterm_drains, setup_drain,
                                         it_teardown),
+        cmocka_unit_test_setup_teardown(test_stuck_task_exit_without_free,
+                                        setup_drain, it_teardown),
         cmocka_unit_test_setup_teardown(test_concurrency_and_prefetch_bounds,
                                         setup_limits, it_teardown),
     };
 
     (void)setvbuf(stdout, NULL, _IOLBF, 0);
     kiln_log_set_level(KILN_LOG_WARN);
+    /* KILN_IT_FILTER=test_stuck* runs one test (cmocka's pattern). */
+    if (getenv("KILN_IT_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("KILN_IT_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

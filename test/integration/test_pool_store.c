@@ -2,7 +2,8 @@
  * server (scripts/with-ferretdb.sh starts a private FerretDB and sets
  * KILN_TEST_MONGODB_URL), beside the private RabbitMQ: the lifecycle of a
  * succeeding, a failing, an unregistered and a malformed task; typed
- * results read back exactly; 8 producer threads x 5,000 tasks with every
+ * results read back exactly; a send that fails recorded FAILURE, not
+ * PENDING for ever; 8 producer threads x 5,000 tasks with every
  * final state right; the store stopped mid-run and started again with no
  * state lost.
  *
@@ -221,6 +222,88 @@ static void test_lifecycle(void **state)
     f->passed = true;
 }
 
+/* Sends `sig` (borrowed) through `pool`; the code it returned. */
+static kiln_err try_send(kiln_pool *pool, const kiln_signature *sig,
+                         kiln_error *err)
+{
+    kiln_err rc = kiln_pool_send_task(pool, sig, err);
+
+    printf("  send %s: %s%s%s\n", kiln_signature_uuid(sig), kiln_strerror(rc),
+           rc == KILN_OK ? "" : ": ", rc == KILN_OK ? "" : err->message);
+    return rc;
+}
+
+/* A send that fails for certain leaves FAILURE "not sent: ...", not
+ * PENDING for ever: a waiter learns at once that the task will not run.
+ * Sent again (the same signature, now routable) it is PENDING again and a
+ * worker's SUCCESS follows. A send that could not even connect is
+ * recorded the same way, and an unregistered task that asks to be ignored
+ * ends FAILURE with that reason. */
+static void test_send_failure_recorded(void **state)
+{
+    it_fix *f = *state;
+    kiln_store *st = it_open_store(f);
+    kiln_config down = f->cfg;
+    kiln_signature *sig = it_new_sig(IT_TASK_RECORD, NULL);
+    kiln_signature *ign = it_new_sig("it.nobody", NULL);
+    kiln_pool *nowhere;
+    kiln_result *res;
+    kiln_error err;
+    long long t0;
+
+    /* Unroutable. */
+    assert_int_equal(kiln_signature_set_routing_key(sig, "nobody.bound", NULL),
+                     KILN_OK);
+    assert_int_equal(try_send(it_pool(f), sig, &err), KILN_EBROKER);
+    t0 = it_ms();
+    res = it_expect_final(st, kiln_signature_uuid(sig), KILN_STATE_FAILURE,
+                          "not sent: ");
+    printf("  recorded (read after %lld ms): FAILURE \"%s\"\n", it_ms() - t0,
+           kiln_result_error(res));
+    assert_non_null(strstr(kiln_result_error(res), "nobody.bound"));
+    kiln_result_free(res);
+
+    /* The same task sent again, where a worker takes it. */
+    assert_int_equal(
+        kiln_signature_set_routing_key(sig, f->cfg.binding_key, NULL), KILN_OK);
+    assert_int_equal(try_send(it_pool(f), sig, &err), KILN_OK);
+    assert_int_equal(
+        kiln_store_get_result(st, kiln_signature_uuid(sig), &res, &err),
+        KILN_OK);
+    assert_int_equal(kiln_result_state(res), KILN_STATE_PENDING);
+    assert_string_equal(kiln_result_error(res), "");
+    kiln_result_free(res);
+    kiln_signature_set_ignore_unregistered(ign, true);
+    assert_int_equal(try_send(it_pool(f), ign, &err), KILN_OK);
+    it_start_worker(f, "w1", NULL);
+    kiln_result_free(it_expect_final(st, kiln_signature_uuid(sig),
+                                     KILN_STATE_SUCCESS, NULL));
+    res = it_expect_final(st, kiln_signature_uuid(ign), KILN_STATE_FAILURE,
+                          "unregistered task it.nobody, ignored "
+                          "(IgnoreWhenTaskNotRegistered)");
+    kiln_result_free(res);
+
+    /* No broker to reach. */
+    it_closed_url(down.broker_url, sizeof(down.broker_url));
+    down.publish_timeout_ms = 1000;
+    nowhere = kiln_pool_new(&down, 1, "nowhere", &err);
+    assert_non_null(nowhere);
+    kiln_signature_free(sig);
+    sig = it_new_sig(IT_TASK_RECORD, NULL);
+    assert_int_equal(try_send(nowhere, sig, &err), KILN_EBROKER);
+    res = it_expect_final(st, kiln_signature_uuid(sig), KILN_STATE_FAILURE,
+                          "not sent within 1000 ms");
+    kiln_result_free(res);
+    kiln_pool_free(nowhere);
+
+    kiln_signature_free(sig);
+    kiln_signature_free(ign);
+    kiln_store_free(st);
+    it_signal(f, 0, SIGTERM);
+    (void)it_expect_exit0(f, 0, 20000);
+    f->passed = true;
+}
+
 typedef struct producer {
     it_fix *f;
     unsigned index;
@@ -373,6 +456,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_lifecycle, setup_lifecycle,
                                         it_teardown_store),
+        cmocka_unit_test_setup_teardown(test_send_failure_recorded,
+                                        setup_lifecycle, it_teardown_store),
         cmocka_unit_test_setup_teardown(test_store_outage, setup_outage,
                                         it_teardown_store),
         cmocka_unit_test_setup_teardown(test_eight_producers, setup_load,
@@ -381,6 +466,9 @@ int main(void)
 
     mongoc_init();
     kiln_log_set_level(KILN_LOG_WARN);
+    /* KILN_IT_FILTER=test_send* runs one test (cmocka's pattern). */
+    if (getenv("KILN_IT_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("KILN_IT_FILTER"));
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     mongoc_cleanup();
     return rc;

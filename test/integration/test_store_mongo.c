@@ -560,6 +560,93 @@ static void test_retry_then_received(void **state)
     kiln__values_clear(&res);
 }
 
+static void send_failed_ok(kiln__store *s, const char *uuid, const char *why)
+{
+    kiln__state_update u = {.uuid = uuid,
+                            .task_name = "sent",
+                            .state = KILN__STATE_FAILURE,
+                            .error = why};
+    kiln_error err;
+
+    if (kiln__store_send_failed(s, &u, &err) != KILN_OK)
+        fail_msg("send_failed %s: %s", uuid, err.message);
+}
+
+static bool doc_key(const bson_t *doc, const char *key)
+{
+    bson_iter_t it;
+
+    return bson_iter_init_find(&it, doc, key);
+}
+
+/* Rule 4: a producer whose send failed for certain records FAILURE over
+ * its PENDING (marked send_failed, expiring as any finished task), never
+ * over a worker's state; a new send of the task (PENDING, alone or in a
+ * batch) or a worker's state replaces it and takes the mark away. */
+static void test_send_failed(void **state)
+{
+    fixture *f = *state;
+    kiln__state_update u[2] = {
+        {.uuid = "sf_batch", .task_name = "b", .state = KILN__STATE_PENDING},
+        {.uuid = "sf_done", .task_name = "b", .state = KILN__STATE_PENDING}};
+    kiln_err st[2];
+    kiln__task_record r;
+    kiln_error err;
+    bson_t *doc;
+
+    set_ok(f->s, "sf", KILN__STATE_PENDING, "sent", NULL, NULL);
+    send_failed_ok(f->s, "sf", "not sent: unroutable");
+    get_ok(f->s, "sf", &r);
+    assert_int_equal(r.state, KILN__STATE_FAILURE);
+    assert_string_equal(r.error, "not sent: unroutable");
+    kiln__task_record_release(&r);
+    doc = raw_doc(&f->cfg, "sf");
+    assert_non_null(doc);
+    assert_true(doc_has(doc, "send_failed", BSON_TYPE_BOOL));
+    assert_true(doc_has(doc, "delete_at", BSON_TYPE_DATE_TIME));
+    assert_false(doc_key(doc, "worker"));
+    bson_destroy(doc);
+    /* Sent again: PENDING again, unmarked, no expiry. */
+    set_ok(f->s, "sf", KILN__STATE_PENDING, "sent", NULL, NULL);
+    get_ok(f->s, "sf", &r);
+    assert_int_equal(r.state, KILN__STATE_PENDING);
+    assert_string_equal(r.error, "");
+    kiln__task_record_release(&r);
+    doc = raw_doc(&f->cfg, "sf");
+    assert_false(doc_key(doc, "send_failed"));
+    assert_false(doc_key(doc, "delete_at"));
+    bson_destroy(doc);
+    /* Failed again, then a worker runs an earlier send's message. */
+    send_failed_ok(f->s, "sf", "not sent: nacked");
+    set_ok(f->s, "sf", KILN__STATE_STARTED, "sent", NULL, NULL);
+    assert_int_equal(state_of(f->s, "sf"), KILN__STATE_STARTED);
+    /* Never over a worker's state, finished or not. */
+    send_failed_ok(f->s, "sf", "not sent: late");
+    assert_int_equal(state_of(f->s, "sf"), KILN__STATE_STARTED);
+    set_ok(f->s, "sf", KILN__STATE_SUCCESS, "sent", NULL, NULL);
+    send_failed_ok(f->s, "sf", "not sent: late");
+    assert_int_equal(state_of(f->s, "sf"), KILN__STATE_SUCCESS);
+    doc = raw_doc(&f->cfg, "sf");
+    assert_false(doc_key(doc, "send_failed"));
+    bson_destroy(doc);
+
+    /* A batch of PENDING replaces a failed send's FAILURE, not a
+     * worker's. */
+    set_ok(f->s, "sf_batch", KILN__STATE_PENDING, "b", NULL, NULL);
+    send_failed_ok(f->s, "sf_batch", "not sent: unroutable");
+    set_ok(f->s, "sf_done", KILN__STATE_FAILURE, "b", NULL, "boom");
+    assert_int_equal(kiln__store_add_pending(f->s, u, 2, st, &err), KILN_OK);
+    assert_int_equal(st[0], KILN_OK);
+    assert_int_equal(st[1], KILN_OK);
+    assert_int_equal(state_of(f->s, "sf_batch"), KILN__STATE_PENDING);
+    get_ok(f->s, "sf_done", &r);
+    assert_int_equal(r.state, KILN__STATE_FAILURE);
+    assert_string_equal(r.error, "boom");
+    kiln__task_record_release(&r);
+    u[0].state = KILN__STATE_STARTED;
+    assert_int_equal(kiln__store_send_failed(f->s, u, &err), KILN_EINVAL);
+}
+
 static void test_failure_keeps_utf8_error(void **state)
 {
     fixture *f = *state;
@@ -1341,12 +1428,14 @@ int main(void)
         T(test_pending_after_received_is_ignored),
         T(test_retry_then_received),
         T(test_add_pending_bulk),
+        T(test_send_failed),
         T(test_failure_keeps_utf8_error),
         T(test_bad_calls),
         C(test_lifecycle),
         C(test_finished_never_changes),
         C(test_pending_after_received_is_ignored),
         C(test_retry_then_received),
+        C(test_send_failed),
         C(test_reads_machinery_document),
         T(test_results_every_type),
         T(test_negative_zero),
