@@ -646,11 +646,14 @@ KILN_API kiln_err kiln_task_fail(kiln_task_ctx *ctx, const char *fmt, ...)
 KILN_API kiln_err kiln_task_retry(kiln_task_ctx *ctx, uint64_t delay_ms);
 
 /* The task's soft time limit (KILN_TIME_LIMIT_MS, or the one given with
- * kiln_pool_set_time_limit). A task that runs past it is recorded as
- * FAILURE "time limit" whatever it returns, so a long task should check
- * and stop: kiln_task_time_left_ms returns the milliseconds left (0 once
- * past), or INT64_MAX when the task has no limit; kiln_task_expired is
- * true once past. Any thread holding the context. */
+ * kiln_pool_set_time_limit). A run that reaches it is recorded as FAILURE
+ * "time limit" whatever it returns, its results dropped: a run reaches
+ * it when kiln_task_expired became true during it, or when it returns at
+ * or after the deadline. So a long task should check and stop, and
+ * stopping for the limit is a failure: kiln_task_time_left_ms returns the
+ * milliseconds left (0 once reached), or INT64_MAX when the task has no
+ * limit; kiln_task_expired is true from the deadline on. Any thread
+ * holding the context. */
 KILN_API int64_t kiln_task_time_left_ms(const kiln_task_ctx *ctx);
 KILN_API bool kiln_task_expired(const kiln_task_ctx *ctx);
 
