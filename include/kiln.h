@@ -657,8 +657,16 @@ KILN_API kiln_err kiln_task_retry(kiln_task_ctx *ctx, uint64_t delay_ms);
 KILN_API int64_t kiln_task_time_left_ms(const kiln_task_ctx *ctx);
 KILN_API bool kiln_task_expired(const kiln_task_ctx *ctx);
 
-/* Results, stored as machinery stores them ([{Type, Value}]). Each call
- * appends one typed value; same rules as the argument setters. */
+/* Results, stored as machinery stores them ([{Type, Value}], no names).
+ * Each call appends one typed value, of any of the 29 types, with the
+ * rules of the kiln_signature_add_arg_* setter of the same name: the
+ * `type` forms take the exact Go type of their family (KILN_EINVAL
+ * otherwise) and check its range (KILN_ERANGE), floats must be finite,
+ * strings valid UTF-8, and a slice's `v` may be NULL when n is 0. Values
+ * are copied; the results are unchanged on failure, and the message
+ * names the result's index ("result 2: ..."). A task that adds none
+ * allocates nothing for them. Thread-safety: the thread running the
+ * task only. */
 KILN_API kiln_err kiln_task_add_result_bool(kiln_task_ctx *ctx, bool v,
                                             kiln_error *err);
 KILN_API kiln_err kiln_task_add_result_int(kiln_task_ctx *ctx, kiln_type type,
@@ -669,9 +677,36 @@ KILN_API kiln_err kiln_task_add_result_float(kiln_task_ctx *ctx, kiln_type type,
                                              double v, kiln_error *err);
 KILN_API kiln_err kiln_task_add_result_string(kiln_task_ctx *ctx, const char *v,
                                               kiln_error *err);
+/* "[]byte"; `data` may be NULL when n is 0. */
 KILN_API kiln_err kiln_task_add_result_bytes(kiln_task_ctx *ctx,
                                              const void *data, size_t n,
                                              kiln_error *err);
+/* Slices, as kiln_signature_add_arg_*_slice. */
+KILN_API kiln_err kiln_task_add_result_bool_slice(kiln_task_ctx *ctx,
+                                                  const bool *v, size_t n,
+                                                  kiln_error *err);
+/* type: KILN_TYPE_INT_SLICE, INT8_SLICE ... INT64_SLICE */
+KILN_API kiln_err kiln_task_add_result_int_slice(kiln_task_ctx *ctx,
+                                                 kiln_type type,
+                                                 const int64_t *v, size_t n,
+                                                 kiln_error *err);
+/* type: KILN_TYPE_UINT_SLICE, UINT16_SLICE, UINT32_SLICE, UINT64_SLICE;
+ * for []uint8 use kiln_task_add_result_uint8_slice. */
+KILN_API kiln_err kiln_task_add_result_uint_slice(kiln_task_ctx *ctx,
+                                                  kiln_type type,
+                                                  const uint64_t *v, size_t n,
+                                                  kiln_error *err);
+KILN_API kiln_err kiln_task_add_result_uint8_slice(kiln_task_ctx *ctx,
+                                                   const uint8_t *v, size_t n,
+                                                   kiln_error *err);
+/* type: KILN_TYPE_FLOAT32_SLICE or FLOAT64_SLICE */
+KILN_API kiln_err kiln_task_add_result_float_slice(kiln_task_ctx *ctx,
+                                                   kiln_type type,
+                                                   const double *v, size_t n,
+                                                   kiln_error *err);
+KILN_API kiln_err kiln_task_add_result_string_slice(kiln_task_ctx *ctx,
+                                                    const char *const *v,
+                                                    size_t n, kiln_error *err);
 
 /* kiln_task_results gives the results added so far as a borrowed,
  * argument-shaped view: read them with the kiln_signature_arg_* getters.

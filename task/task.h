@@ -76,6 +76,48 @@ kiln_err kiln__values_copy(kiln__values *dst, const kiln__values *src,
 void kiln__values_clear(kiln__values *list); /* frees items, keeps nothing */
 void kiln__value_release(kiln__value *v);    /* frees v's pointers */
 
+/* ---- the setters of arguments and results ------------------------------
+ * kiln_signature_add_arg_* (task/args.c) and kiln_task_add_result_*
+ * (task/context.c) take the same values with the same checks. Each public
+ * setter takes one family of types: lo..hi less `except`. */
+typedef struct kiln__family {
+    kiln_type lo, hi;
+    kiln_type except; /* KILN__TYPE_NONE when the range has no hole */
+} kiln__family;
+
+#define KILN__TYPE_NONE           ((kiln_type)(KILN_TYPE_LAST + 1))
+#define KILN__FAMILY(lo, hi, exc) ((kiln__family){(lo), (hi), (exc)})
+#define KILN__FAMILY_OF(t)        KILN__FAMILY(t, t, KILN__TYPE_NONE)
+#define KILN__FAMILY_INT                                                     \
+    KILN__FAMILY(KILN_TYPE_INT, KILN_TYPE_INT64, KILN__TYPE_NONE)
+#define KILN__FAMILY_UINT                                                    \
+    KILN__FAMILY(KILN_TYPE_UINT, KILN_TYPE_UINT64, KILN__TYPE_NONE)
+#define KILN__FAMILY_FLOAT                                                   \
+    KILN__FAMILY(KILN_TYPE_FLOAT32, KILN_TYPE_FLOAT64, KILN__TYPE_NONE)
+#define KILN__FAMILY_INT_SLICE                                               \
+    KILN__FAMILY(KILN_TYPE_INT_SLICE, KILN_TYPE_INT64_SLICE, KILN__TYPE_NONE)
+/* []uint8 is stored as bytes, so it has a setter of its own. */
+#define KILN__FAMILY_UINT_SLICE                                              \
+    KILN__FAMILY(KILN_TYPE_UINT_SLICE, KILN_TYPE_UINT64_SLICE,               \
+                 KILN_TYPE_UINT8_SLICE)
+#define KILN__FAMILY_FLOAT_SLICE                                             \
+    KILN__FAMILY(KILN_TYPE_FLOAT32_SLICE, KILN_TYPE_FLOAT64_SLICE,           \
+                 KILN__TYPE_NONE)
+
+/* kiln__family_check: KILN_OK when `t` belongs to `fam`, else KILN_EINVAL
+ * naming the value "<what> <index>" ("arg 2: type int8 is not one of
+ * []int ... []int64"). */
+kiln_err kiln__family_check(const char *what, size_t index, kiln_type t,
+                            kiln__family fam, kiln_error *err);
+
+/* kiln__values_put appends a copy of `v` (its pointers borrowed) for a
+ * setter of family `fam`: kiln__family_check, then kiln__values_add, with
+ * "<what> <index>: " before any message. The list is unchanged on
+ * failure. */
+kiln_err kiln__values_put(kiln__values *list, const char *what,
+                          const kiln__value *v, kiln__family fam,
+                          kiln_error *err);
+
 /* The signature. Strings are owned and never NULL once created ("" when
  * absent, allocated). Fields the codec does not model are kept in `extra`
  * (an object of key -> value, in arrival order) and written back. */

@@ -9,6 +9,7 @@
  * sets them to scripts/ferretdb.sh stop|start on its data directory). */
 #include "kiln/store_mongo.h"
 #include "store/mongo.h"
+#include "test/support/results_fixture.h"
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -673,6 +674,41 @@ static void test_results_every_type(void **state)
     assert_values_equal(&res, &r.results);
     kiln__task_record_release(&r);
     kiln__values_clear(&res);
+}
+
+/* A task's slice results, added with kiln_task_add_result_*_slice, as a
+ * worker records them (SUCCESS with the context's results) and as any
+ * process reads them back with kiln_store_get_result: every slice type,
+ * exactly. */
+static void test_slice_results_from_task(void **state)
+{
+    fixture *f = *state;
+    kiln_registry *reg = kiln_registry_new(NULL);
+    kiln_signature *sig = kiln_signature_new("slices", NULL), *res = NULL;
+    kiln_result *got = NULL;
+    kiln_store *st;
+    kiln_error err;
+
+    assert_non_null(reg);
+    assert_non_null(sig);
+    assert_int_equal(
+        kiln_registry_add(reg, "slices", slices_task, NULL, NULL, NULL),
+        KILN_OK);
+    assert_int_equal(kiln_registry_run(reg, sig, &res, &err), KILN_OK);
+    set_ok(f->s, kiln_signature_uuid(sig), KILN__STATE_SUCCESS, "slices",
+           &res->args, NULL);
+    if ((st = kiln_store_new(&f->cfg, &err)) == NULL)
+        fail_msg("kiln_store_new: %s", err.message);
+    if (kiln_store_get_result(st, kiln_signature_uuid(sig), &got, &err) !=
+        KILN_OK)
+        fail_msg("get_result: %s", err.message);
+    assert_int_equal(kiln_result_state(got), KILN_STATE_SUCCESS);
+    check_slice_results(kiln_result_values(got));
+    kiln_result_free(got);
+    kiln_store_free(st);
+    kiln_signature_free(res);
+    kiln_signature_free(sig);
+    kiln_registry_free(reg);
 }
 
 /* -0.0 is a zero after the round trip; MongoDB keeps its sign, FerretDB
@@ -1349,6 +1385,7 @@ int main(void)
         C(test_retry_then_received),
         C(test_reads_machinery_document),
         T(test_results_every_type),
+        T(test_slice_results_from_task),
         T(test_negative_zero),
         T(test_results_bson_types),
         T(test_reads_machinery_document),
