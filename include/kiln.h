@@ -180,7 +180,10 @@ typedef enum kiln_dialect {
 } kiln_dialect;
 
 typedef enum kiln_retry_policy {
-    KILN_RETRY_FIBONACCI = 0, /* machinery: 1, 1, 2, 3, 5, 8 ... seconds */
+    KILN_RETRY_FIBONACCI = 0, /* machinery's: each retry waits the next
+                                 Fibonacci number above RetryTimeout, in
+                                 seconds (1, 2, 3, 5, 8 ... from 0), see
+                                 kiln_signature_set_retry */
     KILN_RETRY_EXPONENTIAL    /* base * 2^n, capped, with full jitter */
 } kiln_retry_policy;
 
@@ -402,8 +405,13 @@ KILN_API kiln_err kiln_signature_set_group(kiln_signature *sig,
 KILN_API kiln_err kiln_signature_set_priority(kiln_signature *sig,
                                               unsigned priority,
                                               kiln_error *err);
-/* retry_count: the retries allowed; retry_timeout: seconds before the
- * first retry (machinery then grows it as Fibonacci). */
+/* retry_count: the retries allowed. retry_timeout: machinery's
+ * RetryTimeout, in seconds, where the Fibonacci waits start: under
+ * KILN_RETRY_FIBONACCI each retry sets it to the smallest Fibonacci number
+ * greater than it and waits that many seconds (machinery's
+ * retry.FibonacciNext), so 0 (the default) gives waits of 1, 2, 3, 5, 8
+ * ... s and 10 gives 13, 21 ... s; it is not the first wait. Every wait
+ * is capped by KILN_RETRY_MAX_MS. KILN_RETRY_EXPONENTIAL ignores it. */
 KILN_API kiln_err kiln_signature_set_retry(kiln_signature *sig, int retry_count,
                                            int retry_timeout, kiln_error *err);
 /* task_timeout_s: paota's TaskTimeOut, seconds; 0 = none. */

@@ -327,6 +327,22 @@ static void test_retry_delays(void **state)
         assert_int_equal(kiln_signature_retry_timeout(sig), (int)fib[i]);
     }
     assert_false(kiln__retry_plan(&cfg, sig, 7, &ms)); /* none left */
+    /* RetryTimeout is where the sequence starts, not the first wait:
+     * machinery's FibonacciNext(10) is 13, then 21. */
+    assert_int_equal(kiln_signature_set_retry(sig, 2, 10, NULL), KILN_OK);
+    assert_true(kiln__retry_plan(&cfg, sig, 0, &ms));
+    assert_int_equal(ms, 13000);
+    assert_true(kiln__retry_plan(&cfg, sig, 1, &ms));
+    assert_int_equal(ms, 21000);
+    assert_int_equal(kiln__fibonacci_next(2), 3);
+    assert_int_equal(kiln__fibonacci_next(3), 5);
+    assert_int_equal(kiln__fibonacci_next(5), 8);
+    /* Capped by KILN_RETRY_MAX_MS; RetryTimeout still grows. */
+    cfg.retry_max_ms = 4000;
+    assert_int_equal(kiln_signature_set_retry(sig, 1, 3, NULL), KILN_OK);
+    assert_true(kiln__retry_plan(&cfg, sig, 0, &ms));
+    assert_int_equal(ms, 4000);
+    assert_int_equal(kiln_signature_retry_timeout(sig), 5);
     /* Exponential with full jitter, capped. */
     cfg.retry_policy = KILN_RETRY_EXPONENTIAL;
     cfg.retry_base_ms = 100;
