@@ -386,7 +386,8 @@ KILN_API bool kiln_signature_ignore_unregistered(const kiln_signature *sig);
  * *unix_ns and returns true, or returns false when the task has no ETA. */
 KILN_API bool kiln_signature_eta(const kiln_signature *sig, int64_t *unix_ns);
 
-/* kiln_signature_created_at: as kiln_signature_eta, for paota's CreatedAt. */
+/* kiln_signature_created_at: as kiln_signature_eta, for paota's CreatedAt
+ * (the start of TaskTimeOut; see kiln_signature_set_created_at). */
 KILN_API bool kiln_signature_created_at(const kiln_signature *sig,
                                         int64_t *unix_ns);
 
@@ -414,7 +415,12 @@ KILN_API kiln_err kiln_signature_set_priority(kiln_signature *sig,
  * is capped by KILN_RETRY_MAX_MS. KILN_RETRY_EXPONENTIAL ignores it. */
 KILN_API kiln_err kiln_signature_set_retry(kiln_signature *sig, int retry_count,
                                            int retry_timeout, kiln_error *err);
-/* task_timeout_s: paota's TaskTimeOut, seconds; 0 = none. */
+/* task_timeout_s: paota's TaskTimeOut, seconds; 0 = none. A task
+ * delivered more than that many seconds after its CreatedAt is not run: a
+ * worker records it FAILURE "expired" (KILN_EXPIRED says what happens to
+ * the message). kiln_pool_send_task(s) give a signature without a
+ * CreatedAt the time it is sent, in every dialect, so setting this alone
+ * makes a task that expires. */
 KILN_API kiln_err kiln_signature_set_task_timeout(kiln_signature *sig,
                                                   int task_timeout_s,
                                                   kiln_error *err);
@@ -424,6 +430,19 @@ KILN_API void kiln_signature_set_ignore_unregistered(kiln_signature *sig,
  * (written in UTC); kiln_signature_clear_eta removes it. */
 KILN_API void kiln_signature_set_eta(kiln_signature *sig, int64_t unix_ns);
 KILN_API void kiln_signature_clear_eta(kiln_signature *sig);
+/* kiln_signature_set_created_at sets paota's CreatedAt, in nanoseconds
+ * since the Unix epoch (written in UTC; header mode keeps whole seconds),
+ * the instant TaskTimeOut counts from; kiln_signature_clear_created_at
+ * removes it. Without one, kiln_pool_send_task(s) write the time of
+ * sending into the message, as paota's producer does, and leave `sig` as
+ * it is: in the paota dialects always, in the machinery dialect only when
+ * the signature has a TaskTimeOut (machinery's Signature has no
+ * CreatedAt; the key then follows machinery's own, which Go ignores). Set
+ * it to count the deadline from an earlier moment, such as when the
+ * request arrived. */
+KILN_API void kiln_signature_set_created_at(kiln_signature *sig,
+                                            int64_t unix_ns);
+KILN_API void kiln_signature_clear_created_at(kiln_signature *sig);
 
 /* ---- arguments: setters ------------------------------------------------
  * Each adds one positional argument at the end. `name` may be NULL (Go
@@ -642,6 +661,21 @@ typedef kiln_err (*kiln_task_fn)(kiln_task_ctx *ctx, void *user);
 KILN_API const char *kiln_task_uuid(const kiln_task_ctx *ctx);
 KILN_API const char *kiln_task_name(const kiln_task_ctx *ctx);
 KILN_API const kiln_signature *kiln_task_signature(const kiln_task_ctx *ctx);
+
+/* kiln_task_attempt says which run of the task this is: 1 the first time,
+ * then one more for each retry the task had, whether a failure caused it
+ * or the task asked for it with kiln_task_retry; so it is the retries
+ * before this run + 1, in every dialect (machinery counts RetryCount down,
+ * paota RetriesDone up; this counts the same way for both). A redelivery
+ * is not a new attempt: a run cut short by a crash or a lost connection
+ * and run again has the same number (kiln_result_attempts, in the store,
+ * counts those runs too). It comes from what the message carries: the
+ * x-kiln-retries header kiln's workers write on every retry, and paota's
+ * RetriesDone; a retry made by a Go machinery worker, whose message says
+ * only how many retries are left, is not counted. In eager mode
+ * (kiln_registry_run) it is RetriesDone + 1 for a paota signature, else 1.
+ * Returns 0 for a NULL context. Any thread holding the context. */
+KILN_API unsigned kiln_task_attempt(const kiln_task_ctx *ctx);
 
 /* kiln_task_fail records a failure message (printf-style) and returns
  * KILN_ETASK, so a task can `return kiln_task_fail(ctx, "no user %d", id);` */

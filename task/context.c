@@ -8,6 +8,7 @@
 #include "logger/logger.h"
 #include "task/task.h"
 
+#include <limits.h>
 #include <string.h>
 
 kiln_err kiln__task_ctx_init(kiln_task_ctx *ctx, const kiln_signature *sig,
@@ -19,7 +20,24 @@ kiln_err kiln__task_ctx_init(kiln_task_ctx *ctx, const kiln_signature *sig,
                           "required");
     memset(ctx, 0, sizeof(*ctx));
     ctx->sig = sig;
+    ctx->attempt = kiln__signature_retries(sig, 0) + 1;
     return KILN_OK;
+}
+
+unsigned kiln__signature_retries(const kiln_signature *sig, unsigned counted)
+{
+    unsigned done = sig->dialect != KILN_DIALECT_MACHINERY &&
+                            sig->retries_done > 0
+                        ? (unsigned)sig->retries_done
+                        : 0;
+    unsigned n = counted > done ? counted : done;
+
+    return n < UINT_MAX ? n : UINT_MAX - 1; /* room for this run */
+}
+
+unsigned kiln_task_attempt(const kiln_task_ctx *ctx)
+{
+    return ctx != NULL ? ctx->attempt : 0;
 }
 
 void kiln__task_ctx_release(kiln_task_ctx *ctx)

@@ -16,7 +16,8 @@
 typedef struct decoder {
     kiln_signature *sig;
     const char *text;
-    bool paota; /* a key only paota defines was seen */
+    bool paota;   /* the first dialect's own key was paota's */
+    bool decided; /* a key only one dialect defines was seen */
     bool have_name;
     bool have_uuid;
 } decoder;
@@ -282,7 +283,14 @@ static kiln_err decode_member(decoder *d, kept *k, cJSON *root, cJSON *it,
     if (i < 0)
         return keep_unknown(k, cJSON_DetachItemViaPointer(root, it), err);
     f = &kiln__fields[i];
-    d->paota |= f->paota_only;
+    /* The first key only one dialect defines tells which: Go writes the
+     * struct's own fields first, and kiln writes the other dialect's
+     * fields it carries after its own, so a machinery body that carries
+     * TaskTimeOut and CreatedAt at its end stays machinery. */
+    if (!d->decided && (f->paota_only || f->machinery_only)) {
+        d->paota = f->paota_only;
+        d->decided = true;
+    }
     if (cJSON_IsNull(it)) {
         clear_field(d, k, f);
         return KILN_OK;

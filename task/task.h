@@ -191,7 +191,15 @@ struct kiln_task_ctx {
     uint64_t retry_delay_ms;   /* set by kiln_task_retry */
     bool retry_requested;
     int64_t deadline_ns; /* monotonic; 0 = none */
+    unsigned attempt;    /* kiln_task_attempt: 1 + the retries before */
 };
+
+/* kiln__signature_retries: the retries a task had before this run, from
+ * `counted` (kiln's x-kiln-retries, 0 when there is none) and what the
+ * message itself carries: paota's RetriesDone, which a paota worker's
+ * retry advances without kiln's header. machinery's RetryCount counts
+ * down from a total the message does not carry, so it tells nothing. */
+unsigned kiln__signature_retries(const kiln_signature *sig, unsigned counted);
 
 /* kiln_registry_lookup that also gives the task's own soft time limit
  * (0 when none was set), in one look-up. Thread-safe. */
@@ -199,7 +207,9 @@ kiln_err kiln__registry_find(const kiln_registry *reg, const char *name,
                              kiln_task_fn *fn, void **user,
                              unsigned *time_limit_ms);
 
-/* Prepares and releases a context for `sig` (borrowed). */
+/* Prepares and releases a context for `sig` (borrowed). The context's
+ * attempt is 1 + kiln__signature_retries(sig, 0); the worker sets it
+ * from the delivery's count as well. */
 kiln_err kiln__task_ctx_init(kiln_task_ctx *ctx, const kiln_signature *sig,
                              kiln_error *err);
 void kiln__task_ctx_release(kiln_task_ctx *ctx);

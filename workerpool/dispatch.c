@@ -278,6 +278,9 @@ bool kiln__dispatch_decode(const kiln__dispatch *d, const kiln__delivery *dl,
         *needs_worker = refuse(d, dl, job, rc);
         return false;
     }
+    /* A paota worker's retry advances RetriesDone but carries no
+     * x-kiln-retries: the larger count is the true one. */
+    job->retries = kiln__signature_retries(job->sig, job->retries);
     return true;
 }
 
@@ -485,6 +488,7 @@ void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job)
         job->verdict = KILN__VERDICT_REQUEUE;
         return;
     }
+    ctx.attempt = job->retries + 1;
     limit =
         job->time_limit_ms != 0 ? job->time_limit_ms : d->cfg->time_limit_ms;
     t0 = kiln__monotonic_ns();
