@@ -144,7 +144,7 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
         rec.attempts =
             e->rec.attempts + (u->state == KILN__STATE_STARTED ? 1 : 0);
         rec.started_ns = u->state == KILN__STATE_STARTED ? rec.updated_ns
-                                                          : e->rec.started_ns;
+                                                         : e->rec.started_ns;
         ms->per_state[e->rec.state]--;
         kiln__task_record_release(&e->rec);
     }

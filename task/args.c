@@ -44,8 +44,8 @@ kiln_err kiln__values_put(kiln__values *list, const char *what,
     return rc;
 }
 
-static kiln_err add(kiln_signature *sig, const kiln__value *v,
-                    kiln__family fam, kiln_error *err)
+static kiln_err add(kiln_signature *sig, const kiln__value *v, kiln__family fam,
+                    kiln_error *err)
 {
     if (sig == NULL)
         return kiln__fail(err, KILN_EINVAL, "signature is required");

@@ -26,10 +26,10 @@ kiln_err kiln__task_ctx_init(kiln_task_ctx *ctx, const kiln_signature *sig,
 
 unsigned kiln__signature_retries(const kiln_signature *sig, unsigned counted)
 {
-    unsigned done = sig->dialect != KILN_DIALECT_MACHINERY &&
-                            sig->retries_done > 0
-                        ? (unsigned)sig->retries_done
-                        : 0;
+    unsigned done =
+        sig->dialect != KILN_DIALECT_MACHINERY && sig->retries_done > 0
+            ? (unsigned)sig->retries_done
+            : 0;
     unsigned n = counted > done ? counted : done;
 
     return n < UINT_MAX ? n : UINT_MAX - 1; /* room for this run */

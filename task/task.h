@@ -88,20 +88,20 @@ typedef struct kiln__family {
 #define KILN__TYPE_NONE           ((kiln_type)(KILN_TYPE_LAST + 1))
 #define KILN__FAMILY(lo, hi, exc) ((kiln__family){(lo), (hi), (exc)})
 #define KILN__FAMILY_OF(t)        KILN__FAMILY(t, t, KILN__TYPE_NONE)
-#define KILN__FAMILY_INT                                                     \
+#define KILN__FAMILY_INT \
     KILN__FAMILY(KILN_TYPE_INT, KILN_TYPE_INT64, KILN__TYPE_NONE)
-#define KILN__FAMILY_UINT                                                    \
+#define KILN__FAMILY_UINT \
     KILN__FAMILY(KILN_TYPE_UINT, KILN_TYPE_UINT64, KILN__TYPE_NONE)
-#define KILN__FAMILY_FLOAT                                                   \
+#define KILN__FAMILY_FLOAT \
     KILN__FAMILY(KILN_TYPE_FLOAT32, KILN_TYPE_FLOAT64, KILN__TYPE_NONE)
-#define KILN__FAMILY_INT_SLICE                                               \
+#define KILN__FAMILY_INT_SLICE \
     KILN__FAMILY(KILN_TYPE_INT_SLICE, KILN_TYPE_INT64_SLICE, KILN__TYPE_NONE)
 /* []uint8 is stored as bytes, so it has a setter of its own. */
-#define KILN__FAMILY_UINT_SLICE                                              \
-    KILN__FAMILY(KILN_TYPE_UINT_SLICE, KILN_TYPE_UINT64_SLICE,               \
+#define KILN__FAMILY_UINT_SLICE                                \
+    KILN__FAMILY(KILN_TYPE_UINT_SLICE, KILN_TYPE_UINT64_SLICE, \
                  KILN_TYPE_UINT8_SLICE)
-#define KILN__FAMILY_FLOAT_SLICE                                             \
-    KILN__FAMILY(KILN_TYPE_FLOAT32_SLICE, KILN_TYPE_FLOAT64_SLICE,           \
+#define KILN__FAMILY_FLOAT_SLICE                                   \
+    KILN__FAMILY(KILN_TYPE_FLOAT32_SLICE, KILN_TYPE_FLOAT64_SLICE, \
                  KILN__TYPE_NONE)
 
 /* kiln__family_check: KILN_OK when `t` belongs to `fam`, else KILN_EINVAL

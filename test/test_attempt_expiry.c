@@ -286,9 +286,9 @@ static void test_attempt_eager(void **state)
     assert_int_equal(kiln_registry_run(fx->reg, sig, NULL, NULL), KILN_OK);
     assert_int_equal(fx->seen[0], 1);
     /* A paota signature that was retried twice. */
-    assert_int_equal(kiln_signature_to_json(sig, KILN_DIALECT_PAOTA, &body,
-                                            NULL, NULL),
-                     KILN_OK);
+    assert_int_equal(
+        kiln_signature_to_json(sig, KILN_DIALECT_PAOTA, &body, NULL, NULL),
+        KILN_OK);
     at = strstr(body, "\"RetriesDone\":0");
     assert_non_null(at);
     at[strlen("\"RetriesDone\":")] = '2';
@@ -345,19 +345,19 @@ static void test_golden_bytes_through_send(void **state)
     char hdr[32], want[8192];
 
     /* Their routing keys lead to the task queue too. */
-    assert_int_equal(kiln__mock_server_bind(fx->srv, fx->cfg.exchange,
-                                            "images", fx->cfg.queue, NULL),
+    assert_int_equal(kiln__mock_server_bind(fx->srv, fx->cfg.exchange, "images",
+                                            fx->cfg.queue, NULL),
                      KILN_OK);
-    assert_int_equal(kiln__mock_server_bind(fx->srv, fx->cfg.exchange,
-                                            "users", fx->cfg.queue, NULL),
+    assert_int_equal(kiln__mock_server_bind(fx->srv, fx->cfg.exchange, "users",
+                                            fx->cfg.queue, NULL),
                      KILN_OK);
     for (size_t i = 0; i < KILN__ARRAY_LEN(golden); i++) {
         size_t len;
         char *text = test_slurp(golden[i].file, &len, true), *body, *eta;
         kiln_signature *sig = NULL;
 
-        assert_int_equal(
-            kiln_signature_from_json(text, len, 0, &sig, NULL), KILN_OK);
+        assert_int_equal(kiln_signature_from_json(text, len, 0, &sig, NULL),
+                         KILN_OK);
         fx->cfg.dialect = golden[i].dialect;
         (void)snprintf(want, sizeof(want), "%s", text);
         /* An ETA still to come would send it into the delay queues: sent
@@ -365,8 +365,7 @@ static void test_golden_bytes_through_send(void **state)
         if ((eta = strstr(text, future_eta)) != NULL) {
             kiln_signature_clear_eta(sig);
             (void)snprintf(want, sizeof(want), "%.*s\"ETA\":null%s",
-                           (int)(eta - text), text,
-                           eta + strlen(future_eta));
+                           (int)(eta - text), text, eta + strlen(future_eta));
         }
         send_sig(fx, sig);
         body = take_body(fx, hdr, sizeof(hdr));
@@ -384,9 +383,8 @@ static void test_golden_bytes_through_send(void **state)
 static void test_created_at_stamped(void **state)
 {
     struct fixture *fx = *state;
-    static const kiln_dialect ds[] = {KILN_DIALECT_MACHINERY,
-                                      KILN_DIALECT_PAOTA,
-                                      KILN_DIALECT_PAOTA_HEADERS};
+    static const kiln_dialect ds[] = {
+        KILN_DIALECT_MACHINERY, KILN_DIALECT_PAOTA, KILN_DIALECT_PAOTA_HEADERS};
     char hdr[32];
 
     for (size_t i = 0; i < KILN__ARRAY_LEN(ds); i++) {
@@ -446,9 +444,8 @@ static void test_created_at_stamped(void **state)
 static void test_c_task_expires(void **state)
 {
     struct fixture *fx = *state;
-    static const kiln_dialect ds[] = {KILN_DIALECT_MACHINERY,
-                                      KILN_DIALECT_PAOTA,
-                                      KILN_DIALECT_PAOTA_HEADERS};
+    static const kiln_dialect ds[] = {
+        KILN_DIALECT_MACHINERY, KILN_DIALECT_PAOTA, KILN_DIALECT_PAOTA_HEADERS};
     kiln__task_record r;
     kiln__delivery dl;
 

@@ -583,8 +583,8 @@ static void test_result_slice_errors(void **state)
                          &ctx, KILN_TYPE_UINT16_SLICE, ok, 2, &err),
                      KILN_OK);
     /* Values: range, finiteness, UTF-8, NULL data. */
-    assert_int_equal(kiln_task_add_result_int_slice(
-                         &ctx, KILN_TYPE_INT8_SLICE, wide, 2, &err),
+    assert_int_equal(kiln_task_add_result_int_slice(&ctx, KILN_TYPE_INT8_SLICE,
+                                                    wide, 2, &err),
                      KILN_ERANGE);
     assert_non_null(strstr(err.message, "result 1: []int8[1] value 300"));
     assert_int_equal(kiln_task_add_result_uint_slice(
@@ -593,20 +593,18 @@ static void test_result_slice_errors(void **state)
     assert_int_equal(kiln_task_add_result_float_slice(
                          &ctx, KILN_TYPE_FLOAT64_SLICE, nan, 2, &err),
                      KILN_EINVAL);
-    assert_int_equal(
-        kiln_task_add_result_string_slice(&ctx, bad_utf8, 2, &err),
-        KILN_EINVAL);
+    assert_int_equal(kiln_task_add_result_string_slice(&ctx, bad_utf8, 2, &err),
+                     KILN_EINVAL);
     assert_non_null(strstr(err.message, "UTF-8"));
-    assert_int_equal(
-        kiln_task_add_result_string_slice(&ctx, null_str, 2, &err),
-        KILN_EINVAL);
+    assert_int_equal(kiln_task_add_result_string_slice(&ctx, null_str, 2, &err),
+                     KILN_EINVAL);
     assert_int_equal(kiln_task_add_result_bool_slice(&ctx, NULL, 3, &err),
                      KILN_EINVAL);
     assert_int_equal(kiln_task_add_result_uint8_slice(&ctx, NULL, 1, &err),
                      KILN_EINVAL);
     assert_int_equal(kiln_signature_arg_count(kiln_task_results(&ctx)), 1);
-    assert_int_equal(
-        kiln_task_add_result_bool_slice(NULL, NULL, 0, &err), KILN_EINVAL);
+    assert_int_equal(kiln_task_add_result_bool_slice(NULL, NULL, 0, &err),
+                     KILN_EINVAL);
     kiln__task_ctx_release(&ctx);
     kiln_signature_free(sig);
 }

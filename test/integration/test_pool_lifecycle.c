@@ -4,9 +4,9 @@
  * - priority: a backlog of mixed priorities is consumed highest first
  *   (KILN_MAX_PRIORITY, prefetch 1, one worker thread);
  * - retries: each dialect's counters and kiln_task_attempt on every
- *   retry copy, the delays of both policies, a task that succeeds on a retry, and exhausted retries
- *   in FAILURE and the dead-letter queue with x-kiln-reason,
- *   x-kiln-attempts and x-kiln-worker;
+ *   retry copy, the delays of both policies, a task that succeeds on a
+ *   retry, and exhausted retries in FAILURE and the dead-letter queue
+ *   with x-kiln-reason, x-kiln-attempts and x-kiln-worker;
  * - a retry copy the broker refuses leaves the original unacked: it is
  *   redelivered and retried, not lost;
  * - ETA: a task due in 1 s sent after one due in 1 h runs after about
@@ -349,8 +349,8 @@ static void retry_case(it_fix *f, kiln_dialect dialect,
                  : "machinery",
            policy == KILN_RETRY_FIBONACCI ? "fibonacci" : "exponential");
     for (size_t i = 0; i < n; i++) {
-        printf(" [%lld %lld %lld %lld, %lld]", r[i].v[0], r[i].v[1],
-               r[i].v[2], r[i].v[3], r[i].ms - r[0].ms);
+        printf(" [%lld %lld %lld %lld, %lld]", r[i].v[0], r[i].v[1], r[i].v[2],
+               r[i].v[3], r[i].ms - r[0].ms);
         /* machinery: RetryCount is what is left; paota: the total, with
          * RetriesDone counting up. The attempt counts up in both. */
         assert_int_equal(r[i].v[0], paota ? retries : retries - (int)i);

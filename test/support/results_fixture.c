@@ -24,8 +24,8 @@ static const uint8_t octets[] = {0, 1, 0x7f, 0x80, 0xff, 0};
 static const uint64_t uint16s[] = {0, UINT16_MAX};
 static const uint64_t uint32s[] = {0, UINT32_MAX};
 static const double float32s[] = {FLT_MAX, -FLT_MAX, FLT_MIN, 0x1p-149, 0.5};
-static const double float64s[] = {DBL_MAX, -DBL_MAX, DBL_MIN, 0x1p-1074, 0.1,
-                                  -2.5};
+static const double float64s[] = {DBL_MAX,   -DBL_MAX, DBL_MIN,
+                                  0x1p-1074, 0.1,      -2.5};
 static const char *const strings[] = {"", "plain",
                                       "h\xc3\xa9llo \xf0\x9d\x84\x9e"};
 static const uint8_t blob[] = {0, 0xff, 0, 0x10};
