@@ -901,6 +901,8 @@ KILN_API void kiln_pool_stop(kiln_pool *pool);
 /* kiln_pool_send_task publishes `sig` (borrowed; not modified) to the
  * configured exchange, persistent and mandatory, and returns once the
  * broker has confirmed it: KILN_OK means the broker has taken the task.
+ * A signature without a CreatedAt is sent with the time of sending where
+ * TaskTimeOut may need it (kiln_signature_set_created_at says when).
  * The routing key is the signature's, or cfg->binding_key when it has
  * none. An unroutable task, a nack or no confirm within
  * cfg->publish_timeout_ms is an error, never a silent loss. Concurrent
