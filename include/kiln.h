@@ -187,7 +187,10 @@ typedef enum kiln_dialect {
 } kiln_dialect;
 
 typedef enum kiln_retry_policy {
-    KILN_RETRY_FIBONACCI = 0, /* machinery: 1, 1, 2, 3, 5, 8 ... seconds */
+    KILN_RETRY_FIBONACCI = 0, /* machinery's: each retry waits the next
+                                 Fibonacci number above RetryTimeout, in
+                                 seconds (1, 2, 3, 5, 8 ... from 0), see
+                                 kiln_signature_set_retry */
     KILN_RETRY_EXPONENTIAL    /* base * 2^n, capped, with full jitter */
 } kiln_retry_policy;
 
@@ -401,7 +404,8 @@ KILN_API bool kiln_signature_ignore_unregistered(const kiln_signature *sig);
  * *unix_ns and returns true, or returns false when the task has no ETA. */
 KILN_API bool kiln_signature_eta(const kiln_signature *sig, int64_t *unix_ns);
 
-/* kiln_signature_created_at: as kiln_signature_eta, for paota's CreatedAt. */
+/* kiln_signature_created_at: as kiln_signature_eta, for paota's CreatedAt
+ * (the start of TaskTimeOut; see kiln_signature_set_created_at). */
 KILN_API bool kiln_signature_created_at(const kiln_signature *sig,
                                         int64_t *unix_ns);
 
@@ -425,11 +429,21 @@ KILN_API kiln_err kiln_signature_set_group(kiln_signature *sig,
 KILN_API kiln_err kiln_signature_set_priority(kiln_signature *sig,
                                               unsigned priority,
                                               kiln_error *err);
-/* retry_count: the retries allowed; retry_timeout: seconds before the
- * first retry (machinery then grows it as Fibonacci). */
+/* retry_count: the retries allowed. retry_timeout: machinery's
+ * RetryTimeout, in seconds, where the Fibonacci waits start: under
+ * KILN_RETRY_FIBONACCI each retry sets it to the smallest Fibonacci number
+ * greater than it and waits that many seconds (machinery's
+ * retry.FibonacciNext), so 0 (the default) gives waits of 1, 2, 3, 5, 8
+ * ... s and 10 gives 13, 21 ... s; it is not the first wait. Every wait
+ * is capped by KILN_RETRY_MAX_MS. KILN_RETRY_EXPONENTIAL ignores it. */
 KILN_API kiln_err kiln_signature_set_retry(kiln_signature *sig, int retry_count,
                                            int retry_timeout, kiln_error *err);
-/* task_timeout_s: paota's TaskTimeOut, seconds; 0 = none. */
+/* task_timeout_s: paota's TaskTimeOut, seconds; 0 = none. A task
+ * delivered more than that many seconds after its CreatedAt is not run: a
+ * worker records it FAILURE "expired" (KILN_EXPIRED says what happens to
+ * the message). kiln_pool_send_task(s) give a signature without a
+ * CreatedAt the time it is sent, in every dialect, so setting this alone
+ * makes a task that expires. */
 KILN_API kiln_err kiln_signature_set_task_timeout(kiln_signature *sig,
                                                   int task_timeout_s,
                                                   kiln_error *err);
@@ -455,6 +469,19 @@ KILN_API void kiln_signature_set_ignore_unregistered(kiln_signature *sig,
  */
 KILN_API void kiln_signature_set_eta(kiln_signature *sig, int64_t unix_ns);
 KILN_API void kiln_signature_clear_eta(kiln_signature *sig);
+/* kiln_signature_set_created_at sets paota's CreatedAt, in nanoseconds
+ * since the Unix epoch (written in UTC; header mode keeps whole seconds),
+ * the instant TaskTimeOut counts from; kiln_signature_clear_created_at
+ * removes it. Without one, kiln_pool_send_task(s) write the time of
+ * sending into the message, as paota's producer does, and leave `sig` as
+ * it is: in the paota dialects always, in the machinery dialect only when
+ * the signature has a TaskTimeOut (machinery's Signature has no
+ * CreatedAt; the key then follows machinery's own, which Go ignores). Set
+ * it to count the deadline from an earlier moment, such as when the
+ * request arrived. */
+KILN_API void kiln_signature_set_created_at(kiln_signature *sig,
+                                            int64_t unix_ns);
+KILN_API void kiln_signature_clear_created_at(kiln_signature *sig);
 
 /* ---- arguments: setters ------------------------------------------------
  * Each adds one positional argument at the end. `name` may be NULL (Go
@@ -684,6 +711,21 @@ KILN_API const char *kiln_task_uuid(const kiln_task_ctx *ctx);
 KILN_API const char *kiln_task_name(const kiln_task_ctx *ctx);
 KILN_API const kiln_signature *kiln_task_signature(const kiln_task_ctx *ctx);
 
+/* kiln_task_attempt says which run of the task this is: 1 the first time,
+ * then one more for each retry the task had, whether a failure caused it
+ * or the task asked for it with kiln_task_retry; so it is the retries
+ * before this run + 1, in every dialect (machinery counts RetryCount down,
+ * paota RetriesDone up; this counts the same way for both). A redelivery
+ * is not a new attempt: a run cut short by a crash or a lost connection
+ * and run again has the same number (kiln_result_attempts, in the store,
+ * counts those runs too). It comes from what the message carries: the
+ * x-kiln-retries header kiln's workers write on every retry, and paota's
+ * RetriesDone; a retry made by a Go machinery worker, whose message says
+ * only how many retries are left, is not counted. In eager mode
+ * (kiln_registry_run) it is RetriesDone + 1 for a paota signature, else 1.
+ * Returns 0 for a NULL context. Any thread holding the context. */
+KILN_API unsigned kiln_task_attempt(const kiln_task_ctx *ctx);
+
 /* kiln_task_fail records a failure message (printf-style) and returns
  * KILN_ETASK, so a task can `return kiln_task_fail(ctx, "no user %d", id);` */
 KILN_API kiln_err kiln_task_fail(kiln_task_ctx *ctx, const char *fmt, ...)
@@ -697,16 +739,27 @@ KILN_API kiln_err kiln_task_fail(kiln_task_ctx *ctx, const char *fmt, ...)
 KILN_API kiln_err kiln_task_retry(kiln_task_ctx *ctx, uint64_t delay_ms);
 
 /* The task's soft time limit (KILN_TIME_LIMIT_MS, or the one given with
- * kiln_pool_set_time_limit). A task that runs past it is recorded as
- * FAILURE "time limit" whatever it returns, so a long task should check
- * and stop: kiln_task_time_left_ms returns the milliseconds left (0 once
- * past), or INT64_MAX when the task has no limit; kiln_task_expired is
- * true once past. Any thread holding the context. */
+ * kiln_pool_set_time_limit). A run that reaches it is recorded as FAILURE
+ * "time limit" whatever it returns, its results dropped: a run reaches
+ * it when kiln_task_expired became true during it, or when it returns at
+ * or after the deadline. So a long task should check and stop, and
+ * stopping for the limit is a failure: kiln_task_time_left_ms returns the
+ * milliseconds left (0 once reached), or INT64_MAX when the task has no
+ * limit; kiln_task_expired is true from the deadline on. Any thread
+ * holding the context. */
 KILN_API int64_t kiln_task_time_left_ms(const kiln_task_ctx *ctx);
 KILN_API bool kiln_task_expired(const kiln_task_ctx *ctx);
 
-/* Results, stored as machinery stores them ([{Type, Value}]). Each call
- * appends one typed value; same rules as the argument setters. */
+/* Results, stored as machinery stores them ([{Type, Value}], no names).
+ * Each call appends one typed value, of any of the 29 types, with the
+ * rules of the kiln_signature_add_arg_* setter of the same name: the
+ * `type` forms take the exact Go type of their family (KILN_EINVAL
+ * otherwise) and check its range (KILN_ERANGE), floats must be finite,
+ * strings valid UTF-8, and a slice's `v` may be NULL when n is 0. Values
+ * are copied; the results are unchanged on failure, and the message
+ * names the result's index ("result 2: ..."). A task that adds none
+ * allocates nothing for them. Thread-safety: the thread running the
+ * task only. */
 KILN_API kiln_err kiln_task_add_result_bool(kiln_task_ctx *ctx, bool v,
                                             kiln_error *err);
 KILN_API kiln_err kiln_task_add_result_int(kiln_task_ctx *ctx, kiln_type type,
@@ -717,9 +770,36 @@ KILN_API kiln_err kiln_task_add_result_float(kiln_task_ctx *ctx, kiln_type type,
                                              double v, kiln_error *err);
 KILN_API kiln_err kiln_task_add_result_string(kiln_task_ctx *ctx, const char *v,
                                               kiln_error *err);
+/* "[]byte"; `data` may be NULL when n is 0. */
 KILN_API kiln_err kiln_task_add_result_bytes(kiln_task_ctx *ctx,
                                              const void *data, size_t n,
                                              kiln_error *err);
+/* Slices, as kiln_signature_add_arg_*_slice. */
+KILN_API kiln_err kiln_task_add_result_bool_slice(kiln_task_ctx *ctx,
+                                                  const bool *v, size_t n,
+                                                  kiln_error *err);
+/* type: KILN_TYPE_INT_SLICE, INT8_SLICE ... INT64_SLICE */
+KILN_API kiln_err kiln_task_add_result_int_slice(kiln_task_ctx *ctx,
+                                                 kiln_type type,
+                                                 const int64_t *v, size_t n,
+                                                 kiln_error *err);
+/* type: KILN_TYPE_UINT_SLICE, UINT16_SLICE, UINT32_SLICE, UINT64_SLICE;
+ * for []uint8 use kiln_task_add_result_uint8_slice. */
+KILN_API kiln_err kiln_task_add_result_uint_slice(kiln_task_ctx *ctx,
+                                                  kiln_type type,
+                                                  const uint64_t *v, size_t n,
+                                                  kiln_error *err);
+KILN_API kiln_err kiln_task_add_result_uint8_slice(kiln_task_ctx *ctx,
+                                                   const uint8_t *v, size_t n,
+                                                   kiln_error *err);
+/* type: KILN_TYPE_FLOAT32_SLICE or FLOAT64_SLICE */
+KILN_API kiln_err kiln_task_add_result_float_slice(kiln_task_ctx *ctx,
+                                                   kiln_type type,
+                                                   const double *v, size_t n,
+                                                   kiln_error *err);
+KILN_API kiln_err kiln_task_add_result_string_slice(kiln_task_ctx *ctx,
+                                                    const char *const *v,
+                                                    size_t n, kiln_error *err);
 
 /* kiln_task_results gives the results added so far as a borrowed,
  * argument-shaped view: read them with the kiln_signature_arg_* getters.
@@ -906,17 +986,18 @@ KILN_API kiln_err kiln_pool_wait_ready(kiln_pool *pool, unsigned timeout_ms,
 /* kiln_pool_send_task publishes `sig` (borrowed; not modified) to the
  * configured exchange, persistent and mandatory, in cfg->dialect, and
  * returns once the broker has confirmed it: KILN_OK means the broker has
- * taken the task. The routing key is the signature's, or
- * cfg->binding_key when it has none. An unroutable task, a nack or no
- * confirm within cfg->publish_timeout_ms is an error, never a silent
- * loss: KILN_ETIMEDOUT when the task was written and not confirmed in
- * time (the broker may have it: it may run, and sending it again may
- * duplicate it); KILN_EBROKER when the broker certainly does not have it
- * (nacked, returned unroutable, or "not sent" because no connection
- * opened within cfg->publish_timeout_ms, the connect error in `err`; a
- * connection attempt under way may add up to cfg->connect_timeout_ms).
- * Concurrent calls share publisher confirms (one round trip for many
- * tasks).
+ * taken the task. A signature without a CreatedAt is sent with the time
+ * of sending where TaskTimeOut may need it (kiln_signature_set_created_at
+ * says when). The routing key is the signature's, or cfg->binding_key
+ * when it has none. An unroutable task, a nack or no confirm within
+ * cfg->publish_timeout_ms is an error, never a silent loss:
+ * KILN_ETIMEDOUT when the task was written and not confirmed in time (the
+ * broker may have it: it may run, and sending it again may duplicate it);
+ * KILN_EBROKER when the broker certainly does not have it (nacked,
+ * returned unroutable, or "not sent" because no connection opened within
+ * cfg->publish_timeout_ms, the connect error in `err`; a connection
+ * attempt under way may add up to cfg->connect_timeout_ms). Concurrent
+ * calls share publisher confirms (one round trip for many tasks).
  *
  * Publishing connections are opened on first use, and each declares the
  * topology of cfg as a worker does (exchange, task queue and binding,

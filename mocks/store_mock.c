@@ -135,6 +135,7 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
         ms->count++;
         rec.created_ns = rec.updated_ns;
         rec.attempts = u->state == KILN__STATE_STARTED ? 1 : 0;
+        rec.started_ns = u->state == KILN__STATE_STARTED ? rec.updated_ns : 0;
         maybe_grow(ms);
     } else {
         /* A later write without a name keeps the one already known. */
@@ -146,9 +147,15 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
         rec.created_ns = e->rec.created_ns;
         rec.attempts =
             e->rec.attempts + (u->state == KILN__STATE_STARTED ? 1 : 0);
+        rec.started_ns = u->state == KILN__STATE_STARTED ? rec.updated_ns
+                                                         : e->rec.started_ns;
         ms->per_state[e->rec.state]--;
         kiln__task_record_release(&e->rec);
     }
+    /* The mock keeps documents for ever (no delete_at) and knows no
+     * worker identity. */
+    if (kiln__state_finished(rec.state))
+        rec.finished_ns = rec.updated_ns;
     e->rec = rec;
     e->unsent = unsent;
     ms->per_state[rec.state]++;
@@ -221,6 +228,8 @@ static kiln_err ms_get_state(kiln__store *s, const char *uuid,
             r.created_ns = e->rec.created_ns;
             r.updated_ns = e->rec.updated_ns;
             r.attempts = e->rec.attempts;
+            r.started_ns = e->rec.started_ns;
+            r.finished_ns = e->rec.finished_ns;
             *out = r;
         }
     }

@@ -3,6 +3,7 @@
  * stored document read back. Results are in store/mongo_values.c. */
 #include "store/mongo_doc.h"
 
+#include <stddef.h>
 #include <string.h>
 
 /* ---- filters and updates ---------------------------------------------- */
@@ -141,11 +142,32 @@ static kiln_err read_state(const bson_iter_t *it, kiln__task_record *r,
     return kiln__fail(err, KILN_ESTORE, "state '%s' is unknown", s);
 }
 
+/* The record's slot for the date field `k` (nanoseconds), or NULL. */
+static int64_t *date_slot(kiln__task_record *r, const char *k)
+{
+    static const struct {
+        const char *key;
+        size_t off;
+    } dates[] = {
+        {"created_at", offsetof(kiln__task_record, created_ns)},
+        {"updated_at", offsetof(kiln__task_record, updated_ns)},
+        {"started_at", offsetof(kiln__task_record, started_ns)},
+        {"finished_at", offsetof(kiln__task_record, finished_ns)},
+        {"delete_at", offsetof(kiln__task_record, delete_ns)},
+    };
+
+    for (size_t i = 0; i < KILN__ARRAY_LEN(dates); i++)
+        if (strcmp(k, dates[i].key) == 0)
+            return (int64_t *)(void *)((char *)r + dates[i].off);
+    return NULL;
+}
+
 static kiln_err read_field(const bson_iter_t *it, kiln__task_record *r,
                            bool *has_state, kiln_error *err)
 {
     const char *k = bson_iter_key(it);
     char **slot = NULL;
+    int64_t *date;
     bool nomem;
 
     if (strcmp(k, "_id") == 0)
@@ -154,12 +176,12 @@ static kiln_err read_field(const bson_iter_t *it, kiln__task_record *r,
         slot = &r->task_name;
     else if (strcmp(k, "error") == 0)
         slot = &r->error;
+    else if (strcmp(k, "worker") == 0)
+        slot = &r->worker;
     else if (strcmp(k, "state") == 0)
         return read_state(it, r, has_state, err);
-    else if (strcmp(k, "created_at") == 0 && BSON_ITER_HOLDS_DATE_TIME(it))
-        r->created_ns = kiln__sat_mul(bson_iter_date_time(it), 1000000);
-    else if (strcmp(k, "updated_at") == 0 && BSON_ITER_HOLDS_DATE_TIME(it))
-        r->updated_ns = kiln__sat_mul(bson_iter_date_time(it), 1000000);
+    else if ((date = date_slot(r, k)) != NULL && BSON_ITER_HOLDS_DATE_TIME(it))
+        *date = kiln__sat_mul(bson_iter_date_time(it), 1000000);
     else if (strcmp(k, "results") == 0)
         return kiln__mongo_read_results(it, &r->results, err);
     else if (strcmp(k, "attempts") == 0 && BSON_ITER_HOLDS_INT(it))

@@ -203,6 +203,26 @@ unsigned kiln_result_attempts(const kiln_result *res)
     return res != NULL ? res->rec.attempts : 0;
 }
 
+const char *kiln_result_worker(const kiln_result *res)
+{
+    return res != NULL && res->rec.worker != NULL ? res->rec.worker : "";
+}
+
+int64_t kiln_result_started_at(const kiln_result *res)
+{
+    return res != NULL ? res->rec.started_ns : 0;
+}
+
+int64_t kiln_result_finished_at(const kiln_result *res)
+{
+    return res != NULL ? res->rec.finished_ns : 0;
+}
+
+int64_t kiln_result_delete_at(const kiln_result *res)
+{
+    return res != NULL ? res->rec.delete_ns : 0;
+}
+
 const kiln_signature *kiln_result_values(const kiln_result *res)
 {
     return res != NULL ? res->values : &no_values;

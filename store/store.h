@@ -83,6 +83,11 @@ typedef struct kiln__task_record {
     int64_t created_ns;   /* realtime of the first write */
     int64_t updated_ns;   /* realtime of the last applied write */
     unsigned attempts;    /* STARTED writes applied: the runs begun */
+    char *worker;         /* "host:pid" of the last worker that wrote it;
+                             NULL when none did or the store keeps none */
+    int64_t started_ns;   /* realtime of the last STARTED; 0 = never */
+    int64_t finished_ns;  /* realtime of SUCCESS or FAILURE; 0 = not yet */
+    int64_t delete_ns;    /* when the store drops it; 0 = kept */
 } kiln__task_record;
 
 typedef struct kiln__store kiln__store;
@@ -180,6 +185,7 @@ static inline void kiln__task_record_release(kiln__task_record *r)
     kiln__free(r->uuid);
     kiln__free(r->task_name);
     kiln__free(r->error);
+    kiln__free(r->worker);
     kiln__values_clear(&r->results);
     *r = (kiln__task_record){0};
 }

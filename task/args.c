@@ -1,13 +1,13 @@
 /* Typed positional arguments: the public setters and getters. The setters
  * check the type family here and leave value checks (ranges, finiteness,
  * UTF-8) and the copy to kiln__values_add, so the codec and the setters
- * accept exactly the same values. */
+ * accept exactly the same values. A task's results (task/context.c) go
+ * through the same kiln__values_put. */
 #include "task/task.h"
 
 #include <inttypes.h>
 
-/* Passed as `except` when a family has no hole. */
-#define NONE ((kiln_type)(KILN_TYPE_LAST + 1))
+#define NONE KILN__TYPE_NONE
 
 static const char *tname(kiln_type t)
 {
@@ -18,40 +18,49 @@ static const char *tname(kiln_type t)
 
 /* ---- setters ----------------------------------------------------------- */
 
+kiln_err kiln__family_check(const char *what, size_t index, kiln_type t,
+                            kiln__family fam, kiln_error *err)
+{
+    if ((unsigned)t >= (unsigned)fam.lo && (unsigned)t <= (unsigned)fam.hi &&
+        t != fam.except)
+        return KILN_OK;
+    return kiln__fail(err, KILN_EINVAL,
+                      "%s %zu: type %s is not one of %s ... %s%s%s", what,
+                      index, tname(t), tname(fam.lo), tname(fam.hi),
+                      fam.except != NONE ? " except " : "",
+                      fam.except != NONE ? tname(fam.except) : "");
+}
+
 /* The pointers in `v` are borrowed from the caller; kiln__values_add
  * copies them and leaves the list unchanged on failure. */
-static kiln_err add(kiln_signature *sig, kiln__value *v, kiln_error *err)
+kiln_err kiln__values_put(kiln__values *list, const char *what,
+                          const kiln__value *v, kiln__family fam,
+                          kiln_error *err)
 {
-    kiln_err rc;
+    kiln_err rc = kiln__family_check(what, list->n, v->type, fam, err);
 
-    if (sig == NULL)
-        return kiln__fail(err, KILN_EINVAL, "signature is required");
-    if ((rc = kiln__values_add(&sig->args, v, err)) != KILN_OK)
-        kiln__prefix(err, "arg %zu", sig->args.n);
+    if (rc == KILN_OK && (rc = kiln__values_add(list, v, err)) != KILN_OK)
+        kiln__prefix(err, "%s %zu", what, list->n);
     return rc;
 }
 
-/* KILN_EINVAL unless lo <= t <= hi and t is not `except`. */
-static kiln_err family(const kiln_signature *sig, kiln_type t, kiln_type lo,
-                       kiln_type hi, kiln_type except, kiln_error *err)
+static kiln_err add(kiln_signature *sig, const kiln__value *v, kiln__family fam,
+                    kiln_error *err)
 {
-    if ((unsigned)t >= (unsigned)lo && (unsigned)t <= (unsigned)hi &&
-        t != except)
-        return KILN_OK;
-    return kiln__fail(
-        err, KILN_EINVAL, "arg %zu: type %s is not one of %s ... %s%s%s",
-        sig != NULL ? sig->args.n : 0, tname(t), tname(lo), tname(hi),
-        except != NONE ? " except " : "", except != NONE ? tname(except) : "");
+    if (sig == NULL)
+        return kiln__fail(err, KILN_EINVAL, "signature is required");
+    return kiln__values_put(&sig->args, "arg", v, fam, err);
 }
 
 static kiln_err add_slice(kiln_signature *sig, const char *name, kiln_type type,
-                          const void *ptr, size_t n, kiln_error *err)
+                          kiln__family fam, const void *ptr, size_t n,
+                          kiln_error *err)
 {
     kiln__value v = {.type = type, .name = (char *)name};
 
     v.v.arr.ptr = (void *)ptr;
     v.v.arr.n = n;
-    return add(sig, &v, err);
+    return add(sig, &v, fam, err);
 }
 
 kiln_err kiln_signature_add_arg_bool(kiln_signature *sig, const char *name,
@@ -60,20 +69,16 @@ kiln_err kiln_signature_add_arg_bool(kiln_signature *sig, const char *name,
     kiln__value a = {.type = KILN_TYPE_BOOL, .name = (char *)name};
 
     a.v.b = v;
-    return add(sig, &a, err);
+    return add(sig, &a, KILN__FAMILY_OF(KILN_TYPE_BOOL), err);
 }
 
 kiln_err kiln_signature_add_arg_int(kiln_signature *sig, const char *name,
                                     kiln_type type, int64_t v, kiln_error *err)
 {
     kiln__value a = {.type = type, .name = (char *)name};
-    kiln_err rc;
 
-    rc = family(sig, type, KILN_TYPE_INT, KILN_TYPE_INT64, NONE, err);
-    if (rc != KILN_OK)
-        return rc;
     a.v.i = v;
-    return add(sig, &a, err);
+    return add(sig, &a, KILN__FAMILY_INT, err);
 }
 
 kiln_err kiln_signature_add_arg_uint(kiln_signature *sig, const char *name,
@@ -81,13 +86,9 @@ kiln_err kiln_signature_add_arg_uint(kiln_signature *sig, const char *name,
                                      kiln_error *err)
 {
     kiln__value a = {.type = type, .name = (char *)name};
-    kiln_err rc;
 
-    rc = family(sig, type, KILN_TYPE_UINT, KILN_TYPE_UINT64, NONE, err);
-    if (rc != KILN_OK)
-        return rc;
     a.v.u = v;
-    return add(sig, &a, err);
+    return add(sig, &a, KILN__FAMILY_UINT, err);
 }
 
 /* A float32 is rounded to the nearest float by kiln__values_add. */
@@ -95,13 +96,9 @@ kiln_err kiln_signature_add_arg_float(kiln_signature *sig, const char *name,
                                       kiln_type type, double v, kiln_error *err)
 {
     kiln__value a = {.type = type, .name = (char *)name};
-    kiln_err rc;
 
-    rc = family(sig, type, KILN_TYPE_FLOAT32, KILN_TYPE_FLOAT64, NONE, err);
-    if (rc != KILN_OK)
-        return rc;
     a.v.f = v;
-    return add(sig, &a, err);
+    return add(sig, &a, KILN__FAMILY_FLOAT, err);
 }
 
 kiln_err kiln_signature_add_arg_int64(kiln_signature *sig, const char *name,
@@ -128,50 +125,46 @@ kiln_err kiln_signature_add_arg_string(kiln_signature *sig, const char *name,
     kiln__value a = {.type = KILN_TYPE_STRING, .name = (char *)name};
 
     a.v.s = (char *)v;
-    return add(sig, &a, err);
+    return add(sig, &a, KILN__FAMILY_OF(KILN_TYPE_STRING), err);
 }
 
 kiln_err kiln_signature_add_arg_bytes(kiln_signature *sig, const char *name,
                                       const void *data, size_t n,
                                       kiln_error *err)
 {
-    return add_slice(sig, name, KILN_TYPE_BYTES, data, n, err);
+    return add_slice(sig, name, KILN_TYPE_BYTES,
+                     KILN__FAMILY_OF(KILN_TYPE_BYTES), data, n, err);
 }
 
 kiln_err kiln_signature_add_arg_bool_slice(kiln_signature *sig,
                                            const char *name, const bool *v,
                                            size_t n, kiln_error *err)
 {
-    return add_slice(sig, name, KILN_TYPE_BOOL_SLICE, v, n, err);
+    return add_slice(sig, name, KILN_TYPE_BOOL_SLICE,
+                     KILN__FAMILY_OF(KILN_TYPE_BOOL_SLICE), v, n, err);
 }
 
 kiln_err kiln_signature_add_arg_int_slice(kiln_signature *sig, const char *name,
                                           kiln_type type, const int64_t *v,
                                           size_t n, kiln_error *err)
 {
-    kiln_err rc = family(sig, type, KILN_TYPE_INT_SLICE, KILN_TYPE_INT64_SLICE,
-                         NONE, err);
-
-    return rc != KILN_OK ? rc : add_slice(sig, name, type, v, n, err);
+    return add_slice(sig, name, type, KILN__FAMILY_INT_SLICE, v, n, err);
 }
 
-/* []uint8 is stored as bytes, so it has its own setter. */
 kiln_err kiln_signature_add_arg_uint_slice(kiln_signature *sig,
                                            const char *name, kiln_type type,
                                            const uint64_t *v, size_t n,
                                            kiln_error *err)
 {
-    kiln_err rc = family(sig, type, KILN_TYPE_UINT_SLICE,
-                         KILN_TYPE_UINT64_SLICE, KILN_TYPE_UINT8_SLICE, err);
-
-    return rc != KILN_OK ? rc : add_slice(sig, name, type, v, n, err);
+    return add_slice(sig, name, type, KILN__FAMILY_UINT_SLICE, v, n, err);
 }
 
 kiln_err kiln_signature_add_arg_uint8_slice(kiln_signature *sig,
                                             const char *name, const uint8_t *v,
                                             size_t n, kiln_error *err)
 {
-    return add_slice(sig, name, KILN_TYPE_UINT8_SLICE, v, n, err);
+    return add_slice(sig, name, KILN_TYPE_UINT8_SLICE,
+                     KILN__FAMILY_OF(KILN_TYPE_UINT8_SLICE), v, n, err);
 }
 
 kiln_err kiln_signature_add_arg_float_slice(kiln_signature *sig,
@@ -179,10 +172,7 @@ kiln_err kiln_signature_add_arg_float_slice(kiln_signature *sig,
                                             const double *v, size_t n,
                                             kiln_error *err)
 {
-    kiln_err rc = family(sig, type, KILN_TYPE_FLOAT32_SLICE,
-                         KILN_TYPE_FLOAT64_SLICE, NONE, err);
-
-    return rc != KILN_OK ? rc : add_slice(sig, name, type, v, n, err);
+    return add_slice(sig, name, type, KILN__FAMILY_FLOAT_SLICE, v, n, err);
 }
 
 kiln_err kiln_signature_add_arg_string_slice(kiln_signature *sig,
@@ -190,7 +180,8 @@ kiln_err kiln_signature_add_arg_string_slice(kiln_signature *sig,
                                              const char *const *v, size_t n,
                                              kiln_error *err)
 {
-    return add_slice(sig, name, KILN_TYPE_STRING_SLICE, v, n, err);
+    return add_slice(sig, name, KILN_TYPE_STRING_SLICE,
+                     KILN__FAMILY_OF(KILN_TYPE_STRING_SLICE), v, n, err);
 }
 
 /* ---- getters -----------------------------------------------------------

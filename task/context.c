@@ -8,6 +8,7 @@
 #include "logger/logger.h"
 #include "task/task.h"
 
+#include <limits.h>
 #include <string.h>
 
 kiln_err kiln__task_ctx_init(kiln_task_ctx *ctx, const kiln_signature *sig,
@@ -19,7 +20,24 @@ kiln_err kiln__task_ctx_init(kiln_task_ctx *ctx, const kiln_signature *sig,
                           "required");
     memset(ctx, 0, sizeof(*ctx));
     ctx->sig = sig;
+    ctx->attempt = kiln__signature_retries(sig, 0) + 1;
     return KILN_OK;
+}
+
+unsigned kiln__signature_retries(const kiln_signature *sig, unsigned counted)
+{
+    unsigned done =
+        sig->dialect != KILN_DIALECT_MACHINERY && sig->retries_done > 0
+            ? (unsigned)sig->retries_done
+            : 0;
+    unsigned n = counted > done ? counted : done;
+
+    return n < UINT_MAX ? n : UINT_MAX - 1; /* room for this run */
+}
+
+unsigned kiln_task_attempt(const kiln_task_ctx *ctx)
+{
+    return ctx != NULL ? ctx->attempt : 0;
 }
 
 void kiln__task_ctx_release(kiln_task_ctx *ctx)
@@ -82,35 +100,41 @@ kiln_err kiln_task_retry(kiln_task_ctx *ctx, uint64_t delay_ms)
     return KILN_ERETRY;
 }
 
-/* Appends a copy of `v` to the results, creating them on first use. */
+/* Appends a copy of `v` to the results, creating them on first use (not
+ * for a value of the wrong family). The same checks as for arguments. */
 static kiln_err add_result(kiln_task_ctx *ctx, const kiln__value *v,
-                           kiln_error *err)
+                           kiln__family fam, kiln_error *err)
 {
+    kiln_err rc;
+
     if (ctx == NULL)
         return kiln__fail(err, KILN_EINVAL, "task context is required");
+    rc = kiln__family_check("result", ctx->results ? ctx->results->args.n : 0,
+                            v->type, fam, err);
+    if (rc != KILN_OK)
+        return rc;
     if (ctx->results == NULL &&
         (ctx->results = kiln__signature_alloc(err)) == NULL)
         return KILN_ENOMEM;
-    return kiln__values_add(&ctx->results->args, v, err);
+    return kiln__values_put(&ctx->results->args, "result", v, fam, err);
 }
 
-static const char *type_name(kiln_type t)
+/* A slice result borrowing `ptr` (copied by kiln__values_add). */
+static kiln_err add_slice(kiln_task_ctx *ctx, kiln_type type, kiln__family fam,
+                          const void *ptr, size_t n, kiln_error *err)
 {
-    const char *s = kiln_type_name(t);
+    kiln__value val = {.type = type};
 
-    return s != NULL ? s : "unknown type";
-}
-
-static bool in_family(kiln_type t, kiln_type first, kiln_type last)
-{
-    return t >= first && t <= last;
+    val.v.arr.ptr = (void *)ptr;
+    val.v.arr.n = n;
+    return add_result(ctx, &val, fam, err);
 }
 
 kiln_err kiln_task_add_result_bool(kiln_task_ctx *ctx, bool v, kiln_error *err)
 {
     kiln__value val = {.type = KILN_TYPE_BOOL, .v.b = v};
 
-    return add_result(ctx, &val, err);
+    return add_result(ctx, &val, KILN__FAMILY_OF(KILN_TYPE_BOOL), err);
 }
 
 kiln_err kiln_task_add_result_int(kiln_task_ctx *ctx, kiln_type type, int64_t v,
@@ -118,12 +142,7 @@ kiln_err kiln_task_add_result_int(kiln_task_ctx *ctx, kiln_type type, int64_t v,
 {
     kiln__value val = {.type = type, .v.i = v};
 
-    if (!in_family(type, KILN_TYPE_INT, KILN_TYPE_INT64))
-        return kiln__fail(err, KILN_EINVAL,
-                          "result: %s is not a signed "
-                          "integer type",
-                          type_name(type));
-    return add_result(ctx, &val, err);
+    return add_result(ctx, &val, KILN__FAMILY_INT, err);
 }
 
 kiln_err kiln_task_add_result_uint(kiln_task_ctx *ctx, kiln_type type,
@@ -131,12 +150,7 @@ kiln_err kiln_task_add_result_uint(kiln_task_ctx *ctx, kiln_type type,
 {
     kiln__value val = {.type = type, .v.u = v};
 
-    if (!in_family(type, KILN_TYPE_UINT, KILN_TYPE_UINT64))
-        return kiln__fail(err, KILN_EINVAL,
-                          "result: %s is not an unsigned "
-                          "integer type",
-                          type_name(type));
-    return add_result(ctx, &val, err);
+    return add_result(ctx, &val, KILN__FAMILY_UINT, err);
 }
 
 kiln_err kiln_task_add_result_float(kiln_task_ctx *ctx, kiln_type type,
@@ -144,10 +158,7 @@ kiln_err kiln_task_add_result_float(kiln_task_ctx *ctx, kiln_type type,
 {
     kiln__value val = {.type = type, .v.f = v};
 
-    if (!in_family(type, KILN_TYPE_FLOAT32, KILN_TYPE_FLOAT64))
-        return kiln__fail(err, KILN_EINVAL, "result: %s is not a float type",
-                          type_name(type));
-    return add_result(ctx, &val, err);
+    return add_result(ctx, &val, KILN__FAMILY_FLOAT, err);
 }
 
 kiln_err kiln_task_add_result_string(kiln_task_ctx *ctx, const char *v,
@@ -156,21 +167,57 @@ kiln_err kiln_task_add_result_string(kiln_task_ctx *ctx, const char *v,
     /* kiln__values_add copies the string; the cast only fits the union. */
     kiln__value val = {.type = KILN_TYPE_STRING, .v.s = (char *)v};
 
-    if (v == NULL)
-        return kiln__fail(err, KILN_EINVAL, "result: NULL string");
-    return add_result(ctx, &val, err);
+    return add_result(ctx, &val, KILN__FAMILY_OF(KILN_TYPE_STRING), err);
 }
 
 kiln_err kiln_task_add_result_bytes(kiln_task_ctx *ctx, const void *data,
                                     size_t n, kiln_error *err)
 {
-    kiln__value val = {.type = KILN_TYPE_BYTES};
+    return add_slice(ctx, KILN_TYPE_BYTES, KILN__FAMILY_OF(KILN_TYPE_BYTES),
+                     data, n, err);
+}
 
-    if (data == NULL && n > 0)
-        return kiln__fail(err, KILN_EINVAL, "result: NULL bytes");
-    val.v.arr.ptr = (void *)data; /* copied by kiln__values_add */
-    val.v.arr.n = n;
-    return add_result(ctx, &val, err);
+kiln_err kiln_task_add_result_bool_slice(kiln_task_ctx *ctx, const bool *v,
+                                         size_t n, kiln_error *err)
+{
+    return add_slice(ctx, KILN_TYPE_BOOL_SLICE,
+                     KILN__FAMILY_OF(KILN_TYPE_BOOL_SLICE), v, n, err);
+}
+
+kiln_err kiln_task_add_result_int_slice(kiln_task_ctx *ctx, kiln_type type,
+                                        const int64_t *v, size_t n,
+                                        kiln_error *err)
+{
+    return add_slice(ctx, type, KILN__FAMILY_INT_SLICE, v, n, err);
+}
+
+kiln_err kiln_task_add_result_uint_slice(kiln_task_ctx *ctx, kiln_type type,
+                                         const uint64_t *v, size_t n,
+                                         kiln_error *err)
+{
+    return add_slice(ctx, type, KILN__FAMILY_UINT_SLICE, v, n, err);
+}
+
+kiln_err kiln_task_add_result_uint8_slice(kiln_task_ctx *ctx, const uint8_t *v,
+                                          size_t n, kiln_error *err)
+{
+    return add_slice(ctx, KILN_TYPE_UINT8_SLICE,
+                     KILN__FAMILY_OF(KILN_TYPE_UINT8_SLICE), v, n, err);
+}
+
+kiln_err kiln_task_add_result_float_slice(kiln_task_ctx *ctx, kiln_type type,
+                                          const double *v, size_t n,
+                                          kiln_error *err)
+{
+    return add_slice(ctx, type, KILN__FAMILY_FLOAT_SLICE, v, n, err);
+}
+
+kiln_err kiln_task_add_result_string_slice(kiln_task_ctx *ctx,
+                                           const char *const *v, size_t n,
+                                           kiln_error *err)
+{
+    return add_slice(ctx, KILN_TYPE_STRING_SLICE,
+                     KILN__FAMILY_OF(KILN_TYPE_STRING_SLICE), v, n, err);
 }
 
 /* What kiln_task_results shows before the first result: a read-only empty

@@ -36,7 +36,8 @@ typedef struct decoder {
     kiln__reader rd;
     kiln_signature *sig;
     size_t budget; /* bytes verbatim trees may still take */
-    bool paota;    /* a key only paota defines was seen */
+    bool paota;    /* the first dialect's own key was paota's */
+    bool decided;  /* a key only one dialect defines was seen */
     bool have_name;
     bool have_uuid;
     cJSON *cb[CB_N]; /* callbacks, under the field's own key */
@@ -342,7 +343,14 @@ static kiln_err decode_member(decoder *d, const kiln__key *k, kiln_error *err)
     if (i < 0)
         return keep_unknown(d, k, err);
     f = &kiln__fields[i];
-    d->paota |= f->paota_only;
+    /* The first key only one dialect defines tells which: Go writes the
+     * struct's own fields first, and kiln writes the other dialect's
+     * fields it carries after its own, so a machinery body that carries
+     * TaskTimeOut and CreatedAt at its end stays machinery. */
+    if (!d->decided && (f->paota_only || f->machinery_only)) {
+        d->paota = f->paota_only;
+        d->decided = true;
+    }
     if (peek(d) == 'n') {
         if (!kiln__rd_literal(&d->rd, "null"))
             return syntax(d, err);

@@ -352,6 +352,23 @@ void kiln_signature_clear_eta(kiln_signature *sig)
     memset(&sig->eta, 0, sizeof(sig->eta));
 }
 
+void kiln_signature_set_created_at(kiln_signature *sig, int64_t unix_ns)
+{
+    if (sig == NULL)
+        return;
+    sig->has_created_at = true;
+    sig->created_at.unix_ns = unix_ns;
+    sig->created_at.offset_s = 0;
+}
+
+void kiln_signature_clear_created_at(kiln_signature *sig)
+{
+    if (sig == NULL)
+        return;
+    sig->has_created_at = false;
+    memset(&sig->created_at, 0, sizeof(sig->created_at));
+}
+
 /* ---- paota's raw body -------------------------------------------------- */
 
 const char *kiln_signature_raw_body(const kiln_signature *sig, size_t *len)

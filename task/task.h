@@ -86,6 +86,48 @@ char **kiln__strings_alloc(size_t n, size_t bytes, char **text);
 void kiln__values_clear(kiln__values *list); /* frees items, keeps nothing */
 void kiln__value_release(kiln__value *v);    /* frees v's pointers */
 
+/* ---- the setters of arguments and results ------------------------------
+ * kiln_signature_add_arg_* (task/args.c) and kiln_task_add_result_*
+ * (task/context.c) take the same values with the same checks. Each public
+ * setter takes one family of types: lo..hi less `except`. */
+typedef struct kiln__family {
+    kiln_type lo, hi;
+    kiln_type except; /* KILN__TYPE_NONE when the range has no hole */
+} kiln__family;
+
+#define KILN__TYPE_NONE           ((kiln_type)(KILN_TYPE_LAST + 1))
+#define KILN__FAMILY(lo, hi, exc) ((kiln__family){(lo), (hi), (exc)})
+#define KILN__FAMILY_OF(t)        KILN__FAMILY(t, t, KILN__TYPE_NONE)
+#define KILN__FAMILY_INT \
+    KILN__FAMILY(KILN_TYPE_INT, KILN_TYPE_INT64, KILN__TYPE_NONE)
+#define KILN__FAMILY_UINT \
+    KILN__FAMILY(KILN_TYPE_UINT, KILN_TYPE_UINT64, KILN__TYPE_NONE)
+#define KILN__FAMILY_FLOAT \
+    KILN__FAMILY(KILN_TYPE_FLOAT32, KILN_TYPE_FLOAT64, KILN__TYPE_NONE)
+#define KILN__FAMILY_INT_SLICE \
+    KILN__FAMILY(KILN_TYPE_INT_SLICE, KILN_TYPE_INT64_SLICE, KILN__TYPE_NONE)
+/* []uint8 is stored as bytes, so it has a setter of its own. */
+#define KILN__FAMILY_UINT_SLICE                                \
+    KILN__FAMILY(KILN_TYPE_UINT_SLICE, KILN_TYPE_UINT64_SLICE, \
+                 KILN_TYPE_UINT8_SLICE)
+#define KILN__FAMILY_FLOAT_SLICE                                   \
+    KILN__FAMILY(KILN_TYPE_FLOAT32_SLICE, KILN_TYPE_FLOAT64_SLICE, \
+                 KILN__TYPE_NONE)
+
+/* kiln__family_check: KILN_OK when `t` belongs to `fam`, else KILN_EINVAL
+ * naming the value "<what> <index>" ("arg 2: type int8 is not one of
+ * []int ... []int64"). */
+kiln_err kiln__family_check(const char *what, size_t index, kiln_type t,
+                            kiln__family fam, kiln_error *err);
+
+/* kiln__values_put appends a copy of `v` (its pointers borrowed) for a
+ * setter of family `fam`: kiln__family_check, then kiln__values_add, with
+ * "<what> <index>: " before any message. The list is unchanged on
+ * failure. */
+kiln_err kiln__values_put(kiln__values *list, const char *what,
+                          const kiln__value *v, kiln__family fam,
+                          kiln_error *err);
+
 /* The signature. Strings are owned and never NULL once created ("" when
  * absent, allocated). Fields the codec does not model are kept in `extra`
  * (an object of key -> value, in arrival order) and written back. */
@@ -171,7 +213,15 @@ struct kiln_task_ctx {
     uint64_t retry_delay_ms;   /* set by kiln_task_retry */
     bool retry_requested;
     int64_t deadline_ns; /* monotonic; 0 = none */
+    unsigned attempt;    /* kiln_task_attempt: 1 + the retries before */
 };
+
+/* kiln__signature_retries: the retries a task had before this run, from
+ * `counted` (kiln's x-kiln-retries, 0 when there is none) and what the
+ * message itself carries: paota's RetriesDone, which a paota worker's
+ * retry advances without kiln's header. machinery's RetryCount counts
+ * down from a total the message does not carry, so it tells nothing. */
+unsigned kiln__signature_retries(const kiln_signature *sig, unsigned counted);
 
 /* kiln_registry_lookup that also gives the task's own soft time limit
  * (0 when none was set), in one look-up. Thread-safe. */
@@ -179,7 +229,9 @@ kiln_err kiln__registry_find(const kiln_registry *reg, const char *name,
                              kiln_task_fn *fn, void **user,
                              unsigned *time_limit_ms);
 
-/* Prepares and releases a context for `sig` (borrowed). */
+/* Prepares and releases a context for `sig` (borrowed). The context's
+ * attempt is 1 + kiln__signature_retries(sig, 0); the worker sets it
+ * from the delivery's count as well. */
 kiln_err kiln__task_ctx_init(kiln_task_ctx *ctx, const kiln_signature *sig,
                              kiln_error *err);
 void kiln__task_ctx_release(kiln_task_ctx *ctx);

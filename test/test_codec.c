@@ -554,6 +554,26 @@ static void test_dialect_detection(void **state)
     assert_int_equal(b->dialect, KILN_DIALECT_PAOTA);
     kiln_signature_free(a);
     kiln_signature_free(b);
+    /* The first key only one dialect has decides: a machinery body that
+     * carries paota's TaskTimeOut and CreatedAt after its own keys, as a
+     * kiln producer writes it, stays machinery; a paota body that carries
+     * machinery's GroupUUID after its own stays paota. */
+    {
+        const char *mt = "{\"UUID\":\"task_1\",\"Name\":\"n\",\"GroupUUID\":"
+                         "\"\",\"RetryCount\":2,\"TaskTimeOut\":5,"
+                         "\"CreatedAt\":\"2025-03-01T12:00:00Z\"}";
+        const char *pt = "{\"UUID\":\"task_1\",\"Name\":\"n\",\"RawArgs\":null,"
+                         "\"RetriesDone\":1,\"GroupUUID\":\"g\"}";
+
+        a = decode_ok(mt, strlen(mt));
+        b = decode_ok(pt, strlen(pt));
+        assert_int_equal(a->dialect, KILN_DIALECT_MACHINERY);
+        assert_int_equal(a->task_timeout, 5);
+        assert_true(a->has_created_at);
+        assert_int_equal(b->dialect, KILN_DIALECT_PAOTA);
+        kiln_signature_free(a);
+        kiln_signature_free(b);
+    }
 }
 
 static void test_encode_refuses(void **state)

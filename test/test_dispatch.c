@@ -73,6 +73,22 @@ static kiln_err slow_task(kiln_task_ctx *ctx, void *user)
 
 static int64_t slow_left;
 
+/* The shape a long task takes: work in small steps, stop as soon as
+ * kiln_task_expired says so, and return what was done so far. Polling
+ * closely, it returns within microseconds of its deadline. */
+static kiln_err stops_at_limit_task(kiln_task_ctx *ctx, void *user)
+{
+    struct timespec step = {0, 100 * 1000};
+    int64_t done = 0;
+
+    (void)user;
+    while (!kiln_task_expired(ctx)) {
+        nanosleep(&step, NULL);
+        done++;
+    }
+    return kiln_task_add_result_int(ctx, KILN_TYPE_INT64, done, NULL);
+}
+
 static int fx_setup(void **state)
 {
     struct fixture *fx = calloc(1, sizeof(*fx));
@@ -82,6 +98,7 @@ static int fx_setup(void **state)
         {"boom", boom_task, NULL, NULL},
         {"flaky", flaky_task, &fx->flaky_calls, NULL},
         {"crash", crash_task, NULL, NULL},
+        {"stops_at_limit", stops_at_limit_task, NULL, NULL},
     };
 
     assert_non_null(fx);
@@ -93,7 +110,7 @@ static int fx_setup(void **state)
     fx->dlq = open_conn(fx->srv, fx->cfg.dead_letter_queue, 0);
     fx->store = kiln__mock_store_new(NULL);
     fx->reg = kiln_registry_new(NULL);
-    assert_int_equal(kiln_registry_add_table(fx->reg, defs, 5, NULL), KILN_OK);
+    assert_int_equal(kiln_registry_add_table(fx->reg, defs, 6, NULL), KILN_OK);
     fx->d =
         (kiln__dispatch){.cfg = &fx->cfg, .reg = fx->reg, .store = fx->store};
     *state = fx;
@@ -310,6 +327,22 @@ static void test_retry_delays(void **state)
         assert_int_equal(kiln_signature_retry_timeout(sig), (int)fib[i]);
     }
     assert_false(kiln__retry_plan(&cfg, sig, 7, &ms)); /* none left */
+    /* RetryTimeout is where the sequence starts, not the first wait:
+     * machinery's FibonacciNext(10) is 13, then 21. */
+    assert_int_equal(kiln_signature_set_retry(sig, 2, 10, NULL), KILN_OK);
+    assert_true(kiln__retry_plan(&cfg, sig, 0, &ms));
+    assert_int_equal(ms, 13000);
+    assert_true(kiln__retry_plan(&cfg, sig, 1, &ms));
+    assert_int_equal(ms, 21000);
+    assert_int_equal(kiln__fibonacci_next(2), 3);
+    assert_int_equal(kiln__fibonacci_next(3), 5);
+    assert_int_equal(kiln__fibonacci_next(5), 8);
+    /* Capped by KILN_RETRY_MAX_MS; RetryTimeout still grows. */
+    cfg.retry_max_ms = 4000;
+    assert_int_equal(kiln_signature_set_retry(sig, 1, 3, NULL), KILN_OK);
+    assert_true(kiln__retry_plan(&cfg, sig, 0, &ms));
+    assert_int_equal(ms, 4000);
+    assert_int_equal(kiln_signature_retry_timeout(sig), 5);
     /* Exponential with full jitter, capped. */
     cfg.retry_policy = KILN_RETRY_EXPONENTIAL;
     cfg.retry_base_ms = 100;
@@ -429,6 +462,32 @@ static void test_time_limit(void **state)
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_DEADLETTER); /* "early": it failed */
     assert_true(slow_left > 900 && slow_left <= 1000);
+}
+
+/* A task that stopped because its limit came has not finished its work:
+ * it is a FAILURE "time limit" even when it returns right at the limit,
+ * and what it had added is not stored as its results. */
+static void test_time_limit_stopped_at_limit(void **state)
+{
+    struct fixture *fx = *state;
+    kiln__verdict v;
+    kiln__task_record r;
+    char reason[256];
+
+    assert_int_equal(
+        kiln_registry_set_time_limit(fx->reg, "stops_at_limit", 20, NULL),
+        KILN_OK);
+    for (int i = 0; i < 5; i++) {
+        send_one(fx, "stops_at_limit");
+        assert_int_equal(dispatch_next(fx, &v), KILN_OK);
+        assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+        assert_non_null(strstr(r.error, "time limit"));
+        assert_int_equal(r.results.n, 0);
+        kiln__task_record_release(&r);
+        assert_int_equal(v, KILN__VERDICT_DEADLETTER);
+        next_reason(fx, reason, sizeof(reason));
+        assert_non_null(strstr(reason, "time limit"));
+    }
 }
 
 static void test_dispatch_store_failure_requeues(void **state)
@@ -1123,6 +1182,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_eta, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_expired, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_time_limit, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_time_limit_stopped_at_limit,
+                                        fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_dispatch_store_failure_requeues,
                                         fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_dispatch_unregistered_policies,

@@ -9,6 +9,7 @@
 
 #include "logger/logger.h"
 #include "task/task.h"
+#include "test/support/results_fixture.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -509,6 +510,105 @@ static void test_run_failures(void **state)
     kiln_registry_free(reg);
 }
 
+/* Slice results in eager mode: every slice type comes back exactly, also
+ * when allocations fail along the way (then the run fails whole). */
+static void test_run_slice_results(void **state)
+{
+    kiln_registry *reg = new_registry();
+    kiln_signature *sig = make_sig("slices", 1, "x"), *res = NULL;
+    bool fired = true;
+    kiln_error err;
+    long n;
+
+    (void)state;
+    assert_int_equal(
+        kiln_registry_add(reg, "slices", slices_task, NULL, NULL, NULL),
+        KILN_OK);
+    assert_int_equal(kiln_registry_run(reg, sig, &res, &err), KILN_OK);
+    check_slice_results(res);
+    kiln_signature_free(res);
+    for (n = 0; fired; n++) {
+        kiln_err rc;
+
+        res = NULL;
+        kiln__alloc_fail_after(n);
+        rc = kiln_registry_run(reg, sig, &res, &err);
+        fired = kiln__alloc_failed();
+        kiln__alloc_fail_after(-1);
+        assert_true(rc == KILN_OK || rc == KILN_ENOMEM);
+        assert_true(rc == KILN_OK || fired);
+        if (rc == KILN_OK)
+            check_slice_results(res);
+        else
+            assert_null(res);
+        kiln_signature_free(res);
+    }
+    assert_true(n > SLICE_RESULTS / 2); /* each slice with values allocates */
+    kiln_signature_free(sig);
+    kiln_registry_free(reg);
+}
+
+/* The slice setters refuse what the argument setters refuse, name the
+ * result, and leave the results as they were; a refused type allocates
+ * nothing. */
+static void test_result_slice_errors(void **state)
+{
+    kiln_signature *sig = make_sig("t", 1, "x");
+    const int64_t wide[] = {1, 300};
+    const uint64_t big[] = {70000};
+    const double nan[] = {0.0, NAN};
+    const char *const bad_utf8[] = {"ok", "\xc3("};
+    const char *const null_str[] = {"ok", NULL};
+    const uint64_t ok[] = {1, 2};
+    kiln_task_ctx ctx;
+    kiln_error err;
+
+    (void)state;
+    assert_int_equal(kiln__task_ctx_init(&ctx, sig, NULL), KILN_OK);
+    /* Types outside the setter's family. */
+    assert_int_equal(
+        kiln_task_add_result_int_slice(&ctx, KILN_TYPE_INT, wide, 1, &err),
+        KILN_EINVAL);
+    assert_string_equal(err.message,
+                        "result 0: type int is not one of []int ... []int64");
+    assert_int_equal(kiln_task_add_result_uint_slice(
+                         &ctx, KILN_TYPE_UINT8_SLICE, ok, 2, &err),
+                     KILN_EINVAL);
+    assert_non_null(strstr(err.message, "except []uint8"));
+    assert_int_equal(kiln_task_add_result_float_slice(
+                         &ctx, KILN_TYPE_INT64_SLICE, nan, 1, &err),
+                     KILN_EINVAL);
+    assert_null(ctx.results); /* nothing allocated for a refused type */
+    assert_int_equal(kiln_task_add_result_uint_slice(
+                         &ctx, KILN_TYPE_UINT16_SLICE, ok, 2, &err),
+                     KILN_OK);
+    /* Values: range, finiteness, UTF-8, NULL data. */
+    assert_int_equal(kiln_task_add_result_int_slice(&ctx, KILN_TYPE_INT8_SLICE,
+                                                    wide, 2, &err),
+                     KILN_ERANGE);
+    assert_non_null(strstr(err.message, "result 1: []int8[1] value 300"));
+    assert_int_equal(kiln_task_add_result_uint_slice(
+                         &ctx, KILN_TYPE_UINT16_SLICE, big, 1, &err),
+                     KILN_ERANGE);
+    assert_int_equal(kiln_task_add_result_float_slice(
+                         &ctx, KILN_TYPE_FLOAT64_SLICE, nan, 2, &err),
+                     KILN_EINVAL);
+    assert_int_equal(kiln_task_add_result_string_slice(&ctx, bad_utf8, 2, &err),
+                     KILN_EINVAL);
+    assert_non_null(strstr(err.message, "UTF-8"));
+    assert_int_equal(kiln_task_add_result_string_slice(&ctx, null_str, 2, &err),
+                     KILN_EINVAL);
+    assert_int_equal(kiln_task_add_result_bool_slice(&ctx, NULL, 3, &err),
+                     KILN_EINVAL);
+    assert_int_equal(kiln_task_add_result_uint8_slice(&ctx, NULL, 1, &err),
+                     KILN_EINVAL);
+    assert_int_equal(kiln_signature_arg_count(kiln_task_results(&ctx)), 1);
+    assert_int_equal(kiln_task_add_result_bool_slice(NULL, NULL, 0, &err),
+                     KILN_EINVAL);
+    kiln__task_ctx_release(&ctx);
+    kiln_signature_free(sig);
+}
+
 /* The retry delay as the worker reads it: from the context itself. */
 static void test_context_retry_and_fail(void **state)
 {
@@ -653,6 +753,8 @@ int main(void)
         cmocka_unit_test_setup(test_run_success, setup),
         cmocka_unit_test_setup(test_run_no_results, setup),
         cmocka_unit_test_setup(test_run_failures, setup),
+        cmocka_unit_test_setup(test_run_slice_results, setup),
+        cmocka_unit_test_setup(test_result_slice_errors, setup),
         cmocka_unit_test_setup(test_context_retry_and_fail, setup),
         cmocka_unit_test_setup(test_task_log, setup),
         cmocka_unit_test_setup(test_alloc_fail_add, setup),

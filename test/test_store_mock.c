@@ -147,6 +147,46 @@ static void test_store_send_failed(void **state)
     kiln__store_destroy(s);
 }
 
+/* The times the mock records: the last start, the finish; no worker and
+ * no expiry (it keeps documents for ever). */
+static void test_store_times(void **state)
+{
+    kiln__store *s = kiln__mock_store_new(NULL);
+    kiln__task_record r;
+    int64_t first;
+
+    (void)state;
+    assert_int_equal(set_state(s, "t", "x", KILN__STATE_PENDING, NULL, NULL),
+                     KILN_OK);
+    assert_int_equal(get_state(s, "t", &r), KILN__STATE_PENDING);
+    assert_true(r.started_ns == 0 && r.finished_ns == 0 && r.delete_ns == 0);
+    assert_null(r.worker);
+    kiln__task_record_release(&r);
+    assert_int_equal(set_state(s, "t", "x", KILN__STATE_STARTED, NULL, NULL),
+                     KILN_OK);
+    assert_int_equal(get_state(s, "t", &r), KILN__STATE_STARTED);
+    first = r.started_ns;
+    assert_true(first >= r.created_ns && r.finished_ns == 0);
+    kiln__task_record_release(&r);
+    assert_int_equal(set_state(s, "t", "x", KILN__STATE_RETRY, NULL, "again"),
+                     KILN_OK);
+    assert_int_equal(get_state(s, "t", &r), KILN__STATE_RETRY);
+    assert_true(r.started_ns == first); /* kept across other writes */
+    kiln__task_record_release(&r);
+    assert_int_equal(set_state(s, "t", "x", KILN__STATE_STARTED, NULL, NULL),
+                     KILN_OK);
+    assert_int_equal(set_state(s, "t", "x", KILN__STATE_SUCCESS, NULL, NULL),
+                     KILN_OK);
+    assert_int_equal(get_state(s, "t", &r), KILN__STATE_SUCCESS);
+    assert_int_equal(r.attempts, 2);
+    assert_true(r.started_ns >= first);
+    assert_true(r.finished_ns >= r.started_ns);
+    assert_true(r.finished_ns == r.updated_ns);
+    assert_true(r.delete_ns == 0);
+    kiln__task_record_release(&r);
+    kiln__store_destroy(s);
+}
+
 static void test_store_many(void **state)
 {
     kiln__store *s = kiln__mock_store_new(NULL);
@@ -238,6 +278,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_store_transitions),
         cmocka_unit_test(test_store_send_failed),
+        cmocka_unit_test(test_store_times),
         cmocka_unit_test(test_store_many),
         cmocka_unit_test(test_store_wait),
         cmocka_unit_test(test_store_alloc_failures),

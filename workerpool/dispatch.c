@@ -300,6 +300,9 @@ bool kiln__dispatch_decode(const kiln__dispatch *d, const kiln__delivery *dl,
         *needs_worker = refuse(d, dl, job, rc);
         return false;
     }
+    /* A paota worker's retry advances RetriesDone but carries no
+     * x-kiln-retries: the larger count is the true one. */
+    job->retries = kiln__signature_retries(job->sig, job->retries);
     return true;
 }
 
@@ -385,22 +388,27 @@ static bool retry(const kiln__dispatch *d, kiln__job *job, uint64_t delay_ms)
     return true;
 }
 
-/* Turns the task's return into a verdict and records the state. */
+/* Turns the task's return into a verdict and records the state. The run
+ * started at `t0_ns` and ended at `end_ns` (monotonic). */
 static void conclude(const kiln__dispatch *d, kiln__job *job,
-                     const kiln_task_ctx *ctx, kiln_err rc, int64_t ran_ms,
-                     unsigned limit_ms)
+                     const kiln_task_ctx *ctx, kiln_err rc, int64_t t0_ns,
+                     int64_t end_ns)
 {
     kiln_signature *sig = job->sig;
     const kiln__values *res = ctx->results ? &ctx->results->args : NULL;
     uint64_t delay_ms;
 
     job->status = rc;
-    if (limit_ms > 0 && ran_ms > (int64_t)limit_ms) {
-        /* Past its soft limit: a failure whatever it returned, and not
-         * retried (it would likely run as long again). */
+    /* A run that reached its soft limit failed whatever it returned: its
+     * end is at or past the deadline exactly when kiln_task_expired could
+     * have said true during it (the same clock, compared the same way), and
+     * a task that stopped because of that has not finished its work. Not
+     * retried: it would likely run as long again. */
+    if (ctx->deadline_ns != 0 && end_ns >= ctx->deadline_ns) {
         job->status = rc = KILN_ETIMEDOUT;
-        kiln__fail(&job->reason, rc, "time limit: ran %lld ms, limit %u ms",
-                   (long long)ran_ms, limit_ms);
+        kiln__fail(&job->reason, rc, "time limit: ran %lld ms, limit %lld ms",
+                   (long long)((end_ns - t0_ns) / 1000000),
+                   (long long)((ctx->deadline_ns - t0_ns) / 1000000));
     } else if (rc == KILN_OK) {
         job->verdict = KILN__VERDICT_ACK;
         kiln__log_task(KILN_LOG_DEBUG, MODULE, sig->uuid, sig->name,
@@ -511,13 +519,14 @@ void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job)
         job->verdict = KILN__VERDICT_REQUEUE;
         return;
     }
+    ctx.attempt = job->retries + 1;
     limit =
         job->time_limit_ms != 0 ? job->time_limit_ms : d->cfg->time_limit_ms;
     t0 = kiln__monotonic_ns();
     if (limit > 0)
         ctx.deadline_ns = t0 + (int64_t)limit * 1000000;
     rc = job->fn(&ctx, job->user);
-    conclude(d, job, &ctx, rc, (kiln__monotonic_ns() - t0) / 1000000, limit);
+    conclude(d, job, &ctx, rc, t0, kiln__monotonic_ns());
     kiln__task_ctx_release(&ctx);
 }
 

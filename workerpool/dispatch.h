@@ -90,7 +90,8 @@ typedef struct kiln__job {
     uint32_t deliveries; /* earlier deliveries of this message, counted by
                             x-delivery-count, x-kiln-deliveries or the
                             redelivered flag */
-    unsigned retries;    /* retries before this run (x-kiln-retries) */
+    unsigned retries;    /* retries before this run: x-kiln-retries, or
+                            paota's RetriesDone when larger */
     /* Delivered before (the redelivered flag, a delivery count, kiln's own
      * count) or a lease copy (x-kiln-lease): the delivery may have run
      * already, here or elsewhere. */

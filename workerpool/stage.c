@@ -10,11 +10,32 @@
 #include <stdio.h>
 #include <string.h>
 
+/* A task sent without a CreatedAt gets the time it is sent, as paota's
+ * producer does: paota's TaskTimeOut counts from it. machinery's Signature
+ * has no such key, so a machinery body carries one (after its own keys)
+ * only when the task has a TaskTimeOut, the one thing that reads it; any
+ * other machinery body stays byte for byte what machinery writes. */
+static bool stamp_created_at(const kiln_config *cfg, const kiln_signature *sig)
+{
+    return !sig->has_created_at &&
+           (cfg->dialect != KILN_DIALECT_MACHINERY || sig->task_timeout > 0);
+}
+
 static kiln_err encode(const kiln_config *cfg, const kiln_signature *sig,
                        kiln__staged *o, kiln_error *err)
 {
+    kiln_signature stamped;
+
     if (sig == NULL)
         return kiln__fail(err, KILN_EINVAL, "NULL signature");
+    if (stamp_created_at(cfg, sig)) {
+        /* The caller's signature is borrowed and stays as it is: a
+         * shallow copy, only read by the encoder, carries the stamp. */
+        stamped = *sig;
+        stamped.has_created_at = true;
+        stamped.created_at = (kiln__time){kiln__realtime_ns(), 0};
+        sig = &stamped;
+    }
     if (cfg->dialect == KILN_DIALECT_PAOTA_HEADERS)
         return kiln__signature_to_raw_fields(sig, &o->body, &o->len,
                                              &o->headers, &o->n_headers, err);

@@ -123,6 +123,26 @@ KILN_API int64_t kiln_result_updated_at(const kiln_result *res);
  * whatever the broker redelivered. */
 KILN_API unsigned kiln_result_attempts(const kiln_result *res);
 
+/* kiln_result_worker: the "host:pid" of the last worker that wrote the
+ * task's state (whichever wrote its STARTED, RETRY, SUCCESS or FAILURE
+ * last; a producer's PENDING names none). Borrowed; valid until the
+ * result is freed. Never NULL: "" when no worker wrote it yet, or when a
+ * document written by machinery has no such field. */
+KILN_API const char *kiln_result_worker(const kiln_result *res);
+
+/* Times in nanoseconds since the Unix epoch (the store keeps
+ * milliseconds), 0 when the document has none:
+ * - kiln_result_started_at: the last start (its latest STARTED write), so
+ *   a retried task shows its last run; 0 when it never started;
+ * - kiln_result_finished_at: when it finished (SUCCESS or FAILURE); 0
+ *   while it has not;
+ * - kiln_result_delete_at: when the store will drop the finished document
+ *   (finished_at + KILN_RESULTS_EXPIRE, the TTL index's key); 0 while it
+ *   is unfinished or when results are kept (KILN_RESULTS_EXPIRE=0). */
+KILN_API int64_t kiln_result_started_at(const kiln_result *res);
+KILN_API int64_t kiln_result_finished_at(const kiln_result *res);
+KILN_API int64_t kiln_result_delete_at(const kiln_result *res);
+
 /* kiln_result_values gives the task's results (SUCCESS only; empty
  * otherwise) as a borrowed, argument-shaped view: read them with
  * kiln_signature_arg_count, kiln_signature_arg_type and the

@@ -157,7 +157,7 @@ typedef struct it_xline {
     it_uuid uuid;
     long pid;
     long long ms;
-    long long v[3];
+    long long v[4];
 } it_xline;
 
 /* The lines of `kind` about `uuid` (NULL: any), in the order written, into
@@ -176,8 +176,8 @@ static inline size_t it_read_xlines(const char *log, char kind,
             break;
         *nl = '\0';
         memset(&x, 0, sizeof(x));
-        if (sscanf(p, "%c %63s %ld %lld %lld %lld %lld", &x.kind, id, &x.pid,
-                   &x.ms, &x.v[0], &x.v[1], &x.v[2]) >= 4 &&
+        if (sscanf(p, "%c %63s %ld %lld %lld %lld %lld %lld", &x.kind, id,
+                   &x.pid, &x.ms, &x.v[0], &x.v[1], &x.v[2], &x.v[3]) >= 4 &&
             x.kind == kind && (uuid == NULL || strcmp(id, uuid) == 0)) {
             kiln__strlcpy(x.uuid, id, sizeof(x.uuid));
             if (n < max)

@@ -229,9 +229,10 @@ static kiln_err task_flaky(kiln_task_ctx *ctx, void *user)
     char counters[64];
     long run;
 
-    (void)snprintf(
-        counters, sizeof(counters), "%d %d %d", kiln_signature_retry_count(sig),
-        kiln_signature_retry_timeout(sig), kiln_signature_retries_done(sig));
+    (void)snprintf(counters, sizeof(counters), "%d %d %d %u",
+                   kiln_signature_retry_count(sig),
+                   kiln_signature_retry_timeout(sig),
+                   kiln_signature_retries_done(sig), kiln_task_attempt(ctx));
     log_line(w, 'R', uuid, counters);
     if (kiln_signature_arg_count(sig) > 0 &&
         kiln_signature_arg_int64(sig, 0, &fails, NULL) != KILN_OK)

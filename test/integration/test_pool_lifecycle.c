@@ -3,16 +3,18 @@
  *
  * - priority: a backlog of mixed priorities is consumed highest first
  *   (KILN_MAX_PRIORITY, prefetch 1, one worker thread);
- * - retries: each dialect's counters on every retry copy, the delays of
- *   both policies, a task that succeeds on a retry, and exhausted retries
- *   in FAILURE and the dead-letter queue with x-kiln-reason,
- *   x-kiln-attempts and x-kiln-worker;
+ * - retries: each dialect's counters and kiln_task_attempt on every
+ *   retry copy, the delays of both policies, a task that succeeds on a
+ *   retry, and exhausted retries in FAILURE and the dead-letter queue
+ *   with x-kiln-reason, x-kiln-attempts and x-kiln-worker;
  * - a retry copy the broker refuses leaves the original unacked: it is
  *   redelivered and retried, not lost;
  * - ETA: a task due in 1 s sent after one due in 1 h runs after about
  *   1 s; short ETAs never run early;
  * - expiry (paota's TaskTimeOut from CreatedAt): not run, FAILURE
  *   "expired", dead-lettered or, with KILN_EXPIRED=drop, acked and logged;
+ *   a C producer's task, in each dialect, carries the CreatedAt that lets
+ *   it expire;
  * - time limit: FAILURE "time limit", dead-lettered, never started twice;
  * - poison: on a quorum and on a classic queue, a task that kills its
  *   worker is dead-lettered after KILN_MAX_DELIVERIES deliveries;
@@ -342,17 +344,18 @@ static void retry_case(it_fix *f, kiln_dialect dialect,
     n = it_read_xlines(f->log, 'R', bad, r, 16);
     assert_int_equal(n, runs_bad);
     printf("  %s, %s: runs of the failing task (RetryCount RetryTimeout "
-           "RetriesDone, ms since the first):",
+           "RetriesDone kiln_task_attempt, ms since the first):",
            paota ? (dialect == KILN_DIALECT_PAOTA ? "paota" : "paota-headers")
                  : "machinery",
            policy == KILN_RETRY_FIBONACCI ? "fibonacci" : "exponential");
     for (size_t i = 0; i < n; i++) {
-        printf(" [%lld %lld %lld, %lld]", r[i].v[0], r[i].v[1], r[i].v[2],
-               r[i].ms - r[0].ms);
+        printf(" [%lld %lld %lld %lld, %lld]", r[i].v[0], r[i].v[1], r[i].v[2],
+               r[i].v[3], r[i].ms - r[0].ms);
         /* machinery: RetryCount is what is left; paota: the total, with
-         * RetriesDone counting up. */
+         * RetriesDone counting up. The attempt counts up in both. */
         assert_int_equal(r[i].v[0], paota ? retries : retries - (int)i);
         assert_int_equal(r[i].v[2], paota ? (long long)i : 0);
+        assert_int_equal(r[i].v[3], (long long)i + 1);
         if (policy == KILN_RETRY_FIBONACCI) {
             /* RetryTimeout 0, 1, 2, 3, 5 ... (machinery's FibonacciNext
              * of the one before): the seconds waited before this run. */
@@ -628,6 +631,74 @@ static void test_expired(void **state)
     f->passed = true;
 }
 
+/* A C producer's task with a TaskTimeOut and no CreatedAt carries the
+ * time it was sent, in each dialect: left in the queue past its
+ * TaskTimeOut it is FAILURE "expired" and dead-lettered, while one still
+ * within its own runs. */
+static void test_expired_c_producer(void **state)
+{
+    it_fix *f = *state;
+    static const kiln_dialect ds[] = {KILN_DIALECT_MACHINERY,
+                                      KILN_DIALECT_PAOTA,
+                                      KILN_DIALECT_PAOTA_HEADERS};
+    it_uuid late[3], fresh[3];
+    dead_msg dead[MAX_DEAD];
+    kiln_store *st;
+    kiln_error err;
+    size_t w, n;
+
+    for (size_t i = 0; i < 3; i++) {
+        kiln_signature *sigs[2] = {it_new_sig(IT_TASK_RECORD, late[i]),
+                                   it_new_sig(IT_TASK_RECORD, fresh[i])};
+
+        /* A pool sends in the dialect of its configuration. */
+        kiln_pool_free(f->pool);
+        f->pool = NULL;
+        f->cfg.dialect = ds[i];
+        for (size_t j = 0; j < 2; j++) {
+            assert_int_equal(kiln_signature_set_task_timeout(
+                                 sigs[j], j == 0 ? 1 : 600, &err),
+                             KILN_OK);
+            if (ds[i] == KILN_DIALECT_PAOTA_HEADERS)
+                assert_int_equal(
+                    kiln_signature_set_raw_body(sigs[j], "{}", 2, &err),
+                    KILN_OK);
+        }
+        it_send_free(f, sigs, 2);
+    }
+    /* Nothing consumes yet: let a TaskTimeOut of 1 s pass (header mode
+     * keeps whole seconds of CreatedAt, so it may pass sooner). */
+    it_sleep_ms(2100);
+    w = start_worker(f, "worker", NULL);
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(wait_lines(f->log, 'F', fresh[i], 1, 10000), 1);
+    wait_dead(f, 3, 10000);
+    n = take_dead(&f->cfg, dead, MAX_DEAD);
+    assert_int_equal(n, 3);
+    for (size_t i = 0; i < 3; i++) {
+        /* A header-mode body is the raw body alone: no UUID in it. */
+        if (ds[i] != KILN_DIALECT_PAOTA_HEADERS &&
+            dead_of(dead, n, late[i]) == NULL)
+            fail_msg("dialect %d: %s is not dead-lettered", (int)ds[i],
+                     late[i]);
+        assert_non_null(strstr(dead[i].reason, "expired"));
+        assert_int_equal(count_lines(f->log, 'F', late[i]), 0);
+    }
+    printf("  C producer, expired, dead-lettered: \"%s\"\n", dead[0].reason);
+    free_dead(dead, n);
+    expect_settled(f);
+    st = it_open_store(f);
+    for (size_t i = 0; i < 3; i++) {
+        kiln_result_free(
+            it_expect_final(st, late[i], KILN_STATE_FAILURE, "expired"));
+        kiln_result_free(
+            it_expect_final(st, fresh[i], KILN_STATE_SUCCESS, NULL));
+    }
+    kiln_store_free(st);
+    stop_worker(f, w);
+    f->passed = true;
+}
+
 /* ---- time limit --------------------------------------------------------- */
 
 static void test_time_limit(void **state)
@@ -816,6 +887,8 @@ int main(void)
                                         setup_plain, it_teardown),
         cmocka_unit_test_setup_teardown(test_eta_short_not_behind_long,
                                         setup_plain, it_teardown),
+        cmocka_unit_test_setup_teardown(test_expired_c_producer, setup_store,
+                                        it_teardown_store),
         cmocka_unit_test_setup_teardown(test_expired, setup_store,
                                         it_teardown_store),
         cmocka_unit_test_setup_teardown(test_time_limit, setup_store,

@@ -9,6 +9,7 @@
  * sets them to scripts/ferretdb.sh stop|start on its data directory). */
 #include "kiln/store_mongo.h"
 #include "store/mongo.h"
+#include "test/support/results_fixture.h"
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -762,6 +763,41 @@ static void test_results_every_type(void **state)
     kiln__values_clear(&res);
 }
 
+/* A task's slice results, added with kiln_task_add_result_*_slice, as a
+ * worker records them (SUCCESS with the context's results) and as any
+ * process reads them back with kiln_store_get_result: every slice type,
+ * exactly. */
+static void test_slice_results_from_task(void **state)
+{
+    fixture *f = *state;
+    kiln_registry *reg = kiln_registry_new(NULL);
+    kiln_signature *sig = kiln_signature_new("slices", NULL), *res = NULL;
+    kiln_result *got = NULL;
+    kiln_store *st;
+    kiln_error err;
+
+    assert_non_null(reg);
+    assert_non_null(sig);
+    assert_int_equal(
+        kiln_registry_add(reg, "slices", slices_task, NULL, NULL, NULL),
+        KILN_OK);
+    assert_int_equal(kiln_registry_run(reg, sig, &res, &err), KILN_OK);
+    set_ok(f->s, kiln_signature_uuid(sig), KILN__STATE_SUCCESS, "slices",
+           &res->args, NULL);
+    if ((st = kiln_store_new(&f->cfg, &err)) == NULL)
+        fail_msg("kiln_store_new: %s", err.message);
+    if (kiln_store_get_result(st, kiln_signature_uuid(sig), &got, &err) !=
+        KILN_OK)
+        fail_msg("get_result: %s", err.message);
+    assert_int_equal(kiln_result_state(got), KILN_STATE_SUCCESS);
+    check_slice_results(kiln_result_values(got));
+    kiln_result_free(got);
+    kiln_store_free(st);
+    kiln_signature_free(res);
+    kiln_signature_free(sig);
+    kiln_registry_free(reg);
+}
+
 /* -0.0 is a zero after the round trip; MongoDB keeps its sign, FerretDB
  * 1.x stores every zero as +0.0. */
 static void test_negative_zero(void **state)
@@ -884,6 +920,11 @@ static void test_reads_machinery_document(void **state)
     assert_memory_equal(r.results.items[2].v.arr.ptr, bin, 3);
     assert_int_equal(r.results.items[3].type, KILN_TYPE_STRING_SLICE);
     assert_int_equal(r.results.items[3].v.arr.n, 0);
+    /* machinery writes none of kiln's own fields; its delete_at is read. */
+    assert_null(r.worker);
+    assert_true(r.started_ns == 0 && r.finished_ns == 0);
+    assert_true(r.delete_ns > r.created_ns);
+    assert_int_equal(r.attempts, 0);
     kiln__task_record_release(&r);
     /* The store's later writes obey the rules on it too. */
     set_ok(f->s, "task_go", KILN__STATE_STARTED, NULL, NULL, NULL);
@@ -1412,6 +1453,97 @@ static void test_public_get_and_wait(void **state)
     kiln_store_free(NULL);
 }
 
+/* What kiln_result says of where and when a task ran, against the
+ * document's own fields: the worker ("host:pid" of this process, which
+ * wrote it), the last start, the finish and the expiry. */
+static void test_public_record_fields(void **state)
+{
+    fixture *f = *state;
+    char host[256], me[320];
+    kiln_result *res;
+    kiln_error err;
+    kiln_store *st;
+    int64_t first_start;
+    bson_t *doc;
+
+    assert_int_equal(gethostname(host, sizeof(host)), 0);
+    host[sizeof(host) - 1] = '\0';
+    (void)snprintf(me, sizeof(me), "%s:%ld", host, (long)getpid());
+    if ((st = kiln_store_new(&f->cfg, &err)) == NULL)
+        fail_msg("kiln_store_new: %s", err.message);
+
+    /* PENDING only: no worker, no start, no finish, no expiry yet. */
+    set_ok(f->s, "task_f", KILN__STATE_PENDING, "f", NULL, NULL);
+    assert_int_equal(kiln_store_get_result(st, "task_f", &res, &err), KILN_OK);
+    assert_string_equal(kiln_result_worker(res), "");
+    assert_true(kiln_result_started_at(res) == 0);
+    assert_true(kiln_result_finished_at(res) == 0);
+    assert_true(kiln_result_delete_at(res) == 0);
+    assert_int_equal(kiln_result_attempts(res), 0);
+    kiln_result_free(res);
+
+    /* Started, retried, started again, finished. */
+    set_ok(f->s, "task_f", KILN__STATE_STARTED, "f", NULL, NULL);
+    assert_int_equal(kiln_store_get_result(st, "task_f", &res, &err), KILN_OK);
+    assert_string_equal(kiln_result_worker(res), me);
+    first_start = kiln_result_started_at(res);
+    assert_true(first_start >= kiln_result_created_at(res));
+    assert_true(kiln_result_finished_at(res) == 0);
+    kiln_result_free(res);
+    usleep(5000); /* the store keeps milliseconds: two starts apart */
+    set_ok(f->s, "task_f", KILN__STATE_RETRY, "f", NULL, "again");
+    set_ok(f->s, "task_f", KILN__STATE_STARTED, "f", NULL, NULL);
+    set_ok(f->s, "task_f", KILN__STATE_FAILURE, "f", NULL, "gave up");
+    assert_int_equal(kiln_store_get_result(st, "task_f", &res, &err), KILN_OK);
+    assert_int_equal(kiln_result_state(res), KILN_STATE_FAILURE);
+    assert_int_equal(kiln_result_attempts(res), 2);
+    assert_string_equal(kiln_result_worker(res), me);
+    assert_true(kiln_result_started_at(res) > first_start);
+    assert_true(kiln_result_finished_at(res) >= kiln_result_started_at(res));
+    assert_true(kiln_result_delete_at(res) ==
+                kiln_result_finished_at(res) + (int64_t)3600 * 1000000000);
+    /* The same instants as the document's own fields. */
+    doc = raw_doc(&f->cfg, "task_f");
+    assert_non_null(doc);
+    assert_true(kiln_result_started_at(res) ==
+                doc_date(doc, "started_at") * 1000000);
+    assert_true(kiln_result_finished_at(res) ==
+                doc_date(doc, "finished_at") * 1000000);
+    assert_true(kiln_result_delete_at(res) ==
+                doc_date(doc, "delete_at") * 1000000);
+    bson_destroy(doc);
+    kiln_result_free(res);
+
+    kiln_store_free(st);
+    assert_string_equal(kiln_result_worker(NULL), "");
+    assert_true(kiln_result_started_at(NULL) == 0);
+    assert_true(kiln_result_finished_at(NULL) == 0);
+    assert_true(kiln_result_delete_at(NULL) == 0);
+}
+
+/* With KILN_RESULTS_EXPIRE=0 a finished task is kept: no delete_at. */
+static void test_public_no_delete_at_when_kept(void **state)
+{
+    fixture *f = *state;
+    kiln_result *res;
+    kiln_error err;
+    kiln_store *st;
+    kiln__store *s;
+
+    f->cfg.results_expire_s = 0;
+    if ((s = kiln__mongo_store_new(&f->cfg, &err)) == NULL)
+        fail_msg("mongo_store_new: %s", err.message);
+    set_ok(s, "task_k", KILN__STATE_SUCCESS, "k", NULL, NULL);
+    kiln__store_destroy(s);
+    if ((st = kiln_store_new(&f->cfg, &err)) == NULL)
+        fail_msg("kiln_store_new: %s", err.message);
+    assert_int_equal(kiln_store_get_result(st, "task_k", &res, &err), KILN_OK);
+    assert_true(kiln_result_finished_at(res) > 0);
+    assert_true(kiln_result_delete_at(res) == 0);
+    kiln_result_free(res);
+    kiln_store_free(st);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 /* The rules again through the path MongoDB takes (see store/mongo.h). */
 #define C(fn)                                                              \
@@ -1438,6 +1570,7 @@ int main(void)
         C(test_send_failed),
         C(test_reads_machinery_document),
         T(test_results_every_type),
+        T(test_slice_results_from_task),
         T(test_negative_zero),
         T(test_results_bson_types),
         T(test_reads_machinery_document),
@@ -1449,6 +1582,8 @@ int main(void)
         cmocka_unit_test(test_unreachable_fails_fast_without_password),
         cmocka_unit_test(test_secrets_never_shown),
         T(test_public_get_and_wait),
+        T(test_public_record_fields),
+        T(test_public_no_delete_at_when_kept),
         T(test_server_restart),
     };
     int rc;
