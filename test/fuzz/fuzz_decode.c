@@ -46,15 +46,21 @@ static void stable_json(const kiln_signature *sig, kiln_dialect dialect)
     kiln_signature_free(again);
 }
 
-/* The header-mode round trip of `sig`. */
+/* The header-mode round trip of `sig`. Header mode carries a raw body
+ * alone: a signature that also has typed arguments is refused (they would
+ * be lost), and nothing else is. */
 static void stable_raw(const kiln_signature *sig)
 {
     kiln_header *h = NULL, *h2 = NULL;
     kiln_signature *again = NULL;
     char *body = NULL, *body2 = NULL;
     size_t n = 0, n2 = 0, len = 0, len2 = 0;
+    kiln_err rc = kiln_signature_to_raw(sig, &body, &len, &h, &n, NULL);
 
-    must(kiln_signature_to_raw(sig, &body, &len, &h, &n, NULL) == KILN_OK);
+    if (rc == KILN_EINVAL && kiln_signature_raw_body(sig, NULL) != NULL &&
+        kiln_signature_arg_count(sig) > 0)
+        return;
+    must(rc == KILN_OK);
     if (n > 0) {
         must(kiln_signature_from_raw(body, len, h, n, 0, &again, NULL) ==
              KILN_OK);
