@@ -111,11 +111,15 @@ static kiln_err decode(const kiln__dispatch *d, const kiln__delivery *dl,
                                     d->cfg->max_body_bytes, sig, err);
 }
 
-/* For a body that did not decode: the task's UUID and name where they can
- * still be read (paota's headers, or the JSON's top-level keys), so the
- * store can mark it FAILURE. */
-static void salvage_ids(const kiln__dispatch *d, const kiln__delivery *dl,
-                        char *uuid, char *name, size_t n)
+bool kiln__delivery_seen_before(const kiln__delivery *dl)
+{
+    return dl->redelivered || dl->delivery_count > 0 ||
+           kiln__delivery_header(dl, KILN__HDR_LEASE) != NULL ||
+           kiln__header_uint(dl, KILN__HDR_DELIVERIES) > 0;
+}
+
+void kiln__dispatch_task_ids(const kiln__dispatch *d, const kiln__delivery *dl,
+                             char *uuid, char *name, size_t n)
 {
     size_t max = d->cfg->max_body_bytes ? d->cfg->max_body_bytes
                                         : KILN__DEFAULT_MAX_BODY;
@@ -146,8 +150,8 @@ static bool refuse_at(const kiln__dispatch *d, const kiln__delivery *dl,
         kiln__strlcpy(job->failed_name, job->sig->name,
                       sizeof(job->failed_name));
     } else {
-        salvage_ids(d, dl, job->failed_uuid, job->failed_name,
-                    sizeof(job->failed_uuid));
+        kiln__dispatch_task_ids(d, dl, job->failed_uuid, job->failed_name,
+                                sizeof(job->failed_uuid));
     }
     kiln__log_task(level, MODULE, job->failed_uuid, job->failed_name, "%s: %s",
                    verdict == KILN__VERDICT_ACK ? "dropped" : "dead-lettered",
@@ -292,9 +296,7 @@ bool kiln__dispatch_decode(const kiln__dispatch *d, const kiln__delivery *dl,
     job->deliveries = kiln__earlier_deliveries(dl);
     job->retries = kiln__header_uint(dl, KILN__HDR_RETRIES);
     job->lease = kiln__delivery_header(dl, KILN__HDR_LEASE);
-    job->redelivery = dl->redelivered || dl->delivery_count > 0 ||
-                      job->lease != NULL ||
-                      kiln__header_uint(dl, KILN__HDR_DELIVERIES) > 0;
+    job->redelivery = kiln__delivery_seen_before(dl);
     if ((rc = decode(d, dl, &job->sig, &job->reason)) != KILN_OK) {
         kiln__prefix(&job->reason, "undecodable message");
         *needs_worker = refuse(d, dl, job, rc);

@@ -6,10 +6,10 @@
  * A delivery goes through three steps, each on the thread the pool's
  * design gives it:
  *
- *   prepare  (consumer thread)  decode the body, check the delivery count,
- *                               look the name up; bad input is decided here
- *                               (no store call: the consumer never waits
- *                               for MongoDB)
+ *   prepare  (a worker; the     decode the body, check the delivery count,
+ *             consumer for a    look the name up; bad input is decided here
+ *             delivery seen     (no store call, so the consumer never waits
+ *             before)           for MongoDB)
  *   run      (any worker)       store STARTED, call the task,
  *                               store SUCCESS, FAILURE or RETRY; for bad
  *                               input with a readable UUID, store FAILURE
@@ -131,6 +131,20 @@ bool kiln__dispatch_prepare(const kiln__dispatch *d, const kiln__delivery *dl,
  * adjust job->deliveries) before kiln__dispatch_admit. */
 bool kiln__dispatch_decode(const kiln__dispatch *d, const kiln__delivery *dl,
                            kiln__job *job, bool *needs_worker);
+
+/* True when `dl` says it was delivered before, so it may have run
+ * already: the redelivered flag, a delivery count, kiln's own count
+ * (x-kiln-deliveries) or a lease copy (x-kiln-lease). Reads headers only.
+ * Any thread. */
+bool kiln__delivery_seen_before(const kiln__delivery *dl);
+
+/* The task's UUID and name where they can be read without decoding the
+ * body: paota's headers, or the JSON's top-level keys (a scan, no tree).
+ * For a body that did not decode, so the store can mark it FAILURE, and
+ * for one not decoded at all. Empty strings when not found. Any
+ * thread. */
+void kiln__dispatch_task_ids(const kiln__dispatch *d, const kiln__delivery *dl,
+                             char *uuid, char *name, size_t n);
 
 /* The second half: poison count, ETA, expiry, registry look-up; returns
  * what kiln__dispatch_prepare returns. */
