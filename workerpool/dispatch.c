@@ -222,11 +222,12 @@ static bool unregistered(const kiln__dispatch *d, const kiln__delivery *dl,
         }
         job->status = KILN_ENOHANDLER;
         job->verdict = KILN__VERDICT_RETRY;
-        job->count = true;
-        job->delay_ms = requeue_delay(d, job->deliveries);
+        job->send.kind = KILN__SEND_REQUEUE;
+        job->send.delay_ms = requeue_delay(d, job->deliveries);
         kiln__log_task(KILN_LOG_WARN, MODULE, sig->uuid, sig->name,
                        "requeued in %llu ms: unregistered task (delivery %u)",
-                       (unsigned long long)job->delay_ms, job->deliveries + 1);
+                       (unsigned long long)job->send.delay_ms,
+                       job->deliveries + 1);
         return false;
     }
     return refuse(d, dl, job, KILN_ENOHANDLER);
@@ -258,10 +259,11 @@ static enum eta_check early(const kiln__dispatch *d, kiln__job *job)
         return ETA_TOO_FAR;
     }
     job->verdict = KILN__VERDICT_RETRY;
-    job->delay_ms = left_ms;
+    job->send.kind = KILN__SEND_HOLD;
+    job->send.delay_ms = left_ms;
     kiln__log_task(KILN_LOG_DEBUG, MODULE, job->sig->uuid, job->sig->name,
                    "early by %llu ms: back to the delay queues",
-                   (unsigned long long)job->delay_ms);
+                   (unsigned long long)left_ms);
     return ETA_EARLY;
 }
 
@@ -333,6 +335,7 @@ bool kiln__dispatch_admit(const kiln__dispatch *d, const kiln__delivery *dl,
          * once with the count in x-kiln-deliveries, so that a task that
          * kills its worker is still stopped after max_deliveries runs. */
         job->verdict = KILN__VERDICT_RETRY;
+        job->send.kind = KILN__SEND_COUNTED;
         kiln__log_task(KILN_LOG_DEBUG, MODULE, job->sig->uuid, job->sig->name,
                        "redelivered (%u earlier): counted, sent on",
                        job->deliveries);
@@ -397,7 +400,8 @@ static void conclude(const kiln__dispatch *d, kiln__job *job,
                      int64_t end_ns)
 {
     kiln_signature *sig = job->sig;
-    const kiln__values *res = ctx->results ? &ctx->results->args : NULL;
+    const kiln__values *res =
+        ctx->results.args.n > 0 ? &ctx->results.args : NULL;
     uint64_t delay_ms;
 
     job->status = rc;
@@ -537,8 +541,9 @@ void kiln__job_hold(kiln__job *job, uint64_t delay_ms)
     job->fn = NULL;
     job->failed_uuid[0] = '\0';
     job->verdict = KILN__VERDICT_RETRY;
-    job->delay_ms = delay_ms;
-    job->count = false;
+    kiln__free(job->send.body);
+    kiln__free(job->send.headers);
+    job->send = (kiln__send_on){.kind = KILN__SEND_HOLD, .delay_ms = delay_ms};
 }
 
 void kiln__job_release(kiln__job *job)
@@ -546,8 +551,8 @@ void kiln__job_release(kiln__job *job)
     if (job == NULL)
         return;
     kiln_signature_free(job->sig);
-    kiln__free(job->out_body);
-    kiln__free(job->out_headers);
+    kiln__free(job->send.body);
+    kiln__free(job->send.headers);
     memset(job, 0, sizeof(*job));
 }
 
