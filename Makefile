@@ -207,6 +207,15 @@ bench: deps
 	$(MAKE) VARIANT=plain lib benches
 	@scripts/bench.sh
 
+# Where a worker's time goes, per task: instructions (callgrind) and heap
+# allocations (memcheck) of a worker draining a backlog, on a private
+# RabbitMQ (docs/performance.md shows the table it prints).
+PROFILE_TASKS ?= 10000
+.PHONY: profile
+profile: deps
+	$(MAKE) VARIANT=plain lib benches
+	@scripts/profile-worker.sh $(PROFILE_TASKS)
+
 # Everything CI runs. Each step stops the run on failure.
 test: deps
 	$(MAKE) lint

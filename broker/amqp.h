@@ -261,7 +261,7 @@ typedef struct kiln__amqp_content {
     uint64_t tag; /* the channel's delivery tag */
     bool redelivered;
     amqp_bytes_t exchange, routing_key;
-    const amqp_message_t *msg;
+    amqp_message_t *msg; /* its body is taken: see amqp_delivery.c */
 } kiln__amqp_content;
 
 kiln_err kiln__amqp_build(kiln__amqp *b, const kiln__amqp_content *c,

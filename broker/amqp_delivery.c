@@ -1,14 +1,25 @@
 /* A delivery as a kiln__delivery: the headers twice, typed (core/headers.h,
  * converted by amqp_fields.c) and as strings (kiln__hval_text).
  *
- * A delivery is at most two allocations: d->impl holds the strings, the
- * body and the string headers; the typed headers, when there are any, are
- * one block that starts with d->fields. Release frees both and touches
- * nothing but the delivery (any thread may call it). */
+ * The body is not copied: the delivery takes rabbitmq-c's buffer (which
+ * rabbitmq-c allocated with malloc for the message and would free with
+ * the envelope); it is not NUL-terminated. Besides it a delivery is at most two
+ * allocations: d->impl holds the pointer to that buffer, the strings and the
+ * string headers; the typed headers, when there are any, are one block that
+ * starts with d->fields. Release frees all three and touches nothing but the
+ * delivery (any thread may call it). */
 #define KILN__AMQP_INTERNAL
 #include "broker/amqp.h"
 
+#include <stdlib.h>
 #include <string.h>
+
+/* rabbitmq-c's body buffer of `m`, to be taken; NULL for an empty body
+ * (which is copied: a "" in the delivery's block). */
+static char *own_body(const amqp_message_t *m)
+{
+    return m->body.len > 0 ? m->body.bytes : NULL;
+}
 
 static const amqp_table_t *headers_of(const amqp_message_t *msg)
 {
@@ -17,11 +28,13 @@ static const amqp_table_t *headers_of(const amqp_message_t *msg)
     return (p->_flags & AMQP_BASIC_HEADERS_FLAG) ? &p->headers : NULL;
 }
 
-/* Everything but the typed headers `f`, which are in place already. */
-static void fill(kiln__bump *s, const kiln__amqp_content *c, kiln__delivery *d,
-                 const kiln__hdr *f, size_t nh)
+/* Everything but the typed headers `f`, which are in place already; the
+ * body is `owned` (taken, own_body) or else copied. */
+static void fill(kiln__bump *s, const kiln__amqp_content *c, char *owned,
+                 kiln__delivery *d, const kiln__hdr *f, size_t nh)
 {
     const amqp_basic_properties_t *p = &c->msg->properties;
+    void **body = kiln__bump_take(s, sizeof(void *), _Alignof(void *));
     kiln_header *hdrs;
 
     d->exchange = kiln__bump_str(s, c->exchange.bytes, c->exchange.len);
@@ -33,7 +46,15 @@ static void fill(kiln__bump *s, const kiln__amqp_content *c, kiln__delivery *d,
             kiln__bump_str(s, p->message_id.bytes, p->message_id.len);
     else
         d->message_id = kiln__bump_str(s, "", 0);
-    d->body = kiln__bump_str(s, c->msg->body.bytes, c->msg->body.len);
+    if (owned != NULL) {
+        d->body = owned;
+        if (body != NULL)
+            *body = d->body;
+    } else {
+        d->body = kiln__bump_str(s, c->msg->body.bytes, c->msg->body.len);
+        if (body != NULL)
+            *body = NULL;
+    }
     for (size_t i = 0; i < nh; i++) {
         char *at = kiln__bump_take(s, 0, 1);
         s->len += kiln__hval_text(&f[i].value, at);
@@ -120,6 +141,7 @@ kiln_err kiln__amqp_build(kiln__amqp *b, const kiln__amqp_content *c,
     size_t nh = h != NULL && h->num_entries > 0 ? (size_t)h->num_entries : 0;
     kiln__bump s = {NULL, 0}, t = {NULL, 0};
     kiln__hdr *fields = NULL;
+    char *owned = own_body(c->msg);
     kiln__delivery d;
 
     memset(&d, 0, sizeof(d));
@@ -130,18 +152,20 @@ kiln_err kiln__amqp_build(kiln__amqp *b, const kiln__amqp_content *c,
         t.len = 0;
         fields = kiln__amqp_fields_in(&t, h);
     }
-    fill(&s, c, &d, fields, nh);
+    fill(&s, c, owned, &d, fields, nh);
     if ((s.p = kiln__malloc(s.len)) == NULL) {
         kiln__free(fields);
         return refuse(b, c, s.len, err);
     }
     s.len = 0;
-    fill(&s, c, &d, fields, nh);
+    fill(&s, c, owned, &d, fields, nh);
     d.impl = s.p;
+    d.body_len = c->msg->body.len;
+    if (owned != NULL)
+        c->msg->body = amqp_empty_bytes; /* ours now: not freed with it */
     d.tag = b->tag_base + c->tag;
     if (d.tag > b->max_tag)
         b->max_tag = d.tag;
-    d.body_len = c->msg->body.len;
     if (c->msg->properties._flags & AMQP_BASIC_PRIORITY_FLAG)
         d.priority = c->msg->properties.priority;
     d.redelivered = c->redelivered;
@@ -155,6 +179,8 @@ void kiln__amqp_release(kiln__broker *base, kiln__delivery *d)
     (void)base;
     if (d == NULL)
         return;
+    if (d->impl != NULL)
+        free(*(void **)d->impl); /* rabbitmq-c's malloc: not kiln__free */
     kiln__free(d->impl);
     kiln__free((void *)(uintptr_t)d->fields); /* the typed block */
     memset(d, 0, sizeof(*d));

@@ -53,8 +53,9 @@ typedef struct kiln__delivery {
     uint64_t tag;   /* delivery tag, unique per broker object */
     char *exchange; /* the exchange it was published to */
     char *routing_key;
-    char *body;      /* NUL-terminated for convenience */
-    size_t body_len; /* excluding that NUL */
+    char *body; /* body_len bytes; not NUL-terminated (the AMQP
+                   broker hands rabbitmq-c's buffer on uncopied) */
+    size_t body_len;
     kiln_header *headers;
     size_t n_headers;
     const kiln__hdr *fields; /* n_headers of them */
@@ -85,10 +86,10 @@ typedef struct kiln__delivery {
  * to its x-kiln-reason header, which it gets if it has none); else it is
  * refused alone with KILN_ETOOBIG, and the rest of the batch goes on. */
 typedef struct kiln__message {
-    const char *exchange;    /* "" = the default exchange */
-    const char *routing_key; /* never NULL */
-    const void *body;        /* may be NULL when body_len is 0 */
-    size_t body_len;
+    const char *exchange;          /* "" = the default exchange */
+    const char *routing_key;       /* never NULL */
+    const void *body;              /* may be NULL when body_len is 0 */
+    size_t body_len;               /* excluding that NUL */
     const kiln__delivery *inherit; /* NULL: none; one without typed
                                       headers gives its strings */
     bool (*keep)(const char *key); /* inherited names to keep; NULL: all */

@@ -42,7 +42,7 @@ static bool should_fail(void)
 /* Byte accounting for tests: the usable size of every block, so what is
  * counted is what the allocator really handed out (rounding included). */
 static atomic_bool counting = false;
-static atomic_llong live_bytes, peak_bytes;
+static atomic_llong live_bytes, peak_bytes, calls;
 
 static void count_block(void *p, bool add)
 {
@@ -55,6 +55,7 @@ static void count_block(void *p, bool add)
         atomic_fetch_sub(&live_bytes, n);
         return;
     }
+    atomic_fetch_add(&calls, 1);
     n += atomic_fetch_add(&live_bytes, n);
     peak = atomic_load(&peak_bytes);
     while (n > peak && !atomic_compare_exchange_weak(&peak_bytes, &peak, n))
@@ -65,7 +66,13 @@ void kiln__alloc_count_start(void)
 {
     atomic_store(&live_bytes, 0);
     atomic_store(&peak_bytes, 0);
+    atomic_store(&calls, 0);
     atomic_store(&counting, true);
+}
+
+size_t kiln__alloc_count_calls(void)
+{
+    return (size_t)atomic_load(&calls);
 }
 
 size_t kiln__alloc_count_stop(void)

@@ -51,6 +51,9 @@ bool kiln__alloc_failed(void);
  * meanwhile. */
 void kiln__alloc_count_start(void);
 size_t kiln__alloc_count_stop(void);
+/* The allocations (kiln__malloc, calloc and realloc calls) since
+ * kiln__alloc_count_start, while counting. */
+size_t kiln__alloc_count_calls(void);
 
 /* kiln__strlcpy copies at most n-1 bytes and always terminates (n > 0).
  * Returns strlen(src), so a result >= n means truncation. */

@@ -19,6 +19,7 @@ kiln_err kiln__task_ctx_init(kiln_task_ctx *ctx, const kiln_signature *sig,
                           "task context: ctx and sig are "
                           "required");
     memset(ctx, 0, sizeof(*ctx));
+    kiln__signature_init(&ctx->results);
     ctx->sig = sig;
     ctx->attempt = kiln__signature_retries(sig, 0) + 1;
     return KILN_OK;
@@ -44,7 +45,7 @@ void kiln__task_ctx_release(kiln_task_ctx *ctx)
 {
     if (ctx == NULL)
         return;
-    kiln_signature_free(ctx->results);
+    kiln__values_clear(&ctx->results.args);
     memset(ctx, 0, sizeof(*ctx));
 }
 
@@ -100,8 +101,8 @@ kiln_err kiln_task_retry(kiln_task_ctx *ctx, uint64_t delay_ms)
     return KILN_ERETRY;
 }
 
-/* Appends a copy of `v` to the results, creating them on first use (not
- * for a value of the wrong family). The same checks as for arguments. */
+/* Appends a copy of `v` to the results (not for a value of the wrong
+ * family). The same checks as for arguments. */
 static kiln_err add_result(kiln_task_ctx *ctx, const kiln__value *v,
                            kiln__family fam, kiln_error *err)
 {
@@ -109,14 +110,10 @@ static kiln_err add_result(kiln_task_ctx *ctx, const kiln__value *v,
 
     if (ctx == NULL)
         return kiln__fail(err, KILN_EINVAL, "task context is required");
-    rc = kiln__family_check("result", ctx->results ? ctx->results->args.n : 0,
-                            v->type, fam, err);
+    rc = kiln__family_check("result", ctx->results.args.n, v->type, fam, err);
     if (rc != KILN_OK)
         return rc;
-    if (ctx->results == NULL &&
-        (ctx->results = kiln__signature_alloc(err)) == NULL)
-        return KILN_ENOMEM;
-    return kiln__values_put(&ctx->results->args, "result", v, fam, err);
+    return kiln__values_put(&ctx->results.args, "result", v, fam, err);
 }
 
 /* A slice result borrowing `ptr` (copied by kiln__values_add). */
@@ -234,7 +231,7 @@ static const kiln_signature no_results = {
 
 const kiln_signature *kiln_task_results(const kiln_task_ctx *ctx)
 {
-    return ctx != NULL && ctx->results != NULL ? ctx->results : &no_results;
+    return ctx != NULL && ctx->sig != NULL ? &ctx->results : &no_results;
 }
 
 void kiln_task_log(const kiln_task_ctx *ctx, kiln_log_level level,

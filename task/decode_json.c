@@ -80,9 +80,12 @@ static kiln_err set_text(decoder *d, const kiln__field *f, kiln_error *err)
         return want(f, "string", peek(d), err);
     if (!kiln__rd_string(&d->rd, &len, &esc))
         return syntax(d, err);
-    if ((s = kiln__json_strdup(raw, len, esc, NULL)) == NULL)
+    /* An empty string (machinery writes every field) allocates nothing. */
+    if (len == 0)
+        s = kiln__no_text;
+    else if ((s = kiln__json_strdup(raw, len, esc, NULL)) == NULL)
         return kiln__fail(err, KILN_ENOMEM, "%s: %zu bytes", f->key, len);
-    kiln__free(*dst);
+    kiln__text_free(*dst);
     *dst = s;
     d->have_name |= f->off == offsetof(struct kiln_signature, name);
     d->have_uuid |= f->off == offsetof(struct kiln_signature, uuid);
@@ -481,7 +484,7 @@ static kiln_err decode(decoder *d, kiln_error *err)
     if ((rc = decode_body(d, err)) == KILN_OK &&
         (rc = finish_extra(d, err)) == KILN_OK &&
         (rc = check_required(d, err)) == KILN_OK)
-        rc = kiln__signature_fill(d->sig, err);
+        kiln__signature_fill(d->sig);
     d->sig->dialect = d->paota ? KILN_DIALECT_PAOTA : KILN_DIALECT_MACHINERY;
     for (int i = 0; i < CB_N; i++)
         cJSON_Delete(d->cb[i]);

@@ -303,11 +303,11 @@ static kiln_err finish_run(kiln_task_ctx *ctx, kiln_err rc,
     if (rc != KILN_OK)
         return kiln__fail(err, rc, "task returned: %s", kiln_strerror(rc));
     if (results != NULL) {
-        if (ctx->results == NULL &&
-            (ctx->results = kiln__signature_alloc(err)) == NULL)
+        if ((*results = kiln__signature_alloc(err)) == NULL)
             return KILN_ENOMEM;
-        *results = ctx->results;
-        ctx->results = NULL;
+        /* The values move; the context keeps none. */
+        (*results)->args = ctx->results.args;
+        memset(&ctx->results.args, 0, sizeof(ctx->results.args));
     }
     kiln__ok(err);
     return KILN_OK;

@@ -19,6 +19,14 @@ static const size_t string_fields[] = {
     offsetof(struct kiln_signature, sqs_receipt_handle),
 };
 
+char kiln__no_text[1];
+
+void kiln__text_free(char *s)
+{
+    if (s != kiln__no_text)
+        kiln__free(s);
+}
+
 static char **string_slot(kiln_signature *sig, size_t i)
 {
     return (char **)(void *)((char *)sig + string_fields[i]);
@@ -37,7 +45,7 @@ void kiln_signature_free(kiln_signature *sig)
     if (sig == NULL)
         return;
     for (size_t i = 0; i < KILN__ARRAY_LEN(string_fields); i++)
-        kiln__free(*string_slot(sig, i));
+        kiln__text_free(*string_slot(sig, i));
     kiln__values_clear(&sig->args);
     kiln__free(sig->raw_args);
     cJSON_Delete(sig->headers);
@@ -45,29 +53,35 @@ void kiln_signature_free(kiln_signature *sig)
     kiln__free(sig);
 }
 
-kiln_signature *kiln__signature_alloc(kiln_error *err)
+void kiln__signature_init(kiln_signature *sig)
 {
-    kiln_signature *sig = kiln__calloc(1, sizeof(*sig));
-
-    if (sig == NULL)
-        goto fail;
-    for (size_t i = 0; i < KILN__ARRAY_LEN(string_fields); i++)
-        if ((*string_slot(sig, i) = kiln__strdup("")) == NULL)
-            goto fail;
-    return sig;
-fail:
-    kiln_signature_free(sig);
-    (void)kiln__fail(err, KILN_ENOMEM, "allocating a signature");
-    return NULL;
+    memset(sig, 0, sizeof(*sig));
+    kiln__signature_fill(sig);
 }
 
-kiln_err kiln__signature_fill(kiln_signature *sig, kiln_error *err)
+kiln_signature *kiln__signature_alloc(kiln_error *err)
+{
+    kiln_signature *sig = kiln__malloc(sizeof(*sig));
+
+    if (sig == NULL) {
+        (void)kiln__fail(err, KILN_ENOMEM, "allocating a signature");
+        return NULL;
+    }
+    kiln__signature_init(sig);
+    return sig;
+}
+
+void kiln__signature_fill(kiln_signature *sig)
 {
     for (size_t i = 0; i < KILN__ARRAY_LEN(string_fields); i++)
-        if (*string_slot(sig, i) == NULL &&
-            (*string_slot(sig, i) = kiln__strdup("")) == NULL)
-            return kiln__fail(err, KILN_ENOMEM, "allocating a signature");
-    return KILN_OK;
+        if (*string_slot(sig, i) == NULL)
+            *string_slot(sig, i) = kiln__no_text;
+}
+
+/* A copy of `s` for a string field: kiln__no_text for "". */
+static char *text_dup(const char *s)
+{
+    return s[0] == '\0' ? kiln__no_text : kiln__strdup(s);
 }
 
 kiln_err kiln__set_string(char **slot, const char *s, kiln_error *err)
@@ -76,10 +90,10 @@ kiln_err kiln__set_string(char **slot, const char *s, kiln_error *err)
 
     if (slot == NULL || s == NULL)
         return kiln__fail(err, KILN_EINVAL, "string is required");
-    if ((copy = kiln__strdup(s)) == NULL)
+    if ((copy = text_dup(s)) == NULL)
         return kiln__fail(err, KILN_ENOMEM, "copying a string of %zu bytes",
                           strlen(s));
-    kiln__free(*slot);
+    kiln__text_free(*slot);
     *slot = copy;
     return KILN_OK;
 }
@@ -117,7 +131,7 @@ static kiln_err copy_owned(kiln_signature *dst, const kiln_signature *src,
     kiln_err rc;
 
     for (size_t i = 0; i < KILN__ARRAY_LEN(string_fields); i++)
-        if ((*string_slot(dst, i) = kiln__strdup(string_at(src, i))) == NULL)
+        if ((*string_slot(dst, i) = text_dup(string_at(src, i))) == NULL)
             return kiln__fail(err, KILN_ENOMEM, "copying a signature");
     if ((rc = kiln__values_copy(&dst->args, &src->args, err)) != KILN_OK)
         return rc;

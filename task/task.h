@@ -160,13 +160,26 @@ struct kiln_signature {
     kiln_dialect dialect; /* the dialect it was decoded from */
 };
 
-/* Creates an empty signature: every string "" (allocated), no UUID
+/* The "" every empty string field of a signature points to, so that an
+ * empty field costs no allocation: never written, never freed
+ * (kiln__text_free knows it). */
+extern char kiln__no_text[1];
+
+/* Frees a signature's string field, unless it is kiln__no_text. */
+void kiln__text_free(char *s);
+
+/* Creates an empty signature: every string kiln__no_text, no UUID
  * generated. Used by the decoder. */
 kiln_signature *kiln__signature_alloc(kiln_error *err);
 
-/* Gives every string field still NULL its "" (allocated), so a signature
+/* Points every string field still NULL at kiln__no_text, so a signature
  * built field by field (the decoder's) keeps the rule above. */
-kiln_err kiln__signature_fill(kiln_signature *sig, kiln_error *err);
+void kiln__signature_fill(kiln_signature *sig);
+
+/* Sets `sig` (caller's memory) to an empty signature, as
+ * kiln__signature_alloc makes one; kiln__values_clear(&sig->args)
+ * releases what it gathers. */
+void kiln__signature_init(kiln_signature *sig);
 
 /* For a JSON body that did not decode: copies the string values of its
  * top-level "UUID" and "Name" keys (the first of each; exact keys) into
@@ -176,7 +189,8 @@ kiln_err kiln__signature_fill(kiln_signature *sig, kiln_error *err);
 void kiln__json_salvage_ids(const char *body, size_t len, char *uuid,
                             char *name, size_t n);
 
-/* Replaces *slot with a copy of `s`. */
+/* Replaces the signature string *slot with a copy of `s` (kiln__no_text
+ * for ""). */
 kiln_err kiln__set_string(char **slot, const char *s, kiln_error *err);
 
 /* Default body limit when the caller passes 0. */
@@ -208,7 +222,8 @@ kiln_err kiln__signature_to_raw_fields(const kiln_signature *sig, char **body,
 /* The task context a function runs with. */
 struct kiln_task_ctx {
     const kiln_signature *sig; /* borrowed */
-    kiln_signature *results;   /* owned; results in args-shaped form */
+    kiln_signature results;    /* its args are the results; the strings
+                                  are empty (kiln__signature_init) */
     kiln_error failure;        /* set by kiln_task_fail */
     uint64_t retry_delay_ms;   /* set by kiln_task_retry */
     bool retry_requested;

@@ -662,6 +662,66 @@ static void test_redelivered_while_running_runs_once(void **state)
     assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE ".dead"), 0);
 }
 
+/* The consumer thread only moves bytes: new deliveries, good and bad,
+ * are decoded by the workers (bad ones still reach the dead-letter queue
+ * with their reasons); only a delivery seen before is decoded by the
+ * consumer, which must look it up against the tasks running here. */
+static void test_workers_decode(void **state)
+{
+    fixture *f = *state;
+
+    make_pool(f);
+    send_n(f, "work", 0, 200);
+    publish_raw(f, "{not json");
+    publish_raw(f, "{\"UUID\":\"task_bad\",\"Name\":\"work\",\"Args\":7}");
+    publish_raw(f, "{\"UUID\":\"task_unreg\",\"Name\":\"nobody\"}");
+    start(f);
+    assert_int_equal(kiln__mock_server_wait_idle(f->srv, QUEUE, 20000),
+                     KILN_OK);
+    assert_int_equal(atomic_load(&runs), 200);
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(atomic_load(&seen[i]), 1);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE ".dead"), 3);
+    assert_int_equal(kiln__pool_consumer_decodes(f->pool), 0);
+    /* A redelivery is the consumer's to decode. */
+    atomic_store(&sleep_ms, 300);
+    send_n(f, "work", 200, 1);
+    wait_count(&runs, 201);
+    kiln__mock_server_fail_consume(f->srv, 1);
+    wait_count(&finished, 201);
+    wait_held_copies(f);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    assert_int_equal(atomic_load(&seen[200]), 1);
+    assert_true(kiln__pool_consumer_decodes(f->pool) >= 1);
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+}
+
+/* As test_redelivered_while_running_runs_once, for a message without a
+ * message id (machinery and paota set none): the task is matched by the
+ * UUID its worker decoded. */
+static void test_redelivered_without_message_id_runs_once(void **state)
+{
+    fixture *f = *state;
+
+    make_pool(f);
+    atomic_store(&sleep_ms, 600);
+    publish_raw(f, "{\"UUID\":\"task_go_1\",\"Name\":\"work\",\"Args\":"
+                   "[{\"Type\":\"int64\",\"Value\":7}]}");
+    start(f);
+    wait_count(&runs, 1);
+    kiln__mock_server_fail_consume(f->srv, 1); /* the connection drops */
+    wait_count(&finished, 1);
+    wait_held_copies(f);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    assert_int_equal(atomic_load(&seen[7]), 1);
+    assert_int_equal(atomic_load(&runs), 1);
+    assert_int_equal(atomic_load(&max_running), 1);
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE ".dead"), 0);
+}
+
 static void test_store_records_final_states(void **state)
 {
     fixture *f = *state;
@@ -908,6 +968,9 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(
             test_redelivered_while_running_runs_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_workers_decode, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_redelivered_without_message_id_runs_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_records_final_states, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_store_outage_holds_deliveries,

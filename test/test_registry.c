@@ -578,7 +578,9 @@ static void test_result_slice_errors(void **state)
     assert_int_equal(kiln_task_add_result_float_slice(
                          &ctx, KILN_TYPE_INT64_SLICE, nan, 1, &err),
                      KILN_EINVAL);
-    assert_null(ctx.results); /* nothing allocated for a refused type */
+    /* nothing kept (or allocated) for a refused type */
+    assert_int_equal(ctx.results.args.n, 0);
+    assert_null(ctx.results.args.items);
     assert_int_equal(kiln_task_add_result_uint_slice(
                          &ctx, KILN_TYPE_UINT16_SLICE, ok, 2, &err),
                      KILN_OK);
@@ -609,6 +611,32 @@ static void test_result_slice_errors(void **state)
     kiln_signature_free(sig);
 }
 
+/* Results are plain values in the context: the first costs one
+ * allocation (the list), not a signature with its strings. */
+static void test_results_allocate_values_only(void **state)
+{
+    kiln_signature *sig = make_sig("t", 1, "x");
+    kiln_task_ctx ctx;
+    size_t calls;
+    int64_t v = 0;
+
+    (void)state;
+    assert_int_equal(kiln__task_ctx_init(&ctx, sig, NULL), KILN_OK);
+    kiln__alloc_count_start();
+    assert_int_equal(kiln_task_add_result_int(&ctx, KILN_TYPE_INT64, 42, NULL),
+                     KILN_OK);
+    calls = kiln__alloc_count_calls();
+    (void)kiln__alloc_count_stop();
+    assert_int_equal(calls, 1);
+    assert_int_equal(
+        kiln_signature_arg_int64(kiln_task_results(&ctx), 0, &v, NULL),
+        KILN_OK);
+    assert_int_equal(v, 42);
+    assert_string_equal(kiln_signature_name(kiln_task_results(&ctx)), "");
+    kiln__task_ctx_release(&ctx);
+    kiln_signature_free(sig);
+}
+
 /* The retry delay as the worker reads it: from the context itself. */
 static void test_context_retry_and_fail(void **state)
 {
@@ -620,12 +648,13 @@ static void test_context_retry_and_fail(void **state)
     assert_int_equal(retry_task(&ctx, NULL), KILN_ERETRY);
     assert_true(ctx.retry_requested);
     assert_true(ctx.retry_delay_ms == 1500);
-    assert_null(ctx.results); /* nothing allocated without a result */
+    assert_null(
+        ctx.results.args.items); /* nothing allocated without a result */
     assert_int_equal(fail_task(&ctx, NULL), KILN_ETASK);
     assert_string_equal(ctx.failure.message, "no user 42");
-    assert_non_null(ctx.results);
+    assert_int_equal(kiln_signature_arg_count(kiln_task_results(&ctx)), 1);
     kiln__task_ctx_release(&ctx);
-    assert_null(ctx.results);
+    assert_null(ctx.results.args.items);
     kiln__task_ctx_release(&ctx); /* twice is harmless */
     assert_int_equal(kiln__task_ctx_init(&ctx, NULL, NULL), KILN_EINVAL);
     /* NULL contexts do not crash the accessors. */
@@ -755,6 +784,7 @@ int main(void)
         cmocka_unit_test_setup(test_run_failures, setup),
         cmocka_unit_test_setup(test_run_slice_results, setup),
         cmocka_unit_test_setup(test_result_slice_errors, setup),
+        cmocka_unit_test_setup(test_results_allocate_values_only, setup),
         cmocka_unit_test_setup(test_context_retry_and_fail, setup),
         cmocka_unit_test_setup(test_task_log, setup),
         cmocka_unit_test_setup(test_alloc_fail_add, setup),

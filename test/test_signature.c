@@ -75,8 +75,10 @@ static void assert_sig_equal(const kiln_signature *a, const kiln_signature *b)
     assert_string_equal(a->group_uuid, b->group_uuid);
     assert_string_equal(a->broker_message_group_id, b->broker_message_group_id);
     assert_string_equal(a->sqs_receipt_handle, b->sqs_receipt_handle);
-    assert_ptr_not_equal(a->uuid, b->uuid);
-    assert_ptr_not_equal(a->sqs_receipt_handle, b->sqs_receipt_handle);
+    /* Each owns its strings; an empty one is the shared kiln__no_text. */
+    assert_true(a->uuid != b->uuid || a->uuid == kiln__no_text);
+    assert_true(a->sqs_receipt_handle != b->sqs_receipt_handle ||
+                a->sqs_receipt_handle == kiln__no_text);
     assert_int_equal(a->group_task_count, b->group_task_count);
     assert_int_equal(a->priority, b->priority);
     assert_int_equal(a->retry_count, b->retry_count);
@@ -535,6 +537,51 @@ static void test_internal_alloc_and_set(void **state)
     kiln_signature_free(sig);
 }
 
+/* An empty string field costs no allocation: a new signature holds its
+ * UUID and name, a decoded one the strings it has, and machinery's empty
+ * fields ("RoutingKey":"" and the others) share one "". */
+static void test_empty_fields_allocate_nothing(void **state)
+{
+    static const char body[] =
+        "{\"UUID\":\"task_1\",\"Name\":\"add\",\"RoutingKey\":\"\","
+        "\"GroupUUID\":\"\",\"GroupTaskCount\":0,\"Args\":[],"
+        "\"BrokerMessageGroupId\":\"\",\"SQSReceiptHandle\":\"\"}";
+    kiln_signature *sig, *copy;
+    size_t calls;
+
+    (void)state;
+    kiln__alloc_count_start();
+    sig = kiln_signature_new("add", NULL);
+    calls = kiln__alloc_count_calls();
+    (void)kiln__alloc_count_stop();
+    assert_non_null(sig);
+    assert_int_equal(calls, 3); /* the signature, its UUID, its name */
+    assert_ptr_equal(sig->routing_key, kiln__no_text);
+    kiln__alloc_count_start();
+    copy = kiln_signature_copy(sig, NULL);
+    calls = kiln__alloc_count_calls();
+    (void)kiln__alloc_count_stop();
+    assert_int_equal(calls, 3);
+    kiln_signature_free(copy);
+    kiln_signature_free(sig);
+
+    kiln__alloc_count_start();
+    assert_int_equal(
+        kiln_signature_from_json(body, sizeof(body) - 1, 0, &sig, NULL),
+        KILN_OK);
+    calls = kiln__alloc_count_calls();
+    (void)kiln__alloc_count_stop();
+    assert_int_equal(calls, 3);
+    assert_string_equal(kiln_signature_routing_key(sig), "");
+    assert_ptr_equal(sig->group_uuid, kiln__no_text);
+    assert_ptr_equal(sig->sqs_receipt_handle, kiln__no_text);
+    /* Set and cleared again, the shared "" is never freed. */
+    assert_int_equal(kiln_signature_set_routing_key(sig, "q", NULL), KILN_OK);
+    assert_int_equal(kiln_signature_set_routing_key(sig, "", NULL), KILN_OK);
+    assert_ptr_equal(sig->routing_key, kiln__no_text);
+    kiln_signature_free(sig);
+}
+
 /* ---- allocation failures ----------------------------------------------- */
 
 /* Fails each allocation of "build a full signature and copy it" in turn:
@@ -595,6 +642,7 @@ int main(void)
         T(test_values_add_checks),
         T(test_values_copy),
         T(test_internal_alloc_and_set),
+        T(test_empty_fields_allocate_nothing),
         T(test_alloc_failures),
     };
 

@@ -1,7 +1,9 @@
 /*
  * The consumer loop of kiln_pool_start. One thread owns the consuming
- * broker connection: it takes deliveries, decodes them, hands jobs to the
- * workers, settles their outcomes and acknowledges.
+ * broker connection: it takes deliveries, hands them to the workers
+ * undecoded (a worker decodes, validates, looks up and runs), settles
+ * their outcomes and acknowledges. It moves bytes: one consumer thread
+ * keeps up with as many workers as the broker can feed.
  *
  * Acks are coalesced (DESIGN "Where the time goes"): deliveries sit in a
  * window in delivery-tag order; when the oldest ones are finished, one
@@ -40,9 +42,10 @@
  * here, or whose copy is not confirmed yet, waits in the delay queues and
  * looks again; one whose task finished here is acked without running; one
  * that was handed back unstarted by the loss does not count as a run. The
- * look-ups go by task UUID over the slots and a small table of recent
- * outcomes, and only for deliveries that say they were delivered before,
- * so the usual path pays nothing for them.
+ * look-ups go by task key (the message id, else the UUID: kiln__work.key)
+ * over the slots and a small table of recent outcomes, and only for
+ * deliveries that say they were delivered before: those alone the
+ * consumer decodes, so the usual path pays nothing for them.
  */
 #include "workerpool/consumer.h"
 
@@ -153,7 +156,15 @@ void kiln__consumer_lose(kiln__consumer *c, const kiln_error *why)
         next = w->next;
         w->next = NULL;
         c->in_workers--;
-        kiln__consumer_remember(c, w->uuid, KILN__RECENT_UNSTARTED);
+        if (kiln__work_key(w) == NULL) {
+            /* Raw, without a message id: its UUID, read without a
+             * decode (no worker has it). */
+            kiln__dispatch_task_ids(&c->p->dispatch, &w->dl, w->job.failed_uuid,
+                                    w->job.failed_name,
+                                    sizeof(w->job.failed_uuid));
+            kiln__work_set_key(w);
+        }
+        kiln__consumer_remember(c, kiln__work_key(w), KILN__RECENT_UNSTARTED);
         w->state = KILN__WORK_SETTLED; /* released with the window below */
     }
     for (size_t i = 0; i < c->win_len; i++) {
@@ -161,7 +172,7 @@ void kiln__consumer_lose(kiln__consumer *c, const kiln_error *why)
         e->in_window = false;
         e->live = false;
         if (e->state == KILN__WORK_DONE)
-            kiln__consumer_remember(c, e->uuid, KILN__RECENT_DONE);
+            kiln__consumer_remember(c, kiln__work_key(e), KILN__RECENT_DONE);
         if (e->state == KILN__WORK_PARKED)
             c->parked--;
         if (e->state == KILN__WORK_DONE || e->state == KILN__WORK_SETTLED ||
@@ -320,6 +331,18 @@ void kiln__consumer_enqueue(kiln__consumer *c, kiln__work *head,
     c->in_workers += n;
 }
 
+/* A new delivery goes to a worker undecoded: the consumer reads only its
+ * headers, for the counts a copy made before the worker takes it (a
+ * hand-back) or while it runs (a lease) must carry. */
+static void take_raw(kiln__work *w)
+{
+    w->raw = true;
+    w->retries_seen = kiln__header_uint(&w->dl, KILN__HDR_RETRIES);
+    w->deliveries_seen = kiln__earlier_deliveries(&w->dl);
+    if (w->dl.message_id != NULL && w->dl.message_id[0] != '\0')
+        atomic_store_explicit(&w->key, w->dl.message_id, memory_order_relaxed);
+}
+
 /* Takes deliveries that already arrived, without waiting. */
 static void fetch(kiln__consumer *c)
 {
@@ -343,22 +366,28 @@ static void fetch(kiln__consumer *c)
         w->state = KILN__WORK_QUEUED;
         w->taken_ns = kiln__monotonic_ns();
         win_push(c, w);
-        switch (kiln__consumer_admit(c, w)) {
-        case KILN__ADMIT_RUN:
-            break;
-        case KILN__ADMIT_PARKED:
-            continue;
-        case KILN__ADMIT_DECIDED:
-            /* Decided without a worker. Its settling may lose the
-             * connection, so the jobs gathered so far go to the workers
-             * first: a loss then finds them queued, not adrift. */
-            kiln__consumer_enqueue(c, head, tail, n);
-            head = tail = NULL;
-            n = 0;
-            kiln__consumer_conclude(c, w);
-            if (!c->connected)
-                return;
-            continue;
+        if (!c->draining && !kiln__delivery_seen_before(&w->dl)) {
+            /* The usual case: a worker decodes it. */
+            take_raw(w);
+        } else {
+            switch (kiln__consumer_admit(c, w)) {
+            case KILN__ADMIT_RUN:
+                break;
+            case KILN__ADMIT_PARKED:
+                continue;
+            case KILN__ADMIT_DECIDED:
+                /* Decided without a worker. Its settling may lose the
+                 * connection, so the jobs gathered so far go to the
+                 * workers first: a loss then finds them queued, not
+                 * adrift. */
+                kiln__consumer_enqueue(c, head, tail, n);
+                head = tail = NULL;
+                n = 0;
+                kiln__consumer_conclude(c, w);
+                if (!c->connected)
+                    return;
+                continue;
+            }
         }
         if (tail != NULL)
             tail->next = w;

@@ -111,11 +111,15 @@ static kiln_err decode(const kiln__dispatch *d, const kiln__delivery *dl,
                                     d->cfg->max_body_bytes, sig, err);
 }
 
-/* For a body that did not decode: the task's UUID and name where they can
- * still be read (paota's headers, or the JSON's top-level keys), so the
- * store can mark it FAILURE. */
-static void salvage_ids(const kiln__dispatch *d, const kiln__delivery *dl,
-                        char *uuid, char *name, size_t n)
+bool kiln__delivery_seen_before(const kiln__delivery *dl)
+{
+    return dl->redelivered || dl->delivery_count > 0 ||
+           kiln__delivery_header(dl, KILN__HDR_LEASE) != NULL ||
+           kiln__header_uint(dl, KILN__HDR_DELIVERIES) > 0;
+}
+
+void kiln__dispatch_task_ids(const kiln__dispatch *d, const kiln__delivery *dl,
+                             char *uuid, char *name, size_t n)
 {
     size_t max = d->cfg->max_body_bytes ? d->cfg->max_body_bytes
                                         : KILN__DEFAULT_MAX_BODY;
@@ -146,8 +150,8 @@ static bool refuse_at(const kiln__dispatch *d, const kiln__delivery *dl,
         kiln__strlcpy(job->failed_name, job->sig->name,
                       sizeof(job->failed_name));
     } else {
-        salvage_ids(d, dl, job->failed_uuid, job->failed_name,
-                    sizeof(job->failed_uuid));
+        kiln__dispatch_task_ids(d, dl, job->failed_uuid, job->failed_name,
+                                sizeof(job->failed_uuid));
     }
     kiln__log_task(level, MODULE, job->failed_uuid, job->failed_name, "%s: %s",
                    verdict == KILN__VERDICT_ACK ? "dropped" : "dead-lettered",
@@ -218,11 +222,12 @@ static bool unregistered(const kiln__dispatch *d, const kiln__delivery *dl,
         }
         job->status = KILN_ENOHANDLER;
         job->verdict = KILN__VERDICT_RETRY;
-        job->count = true;
-        job->delay_ms = requeue_delay(d, job->deliveries);
+        job->send.kind = KILN__SEND_REQUEUE;
+        job->send.delay_ms = requeue_delay(d, job->deliveries);
         kiln__log_task(KILN_LOG_WARN, MODULE, sig->uuid, sig->name,
                        "requeued in %llu ms: unregistered task (delivery %u)",
-                       (unsigned long long)job->delay_ms, job->deliveries + 1);
+                       (unsigned long long)job->send.delay_ms,
+                       job->deliveries + 1);
         return false;
     }
     return refuse(d, dl, job, KILN_ENOHANDLER);
@@ -254,10 +259,11 @@ static enum eta_check early(const kiln__dispatch *d, kiln__job *job)
         return ETA_TOO_FAR;
     }
     job->verdict = KILN__VERDICT_RETRY;
-    job->delay_ms = left_ms;
+    job->send.kind = KILN__SEND_HOLD;
+    job->send.delay_ms = left_ms;
     kiln__log_task(KILN_LOG_DEBUG, MODULE, job->sig->uuid, job->sig->name,
                    "early by %llu ms: back to the delay queues",
-                   (unsigned long long)job->delay_ms);
+                   (unsigned long long)left_ms);
     return ETA_EARLY;
 }
 
@@ -292,9 +298,7 @@ bool kiln__dispatch_decode(const kiln__dispatch *d, const kiln__delivery *dl,
     job->deliveries = kiln__earlier_deliveries(dl);
     job->retries = kiln__header_uint(dl, KILN__HDR_RETRIES);
     job->lease = kiln__delivery_header(dl, KILN__HDR_LEASE);
-    job->redelivery = dl->redelivered || dl->delivery_count > 0 ||
-                      job->lease != NULL ||
-                      kiln__header_uint(dl, KILN__HDR_DELIVERIES) > 0;
+    job->redelivery = kiln__delivery_seen_before(dl);
     if ((rc = decode(d, dl, &job->sig, &job->reason)) != KILN_OK) {
         kiln__prefix(&job->reason, "undecodable message");
         *needs_worker = refuse(d, dl, job, rc);
@@ -331,6 +335,7 @@ bool kiln__dispatch_admit(const kiln__dispatch *d, const kiln__delivery *dl,
          * once with the count in x-kiln-deliveries, so that a task that
          * kills its worker is still stopped after max_deliveries runs. */
         job->verdict = KILN__VERDICT_RETRY;
+        job->send.kind = KILN__SEND_COUNTED;
         kiln__log_task(KILN_LOG_DEBUG, MODULE, job->sig->uuid, job->sig->name,
                        "redelivered (%u earlier): counted, sent on",
                        job->deliveries);
@@ -395,7 +400,8 @@ static void conclude(const kiln__dispatch *d, kiln__job *job,
                      int64_t end_ns)
 {
     kiln_signature *sig = job->sig;
-    const kiln__values *res = ctx->results ? &ctx->results->args : NULL;
+    const kiln__values *res =
+        ctx->results.args.n > 0 ? &ctx->results.args : NULL;
     uint64_t delay_ms;
 
     job->status = rc;
@@ -535,8 +541,9 @@ void kiln__job_hold(kiln__job *job, uint64_t delay_ms)
     job->fn = NULL;
     job->failed_uuid[0] = '\0';
     job->verdict = KILN__VERDICT_RETRY;
-    job->delay_ms = delay_ms;
-    job->count = false;
+    kiln__free(job->send.body);
+    kiln__free(job->send.headers);
+    job->send = (kiln__send_on){.kind = KILN__SEND_HOLD, .delay_ms = delay_ms};
 }
 
 void kiln__job_release(kiln__job *job)
@@ -544,8 +551,8 @@ void kiln__job_release(kiln__job *job)
     if (job == NULL)
         return;
     kiln_signature_free(job->sig);
-    kiln__free(job->out_body);
-    kiln__free(job->out_headers);
+    kiln__free(job->send.body);
+    kiln__free(job->send.headers);
     memset(job, 0, sizeof(*job));
 }
 

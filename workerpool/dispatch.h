@@ -6,10 +6,10 @@
  * A delivery goes through three steps, each on the thread the pool's
  * design gives it:
  *
- *   prepare  (consumer thread)  decode the body, check the delivery count,
- *                               look the name up; bad input is decided here
- *                               (no store call: the consumer never waits
- *                               for MongoDB)
+ *   prepare  (a worker; the     decode the body, check the delivery count,
+ *             consumer for a    look the name up; bad input is decided here
+ *             delivery seen     (no store call, so the consumer never waits
+ *             before)           for MongoDB)
  *   run      (any worker)       store STARTED, call the task,
  *                               store SUCCESS, FAILURE or RETRY; for bad
  *                               input with a readable UUID, store FAILURE
@@ -62,15 +62,46 @@ typedef enum kiln__verdict {
                                  expired task the policy says to drop */
     KILN__VERDICT_DEADLETTER, /* bad input or task failure: a copy with the
                                  reason goes to the dead-letter exchange */
-    KILN__VERDICT_RETRY,      /* sent again through the delay cascade after
-                                 job->delay_ms: a retry (re-encoded), a task
-                                 that arrived before its ETA, an
-                                 unregistered one the policy requeues, or
-                                 a classic queue's redelivery (to carry
-                                 its count) */
+    KILN__VERDICT_RETRY,      /* a copy goes on through the delay cascade,
+                                 then the delivery is acked: job->send
+                                 says which copy (a retry, a hold, a
+                                 requeue, a counted redelivery) */
     KILN__VERDICT_REQUEUE     /* nacked back to the queue: the final state
                                  could not be written and the pool stops */
 } kiln__verdict;
+
+/* Why a delivery is sent on through the delay cascade (verdict RETRY),
+ * which decides what its copy carries. Every copy keeps the delivery's
+ * message id, priority and headers (less RabbitMQ's dead-lettering
+ * headers); x-kiln-retries and x-kiln-deliveries are set as each kind
+ * says, from the job's `retries` and `deliveries`. */
+typedef enum kiln__send_kind {
+    KILN__SEND_NONE = 0,
+    KILN__SEND_RETRY,   /* the task runs again: the signature re-encoded with
+                           its new counters and ETA (send.body, and
+                           send.headers in paota's header mode); retries
+                           + 1, deliveries 0 (a retry counts afresh) */
+    KILN__SEND_HOLD,    /* not to start now (early for its ETA, running here
+                           already, handed back unstarted): the delivery as
+                           it came, counts unchanged */
+    KILN__SEND_REQUEUE, /* an unregistered task the policy requeues: the
+                           delivery as it came, deliveries + 1 */
+    KILN__SEND_COUNTED, /* a classic queue's redelivery, which carries no
+                           count of its own: the delivery as it came, with
+                           `deliveries` (which counts it already) */
+    KILN__SEND_LEASE    /* a lease copy standing for a task that runs
+                           (kiln__lease_build): as HOLD, plus x-kiln-lease */
+} kiln__send_kind;
+
+/* The copy of verdict RETRY. */
+typedef struct kiln__send_on {
+    kiln__send_kind kind;
+    uint64_t delay_ms; /* how long it waits in the cascade */
+    char *body;        /* RETRY: the new encoding; owned */
+    size_t len;
+    kiln__hdr *headers; /* RETRY in paota's header mode: typed; owned */
+    size_t n_headers;
+} kiln__send_on;
 
 /* One delivery on its way through the steps. Zero it before prepare;
  * release it with kiln__job_release. Used by one thread at a time. */
@@ -102,15 +133,7 @@ typedef struct kiln__job {
      * it runs: a finished task is not run again, and the poison count is
      * the number of runs the store recorded. */
     bool check_store;
-    /* RETRY: how long to wait, and what to send. Without out_body the
-     * delivery's own body and headers go again; `count` adds one to the
-     * delivery count it carries (a requeue, not a new attempt). */
-    uint64_t delay_ms;
-    bool count;
-    char *out_body; /* owned */
-    size_t out_len;
-    kiln__hdr *out_headers; /* owned; paota header mode, typed */
-    size_t n_out_headers;
+    kiln__send_on send; /* verdict RETRY: the copy */
 } kiln__job;
 
 /* Decodes `dl` and finds its task. Returns true when the job needs
@@ -131,6 +154,20 @@ bool kiln__dispatch_prepare(const kiln__dispatch *d, const kiln__delivery *dl,
  * adjust job->deliveries) before kiln__dispatch_admit. */
 bool kiln__dispatch_decode(const kiln__dispatch *d, const kiln__delivery *dl,
                            kiln__job *job, bool *needs_worker);
+
+/* True when `dl` says it was delivered before, so it may have run
+ * already: the redelivered flag, a delivery count, kiln's own count
+ * (x-kiln-deliveries) or a lease copy (x-kiln-lease). Reads headers only.
+ * Any thread. */
+bool kiln__delivery_seen_before(const kiln__delivery *dl);
+
+/* The task's UUID and name where they can be read without decoding the
+ * body: paota's headers, or the JSON's top-level keys (a scan, no tree).
+ * For a body that did not decode, so the store can mark it FAILURE, and
+ * for one not decoded at all. Empty strings when not found. Any
+ * thread. */
+void kiln__dispatch_task_ids(const kiln__dispatch *d, const kiln__delivery *dl,
+                             char *uuid, char *name, size_t n);
 
 /* The second half: poison count, ETA, expiry, registry look-up; returns
  * what kiln__dispatch_prepare returns. */
@@ -205,8 +242,8 @@ kiln_err kiln__dispatch_delivery(const kiln__dispatch *d, kiln__broker *b,
                                  kiln__verdict *verdict, kiln_error *err);
 
 /* Turns a prepared job into one sent on through the delay queues after
- * `delay_ms`, unchanged and not counted as a delivery: for a task that
- * must not start now. Its task is not run. */
+ * `delay_ms`, unchanged and not counted as a delivery (KILN__SEND_HOLD):
+ * for a task that must not start now. Its task is not run. */
 void kiln__job_hold(kiln__job *job, uint64_t delay_ms);
 
 /* Frees what the job owns and zeroes it. */

@@ -27,7 +27,7 @@ static void finish(kiln__consumer *c, kiln__work *w)
             c->flush_due_ns = kiln__monotonic_ns() + KILN__ACK_DELAY_NS;
         return;
     }
-    kiln__consumer_remember(c, w->uuid, KILN__RECENT_DONE);
+    kiln__consumer_remember(c, kiln__work_key(w), KILN__RECENT_DONE);
     kiln__consumer_settled(c, w);
 }
 
@@ -114,7 +114,7 @@ static void refused(kiln__consumer *c, kiln__work *w, const char *why)
         return;
     }
     kiln__log_task(c->refusing ? KILN_LOG_DEBUG : KILN_LOG_WARN, MODULE,
-                   w->uuid, w->job.sig != NULL ? w->job.sig->name : NULL,
+                   kiln__work_key(w), kiln__work_name(w),
                    "%s not confirmed: %s; the delivery stays unacked and the "
                    "copy goes again in %llu ms (attempt %u)",
                    what, why, (unsigned long long)ms, w->attempts + 1);
@@ -139,10 +139,9 @@ static void copy_sent(kiln__consumer *c, kiln__work *w)
                   "pool=%s: the broker confirms copies again", c->p->name);
     }
     if (w->attempts > 0)
-        kiln__log_task(KILN_LOG_NOTICE, MODULE, w->uuid,
-                       w->job.sig != NULL ? w->job.sig->name : NULL,
-                       "%s confirmed after %u attempts", w->settle.what,
-                       w->attempts + 1);
+        kiln__log_task(KILN_LOG_NOTICE, MODULE, kiln__work_key(w),
+                       kiln__work_name(w), "%s confirmed after %u attempts",
+                       w->settle.what, w->attempts + 1);
     kiln__settle_discard(&w->settle);
     w->attempts = 0;
     if (end != KILN__SETTLE_ACK) {
@@ -167,9 +166,9 @@ static void lease_sent(kiln__consumer *c, kiln__work *w)
     w->leasing = false;
     kiln__settle_discard(&w->settle);
     if (st != KILN_OK) {
-        kiln__log_task(KILN_LOG_WARN, MODULE, w->uuid, w->job.sig->name,
-                       "lease copy not confirmed: %s; trying again",
-                       w->req.err.message);
+        kiln__log_task(
+            KILN_LOG_WARN, MODULE, kiln__work_key(w), kiln__work_name(w),
+            "lease copy not confirmed: %s; trying again", w->req.err.message);
         w->retry_at_ns =
             kiln__monotonic_ns() +
             (int64_t)kiln__backoff_ms(w->attempts++, KILN__RESEND_BASE_MS,
@@ -179,7 +178,8 @@ static void lease_sent(kiln__consumer *c, kiln__work *w)
         w->attempts = 0;
         w->leased = true;
         if (w->live && c->connected) {
-            kiln__log_task(KILN_LOG_NOTICE, MODULE, w->uuid, w->job.sig->name,
+            kiln__log_task(KILN_LOG_NOTICE, MODULE, kiln__work_key(w),
+                           kiln__work_name(w),
                            "running for more than half the broker's "
                            "consumer_timeout (KILN_CONSUMER_TIMEOUT_MS=%u): "
                            "a lease copy stands for it in the delay queues "
@@ -301,8 +301,12 @@ void kiln__consumer_hand_back(kiln__consumer *c, kiln__work *w, const char *why)
 {
     c->in_workers--;
     kiln__job_hold(&w->job, 0);
-    kiln__log_task(KILN_LOG_NOTICE, MODULE, w->uuid,
-                   w->job.sig != NULL ? w->job.sig->name : NULL,
+    /* Undecoded when it came raw: its copy carries the counts it came
+     * with. */
+    w->job.retries = w->retries_seen;
+    w->job.deliveries = w->deliveries_seen;
+    kiln__log_task(KILN_LOG_NOTICE, MODULE, kiln__work_key(w),
+                   kiln__work_name(w),
                    "not started: handed back to the queue (%s)", why);
     kiln__consumer_send_copy(c, w);
 }
@@ -316,8 +320,9 @@ static void start_lease(kiln__consumer *c, kiln__work *w, int64_t now)
     if (kiln__lease_build(&c->p->cfg, &w->dl, (uint64_t)(c->lease_ns / MS_NS),
                           w->retries_seen, w->deliveries_seen, &w->settle,
                           &e) != KILN_OK) {
-        kiln__log_task(KILN_LOG_WARN, MODULE, w->uuid, w->job.sig->name,
-                       "cannot build a lease copy: %s", e.message);
+        kiln__log_task(KILN_LOG_WARN, MODULE, kiln__work_key(w),
+                       kiln__work_name(w), "cannot build a lease copy: %s",
+                       e.message);
         w->retry_at_ns = now + 1000 * MS_NS;
         return;
     }

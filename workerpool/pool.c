@@ -164,6 +164,11 @@ void kiln__pool_hold_acks(kiln_pool *p, bool hold)
     atomic_store(&p->hold_acks, hold);
 }
 
+unsigned long kiln__pool_consumer_decodes(kiln_pool *p)
+{
+    return atomic_load(&p->consumer_decodes);
+}
+
 void kiln__pool_set_broker_factory(kiln_pool *p, kiln__broker_factory f,
                                    void *ctx)
 {

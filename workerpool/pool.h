@@ -4,9 +4,11 @@
  *
  * Threads and what they own:
  *   - the thread in kiln_pool_start runs the consumer loop (consumer.c): it
- *     owns the consuming broker connection, decodes deliveries, hands jobs
- *     to the workers, settles their outcomes and coalesces acks;
- *   - `concurrency` worker threads (workers.c) run task functions;
+ *     owns the consuming broker connection, hands deliveries to the
+ *     workers undecoded, settles their outcomes and coalesces acks; it
+ *     decodes only deliveries seen before, to look them up;
+ *   - `concurrency` worker threads (workers.c) decode deliveries, look
+ *     their tasks up and run them;
  *   - the publisher (publisher.c) owns the publishing connections and
  *     serves kiln_pool_send_task(s) from any thread, and the consumer's
  *     outcome copies (dead letters, retries), asynchronously.
@@ -95,17 +97,48 @@ typedef struct kiln__work {
     bool outcome_waits; /* finished while its lease copy was in flight */
     int64_t taken_ns;   /* monotonic time it was consumed */
     int64_t retry_at_ns;
-    unsigned attempts;     /* publishes of its copy so far */
-    const char *uuid;      /* the task's, borrowed from job.sig; NULL when the
-                              body did not decode. Read by the consumer only. */
-    unsigned retries_seen; /* job.retries and job.deliveries as admitted, */
-    uint32_t deliveries_seen; /* for a lease copy made while it runs */
+    unsigned attempts; /* publishes of its copy so far */
+    /* Whose task this is, to match its redeliveries and copies: the
+     * message id when the producer set one (kiln sets the task UUID),
+     * else the UUID the body gives ("" when none can be read). Set by the
+     * consumer at fetch, or, for a raw delivery whose message has no id,
+     * by the worker once it decoded it: NULL until then. Written once with
+     * release, read with acquire (kiln__work_key): once it is non-NULL,
+     * job.sig may be read by the consumer too. */
+    _Atomic(const char *) key;
+    /* Raw: the consumer handed the delivery on undecoded and the worker
+     * decodes it (kiln__dispatch_prepare); the usual case. Deliveries
+     * seen before (redelivered, counted, a lease copy) are decoded by the
+     * consumer, which must look them up against the slots. */
+    bool raw;
+    unsigned retries_seen;    /* job.retries and job.deliveries as they */
+    uint32_t deliveries_seen; /* came in, for a copy made while it runs or
+                                 before a worker took it */
     kiln__settle settle;
     kiln__pub_req req;
     kiln_err req_status;
     struct kiln__work *behind; /* PARKED: the delivery it waits for */
     struct kiln__work *next;   /* work queue, done lists or free list */
 } kiln__work;
+
+/* The key of `w` (see kiln__work.key), NULL while a worker has yet to
+ * decode it. Any thread. */
+static inline const char *kiln__work_key(kiln__work *w)
+{
+    return atomic_load_explicit(&w->key, memory_order_acquire);
+}
+
+/* The task's name for the log, NULL when not known (yet). The consumer
+ * thread. */
+static inline const char *kiln__work_name(kiln__work *w)
+{
+    return kiln__work_key(w) != NULL && w->job.sig != NULL ? w->job.sig->name
+                                                           : NULL;
+}
+
+/* Sets the key of `w` from its delivery and job, once its body was
+ * decoded (or refused). The thread that decoded it. */
+void kiln__work_set_key(kiln__work *w);
 
 typedef enum kiln__pool_state {
     KILN__POOL_NEW = 0,
@@ -156,6 +189,9 @@ struct kiln_pool {
     pthread_mutex_t pub_mu;
     kiln__publisher *pub;
     atomic_bool hold_acks; /* kiln__pool_hold_acks */
+    /* Deliveries the consumer thread decoded itself (seen before, or
+     * arriving while it drains): kiln__pool_consumer_decodes. */
+    atomic_ulong consumer_decodes;
     /* Destination keys of delayed sends found bound lately (dispatch.h);
      * it has its own lock. */
     kiln__probe_cache probe;
@@ -221,6 +257,10 @@ void kiln__publisher_free(kiln__publisher *p);
 /* Test hook: while `hold` is true the consumer sends no acks, so a test
  * can kill the process after tasks finished and before their acks. */
 void kiln__pool_hold_acks(kiln_pool *p, bool hold);
+
+/* How many deliveries the consumer thread decoded itself; the others
+ * were decoded by the workers. Any thread. */
+unsigned long kiln__pool_consumer_decodes(kiln_pool *p);
 
 /* Test hook: replaces the broker factory (default: the AMQP broker).
  * Before kiln_pool_start and the first send only. */

@@ -4,7 +4,8 @@
  * task that finished here is acked unrun, one lost unstarted does not
  * count as a run, and a copy back before its original's ack waits for
  * that ack. Only deliveries that say they were delivered before are
- * looked up, by task UUID, so the usual path pays nothing. */
+ * decoded and looked up, by task key (kiln__work.key), so the usual path
+ * pays nothing and never waits for a decode. */
 #include "workerpool/consumer.h"
 
 #include "logger/logger.h"
@@ -50,18 +51,22 @@ void kiln__consumer_remember(kiln__consumer *c, const char *uuid,
     r->until_ns = now + c->remember_ns;
 }
 
-/* A slot other than `self` whose task `uuid` still runs here, or whose
- * copy is still on its way, after its own delivery stopped being ours. */
+/* A slot other than `self` whose task `key` still runs here, or whose
+ * copy is still on its way, after its own delivery stopped being ours. A
+ * task a worker has started to decode but whose key it has not set yet
+ * counts as a match: for the moment it takes, it may be this one, and a
+ * redelivery held a while too long costs less than a task run twice. */
 static kiln__work *running_here(kiln__consumer *c, const kiln__work *self,
-                                const char *uuid)
+                                const char *key)
 {
     for (size_t i = 0; i < c->p->n_slots; i++) {
         kiln__work *o = &c->p->slots[i];
-        if (o == self || o->live || o->uuid == NULL ||
+        const char *k;
+        if (o == self || o->live ||
             (o->state != KILN__WORK_QUEUED && o->state != KILN__WORK_SENDING &&
              o->state != KILN__WORK_WAITING))
             continue;
-        if (strcmp(o->uuid, uuid) == 0)
+        if ((k = kiln__work_key(o)) == NULL || strcmp(k, key) == 0)
             return o;
     }
     return NULL;
@@ -74,24 +79,28 @@ static bool seen_here(kiln__consumer *c, kiln__work *w)
     kiln__job *job = &w->job;
     kiln__recent *r;
 
-    if (running_here(c, w, w->uuid) != NULL) {
+    const char *key = kiln__work_key(w);
+
+    if (key[0] == '\0')
+        return false; /* nothing to match it by */
+    if (running_here(c, w, key) != NULL) {
         uint64_t ms = job->lease != NULL && c->lease_ns > 0
                           ? (uint64_t)(c->lease_ns / MS_NS)
                           : c->hold_ms;
         kiln__job_hold(job, ms);
-        kiln__log_task(KILN_LOG_INFO, MODULE, w->uuid, job->sig->name,
+        kiln__log_task(KILN_LOG_INFO, MODULE, key, job->sig->name,
                        "%s while its task still runs here: back to the "
                        "delay queues for %llu ms",
                        job->lease != NULL ? "lease copy back" : "redelivered",
                        (unsigned long long)ms);
         return true;
     }
-    if ((r = recent_find(c, w->uuid)) == NULL)
+    if ((r = recent_find(c, key)) == NULL)
         return false;
     if (r->kind == KILN__RECENT_DONE) {
         job->verdict = KILN__VERDICT_ACK;
         job->status = KILN_OK;
-        kiln__log_task(KILN_LOG_INFO, MODULE, w->uuid, job->sig->name,
+        kiln__log_task(KILN_LOG_INFO, MODULE, key, job->sig->name,
                        "%s of a task that finished here: acked without "
                        "running it again",
                        job->lease != NULL ? "lease copy" : "redelivery");
@@ -105,17 +114,19 @@ static bool seen_here(kiln__consumer *c, kiln__work *w)
     return false;
 }
 
-/* A live delivery here, other than `self`, of task `uuid` whose copy is
- * on its way: `self` may be that copy, back before the original's ack. */
+/* A live delivery here, other than `self`, of task `key` whose copy is
+ * on its way: `self` may be that copy, back before the original's ack.
+ * (A worker finished those: their keys are set.) */
 static kiln__work *original_here(kiln__consumer *c, const kiln__work *self,
-                                 const char *uuid)
+                                 const char *key)
 {
-    for (size_t i = 0; i < c->p->n_slots; i++) {
+    for (size_t i = 0; key[0] != '\0' && i < c->p->n_slots; i++) {
         kiln__work *o = &c->p->slots[i];
-        if (o != self && o->live && o->uuid != NULL &&
+        const char *k;
+        if (o != self && o->live &&
             (o->state == KILN__WORK_SENDING ||
              o->state == KILN__WORK_WAITING) &&
-            strcmp(o->uuid, uuid) == 0)
+            (k = kiln__work_key(o)) != NULL && strcmp(k, key) == 0)
             return o;
     }
     return NULL;
@@ -148,9 +159,12 @@ kiln__admission kiln__consumer_admit(kiln__consumer *c, kiln__work *w)
     const kiln__dispatch *d = &c->p->dispatch;
     bool needs_worker;
 
-    if (!kiln__dispatch_decode(d, &w->dl, &w->job, &needs_worker))
+    bool decoded = kiln__dispatch_decode(d, &w->dl, &w->job, &needs_worker);
+
+    atomic_fetch_add_explicit(&c->p->consumer_decodes, 1, memory_order_relaxed);
+    kiln__work_set_key(w);
+    if (!decoded)
         return needs_worker ? KILN__ADMIT_RUN : KILN__ADMIT_DECIDED;
-    w->uuid = w->job.sig->uuid;
     if (w->job.redelivery && seen_here(c, w))
         return KILN__ADMIT_DECIDED;
     if (!kiln__dispatch_admit(d, &w->dl, &w->job))
@@ -167,7 +181,7 @@ kiln__admission kiln__consumer_admit(kiln__consumer *c, kiln__work *w)
      * task that kills its worker must not run until then, or both would
      * stay behind and run again. */
     if (w->job.redelivery &&
-        (w->behind = original_here(c, w, w->uuid)) != NULL) {
+        (w->behind = original_here(c, w, kiln__work_key(w))) != NULL) {
         w->state = KILN__WORK_PARKED;
         c->parked++;
         return KILN__ADMIT_PARKED;

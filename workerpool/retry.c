@@ -76,38 +76,71 @@ bool kiln__retry_plan(const kiln_config *cfg, kiln_signature *sig,
 kiln_err kiln__encode_again(kiln_signature *sig, uint64_t delay_ms,
                             kiln__job *job, kiln_error *err)
 {
+    kiln__send_on *s = &job->send;
+
     kiln_signature_set_eta(
         sig, kiln__sat_add(kiln__realtime_ns(), kiln__ms_to_ns(delay_ms)));
-    job->delay_ms = delay_ms;
+    s->kind = KILN__SEND_RETRY;
+    s->delay_ms = delay_ms;
     if (sig->dialect == KILN_DIALECT_PAOTA_HEADERS)
-        return kiln__signature_to_raw_fields(sig, &job->out_body, &job->out_len,
-                                             &job->out_headers,
-                                             &job->n_out_headers, err);
-    return kiln_signature_to_json(sig, sig->dialect, &job->out_body,
-                                  &job->out_len, err);
+        return kiln__signature_to_raw_fields(sig, &s->body, &s->len,
+                                             &s->headers, &s->n_headers, err);
+    return kiln_signature_to_json(sig, sig->dialect, &s->body, &s->len, err);
 }
 
 /* The headers the copy adds to those it inherits from the delivery:
  * those of the new encoding (paota's header mode), then the counts, as
- * integers, which replace the delivery's. */
+ * integers, which replace the delivery's, as job->send.kind says
+ * (dispatch.h); a lease copy names this worker. At most
+ * job->send.n_headers + 3. */
 static size_t copy_headers(const kiln__job *job, kiln__hdr *h)
 {
-    bool again = job->out_body != NULL;
+    const kiln__send_on *s = &job->send;
+    int64_t retries = (int64_t)job->retries,
+            deliveries = (int64_t)job->deliveries;
     size_t n = 0;
 
-    for (size_t i = 0; again && i < job->n_out_headers; i++)
-        h[n++] = job->out_headers[i];
-    /* A retry counts one more; a requeue counts a delivery and a retry
-     * starts counting afresh; a task early for its ETA, or a classic
-     * redelivery (whose count already includes the delivery before),
-     * keeps its count. */
-    h[n++] = kiln__hdr_int(KILN__HDR_RETRIES, KILN__HV_I64,
-                           (int64_t)job->retries + (again ? 1 : 0));
-    h[n++] = kiln__hdr_int(KILN__HDR_DELIVERIES, KILN__HV_I64,
-                           job->count ? (int64_t)job->deliveries + 1
-                           : again    ? 0
-                                      : (int64_t)job->deliveries);
+    switch (s->kind) {
+    case KILN__SEND_RETRY:
+        for (size_t i = 0; i < s->n_headers; i++)
+            h[n++] = s->headers[i];
+        retries++;
+        deliveries = 0;
+        break;
+    case KILN__SEND_REQUEUE:
+        deliveries++;
+        break;
+    case KILN__SEND_NONE:
+    case KILN__SEND_HOLD:
+    case KILN__SEND_COUNTED:
+    case KILN__SEND_LEASE:
+        break;
+    }
+    h[n++] = kiln__hdr_int(KILN__HDR_RETRIES, KILN__HV_I64, retries);
+    h[n++] = kiln__hdr_int(KILN__HDR_DELIVERIES, KILN__HV_I64, deliveries);
+    if (s->kind == KILN__SEND_LEASE)
+        h[n++] = kiln__hdr_text(KILN__HDR_LEASE, kiln__worker_id());
     return n;
+}
+
+/* Names the copy in the log ("%s not confirmed: ..."). */
+static const char *send_what(kiln__send_kind kind)
+{
+    switch (kind) {
+    case KILN__SEND_RETRY:
+        return "retry through the delay queues";
+    case KILN__SEND_HOLD:
+        return "copy sent back to wait in the delay queues";
+    case KILN__SEND_REQUEUE:
+        return "requeue through the delay queues";
+    case KILN__SEND_COUNTED:
+        return "counted redelivery sent on through the delay queues";
+    case KILN__SEND_LEASE:
+        return "lease copy";
+    case KILN__SEND_NONE:
+        break;
+    }
+    return "copy sent on through the delay queues";
 }
 
 /* What goes instead when the copy does not fit one frame: the delivery,
@@ -134,13 +167,14 @@ kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
                            const kiln__job *job, kiln__settle *s,
                            kiln_error *err)
 {
+    const kiln__send_on *on = &job->send;
     uint64_t max = kiln__delay_max_ms(cfg);
-    bool again = job->out_body != NULL;
-    size_t n_max = (again ? job->n_out_headers : 0) + 2;
+    bool again = on->kind == KILN__SEND_RETRY;
+    size_t n_max = (again ? on->n_headers : 0) + 3;
     kiln_err rc;
 
-    s->what = "sending on through the delay queues";
-    rc = kiln__delay_route(cfg, job->delay_ms < max ? job->delay_ms : max,
+    s->what = send_what(on->kind);
+    rc = kiln__delay_route(cfg, on->delay_ms < max ? on->delay_ms : max,
                            kiln__delay_dest_key(cfg), s->exchange,
                            sizeof(s->exchange), s->routing_key,
                            sizeof(s->routing_key), err);
@@ -154,8 +188,8 @@ kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
      * added when dead-lettering it (x-death and its kin). */
     s->msg = (kiln__message){.exchange = s->exchange,
                              .routing_key = s->routing_key,
-                             .body = again ? job->out_body : dl->body,
-                             .body_len = again ? job->out_len : dl->body_len,
+                             .body = again ? on->body : dl->body,
+                             .body_len = again ? on->len : dl->body_len,
                              .inherit = dl,
                              .keep = kiln__delay_keep_header,
                              .fields = s->headers,
@@ -174,30 +208,19 @@ kiln_err kiln__lease_build(const kiln_config *cfg, const kiln__delivery *dl,
                            kiln_error *err)
 {
     kiln__job job;
-    kiln__hdr *h;
     kiln_err rc;
 
     memset(&job, 0, sizeof(job));
-    job.delay_ms = delay_ms;
+    job.send = (kiln__send_on){.kind = KILN__SEND_LEASE, .delay_ms = delay_ms};
     job.retries = retries;
     job.deliveries = deliveries;
+    /* Its x-kiln-lease replaces one the delivery may carry already. */
     if ((rc = kiln__retry_build(cfg, dl, &job, s, err)) != KILN_OK)
         return rc;
-    s->what = "lease copy";
     /* A lease copy that does not fit a frame is not turned into a dead
      * letter (its task still runs): the lease is tried again later. */
     s->msg.oversize = NULL;
     s->msg.trim = false;
-    /* It replaces an x-kiln-lease the delivery may carry already. */
-    h = kiln__realloc(s->headers, (s->msg.n_fields + 1) * sizeof(*h));
-    if (h == NULL) {
-        kiln__settle_discard(s);
-        return kiln__fail(err, KILN_ENOMEM, "headers of a lease copy");
-    }
-    h[s->msg.n_fields] = kiln__hdr_text(KILN__HDR_LEASE, kiln__worker_id());
-    s->headers = h;
-    s->msg.fields = h;
-    s->msg.n_fields++;
     return KILN_OK;
 }
 

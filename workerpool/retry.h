@@ -42,21 +42,23 @@ bool kiln__retry_plan(const kiln_config *cfg, kiln_signature *sig,
                       unsigned retries, uint64_t *delay_ms);
 
 /* Sets the ETA of `sig` to now + delay_ms and encodes it in the dialect
- * it came in, into job->out_body (and out_headers for paota's header
- * mode), with job->delay_ms = delay_ms. */
+ * it came in, into job->send (kind KILN__SEND_RETRY: body, and headers
+ * for paota's header mode; delay_ms). */
 kiln_err kiln__encode_again(kiln_signature *sig, uint64_t delay_ms,
                             kiln__job *job, kiln_error *err);
 
 /* Builds into *s the message that sends `dl` on through the delay cascade
- * as job->delay_ms and the out_* fields of `job` say, to reach cfg's
- * queue again (the key the queue is bound with on the cascade's delivery
- * exchange); its settle then acks `dl`. The delivery's headers go on with
- * their types, less those RabbitMQ added when dead-lettering
- * (kiln__delay_keep_header); the new encoding's headers (paota's header
- * mode, typed) and x-kiln-retries and x-kiln-deliveries (integers)
- * replace theirs. Should the copy not fit one frame, the delivery is
- * dead-lettered instead, with a reason that says so (s->fallback).
- * *s comes initialised by kiln__settle_begin. */
+ * as job->send says (its kind, dispatch.h, decides the body and the
+ * counts), to reach cfg's queue again after send.delay_ms (the key the
+ * queue is bound with on the cascade's delivery exchange); its settle
+ * then acks `dl`. The delivery's headers go on with their types, less
+ * those RabbitMQ added when dead-lettering (kiln__delay_keep_header); a
+ * retry's new encoding's headers (paota's header mode, typed) and
+ * x-kiln-retries and x-kiln-deliveries (integers) replace theirs. Should
+ * the copy not fit one frame, the delivery is dead-lettered instead, with
+ * a reason that says so (s->fallback). *s comes initialised by
+ * kiln__settle_begin.
+ */
 kiln_err kiln__retry_build(const kiln_config *cfg, const kiln__delivery *dl,
                            const kiln__job *job, kiln__settle *s,
                            kiln_error *err);

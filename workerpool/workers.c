@@ -1,8 +1,22 @@
-/* Worker threads: take a job from the work queue, run its task, put the
- * outcome on the done list and wake the consumer. */
+/* Worker threads: take a job from the work queue, decode it when it came
+ * raw, run its task, put the outcome on the done list and wake the
+ * consumer. */
 #include "workerpool/pool.h"
 
 #include "logger/logger.h"
+
+void kiln__work_set_key(kiln__work *w)
+{
+    const char *key = "";
+
+    if (w->dl.message_id != NULL && w->dl.message_id[0] != '\0')
+        key = w->dl.message_id;
+    else if (w->job.sig != NULL)
+        key = w->job.sig->uuid;
+    else if (w->job.failed_uuid[0] != '\0')
+        key = w->job.failed_uuid;
+    atomic_store_explicit(&w->key, key, memory_order_release);
+}
 
 static kiln__work *take_job(kiln_pool *p)
 {
@@ -31,10 +45,16 @@ static void *worker_main(void *arg)
     kiln__work *w;
 
     while ((w = take_job(p)) != NULL) {
-        bool was_empty;
+        bool was_empty, run = true;
 
-        /* No lock is held while the task runs. */
-        kiln__dispatch_run(&p->dispatch, &w->job);
+        /* No lock is held while the task runs, nor while decoding. */
+        if (w->raw) {
+            run = kiln__dispatch_prepare(&p->dispatch, &w->dl, &w->job);
+            if (kiln__work_key(w) == NULL)
+                kiln__work_set_key(w);
+        }
+        if (run)
+            kiln__dispatch_run(&p->dispatch, &w->job);
         pthread_mutex_lock(&p->mu);
         p->running--;
         was_empty = p->done_head == NULL;

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "test/support/amqp_raw.h"
+#include "test/support/delivery.h"
 
 #include <amqp.h>
 #include <amqp_framing.h>
@@ -204,11 +205,11 @@ static void test_connect_declare_close_reconnect(void **state)
     publish_one(f, "after", "id-2");
     subscribe(f, 10);
     consume(f, &d);
-    assert_string_equal(d.body, "before");
+    assert_body_is(&d, "before");
     assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
     kiln__broker_release(f->b, &d);
     consume(f, &d);
-    assert_string_equal(d.body, "after");
+    assert_body_is(&d, "after");
     assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
     kiln__broker_release(f->b, &d);
     kiln__broker_release(f->b, &d); /* safe on a zeroed delivery */
@@ -359,13 +360,13 @@ static void test_quorum_queue(void **state)
     publish_one(f, "q1", "id-q1");
     subscribe(f, 10);
     consume(f, &d);
-    assert_string_equal(d.body, "q1");
+    assert_body_is(&d, "q1");
     assert_false(d.redelivered);
     assert_int_equal(d.delivery_count, 0);
     assert_int_equal(kiln__broker_nack(f->b, d.tag, true, &err), KILN_OK);
     kiln__broker_release(f->b, &d);
     consume(f, &d);
-    assert_string_equal(d.body, "q1");
+    assert_body_is(&d, "q1");
     assert_true(d.redelivered);
     assert_int_equal(d.delivery_count, 1); /* x-delivery-count */
     assert_string_equal(kiln__delivery_header(&d, "x-delivery-count"), "1");
@@ -400,7 +401,7 @@ static void test_priority_queue(void **state)
     subscribe(f, 1);
     for (size_t i = 0; i < 5; i++) {
         consume(f, &d);
-        assert_string_equal(d.body, want[i]);
+        assert_body_is(&d, want[i]);
         assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
         kiln__broker_release(f->b, &d);
     }
@@ -535,7 +536,7 @@ static void test_batch_of_1000(void **state)
     subscribe(f, 128);
     for (size_t i = 0; i < BATCH; i++) {
         consume(f, &d);
-        assert_string_equal(d.body, bodies[i]);
+        assert_body_is(&d, bodies[i]);
         assert_int_equal(d.body_len, strlen(bodies[i]));
         assert_string_equal(d.message_id, ids[i]);
         assert_string_equal(d.exchange, f->cfg.exchange);
@@ -619,7 +620,7 @@ static void test_nack_dead_letters(void **state)
     assert_int_equal(b2->ops->subscribe(b2, dl.dead_letter_queue, 1, &err),
                      KILN_OK);
     assert_int_equal(kiln__broker_consume(b2, &d, 5000, &err), KILN_OK);
-    assert_string_equal(d.body, "poison");
+    assert_body_is(&d, "poison");
     assert_string_equal(d.message_id, "id-poison");
     assert_string_equal(d.exchange, f->cfg.dead_letter_exchange);
     death = kiln__delivery_header(&d, "x-death");
@@ -871,7 +872,7 @@ static void test_queue_deleted_while_consuming(void **state)
     subscribe(f, 10);
     publish_one(f, "back", NULL);
     consume(f, &d);
-    assert_string_equal(d.body, "back");
+    assert_body_is(&d, "back");
     assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
     kiln__broker_release(f->b, &d);
 }
@@ -893,7 +894,7 @@ static void test_stale_tag_after_reconnect(void **state)
     connect_declare(f);
     subscribe(f, 10);
     consume(f, &d); /* the same message, requeued by the close */
-    assert_string_equal(d.body, "once");
+    assert_body_is(&d, "once");
     assert_true(d.redelivered);
     assert_true(d.tag > old);
     assert_int_equal(kiln__broker_ack(f->b, old, false, &err), KILN_ECLOSED);
@@ -930,7 +931,7 @@ static void test_double_ack(void **state)
     assert_non_null(strstr(err.message, "unknown delivery tag"));
     subscribe(f, 1);
     consume(f, &d);
-    assert_string_equal(d.body, "two");
+    assert_body_is(&d, "two");
     assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
     kiln__broker_release(f->b, &d);
 }
@@ -999,7 +1000,7 @@ static void test_poll_ops(void **state)
     if (!ops->pending(f->b))
         assert_int_equal(poll(&p, 1, 5000), 1);
     consume(f, &d);
-    assert_string_equal(d.body, "wake");
+    assert_body_is(&d, "wake");
     assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
     kiln__broker_release(f->b, &d);
     assert_int_equal(ops->tick(f->b, &err), KILN_OK);
@@ -1023,7 +1024,7 @@ static void test_publish_while_consuming(void **state)
     assert_true(kiln__amqp_pending(f->b));
     while (got < 300) {
         consume(f, &d);
-        assert_string_equal(d.body, "loop");
+        assert_body_is(&d, "loop");
         assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
         kiln__broker_release(f->b, &d);
         got++;
@@ -1159,7 +1160,7 @@ static void test_header_types(void **state)
     test_amqp_close(c);
     consume(f, &d);
     assert_int_equal(d.body_len, 0);
-    assert_string_equal(d.body, "");
+    assert_body_is(&d, "");
     assert_string_equal(d.message_id, "");
     assert_int_equal(d.n_headers, 18);
     assert_int_equal(d.fields[0].value.type, KILN__HV_I64);
@@ -1675,7 +1676,7 @@ static void test_broker_restart(void **state)
     connect_declare(f);
     subscribe(f, 10);
     consume(f, &d);
-    assert_string_equal(d.body, "survivor");
+    assert_body_is(&d, "survivor");
     assert_true(d.redelivered);
     assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
     kiln__broker_release(f->b, &d);

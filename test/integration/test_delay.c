@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "test/support/amqp_raw.h"
+#include "test/support/delivery.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,6 +205,7 @@ static int64_t receive_all(kiln__broker *b, const kiln_config *cfg, sent *s,
         kiln__delivery d;
         kiln_error err;
         const char *dest;
+        char num[32];
         int64_t at, late;
         size_t i;
         kiln_err rc = kiln__broker_consume(b, &d, (int)(end - now_ms()), &err);
@@ -213,7 +215,7 @@ static int64_t receive_all(kiln__broker *b, const kiln_config *cfg, sent *s,
         if (rc != KILN_OK)
             fail_msg("consume: %s", err.message);
         at = now_ms();
-        i = (size_t)strtoul(d.body, NULL, 10);
+        i = (size_t)strtoul(body_text(&d, num, sizeof(num)), NULL, 10);
         assert_true(i < s->n);
         if (s->seen[i] && s->dups_ok)
             s->dups++;

@@ -17,6 +17,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "test/support/delivery.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -301,7 +303,7 @@ static void test_verified_round_trip(void **state)
         fail_msg("subscribe: %s", err.message);
     if (kiln__broker_consume(f->b, &d, 5000, &err) != KILN_OK)
         fail_msg("consume: %s", err.message);
-    assert_string_equal(d.body, "over tls");
+    assert_body_is(&d, "over tls");
     assert_string_equal(d.message_id, "id-tls");
     assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
     kiln__broker_release(f->b, &d);
