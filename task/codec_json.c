@@ -437,7 +437,7 @@ kiln_err kiln_signature_to_json(const kiln_signature *sig, kiln_dialect dialect,
     if (sig->uuid == NULL || sig->uuid[0] == '\0')
         return kiln__fail(err, KILN_EINVAL, "UUID: empty");
     if ((rc = encode(sig, dialect, &b, err)) != KILN_OK) {
-        kiln__buf_free(&b);
+        kiln__buf_release(&b);
         return rc;
     }
     return kiln__buf_finish(&b, out, len, err);
