@@ -65,6 +65,11 @@ bool kiln__utf8_valid(const char *s, size_t n);
  * there do not start one. */
 size_t kiln__utf8_len(const char *s, size_t avail);
 
+/* kiln__hash_str: FNV-1a, 64 bits, of a NUL-terminated string: for hash
+ * tables keyed by short strings (task names, task UUIDs); no allocation.
+ * Not for anything an attacker must not be able to collide. */
+uint64_t kiln__hash_str(const char *s);
+
 /* Clocks, in nanoseconds. */
 int64_t kiln__realtime_ns(void);  /* since the Unix epoch */
 int64_t kiln__monotonic_ns(void); /* since an arbitrary point */

@@ -111,3 +111,14 @@ kiln_err kiln__random(void *buf, size_t n, kiln_error *err)
     }
     return KILN_OK;
 }
+
+uint64_t kiln__hash_str(const char *s)
+{
+    uint64_t h = 14695981039346656037ULL;
+
+    for (; *s != '\0'; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
