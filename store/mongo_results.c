@@ -27,17 +27,6 @@ struct kiln_result {
     kiln_signature *values; /* argument-shaped view of the results */
 };
 
-/* What a NULL result reads as: nothing, without a NULL check. The casts
- * only fit the string literals to the struct's field types. */
-static const kiln_signature no_values = {
-    .uuid = (char *)"",
-    .name = (char *)"",
-    .routing_key = (char *)"",
-    .group_uuid = (char *)"",
-    .broker_message_group_id = (char *)"",
-    .sqs_receipt_handle = (char *)"",
-};
-
 const char *kiln_task_state_name(kiln_task_state state)
 {
     return kiln__state_name((kiln__task_state)state);
@@ -225,5 +214,5 @@ int64_t kiln_result_delete_at(const kiln_result *res)
 
 const kiln_signature *kiln_result_values(const kiln_result *res)
 {
-    return res != NULL ? res->values : &no_values;
+    return res != NULL ? res->values : &kiln__signature_empty;
 }

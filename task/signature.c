@@ -45,6 +45,17 @@ void kiln_signature_free(kiln_signature *sig)
     kiln__free(sig);
 }
 
+/* The casts only fit the string literals to the struct's field types:
+ * nothing writes through them. */
+const kiln_signature kiln__signature_empty = {
+    .uuid = (char *)"",
+    .name = (char *)"",
+    .routing_key = (char *)"",
+    .group_uuid = (char *)"",
+    .broker_message_group_id = (char *)"",
+    .sqs_receipt_handle = (char *)"",
+};
+
 kiln_signature *kiln__signature_alloc(kiln_error *err)
 {
     kiln_signature *sig = kiln__calloc(1, sizeof(*sig));
