@@ -70,8 +70,8 @@ static bool applies(const struct entry *e, const kiln__state_update *u,
         return true;
     if (kiln__state_finished(e->rec.state))
         return false;
-    return (u->state != KILN__STATE_PENDING && !unsent) ||
-           e->rec.state == KILN__STATE_PENDING;
+    return (u->state != KILN_STATE_PENDING && !unsent) ||
+           e->rec.state == KILN_STATE_PENDING;
 }
 
 /* Builds the new contents of a record before touching the old one, so a
@@ -123,8 +123,8 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
         ms->buckets[h & (ms->nbuckets - 1)] = e;
         ms->count++;
         rec.created_ns = rec.updated_ns;
-        rec.attempts = u->state == KILN__STATE_STARTED ? 1 : 0;
-        rec.started_ns = u->state == KILN__STATE_STARTED ? rec.updated_ns : 0;
+        rec.attempts = u->state == KILN_STATE_STARTED ? 1 : 0;
+        rec.started_ns = u->state == KILN_STATE_STARTED ? rec.updated_ns : 0;
         maybe_grow(ms);
     } else {
         /* A later write without a name keeps the one already known. */
@@ -135,9 +135,9 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
         }
         rec.created_ns = e->rec.created_ns;
         rec.attempts =
-            e->rec.attempts + (u->state == KILN__STATE_STARTED ? 1 : 0);
-        rec.started_ns = u->state == KILN__STATE_STARTED ? rec.updated_ns
-                                                         : e->rec.started_ns;
+            e->rec.attempts + (u->state == KILN_STATE_STARTED ? 1 : 0);
+        rec.started_ns =
+            u->state == KILN_STATE_STARTED ? rec.updated_ns : e->rec.started_ns;
         ms->per_state[e->rec.state]--;
         kiln__task_record_release(&e->rec);
     }
@@ -188,7 +188,7 @@ static kiln_err ms_set_state(kiln__store *s, const kiln__state_update *u,
 static kiln_err ms_send_failed(kiln__store *s, const kiln__state_update *u,
                                kiln_error *err)
 {
-    if (u != NULL && u->state != KILN__STATE_FAILURE)
+    if (u != NULL && u->state != KILN_STATE_FAILURE)
         return kiln__fail(err, KILN_EINVAL, "mock store: send_failed: FAILURE");
     return write(s, u, true, err);
 }

@@ -9,12 +9,6 @@
 #include <string.h>
 #include <time.h>
 
-/* The public enum mirrors the internal one, so a cast converts. */
-_Static_assert((int)KILN_STATE_PENDING == (int)KILN__STATE_PENDING &&
-                   (int)KILN_STATE_FAILURE == (int)KILN__STATE_FAILURE &&
-                   (int)KILN_STATE_RETRY == (int)KILN__STATE_RETRY,
-               "kiln_task_state and kiln__task_state differ");
-
 #define WAIT_FIRST_MS 5
 #define WAIT_MAX_MS   200
 
@@ -29,7 +23,7 @@ struct kiln_result {
 
 const char *kiln_task_state_name(kiln_task_state state)
 {
-    return kiln__state_name((kiln__task_state)state);
+    return kiln__state_name(state);
 }
 
 kiln_store *kiln_store_new(const kiln_config *cfg, kiln_error *err)
@@ -154,7 +148,7 @@ void kiln_result_free(kiln_result *res)
 
 kiln_task_state kiln_result_state(const kiln_result *res)
 {
-    return res != NULL ? (kiln_task_state)res->rec.state : KILN_STATE_PENDING;
+    return res != NULL ? res->rec.state : KILN_STATE_PENDING;
 }
 
 bool kiln_result_finished(const kiln_result *res)

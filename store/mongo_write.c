@@ -402,7 +402,7 @@ kiln_err kiln__mongo_add_pending(kiln__store *s, const kiln__state_update *u,
 
     for (size_t i = 0; i < n; i++)
         if (u[i].uuid == NULL || u[i].uuid[0] == '\0' ||
-            u[i].state != KILN__STATE_PENDING)
+            u[i].state != KILN_STATE_PENDING)
             return kiln__fail(err, KILN_EINVAL,
                               "mongodb store: PENDING with a UUID required");
     if (n == 0)

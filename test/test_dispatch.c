@@ -157,7 +157,7 @@ static kiln_err dispatch_next(struct fixture *fx, kiln__verdict *verdict)
     return rc;
 }
 
-static kiln__task_state state_of(struct fixture *fx, kiln__task_record *r)
+static kiln_task_state state_of(struct fixture *fx, kiln__task_record *r)
 {
     return get_state(fx->store, fx->uuid, r);
 }
@@ -183,11 +183,11 @@ static void test_dispatch_retry(void **state)
     kiln__task_record r;
 
     send_one(fx, "flaky");
-    assert_int_equal(state_of(fx, &r), KILN__STATE_PENDING);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_PENDING);
     kiln__task_record_release(&r);
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_RETRY);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_RETRY);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_RETRY);
     assert_string_equal(r.error, "the task asked for a retry");
     kiln__task_record_release(&r);
     assert_int_equal(kiln__mock_server_unacked(fx->srv), 0);
@@ -205,7 +205,7 @@ static void test_dispatch_retry(void **state)
     kiln__broker_release(fx->c, &dl);
     assert_int_equal(v, KILN__VERDICT_ACK);
     assert_int_equal(fx->flaky_calls, 2);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_SUCCESS);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_SUCCESS);
     kiln__task_record_release(&r);
 }
 
@@ -260,7 +260,7 @@ static void test_retry_counts_machinery(void **state)
     for (int i = 0; i < 2; i++) {
         assert_int_equal(dispatch_next(fx, &v), KILN_OK);
         assert_int_equal(v, KILN__VERDICT_RETRY);
-        assert_int_equal(state_of(fx, &r), KILN__STATE_RETRY);
+        assert_int_equal(state_of(fx, &r), KILN_STATE_RETRY);
         assert_string_equal(r.error, "boom");
         kiln__task_record_release(&r);
         sig = peek_next(fx, 2000, retries, sizeof(retries));
@@ -271,7 +271,7 @@ static void test_retry_counts_machinery(void **state)
     }
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     kiln__task_record_release(&r);
     assert_int_equal(kiln__broker_consume(fx->dlq, &dl, 0, NULL), KILN_OK);
     assert_string_equal(kiln__delivery_header(&dl, KILN__HDR_REASON), "boom");
@@ -414,7 +414,7 @@ static void test_expired(void **state)
     send_sig(fx, sig);
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_non_null(strstr(r.error, "expired"));
     kiln__task_record_release(&r);
     next_reason(fx, reason, sizeof(reason));
@@ -428,7 +428,7 @@ static void test_expired(void **state)
     send_sig(fx, sig);
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_ACK);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_non_null(strstr(r.error, "expired: not started within"));
     kiln__task_record_release(&r);
     next_reason(fx, reason, sizeof(reason));
@@ -451,7 +451,7 @@ static void test_time_limit(void **state)
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
     assert_true(slow_left > 0 && slow_left <= 10);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_non_null(strstr(r.error, "time limit"));
     kiln__task_record_release(&r);
     /* The default applies to every task without a limit of its own. */
@@ -480,7 +480,7 @@ static void test_time_limit_stopped_at_limit(void **state)
     for (int i = 0; i < 5; i++) {
         send_one(fx, "stops_at_limit");
         assert_int_equal(dispatch_next(fx, &v), KILN_OK);
-        assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+        assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
         assert_non_null(strstr(r.error, "time limit"));
         assert_int_equal(r.results.n, 0);
         kiln__task_record_release(&r);
@@ -504,7 +504,7 @@ static void test_dispatch_store_failure_requeues(void **state)
     assert_int_equal(kiln__mock_server_ready(fx->srv, fx->cfg.queue), 1);
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_ACK);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_SUCCESS);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_SUCCESS);
     assert_int_equal(r.results.n, 1);
     s = r.results.items[0].v.s;
     assert_string_equal(s, "done");
@@ -532,7 +532,7 @@ static void test_dispatch_unregistered_policies(void **state)
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "delivered 4 times (max_deliveries 3)");
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     kiln__task_record_release(&r);
 
     /* Dropped: acked, not dead-lettered, and recorded FAILURE, so a
@@ -543,7 +543,7 @@ static void test_dispatch_unregistered_policies(void **state)
     assert_int_equal(v, KILN__VERDICT_ACK);
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "");
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_string_equal(r.error, "unregistered task nobody, dropped "
                                  "(KILN_UNREGISTERED=drop)");
     kiln__task_record_release(&r);
@@ -554,7 +554,7 @@ static void test_dispatch_unregistered_policies(void **state)
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "unregistered task nobody");
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_string_equal(r.error, "unregistered task nobody");
     kiln__task_record_release(&r);
     assert_int_equal(kiln__mock_server_ready(fx->srv, fx->cfg.queue), 0);
@@ -653,7 +653,7 @@ static void test_poison_counts_runs_with_store(void **state)
         (void)bounce(fx, false, &v);
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_ACK);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_SUCCESS);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_SUCCESS);
     kiln__task_record_release(&r);
 
     send_one(fx, "crash");
@@ -663,7 +663,7 @@ static void test_poison_counts_runs_with_store(void **state)
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "started 3 times (max_deliveries 3)");
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_int_equal(r.attempts, 3);
     kiln__task_record_release(&r);
     assert_int_equal(kiln__mock_server_ready(fx->srv, fx->cfg.queue), 0);
@@ -690,7 +690,7 @@ static void test_dispatch_unsettled_on_broker_error(void **state)
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "boom");
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_string_equal(r.error, "boom");
     kiln__task_record_release(&r);
 }
@@ -770,7 +770,7 @@ static void test_dispatch_steps_on_two_threads(void **state)
     kiln__job_release(&job);
     kiln__job_release(&job);
     kiln__broker_release(fx->c, &dl);
-    assert_int_equal(state_of(fx, &rec), KILN__STATE_SUCCESS);
+    assert_int_equal(state_of(fx, &rec), KILN_STATE_SUCCESS);
     kiln__task_record_release(&rec);
 }
 
@@ -982,44 +982,44 @@ static void check_task_states(struct e2e_run *r)
 
     for (int i = 0; i < E2E_N; i++) {
         const char *uuid = kiln_signature_uuid(r->sigs[i]);
-        kiln__task_state st = get_state(s, uuid, &rec);
+        kiln_task_state st = get_state(s, uuid, &rec);
         if (i % 3 == 0) {
-            assert_int_equal(st, KILN__STATE_SUCCESS);
+            assert_int_equal(st, KILN_STATE_SUCCESS);
             assert_int_equal(rec.results.items[0].v.i, 4 * i);
         } else if (i % 3 == 1) {
             (void)snprintf(want, sizeof(want), "s%d-tail", i);
-            assert_int_equal(st, KILN__STATE_SUCCESS);
+            assert_int_equal(st, KILN_STATE_SUCCESS);
             assert_string_equal(rec.results.items[0].v.s, want);
         } else {
             (void)snprintf(want, sizeof(want), "boom %d", i);
-            assert_int_equal(st, KILN__STATE_FAILURE);
+            assert_int_equal(st, KILN_STATE_FAILURE);
             assert_string_equal(rec.error, want);
         }
         assert_string_equal(rec.task_name, kiln_signature_name(r->sigs[i]));
         kiln__task_record_release(&rec);
     }
     assert_int_equal(get_state(s, kiln_signature_uuid(r->sigs[E2E_N]), &rec),
-                     KILN__STATE_FAILURE);
+                     KILN_STATE_FAILURE);
     assert_string_equal(rec.error, "unregistered task nope");
     kiln__task_record_release(&rec);
     /* IgnoreWhenTaskNotRegistered: acked, and FAILURE for a waiter. */
     assert_int_equal(
         get_state(s, kiln_signature_uuid(r->sigs[E2E_N + 1]), &rec),
-        KILN__STATE_FAILURE);
+        KILN_STATE_FAILURE);
     assert_string_equal(rec.error, "unregistered task ghost, ignored "
                                    "(IgnoreWhenTaskNotRegistered)");
     kiln__task_record_release(&rec);
-    assert_int_equal(get_state(s, "task_bad", &rec), KILN__STATE_FAILURE);
+    assert_int_equal(get_state(s, "task_bad", &rec), KILN_STATE_FAILURE);
     assert_non_null(strstr(rec.error, "undecodable message"));
     assert_string_equal(rec.task_name, "add");
     kiln__task_record_release(&rec);
-    assert_int_equal(get_state(s, "task_badraw", &rec), KILN__STATE_FAILURE);
+    assert_int_equal(get_state(s, "task_badraw", &rec), KILN_STATE_FAILURE);
     assert_string_equal(rec.task_name, "concat");
     kiln__task_record_release(&rec);
     assert_int_equal(kiln__mock_store_count(s, -1), E2E_N + 4);
-    assert_int_equal(kiln__mock_store_count(s, KILN__STATE_SUCCESS), 67);
-    assert_int_equal(kiln__mock_store_count(s, KILN__STATE_FAILURE), 37);
-    assert_int_equal(kiln__mock_store_count(s, KILN__STATE_PENDING), 0);
+    assert_int_equal(kiln__mock_store_count(s, KILN_STATE_SUCCESS), 67);
+    assert_int_equal(kiln__mock_store_count(s, KILN_STATE_FAILURE), 37);
+    assert_int_equal(kiln__mock_store_count(s, KILN_STATE_PENDING), 0);
 }
 
 /* Every dead-lettered message, counted by reason. */
@@ -1160,10 +1160,10 @@ static void test_e2e_two_threads(void **state)
     assert_int_equal(c.handled, E2E_N);
     check_hits(&r->st);
     assert_int_equal(
-        kiln__mock_store_count(kiln__eager_store(r->e), KILN__STATE_SUCCESS),
+        kiln__mock_store_count(kiln__eager_store(r->e), KILN_STATE_SUCCESS),
         67);
     assert_int_equal(
-        kiln__mock_store_count(kiln__eager_store(r->e), KILN__STATE_FAILURE),
+        kiln__mock_store_count(kiln__eager_store(r->e), KILN_STATE_FAILURE),
         33);
     e2e_teardown(r);
     free(r);

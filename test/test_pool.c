@@ -680,9 +680,8 @@ static void test_store_records_final_states(void **state)
                      KILN_OK);
     kiln_pool_stop(f->pool);
     assert_int_equal(join(f), KILN_OK);
-    assert_int_equal(kiln__mock_store_count(f->store, KILN__STATE_SUCCESS),
-                     100);
-    assert_int_equal(kiln__mock_store_count(f->store, KILN__STATE_FAILURE), 5);
+    assert_int_equal(kiln__mock_store_count(f->store, KILN_STATE_SUCCESS), 100);
+    assert_int_equal(kiln__mock_store_count(f->store, KILN_STATE_FAILURE), 5);
     assert_int_equal(kiln__mock_store_count(f->store, -1), 105);
     assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE ".dead"), 6);
     assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
@@ -717,7 +716,7 @@ static void test_store_outage_holds_deliveries(void **state)
     assert_int_equal(join(f), KILN_OK);
     for (int i = 0; i < 40; i++)
         assert_int_equal(atomic_load(&seen[i]), 1);
-    assert_int_equal(kiln__mock_store_count(f->store, KILN__STATE_SUCCESS), 40);
+    assert_int_equal(kiln__mock_store_count(f->store, KILN_STATE_SUCCESS), 40);
     assert_true(kiln__mock_store_failed_while_down(f->store) >= 4);
     assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
 }

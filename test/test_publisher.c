@@ -759,12 +759,12 @@ static void test_pool_send_tasks_statuses(void **state)
     assert_non_null(strstr(err.message, "task 5 (add)"));
     assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 9);
     /* The unroutable one will never run: FAILURE, not PENDING for ever. */
-    assert_int_equal(kiln__mock_store_count(store, KILN__STATE_PENDING), 9);
-    assert_int_equal(kiln__mock_store_count(store, KILN__STATE_FAILURE), 1);
+    assert_int_equal(kiln__mock_store_count(store, KILN_STATE_PENDING), 9);
+    assert_int_equal(kiln__mock_store_count(store, KILN_STATE_FAILURE), 1);
     assert_int_equal(
         kiln__store_get(store, kiln_signature_uuid(own[5]), &rec, &err),
         KILN_OK);
-    assert_int_equal(rec.state, KILN__STATE_FAILURE);
+    assert_int_equal(rec.state, KILN_STATE_FAILURE);
     assert_non_null(strstr(rec.error, "not sent: "));
     assert_non_null(strstr(rec.error, "'nowhere'"));
     kiln__task_record_release(&rec);
@@ -905,7 +905,7 @@ static void test_pool_bad_signature_fails_alone(void **state)
     assert_non_null(strstr(b[0].last.message, "UUID of 300 bytes"));
     assert_non_null(strstr(b[1].last.message, "routing key of 300 bytes"));
     assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 600);
-    assert_int_equal(kiln__mock_store_count(store, KILN__STATE_PENDING), 1);
+    assert_int_equal(kiln__mock_store_count(store, KILN_STATE_PENDING), 1);
     kiln__store_destroy(store);
     kiln_signature_free(good);
     kiln_signature_free(bad_id);

@@ -153,7 +153,7 @@ static void stage_pending(kiln__store *store, const kiln_signature *const *sigs,
             continue;
         u[m] = (kiln__state_update){.uuid = sigs[i]->uuid,
                                     .task_name = sigs[i]->name,
-                                    .state = KILN__STATE_PENDING};
+                                    .state = KILN_STATE_PENDING};
         idx[m++] = i;
     }
     if (m > 0 && kiln__store_add_pending(store, u, m, st, &e) != KILN_OK) {
@@ -245,7 +245,7 @@ void kiln__stage_unsent(kiln__store *store, const kiln_signature *const *sigs,
         const kiln_signature *sig = sigs[map[j]];
         kiln__state_update u = {.uuid = sig->uuid,
                                 .task_name = sig->name,
-                                .state = KILN__STATE_FAILURE,
+                                .state = KILN_STATE_FAILURE,
                                 .error = text};
         kiln_error e;
 

@@ -31,8 +31,8 @@ kiln__message text_msg(const char *exchange, const char *rk, const char *body)
                            .persistent = true};
 }
 
-kiln__task_state get_state(kiln__store *s, const char *uuid,
-                           kiln__task_record *rec)
+kiln_task_state get_state(kiln__store *s, const char *uuid,
+                          kiln__task_record *rec)
 {
     assert_int_equal(kiln__store_get(s, uuid, rec, NULL), KILN_OK);
     return rec->state;
