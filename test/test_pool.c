@@ -117,9 +117,8 @@ static int setup(void **state)
     f->cfg.log_level = KILN_LOG_OFF;
     f->srv = kiln__mock_server_new(&err);
     f->producer = kiln__mock_broker_new(f->srv, &err);
-    assert_int_equal(f->producer->ops->connect(f->producer, &err), KILN_OK);
-    assert_int_equal(f->producer->ops->declare(f->producer, &f->cfg, &err),
-                     KILN_OK);
+    assert_int_equal(kiln__broker_connect(f->producer, &err), KILN_OK);
+    assert_int_equal(kiln__broker_declare(f->producer, &f->cfg, &err), KILN_OK);
     *state = f;
     return 0;
 }
@@ -857,7 +856,7 @@ static void test_priority_sent_without_max_priority(void **state)
     make_pool(f);
     for (size_t i = 0; i < 2; i++)
         assert_int_equal(kiln_pool_send_task(f->pool, sigs[i], &err), KILN_OK);
-    assert_int_equal(f->producer->ops->subscribe(f->producer, QUEUE, 0, &err),
+    assert_int_equal(kiln__broker_subscribe(f->producer, QUEUE, 0, &err),
                      KILN_OK);
     for (size_t i = 0; i < 2; i++) {
         assert_int_equal(kiln__broker_consume(f->producer, &d, 0, &err),

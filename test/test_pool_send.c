@@ -277,7 +277,7 @@ static void test_one_dialect_per_pool(void **state)
     assert_int_equal(kiln_pool_send_task(pp, sig, &err), KILN_OK);
     assert_int_equal(kiln_pool_send_task(ph, sig, &err), KILN_OK);
     assert_int_equal(kiln__broker_connect(c, &err), KILN_OK);
-    assert_int_equal(c->ops->subscribe(c, QUEUE, 0, &err), KILN_OK);
+    assert_int_equal(kiln__broker_subscribe(c, QUEUE, 0, &err), KILN_OK);
     body = take(c, &hm); /* machinery */
     assert_false(hm);
     assert_null(strstr(body, "RetriesDone"));

@@ -278,11 +278,11 @@ static void record_unsent(kiln__broker *b, kiln__store *store,
 
     if (store == NULL)
         return;
-    if (b->ops->publish_lost != NULL &&
+    if (kiln__broker_knows_lost(b) &&
         (lost = kiln__calloc(m, sizeof(*lost))) == NULL)
         return; /* unsure which were lost: they stay PENDING */
     for (size_t j = 0; lost != NULL && j < m; j++)
-        lost[j] = pst[j] != KILN_OK && b->ops->publish_lost(b, j);
+        lost[j] = pst[j] != KILN_OK && kiln__broker_publish_lost(b, j);
     kiln__stage_unsent(store, sigs, map, pst, lost, m, why_j, why);
     kiln__free(lost);
 }

@@ -18,7 +18,8 @@ kiln__broker *open_conn(kiln__mock_server *srv, const char *queue,
     assert_non_null(b);
     assert_int_equal(kiln__broker_connect(b, &err), KILN_OK);
     if (queue != NULL)
-        assert_int_equal(b->ops->subscribe(b, queue, prefetch, &err), KILN_OK);
+        assert_int_equal(kiln__broker_subscribe(b, queue, prefetch, &err),
+                         KILN_OK);
     return b;
 }
 
