@@ -20,6 +20,7 @@
 
 #include "test/support/files.h"
 #include "test/support/mock_fixture.h"
+#include "workerpool/dispatch.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "test/support/mock_fixture.h"
+#include "workerpool/dispatch.h"
 
 #include <pthread.h>
 #include <stdio.h>

@@ -15,6 +15,7 @@
 
 #include "broker/outgoing.h"
 #include "test/support/mock_fixture.h"
+#include "workerpool/dispatch.h"
 
 #include <stdio.h>
 #include <stdlib.h>

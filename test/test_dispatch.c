@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "test/support/mock_fixture.h"
+#include "test/support/roundtrip.h"
 #include "workerpool/retry.h"
 
 #include <pthread.h>
@@ -917,7 +918,7 @@ struct e2e_run {
     struct e2e st;
     kiln_config cfg;
     kiln_registry *reg;
-    kiln__eager *e;
+    roundtrip *e;
     kiln_signature *sigs[E2E_N + 2]; /* the tasks, "nope", "ghost" */
 };
 
@@ -935,7 +936,7 @@ static void e2e_setup(struct e2e_run *r, kiln_dialect dialect)
     r->cfg.dialect = dialect;
     r->reg = kiln_registry_new(NULL);
     assert_int_equal(kiln_registry_add_table(r->reg, defs, 3, NULL), 0);
-    r->e = kiln__eager_new(&r->cfg, r->reg, true, &err);
+    r->e = roundtrip_new(&r->cfg, r->reg, true, &err);
     assert_non_null(r->e);
     for (int i = 0; i < E2E_N; i++)
         r->sigs[i] = e2e_sig(i, dialect);
@@ -949,7 +950,7 @@ static void e2e_teardown(struct e2e_run *r)
 {
     for (size_t i = 0; i < KILN__ARRAY_LEN(r->sigs); i++)
         kiln_signature_free(r->sigs[i]);
-    kiln__eager_free(r->e);
+    roundtrip_free(r->e);
     kiln_registry_free(r->reg);
 }
 
@@ -961,7 +962,7 @@ static void publish_bad(struct e2e_run *r)
         "{\"UUID\":\"task_bad\",\"Name\":\"add\","
         "\"Args\":[{\"Name\":\"\",\"Type\":\"int64\",\"Value\":\"x\"}]}";
     kiln_header raw_hdrs[] = {{"task_name", "concat"}, {"uuid", "task_badraw"}};
-    kiln__broker *p = open_conn(kiln__eager_server(r->e), NULL, 0);
+    kiln__broker *p = open_conn(roundtrip_server(r->e), NULL, 0);
     kiln__message m[3] = {
         text_msg(r->cfg.exchange, r->cfg.binding_key, wrong_type),
         text_msg(r->cfg.exchange, r->cfg.binding_key, "{not json"),
@@ -976,7 +977,7 @@ static void publish_bad(struct e2e_run *r)
 
 static void check_task_states(struct e2e_run *r)
 {
-    kiln__store *s = kiln__eager_store(r->e);
+    kiln__store *s = roundtrip_store(r->e);
     kiln__task_record rec;
     char want[32];
 
@@ -1026,7 +1027,7 @@ static void check_task_states(struct e2e_run *r)
 static void check_dead_letters(struct e2e_run *r)
 {
     kiln__broker *dlq =
-        open_conn(kiln__eager_server(r->e), r->cfg.dead_letter_queue, 0);
+        open_conn(roundtrip_server(r->e), r->cfg.dead_letter_queue, 0);
     int boom = 0, unregistered = 0, undecodable = 0, other = 0;
     kiln__delivery dl;
 
@@ -1072,21 +1073,21 @@ static void run_e2e(kiln_dialect dialect)
 
     assert_non_null(r);
     e2e_setup(r, dialect);
-    assert_int_equal(kiln__eager_send(r->e,
-                                      (const kiln_signature *const *)r->sigs,
-                                      E2E_N + 2, status, &err),
+    assert_int_equal(roundtrip_send(r->e,
+                                    (const kiln_signature *const *)r->sigs,
+                                    E2E_N + 2, status, &err),
                      KILN_OK);
     for (int i = 0; i < E2E_N + 2; i++)
         assert_int_equal(status[i], KILN_OK);
     publish_bad(r);
-    assert_int_equal(kiln__eager_drain(r->e, 0, &handled, &err), KILN_OK);
+    assert_int_equal(roundtrip_drain(r->e, 0, &handled, &err), KILN_OK);
     assert_int_equal(handled, E2E_N + 5);
     check_hits(&r->st);
     check_task_states(r);
     check_dead_letters(r);
     assert_int_equal(
-        kiln__mock_server_ready(kiln__eager_server(r->e), r->cfg.queue), 0);
-    assert_int_equal(kiln__mock_server_unacked(kiln__eager_server(r->e)), 0);
+        kiln__mock_server_ready(roundtrip_server(r->e), r->cfg.queue), 0);
+    assert_int_equal(kiln__mock_server_unacked(roundtrip_server(r->e)), 0);
     e2e_teardown(r);
     free(r);
 }
@@ -1112,7 +1113,7 @@ static void test_e2e_paota_headers(void **state)
 /* One consumer thread drains while the test thread sends. */
 struct consumer {
     pthread_t tid;
-    kiln__eager *e;
+    roundtrip *e;
     atomic_bool stop;
     long handled, errors;
 };
@@ -1122,7 +1123,7 @@ static void *consumer_main(void *arg)
     struct consumer *c = arg;
 
     for (;;) {
-        kiln_err rc = kiln__eager_run_once(c->e, 20, NULL, NULL);
+        kiln_err rc = roundtrip_run_once(c->e, 20, NULL, NULL);
         if (rc == KILN_OK)
             c->handled++;
         else if (rc == KILN_ETIMEDOUT && atomic_load(&c->stop))
@@ -1148,10 +1149,10 @@ static void test_e2e_two_threads(void **state)
     assert_int_equal(pthread_create(&c.tid, NULL, consumer_main, &c), 0);
     for (int i = 0; i < E2E_N; i += 10)
         assert_int_equal(
-            kiln__eager_send(r->e, (const kiln_signature *const *)&r->sigs[i],
-                             10, NULL, NULL),
+            roundtrip_send(r->e, (const kiln_signature *const *)&r->sigs[i], 10,
+                           NULL, NULL),
             KILN_OK);
-    assert_int_equal(kiln__mock_server_wait_idle(kiln__eager_server(r->e),
+    assert_int_equal(kiln__mock_server_wait_idle(roundtrip_server(r->e),
                                                  r->cfg.queue, 10000),
                      KILN_OK);
     atomic_store(&c.stop, true);
@@ -1160,11 +1161,9 @@ static void test_e2e_two_threads(void **state)
     assert_int_equal(c.handled, E2E_N);
     check_hits(&r->st);
     assert_int_equal(
-        kiln__mock_store_count(kiln__eager_store(r->e), KILN_STATE_SUCCESS),
-        67);
+        kiln__mock_store_count(roundtrip_store(r->e), KILN_STATE_SUCCESS), 67);
     assert_int_equal(
-        kiln__mock_store_count(kiln__eager_store(r->e), KILN_STATE_FAILURE),
-        33);
+        kiln__mock_store_count(roundtrip_store(r->e), KILN_STATE_FAILURE), 33);
     e2e_teardown(r);
     free(r);
 }
