@@ -174,8 +174,7 @@ typedef enum kiln_queue_type {
 
 typedef enum kiln_store_kind {
     KILN_STORE_NONE = 0, /* no task state is recorded */
-    KILN_STORE_MONGODB,  /* MongoDB (machinery's schema) */
-    KILN_STORE_MEMORY    /* in-process, for tests and eager mode */
+    KILN_STORE_MONGODB   /* MongoDB (machinery's schema) */
 } kiln_store_kind;
 
 /* The JSON dialect the encoder writes. The decoder reads all of them. */

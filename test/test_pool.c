@@ -833,9 +833,9 @@ static void test_misuse(void **state)
         KILN_ECLOSED);
     kiln_pool_free(NULL);
     bad = f->cfg;
-    bad.store = KILN_STORE_MEMORY;
+    bad.store = (kiln_store_kind)(KILN_STORE_MONGODB + 1);
     assert_null(kiln_pool_new(&bad, 0, "x", &err));
-    assert_non_null(strstr(err.message, "KILN_STORE=memory"));
+    assert_non_null(strstr(err.message, "KILN_STORE"));
 }
 
 /* A signature's Priority becomes the message's AMQP priority whatever

@@ -1446,7 +1446,7 @@ static void test_public_get_and_wait(void **state)
     kiln_result_free(res);
     kiln_store_free(st);
 
-    f->cfg.store = KILN_STORE_MEMORY;
+    f->cfg.store = KILN_STORE_NONE;
     assert_null(kiln_store_new(&f->cfg, &err));
     assert_int_equal(err.code, KILN_EINVAL);
     kiln_result_free(NULL);
