@@ -674,19 +674,6 @@ static kiln_err settle_one(kiln__broker *b, const kiln__delivery *dl,
     return kiln__settle_end(b, dl, s, err);
 }
 
-kiln_err kiln__dead_letter(kiln__broker *b, const kiln_config *cfg,
-                           const kiln__delivery *dl, const char *reason,
-                           kiln_error *err)
-{
-    kiln__settle s;
-    kiln_err rc;
-
-    settle_init(&s);
-    if ((rc = dead_letter_build(cfg, dl, reason, 0, &s, err)) != KILN_OK)
-        return rc;
-    return settle_one(b, dl, &s, err);
-}
-
 kiln_err kiln__dispatch_settle(const kiln__dispatch *d, kiln__broker *b,
                                const kiln__delivery *dl, const kiln__job *job,
                                kiln_error *err)
