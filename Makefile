@@ -132,9 +132,12 @@ $(SHARED): $(LIB_OBJS)
 # Every test program links the same way: the shared test code, the
 # mocks, then the library.
 TEST_LINK := $(TEST_SUPPORT_OBJS) $(MOCKLIB) $(STATIC)
+# KILN_TEST_MAKE_VERSION: test_error checks that the files named after
+# VERSION hold the release the header says.
 define link_test
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
+	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes \
+	    -DKILN_TEST_MAKE_VERSION='"$(VERSION)"' -MMD -MP $< \
 	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(MOCKLIB) $(STATIC) \
 	    -lcmocka $(LIBS)
 endef
