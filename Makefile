@@ -51,9 +51,13 @@ ALL_CFLAGS := $(CSTD) $(OPT) $(WARN) $(SANFLAGS) -fvisibility=hidden \
               -pthread -fPIC -I. -Iinclude $(PC_CFLAGS) $(CFLAGS)
 ALL_LDFLAGS := $(SANFLAGS) $(LDFLAGS)
 
-MODULES  := core config logger task broker store workerpool mocks
+MODULES  := core config logger task broker store workerpool
 LIB_SRCS := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+# The in-memory broker and store are test code: a library of their own
+# that only test programs link, never part of libkiln.
+MOCK_SRCS := $(wildcard mocks/*.c)
+MOCK_OBJS := $(MOCK_SRCS:%.c=$(BUILD)/obj/%.o)
 
 TEST_SRCS    := $(wildcard test/test_*.c)
 TEST_BINS    := $(TEST_SRCS:test/%.c=$(BUILD)/test/%)
@@ -84,6 +88,7 @@ EXAMPLE_SRCS := $(wildcard examples/*/main.c)
 EXAMPLE_BINS := $(EXAMPLE_SRCS:examples/%/main.c=$(BUILD)/examples/%)
 
 STATIC := $(BUILD)/libkiln.a
+MOCKLIB := $(BUILD)/libkiln_mock.a
 SHARED := $(BUILD)/libkiln.so.$(VERSION)
 SONAME := libkiln.so.$(VERSION_MAJOR)
 
@@ -112,6 +117,11 @@ $(STATIC): $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
+$(MOCKLIB): $(MOCK_OBJS)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+
 $(SHARED): $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--no-undefined $(ALL_LDFLAGS) \
@@ -119,23 +129,29 @@ $(SHARED): $(LIB_OBJS)
 	ln -sf libkiln.so.$(VERSION) $(BUILD)/$(SONAME)
 	ln -sf $(SONAME) $(BUILD)/libkiln.so
 
-# Every test program links the same way.
+# Every test program links the same way: the shared test code, the
+# mocks, then the library.
+TEST_LINK := $(TEST_SUPPORT_OBJS) $(MOCKLIB) $(STATIC)
+# KILN_TEST_MAKE_VERSION: test_error checks that the files named after
+# VERSION hold the release the header says.
 define link_test
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< \
-	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(STATIC) -lcmocka $(LIBS)
+	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes \
+	    -DKILN_TEST_MAKE_VERSION='"$(VERSION)"' -MMD -MP $< \
+	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(MOCKLIB) $(STATIC) \
+	    -lcmocka $(LIBS)
 endef
 
-$(BUILD)/test/%: test/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
+$(BUILD)/test/%: test/%.c $(TEST_LINK)
 	$(link_test)
 
-$(BUILD)/it/%: test/integration/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
+$(BUILD)/it/%: test/integration/%.c $(TEST_LINK)
 	$(link_test)
 
-$(BUILD)/interop/%: test/interop/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
+$(BUILD)/interop/%: test/interop/%.c $(TEST_LINK)
 	$(link_test)
 
-$(BUILD)/long/%: test/long/%.c $(TEST_SUPPORT_OBJS) $(STATIC)
+$(BUILD)/long/%: test/long/%.c $(TEST_LINK)
 	$(link_test)
 
 # scripts/install-go.sh prints a Go new enough for go.mod, installing one
@@ -239,14 +255,20 @@ test: deps
 	    build/summary-interop-asan.txt
 
 # Only kiln_ names may leave the library: the static archive may hold
-# kiln__ internals, the shared object must export kiln_ API names only.
+# kiln__ internals, the shared object must export kiln_ API names only;
+# the mocks (test code) are in neither; and nothing calls cJSON's parser,
+# whose error position is one process-wide variable.
 symbols: lib
 	@bad=$$(nm -g --defined-only $(STATIC) | awk 'NF==3 && $$2 ~ /[TDBRVW]/ && $$3 !~ /^kiln_/ {print $$3}'); \
 	 if [ -n "$$bad" ]; then echo "non-kiln symbols in $(STATIC):"; echo "$$bad"; exit 1; fi
 	@bad=$$(nm -D --defined-only $(SHARED) | awk 'NF==3 && $$2 ~ /[TDBRVW]/ && ($$3 !~ /^kiln_/ || $$3 ~ /^kiln__/) {print $$3}'); \
 	 if [ -n "$$bad" ]; then echo "non-API symbols exported by $(SHARED):"; echo "$$bad"; exit 1; fi
 	@readelf -d $(SHARED) | grep -q "SONAME.*$(SONAME)" || { echo "SONAME is not $(SONAME)"; exit 1; }
-	@echo "symbols: only kiln_ API names exported; SONAME $(SONAME)"
+	@bad=$$(nm --defined-only $(STATIC) | awk 'NF==3 && $$3 ~ /^kiln__mock_/ {print $$3}'); \
+	 if [ -n "$$bad" ]; then echo "test code (mocks/) in $(STATIC):"; echo "$$bad"; exit 1; fi
+	@bad=$$(nm -u $(STATIC) | awk '$$2 ~ /^cJSON_(Parse|GetErrorPtr)/ {print $$2}' | sort -u); \
+	 if [ -n "$$bad" ]; then echo "$(STATIC) calls cJSON's parser, whose error position is one global (a race):"; echo "$$bad"; exit 1; fi
+	@echo "symbols: only kiln_ API names exported; no test code; no cJSON parse; SONAME $(SONAME)"
 
 # Every C snippet of README.md, docs/*.md and the public headers, compiled
 # against this variant's library; the complete programs among them run
@@ -305,15 +327,17 @@ check-scripts:
 	@scripts/check-scripts.sh
 
 tidy:
-	@for f in $(LIB_SRCS); do \
+	@for f in $(LIB_SRCS) $(MOCK_SRCS); do \
 	    clang-tidy --quiet $$f -- $(CSTD) -I. -Iinclude $(PC_CFLAGS) || exit 1; \
 	done
 
 cppcheck:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability \
-	    --inline-suppr --suppress=missingIncludeSystem -I. -Iinclude $(LIB_SRCS)
+	    --inline-suppr --suppress=missingIncludeSystem -I. -Iinclude $(LIB_SRCS) \
+	    $(MOCK_SRCS)
 
-FORMAT_SRCS = $(LIB_SRCS) $(wildcard core/*.h config/*.h logger/*.h task/*.h \
+FORMAT_SRCS = $(LIB_SRCS) $(MOCK_SRCS) \
+              $(wildcard core/*.h config/*.h logger/*.h task/*.h \
               broker/*.h store/*.h workerpool/*.h mocks/*.h include/*.h \
               include/kiln/*.h test/*.c test/support/*.[ch] test/fuzz/*.c \
               test/interop/*.[ch] \
@@ -327,6 +351,7 @@ format-check:
 clean:
 	rm -rf build
 
--include $(LIB_OBJS:.o=.d) $(TEST_SUPPORT_OBJS:.o=.d) $(IOP_TEST:=.d) $(IOP_PROGS:=.d) \
+-include $(LIB_OBJS:.o=.d) $(MOCK_OBJS:.o=.d) $(TEST_SUPPORT_OBJS:.o=.d) \
+    $(IOP_TEST:=.d) $(IOP_PROGS:=.d) \
     $(TEST_BINS:=.d) $(IT_BINS:=.d) $(IT_PROGS:=.d) $(LONG_BINS:=.d) \
     $(BENCH_BINS:=.d) $(EXAMPLE_BINS:=.d)

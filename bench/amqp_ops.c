@@ -92,7 +92,7 @@ static double consume(const kiln_config *cfg, size_t n)
     kiln_error err;
     double t0, rate;
 
-    if (b->ops->subscribe(b, cfg->queue, 128, &err) != KILN_OK)
+    if (kiln__broker_subscribe(b, cfg->queue, 128, &err) != KILN_OK)
         die("subscribe", &err);
     t0 = seconds();
     for (size_t i = 0; i < n; i++) {
@@ -149,7 +149,7 @@ int main(int argc, char **argv)
     (void)snprintf(cfg.dead_letter_queue, sizeof(cfg.dead_letter_queue),
                    "%s.dlq", base);
     b = open_broker(&cfg);
-    if (b->ops->declare(b, &cfg, &err) != KILN_OK)
+    if (kiln__broker_declare(b, &cfg, &err) != KILN_OK)
         die("declare", &err);
     for (int r = 0; r < RUNS; r++) {
         p100[r] = publish(b, &cfg, n, 100);

@@ -40,10 +40,10 @@
  * with the optional ops of broker.h, all implemented here:
  *
  *   for (;;) {
- *       if (!ops->pending(b))
- *           poll({ops->poll_fd(b), POLLIN} + the pool's own wakeup fd,
+ *       if (!kiln__broker_pending(b))
+ *           poll({kiln__broker_poll_fd(b), POLLIN} + the pool's wakeup fd,
  *                timeout = min(next ack flush, heartbeat_ms / 2));
- *       while (consume(b, &d, 0, &err) == KILN_OK)
+ *       while (kiln__broker_consume(b, &d, 0, &err) == KILN_OK)
  *           hand d to a worker;
  *       // KILN_ETIMEDOUT here just means "nothing more right now"
  *       flush coalesced acks; publish retries;
@@ -56,8 +56,8 @@
  * unless called, so call one of them at least every heartbeat_ms / 2,
  * also when idle, or the server drops the connection.
  *
- * Draining on shutdown: ops->cancel sends basic.cancel; consume then hands
- * out the deliveries the broker had already sent and reports KILN_ECLOSED
+ * Draining on shutdown: kiln__broker_cancel sends basic.cancel; consume then
+ * hands out the deliveries the broker had already sent and reports KILN_ECLOSED
  * once there are none; settle them, then close.
  */
 #ifndef KILN_BROKER_AMQP_H

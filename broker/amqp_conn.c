@@ -296,7 +296,7 @@ kiln_err kiln__amqp_connect(kiln__broker *base, kiln_error *err)
         return KILN_OK;
     }
     if (b->conn != NULL)
-        base->ops->close(base);
+        kiln__broker_close(base);
     if ((rc = parse_url(b->cfg.broker_url, &u, err)) != KILN_OK)
         return rc;
     if ((b->conn = amqp_new_connection()) == NULL)
@@ -313,6 +313,6 @@ kiln_err kiln__amqp_connect(kiln__broker *base, kiln_error *err)
     return KILN_OK;
 fail:
     b->lost = true; /* no closing handshake on a half-open connection */
-    base->ops->close(base);
+    kiln__broker_close(base);
     return rc;
 }

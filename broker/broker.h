@@ -204,11 +204,25 @@ struct kiln__broker {
     const kiln__broker_ops *ops;
 };
 
-/* Thin wrappers, so call sites read as plain calls. Same rules as the ops:
- * only the owning thread may call them. */
+/* ---- the ops, called through these wrappers ------------------------------
+ * Every op has one, and every call site goes through it (never b->ops->),
+ * so the optional ops' defaults are decided here, once. Same rules as the
+ * ops: only the owning thread may call them. */
+
 static inline kiln_err kiln__broker_connect(kiln__broker *b, kiln_error *err)
 {
     return b->ops->connect(b, err);
+}
+
+static inline void kiln__broker_close(kiln__broker *b)
+{
+    b->ops->close(b);
+}
+
+static inline kiln_err
+kiln__broker_declare(kiln__broker *b, const kiln_config *cfg, kiln_error *err)
+{
+    return b->ops->declare(b, cfg, err);
 }
 
 static inline kiln_err kiln__broker_publish(kiln__broker *b,
@@ -216,6 +230,14 @@ static inline kiln_err kiln__broker_publish(kiln__broker *b,
                                             kiln_err *status, kiln_error *err)
 {
     return b->ops->publish(b, msgs, n, status, err);
+}
+
+static inline kiln_err kiln__broker_subscribe(kiln__broker *b,
+                                              const char *queue,
+                                              unsigned prefetch,
+                                              kiln_error *err)
+{
+    return b->ops->subscribe(b, queue, prefetch, err);
 }
 
 static inline kiln_err kiln__broker_consume(kiln__broker *b,
@@ -242,10 +264,62 @@ static inline void kiln__broker_release(kiln__broker *b, kiln__delivery *d)
     b->ops->release(b, d);
 }
 
+/* NULL-safe. */
 static inline void kiln__broker_destroy(kiln__broker *b)
 {
     if (b != NULL)
         b->ops->destroy(b);
+}
+
+/* Without poll_fd: -1, as for an object not connected (the owner then
+ * polls consume with short timeouts). */
+static inline int kiln__broker_poll_fd(kiln__broker *b)
+{
+    return b->ops->poll_fd != NULL ? b->ops->poll_fd(b) : -1;
+}
+
+/* Without pending: false (nothing is known to wait in memory). */
+static inline bool kiln__broker_pending(kiln__broker *b)
+{
+    return b->ops->pending != NULL && b->ops->pending(b);
+}
+
+/* Without tick: KILN_OK, an object with no housekeeping to do. */
+static inline kiln_err kiln__broker_tick(kiln__broker *b, kiln_error *err)
+{
+    return b->ops->tick != NULL ? b->ops->tick(b, err) : KILN_OK;
+}
+
+/* Without cancel: KILN_OK, and nothing is stopped: the caller stops
+ * consuming and what the broker still sends waits in the object until
+ * close returns it to the queue. */
+static inline kiln_err kiln__broker_cancel(kiln__broker *b, kiln_error *err)
+{
+    return b->ops->cancel != NULL ? b->ops->cancel(b, err) : KILN_OK;
+}
+
+/* kiln__broker_knows_lost: whether the object can tell a message lost
+ * with its connection from one refused (it has publish_lost). Without
+ * it, kiln__broker_publish_lost is always false and a caller asks
+ * kiln__broker_probe instead. */
+static inline bool kiln__broker_knows_lost(const kiln__broker *b)
+{
+    return b->ops->publish_lost != NULL;
+}
+
+static inline bool kiln__broker_publish_lost(kiln__broker *b, size_t i)
+{
+    return b->ops->publish_lost != NULL && b->ops->publish_lost(b, i);
+}
+
+/* kiln__broker_probe asks whether the connection still works: tick, or
+ * for an object without it the declare of `cfg` (idempotent). KILN_EBROKER
+ * or KILN_ECLOSED when it is gone. */
+static inline kiln_err
+kiln__broker_probe(kiln__broker *b, const kiln_config *cfg, kiln_error *err)
+{
+    return b->ops->tick != NULL ? b->ops->tick(b, err)
+                                : b->ops->declare(b, cfg, err);
 }
 
 /* kiln__delivery_header returns the value of header `key` in `d`, or NULL.

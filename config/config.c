@@ -54,7 +54,6 @@ static const kiln__cfg_word dialects[] = {
 /* "null" is paota's name for its no-op store. */
 static const kiln__cfg_word stores[] = {{"none", KILN_STORE_NONE},
                                         {"mongodb", KILN_STORE_MONGODB},
-                                        {"memory", KILN_STORE_MEMORY},
                                         {"null", KILN_STORE_NONE},
                                         {NULL, 0}};
 
@@ -161,7 +160,7 @@ const kiln__cfg_field kiln__cfg_fields[] = {
      "machinery, paota or paota-headers"},
     /* store */
     {"KILN_STORE", "PAOTA_STORE", KILN__CFG_ENUM, 0, F(store), 0, 0, stores,
-     "none, mongodb or memory"},
+     "none or mongodb"},
     {"KILN_MONGODB_URL", "PAOTA_MONGO_URI", KILN__CFG_MONGO_URL, 0,
      F(mongodb_url), 1, URL_MAX_BYTES, NULL, NULL},
     /* MongoDB caps database names at 63 bytes. */

@@ -63,6 +63,16 @@ size_t kiln__strlcpy(char *dst, const char *src, size_t n);
  * no surrogates, nothing above U+10FFFF). */
 bool kiln__utf8_valid(const char *s, size_t n);
 
+/* kiln__utf8_len: the length (1..4) of the well-formed UTF-8 character
+ * at s, of which `avail` (> 0) bytes may be read, or 0 when the bytes
+ * there do not start one. */
+size_t kiln__utf8_len(const char *s, size_t avail);
+
+/* kiln__hash_str: FNV-1a, 64 bits, of a NUL-terminated string: for hash
+ * tables keyed by short strings (task names, task UUIDs); no allocation.
+ * Not for anything an attacker must not be able to collide. */
+uint64_t kiln__hash_str(const char *s);
+
 /* Clocks, in nanoseconds. */
 int64_t kiln__realtime_ns(void);  /* since the Unix epoch */
 int64_t kiln__monotonic_ns(void); /* since an arbitrary point */

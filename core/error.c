@@ -4,6 +4,10 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Callers test `if (rc)` as often as `if (rc != KILN_OK)`: a fact of the
+ * ABI, checked where it is compiled rather than by a test. */
+_Static_assert(KILN_OK == 0, "KILN_OK must be 0");
+
 const char *kiln_strerror(kiln_err code)
 {
     switch (code) {

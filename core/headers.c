@@ -2,6 +2,8 @@
  * form. Every walk keeps its own stack of KILN__HVAL_MAX_DEPTH levels. */
 #include "core/headers.h"
 
+#include "core/buf.h"
+
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -223,40 +225,12 @@ const kiln__hdr *kiln__hdrs_find(const kiln__hdr *f, size_t n, const char *key)
 
 /* ---- text --------------------------------------------------------------- */
 
-static void put(kiln__bump *s, const void *src, size_t n)
-{
-    char *at = kiln__bump_take(s, n, 1);
-
-    if (at != NULL && n > 0)
-        memcpy(at, src, n);
-}
-
-static void put_cstr(kiln__bump *s, const char *str)
-{
-    put(s, str, strlen(str));
-}
-
 /* Bytes that are not UTF-8 are taken as Latin-1, so the JSON stays valid. */
-static void put_json_string(kiln__bump *s, const char *str, size_t len)
+static void put_json_string(kiln__buf *s, const char *str, size_t len)
 {
-    const unsigned char *p = (const unsigned char *)str;
-    bool utf8 = kiln__utf8_valid(str, len);
-    char esc[8];
-
-    put(s, "\"", 1);
-    for (size_t i = 0; i < len; i++) {
-        if (p[i] == '"' || p[i] == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)p[i];
-            put(s, esc, 2);
-        } else if (p[i] < 0x20 || (p[i] >= 0x80 && !utf8)) {
-            (void)snprintf(esc, sizeof(esc), "\\u%04x", p[i]);
-            put(s, esc, 6);
-        } else {
-            put(s, &p[i], 1);
-        }
-    }
-    put(s, "\"", 1);
+    kiln__buf_put(s, "\"", 1);
+    kiln__buf_json_escape(s, str, len, KILN__JSON_LATIN1);
+    kiln__buf_put(s, "\"", 1);
 }
 
 /* AMQP decimal: value * 10^-decimals, e.g. {2, 1234} is "12.34". */
@@ -302,53 +276,53 @@ static int put_number(char *o, size_t n, const kiln__hval *v, bool json)
 }
 
 /* One value that is not a table or an array: as text, or as JSON. */
-static void put_scalar(kiln__bump *s, const kiln__hval *v, bool json)
+static void put_scalar(kiln__buf *s, const kiln__hval *v, bool json)
 {
     char num[64];
     int k;
 
     if (v->type == KILN__HV_BOOL) {
-        put_cstr(s, v->v.b ? "true" : "false");
+        kiln__buf_puts(s, v->v.b ? "true" : "false");
     } else if (is_string(v) && json) {
         put_json_string(s, v->v.str.p, v->v.str.len);
     } else if (is_string(v)) {
-        put(s, v->v.str.p, v->v.str.len);
+        kiln__buf_put(s, v->v.str.p, v->v.str.len);
     } else {
         k = put_number(num, sizeof(num), v, json);
-        put(s, num, k > 0 ? (size_t)k : 0);
+        kiln__buf_put(s, num, k > 0 ? (size_t)k : 0);
     }
 }
 
 /* A table or an array as JSON (x-death, for one). */
-static void put_nested(kiln__bump *s, const kiln__hval *root)
+static void put_nested(kiln__buf *s, const kiln__hval *root)
 {
     level st[KILN__HVAL_MAX_DEPTH];
     int top = 1;
 
     st[0] = level_of(root);
-    put(s, root->type == KILN__HV_TABLE ? "{" : "[", 1);
+    kiln__buf_put(s, root->type == KILN__HV_TABLE ? "{" : "[", 1);
     while (top > 0) {
         level *l = &st[top - 1];
         const kiln__hval *v;
         const char *key;
 
         if (l->i >= l->n) {
-            put(s, l->table ? "}" : "]", 1);
+            kiln__buf_put(s, l->table ? "}" : "]", 1);
             top--;
             continue;
         }
         if (l->i > 0)
-            put(s, ",", 1);
+            kiln__buf_put(s, ",", 1);
         v = next_of(l, &key);
         if (key != NULL) {
             put_json_string(s, key, strlen(key));
-            put(s, ":", 1);
+            kiln__buf_put(s, ":", 1);
         }
         if (nested(v) && top < KILN__HVAL_MAX_DEPTH) {
             st[top++] = level_of(v);
-            put(s, v->type == KILN__HV_TABLE ? "{" : "[", 1);
+            kiln__buf_put(s, v->type == KILN__HV_TABLE ? "{" : "[", 1);
         } else if (nested(v)) {
-            put_cstr(s, "null");
+            kiln__buf_puts(s, "null");
         } else {
             put_scalar(s, v, true);
         }
@@ -357,11 +331,17 @@ static void put_nested(kiln__bump *s, const kiln__hval *root)
 
 size_t kiln__hval_text(const kiln__hval *v, char *out)
 {
-    kiln__bump s = {out, 0};
+    kiln__buf s;
+
+    /* `out` was sized by a counting call: it holds what is written. */
+    if (out != NULL)
+        kiln__buf_init(&s, out, SIZE_MAX, true);
+    else
+        kiln__buf_init_count(&s);
 
     if (nested(v))
         put_nested(&s, v);
     else
         put_scalar(&s, v, false);
-    return s.len;
+    return s.n;
 }

@@ -18,45 +18,48 @@ size_t kiln__strlcpy(char *dst, const char *src, size_t n)
     return len;
 }
 
-/* A table-free validator after RFC 3629, section 4. */
-bool kiln__utf8_valid(const char *s, size_t n)
+/* A table-free reader after RFC 3629, section 4. */
+size_t kiln__utf8_len(const char *s, size_t avail)
 {
     const unsigned char *p = (const unsigned char *)s;
-    const unsigned char *end = p + n;
+    unsigned char c = p[0], lo = 0x80, hi = 0xBF;
+    size_t need;
 
-    while (p < end) {
-        unsigned char c = *p;
-        size_t need;
-        unsigned lo = 0x80, hi = 0xBF;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF) {
+        need = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        need = 2;
+        lo = c == 0xE0 ? 0xA0 : 0x80; /* overlong */
+        hi = c == 0xED ? 0x9F : 0xBF; /* surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        need = 3;
+        lo = c == 0xF0 ? 0x90 : 0x80; /* overlong */
+        hi = c == 0xF4 ? 0x8F : 0xBF; /* above U+10FFFF */
+    } else {
+        return 0;
+    }
+    if (avail <= need || p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t k = 2; k <= need; k++)
+        if ((p[k] & 0xC0) != 0x80)
+            return 0;
+    return need + 1;
+}
 
-        if (c < 0x80) {
-            p++;
+bool kiln__utf8_valid(const char *s, size_t n)
+{
+    size_t i = 0, len;
+
+    while (i < n) {
+        if ((unsigned char)s[i] < 0x80) {
+            i++;
             continue;
         }
-        if (c >= 0xC2 && c <= 0xDF)
-            need = 1;
-        else if (c >= 0xE0 && c <= 0xEF) {
-            need = 2;
-            if (c == 0xE0)
-                lo = 0xA0; /* overlong */
-            else if (c == 0xED)
-                hi = 0x9F; /* surrogates */
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            need = 3;
-            if (c == 0xF0)
-                lo = 0x90; /* overlong */
-            else if (c == 0xF4)
-                hi = 0x8F; /* above U+10FFFF */
-        } else
+        if ((len = kiln__utf8_len(s + i, n - i)) == 0)
             return false;
-        if ((size_t)(end - p) <= need)
-            return false;
-        if (p[1] < lo || p[1] > hi)
-            return false;
-        for (size_t k = 2; k <= need; k++)
-            if (p[k] < 0x80 || p[k] > 0xBF)
-                return false;
-        p += need + 1;
+        i += len;
     }
     return true;
 }
@@ -107,4 +110,15 @@ kiln_err kiln__random(void *buf, size_t n, kiln_error *err)
         n -= (size_t)got;
     }
     return KILN_OK;
+}
+
+uint64_t kiln__hash_str(const char *s)
+{
+    uint64_t h = 14695981039346656037ULL;
+
+    for (; *s != '\0'; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
 }

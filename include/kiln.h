@@ -174,8 +174,7 @@ typedef enum kiln_queue_type {
 
 typedef enum kiln_store_kind {
     KILN_STORE_NONE = 0, /* no task state is recorded */
-    KILN_STORE_MONGODB,  /* MongoDB (machinery's schema) */
-    KILN_STORE_MEMORY    /* in-process, for tests and eager mode */
+    KILN_STORE_MONGODB   /* MongoDB (machinery's schema) */
 } kiln_store_kind;
 
 /* The JSON dialect the encoder writes. The decoder reads all of them. */
@@ -658,7 +657,11 @@ KILN_API const char *kiln_signature_raw_body(const kiln_signature *sig,
                                              size_t *len);
 
 /* kiln_signature_set_raw_body sets paota's RawArgs to a copy of `json`,
- * which must be valid JSON (KILN_ECODEC otherwise). */
+ * which must be one JSON value as Go reads it (RFC 8259: no leading
+ * zeros, no trailing commas; UTF-8; nested at most 128 deep), else
+ * KILN_ECODEC naming the byte where it goes wrong, and the signature
+ * keeps its previous body. Thread-safety: safe from any thread on
+ * different signatures (it parses with no shared state). */
 KILN_API kiln_err kiln_signature_set_raw_body(kiln_signature *sig,
                                               const char *json, size_t len,
                                               kiln_error *err);

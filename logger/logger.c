@@ -147,31 +147,30 @@ format_message(char *stack, const char *fmt, va_list ap, char **heap,
     return msg;
 }
 
-static void put_string(kiln__lbuf *b, const char *s, size_t limit,
-                       kiln__esc esc)
+static void put_string(kiln__buf *b, const char *s, size_t limit, kiln__esc esc)
 {
-    kiln__lbuf_put_field(b, s, strlen(s), limit, false, esc);
+    kiln__log_put_field(b, s, strlen(s), limit, false, esc);
 }
 
-static void put_message(kiln__lbuf *b, const struct line *ln, size_t limit,
+static void put_message(kiln__buf *b, const struct line *ln, size_t limit,
                         kiln__esc esc)
 {
     char mark[64];
     int n;
 
-    kiln__lbuf_put_field(b, ln->msg, ln->msg_len, limit,
-                         ln->msg_len < ln->msg_full, esc);
+    kiln__log_put_field(b, ln->msg, ln->msg_len, limit,
+                        ln->msg_len < ln->msg_full, esc);
     if (ln->msg_len < ln->msg_full) {
         n = snprintf(mark, sizeof(mark), "...[truncated from %zu bytes]",
                      ln->msg_full);
         if (n > 0 && (size_t)n < sizeof(mark))
-            kiln__lbuf_put(b, mark, (size_t)n);
+            kiln__buf_put(b, mark, (size_t)n);
     }
 }
 
 /* A text-line value is quoted, logfmt style, when it is empty or holds a
  * space, a control byte, '"' or '='. */
-static void put_text_value(kiln__lbuf *b, const char *s, size_t limit)
+static void put_text_value(kiln__buf *b, const char *s, size_t limit)
 {
     bool quote = *s == '\0';
 
@@ -182,58 +181,67 @@ static void put_text_value(kiln__lbuf *b, const char *s, size_t limit)
         put_string(b, s, limit, KILN__ESC_TEXT);
         return;
     }
-    kiln__lbuf_put(b, "\"", 1);
+    kiln__buf_put(b, "\"", 1);
     put_string(b, s, limit, KILN__ESC_JSON);
-    kiln__lbuf_put(b, "\"", 1);
+    kiln__buf_put(b, "\"", 1);
 }
 
-static void build_text(kiln__lbuf *b, const struct line *ln, size_t msg_lim,
+static void build_text(kiln__buf *b, const struct line *ln, size_t msg_lim,
                        size_t field_lim)
 {
-    kiln__lbuf_put(b, ln->time, ln->time_len);
-    kiln__lbuf_put(b, " ", 1);
-    kiln__lbuf_puts(b, level_name(ln->level, false));
-    kiln__lbuf_put(b, " [", 2);
+    kiln__buf_put(b, ln->time, ln->time_len);
+    kiln__buf_put(b, " ", 1);
+    kiln__buf_puts(b, level_name(ln->level, false));
+    kiln__buf_put(b, " [", 2);
     put_string(b, ln->module, field_lim, KILN__ESC_TEXT);
-    kiln__lbuf_put(b, "] ", 2);
+    kiln__buf_put(b, "] ", 2);
     put_message(b, ln, msg_lim, KILN__ESC_TEXT);
     if (ln->uuid != NULL) {
-        kiln__lbuf_puts(b, " task_id=");
+        kiln__buf_puts(b, " task_id=");
         put_text_value(b, ln->uuid, field_lim);
     }
     if (ln->name != NULL) {
-        kiln__lbuf_puts(b, " task=");
+        kiln__buf_puts(b, " task=");
         put_text_value(b, ln->name, field_lim);
     }
 }
 
-static void build_json(kiln__lbuf *b, const struct line *ln, size_t msg_lim,
+static void build_json(kiln__buf *b, const struct line *ln, size_t msg_lim,
                        size_t field_lim)
 {
-    kiln__lbuf_puts(b, "{\"time\":\"");
-    kiln__lbuf_put(b, ln->time, ln->time_len);
-    kiln__lbuf_puts(b, "\",\"level\":\"");
-    kiln__lbuf_puts(b, level_name(ln->level, true));
-    kiln__lbuf_puts(b, "\",\"module\":\"");
+    kiln__buf_puts(b, "{\"time\":\"");
+    kiln__buf_put(b, ln->time, ln->time_len);
+    kiln__buf_puts(b, "\",\"level\":\"");
+    kiln__buf_puts(b, level_name(ln->level, true));
+    kiln__buf_puts(b, "\",\"module\":\"");
     put_string(b, ln->module, field_lim, KILN__ESC_JSON);
-    kiln__lbuf_puts(b, "\",\"msg\":\"");
+    kiln__buf_puts(b, "\",\"msg\":\"");
     put_message(b, ln, msg_lim, KILN__ESC_JSON);
-    kiln__lbuf_put(b, "\"", 1);
+    kiln__buf_put(b, "\"", 1);
     if (ln->uuid != NULL) {
-        kiln__lbuf_puts(b, ",\"task_id\":\"");
+        kiln__buf_puts(b, ",\"task_id\":\"");
         put_string(b, ln->uuid, field_lim, KILN__ESC_JSON);
-        kiln__lbuf_put(b, "\"", 1);
+        kiln__buf_put(b, "\"", 1);
     }
     if (ln->name != NULL) {
-        kiln__lbuf_puts(b, ",\"task\":\"");
+        kiln__buf_puts(b, ",\"task\":\"");
         put_string(b, ln->name, field_lim, KILN__ESC_JSON);
-        kiln__lbuf_put(b, "\"", 1);
+        kiln__buf_put(b, "\"", 1);
     }
-    kiln__lbuf_put(b, "}", 1);
+    kiln__buf_put(b, "}", 1);
 }
 
-static void emit(kiln__lbuf *b, kiln_log_level level)
+/* Builds the line in b (the stack buffer first; with field limits that
+ * fit it when the heap fails) and hands it to the sink, or writes it to
+ * stderr with its '\n' in one call, so lines from several threads never
+ * interleave. The sink is read first: a line being written as the sink
+ * changes may still reach the previous one (kiln.h says so). */
+static void emit(kiln__buf *b, const struct line *ln, bool json,
+                 kiln_log_level level)
 {
+    void (*build)(kiln__buf *, const struct line *, size_t, size_t) =
+        json ? build_json : build_text;
+    const char *text;
     kiln_log_fn fn;
     void *user;
 
@@ -241,14 +249,22 @@ static void emit(kiln__lbuf *b, kiln_log_level level)
     fn = sink_fn;
     user = sink_user;
     (void)pthread_mutex_unlock(&sink_mu);
-    if (fn != NULL) {
-        fn(level, b->p, user);
-        return;
+    build(b, ln, SIZE_MAX, FIELD_MAX);
+    if (fn == NULL)
+        kiln__buf_put(b, "\n", 1);
+    if ((text = kiln__buf_cstr(b)) == NULL) {
+        kiln__buf_release(b);
+        kiln__buf_init(b, b->first, b->first_cap, true);
+        build(b, ln, FALLBACK_MSG, FALLBACK_FIELD);
+        if (fn == NULL)
+            kiln__buf_put(b, "\n", 1);
+        if ((text = kiln__buf_cstr(b)) == NULL)
+            return; /* cannot happen: the limits fit (FALLBACK_MSG) */
     }
-    /* One call per line, so lines from several threads never interleave;
-     * kiln__lbuf keeps the byte for '\n'. */
-    b->p[b->len] = '\n';
-    (void)fwrite(b->p, 1, b->len + 1, stderr);
+    if (fn != NULL)
+        fn(level, text, user);
+    else
+        (void)fwrite(text, 1, b->n, stderr);
 }
 
 void kiln__vlog_task(kiln_log_level level, const char *module, const char *uuid,
@@ -256,7 +272,7 @@ void kiln__vlog_task(kiln_log_level level, const char *module, const char *uuid,
 {
     char msg_stack[MSG_STACK], line_stack[LINE_STACK], *heap;
     struct line ln;
-    kiln__lbuf b;
+    kiln__buf b;
     bool json;
 
     if (!kiln__log_enabled(level))
@@ -271,15 +287,9 @@ void kiln__vlog_task(kiln_log_level level, const char *module, const char *uuid,
     json = atomic_load_explicit(&active_format, memory_order_relaxed) ==
            KILN_LOG_JSON;
 
-    kiln__lbuf_init(&b, line_stack, sizeof(line_stack), false);
-    (json ? build_json : build_text)(&b, &ln, SIZE_MAX, FIELD_MAX);
-    if (b.failed) {
-        kiln__lbuf_release(&b);
-        kiln__lbuf_init(&b, line_stack, sizeof(line_stack), true);
-        (json ? build_json : build_text)(&b, &ln, FALLBACK_MSG, FALLBACK_FIELD);
-    }
-    emit(&b, level);
-    kiln__lbuf_release(&b);
+    kiln__buf_init(&b, line_stack, sizeof(line_stack), false);
+    emit(&b, &ln, json, level);
+    kiln__buf_release(&b);
     kiln__free(heap);
 }
 

@@ -118,7 +118,7 @@ static kiln_err conn_connect(kiln__broker *b, kiln_error *err)
     bool down, refused;
 
     if (c->broken)
-        b->ops->close(b);
+        kiln__broker_close(b);
     pthread_mutex_lock(&c->srv->mu);
     down = c->srv->shutdown;
     refused = c->srv->refuse_connects;

@@ -1,6 +1,9 @@
 /*
- * In-memory implementations of the broker and store interfaces, for unit
- * tests and for running tasks in-process (eager mode). Never installed.
+ * In-memory implementations of the broker and store interfaces, for the
+ * tests. Test code: the Makefile builds mocks/ into a library of its own
+ * (libkiln_mock.a) that only test programs link; libkiln never holds it.
+ * It depends on the interfaces only (broker/, store/), never on the pool.
+ * Never installed.
  *
  * The mock broker is split the way RabbitMQ is: a server
  * (kiln__mock_server) holds exchanges, bindings and queues and is safe
@@ -22,7 +25,6 @@
 
 #include "broker/broker.h"
 #include "store/store.h"
-#include "workerpool/dispatch.h"
 
 /* ---- mock broker ------------------------------------------------------ */
 
@@ -141,41 +143,5 @@ unsigned kiln__mock_store_failed_while_down(kiln__store *s);
  * KILN_ETIMEDOUT. */
 kiln_err kiln__mock_store_wait_finished(kiln__store *s, const char *uuid,
                                         int timeout_ms);
-
-/* ---- eager mode --------------------------------------------------------
- * A producer, a consumer and (optionally) a store on one private mock
- * server, wired to the dispatcher: send tasks, then drain the queue so each
- * runs through the registry on the calling thread. */
-
-typedef struct kiln__eager kiln__eager;
-
-/* Declares the topology of `cfg` (copied) on a new mock server. `reg` is
- * borrowed and must outlive the object. With `with_store` a mock store
- * records every state. Caller owns; free with kiln__eager_free. */
-kiln__eager *kiln__eager_new(const kiln_config *cfg, const kiln_registry *reg,
-                             bool with_store, kiln_error *err);
-void kiln__eager_free(kiln__eager *e);
-
-/* Encodes `n` signatures in the configured dialect and publishes them
- * (kiln__send_tasks). Producer side: one thread at a time. */
-kiln_err kiln__eager_send(kiln__eager *e, const kiln_signature *const *sigs,
-                          size_t n, kiln_err *status, kiln_error *err);
-
-/* Consumes one delivery (waiting up to `timeout_ms`) and dispatches it.
- * KILN_ETIMEDOUT when the queue stayed empty. *verdict (may be NULL)
- * gets what was done with it. Consumer side: one thread at a time, which
- * may differ from the producer's. */
-kiln_err kiln__eager_run_once(kiln__eager *e, int timeout_ms,
-                              kiln__verdict *verdict, kiln_error *err);
-
-/* Runs deliveries until the queue is empty or `max` were handled (0 = no
- * limit); *handled (may be NULL) gets the count. Consumer side. */
-kiln_err kiln__eager_drain(kiln__eager *e, size_t max, size_t *handled,
-                           kiln_error *err);
-
-/* Borrowed; valid until kiln__eager_free. The store is NULL without
- * `with_store`. */
-kiln__mock_server *kiln__eager_server(kiln__eager *e);
-kiln__store *kiln__eager_store(kiln__eager *e);
 
 #endif /* KILN_MOCKS_H */

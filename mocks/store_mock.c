@@ -27,17 +27,6 @@ struct mock_store {
     unsigned failed_while_down;
 };
 
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 14695981039346656037ULL;
-
-    for (; *s != '\0'; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 static struct entry *lookup(const struct mock_store *ms, const char *uuid,
                             uint64_t h)
 {
@@ -81,8 +70,8 @@ static bool applies(const struct entry *e, const kiln__state_update *u,
         return true;
     if (kiln__state_finished(e->rec.state))
         return false;
-    return (u->state != KILN__STATE_PENDING && !unsent) ||
-           e->rec.state == KILN__STATE_PENDING;
+    return (u->state != KILN_STATE_PENDING && !unsent) ||
+           e->rec.state == KILN_STATE_PENDING;
 }
 
 /* Builds the new contents of a record before touching the old one, so a
@@ -115,7 +104,7 @@ static kiln_err fill(kiln__task_record *r, const kiln__state_update *u,
 static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
                       bool unsent, kiln_error *err)
 {
-    uint64_t h = hash_str(u->uuid);
+    uint64_t h = kiln__hash_str(u->uuid);
     struct entry *e = lookup(ms, u->uuid, h);
     kiln__task_record rec;
     kiln_err rc;
@@ -134,8 +123,8 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
         ms->buckets[h & (ms->nbuckets - 1)] = e;
         ms->count++;
         rec.created_ns = rec.updated_ns;
-        rec.attempts = u->state == KILN__STATE_STARTED ? 1 : 0;
-        rec.started_ns = u->state == KILN__STATE_STARTED ? rec.updated_ns : 0;
+        rec.attempts = u->state == KILN_STATE_STARTED ? 1 : 0;
+        rec.started_ns = u->state == KILN_STATE_STARTED ? rec.updated_ns : 0;
         maybe_grow(ms);
     } else {
         /* A later write without a name keeps the one already known. */
@@ -146,9 +135,9 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
         }
         rec.created_ns = e->rec.created_ns;
         rec.attempts =
-            e->rec.attempts + (u->state == KILN__STATE_STARTED ? 1 : 0);
-        rec.started_ns = u->state == KILN__STATE_STARTED ? rec.updated_ns
-                                                         : e->rec.started_ns;
+            e->rec.attempts + (u->state == KILN_STATE_STARTED ? 1 : 0);
+        rec.started_ns =
+            u->state == KILN_STATE_STARTED ? rec.updated_ns : e->rec.started_ns;
         ms->per_state[e->rec.state]--;
         kiln__task_record_release(&e->rec);
     }
@@ -199,7 +188,7 @@ static kiln_err ms_set_state(kiln__store *s, const kiln__state_update *u,
 static kiln_err ms_send_failed(kiln__store *s, const kiln__state_update *u,
                                kiln_error *err)
 {
-    if (u != NULL && u->state != KILN__STATE_FAILURE)
+    if (u != NULL && u->state != KILN_STATE_FAILURE)
         return kiln__fail(err, KILN_EINVAL, "mock store: send_failed: FAILURE");
     return write(s, u, true, err);
 }
@@ -215,7 +204,7 @@ static kiln_err ms_get_state(kiln__store *s, const char *uuid,
     if (uuid == NULL || out == NULL)
         return kiln__fail(err, KILN_EINVAL, "mock store: uuid and out");
     pthread_mutex_lock(&ms->mu);
-    if ((e = lookup(ms, uuid, hash_str(uuid))) == NULL) {
+    if ((e = lookup(ms, uuid, kiln__hash_str(uuid))) == NULL) {
         rc = kiln__fail(err, KILN_ENOTFOUND, "no task '%s'", uuid);
     } else {
         kiln__task_record r;
@@ -318,7 +307,7 @@ kiln_err kiln__mock_store_wait_finished(kiln__store *s, const char *uuid,
                                         int timeout_ms)
 {
     struct mock_store *ms = (struct mock_store *)s;
-    uint64_t h = hash_str(uuid);
+    uint64_t h = kiln__hash_str(uuid);
     int64_t ns = kiln__monotonic_ns() + (int64_t)timeout_ms * 1000000;
     struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
     kiln_err rc = KILN_OK;

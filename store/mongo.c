@@ -93,7 +93,7 @@ static kiln_err mongo_set_state(kiln__store *s, const kiln__state_update *u,
 static kiln_err mongo_send_failed(kiln__store *s, const kiln__state_update *u,
                                   kiln_error *err)
 {
-    if (u != NULL && u->state != KILN__STATE_FAILURE)
+    if (u != NULL && u->state != KILN_STATE_FAILURE)
         return kiln__fail(err, KILN_EINVAL,
                           "mongodb store: a failed send records FAILURE");
     return write_state(s, u, true, err);

@@ -20,13 +20,13 @@ void kiln__mongo_filter(bson_t *filter, const kiln__state_update *u,
     }
     BSON_APPEND_ARRAY_BEGIN(filter, "$or", & or);
     BSON_APPEND_DOCUMENT_BEGIN(& or, "0", &alt);
-    if (u->state == KILN__STATE_PENDING || rule == KILN__MONGO_RULE_UNSENT) {
-        BSON_APPEND_UTF8(&alt, "state", kiln__state_name(KILN__STATE_PENDING));
+    if (u->state == KILN_STATE_PENDING || rule == KILN__MONGO_RULE_UNSENT) {
+        BSON_APPEND_UTF8(&alt, "state", kiln__state_name(KILN_STATE_PENDING));
     } else {
         BSON_APPEND_DOCUMENT_BEGIN(&alt, "state", &st);
         BSON_APPEND_ARRAY_BEGIN(&st, "$nin", &nin);
-        BSON_APPEND_UTF8(&nin, "0", kiln__state_name(KILN__STATE_SUCCESS));
-        BSON_APPEND_UTF8(&nin, "1", kiln__state_name(KILN__STATE_FAILURE));
+        BSON_APPEND_UTF8(&nin, "0", kiln__state_name(KILN_STATE_SUCCESS));
+        BSON_APPEND_UTF8(&nin, "1", kiln__state_name(KILN_STATE_FAILURE));
         bson_append_array_end(&st, &nin);
         bson_append_document_end(&alt, &st);
     }
@@ -42,14 +42,14 @@ void kiln__mongo_filter(bson_t *filter, const kiln__state_update *u,
 bool kiln__mongo_applies(const char *state, bool marked,
                          const kiln__state_update *u, kiln__mongo_rule rule)
 {
-    bool pending = strcmp(state, kiln__state_name(KILN__STATE_PENDING)) == 0;
+    bool pending = strcmp(state, kiln__state_name(KILN_STATE_PENDING)) == 0;
 
     if (marked || rule == KILN__MONGO_RULE_RESENT)
         return marked;
-    if (u->state == KILN__STATE_PENDING || rule == KILN__MONGO_RULE_UNSENT)
+    if (u->state == KILN_STATE_PENDING || rule == KILN__MONGO_RULE_UNSENT)
         return pending;
-    return strcmp(state, kiln__state_name(KILN__STATE_SUCCESS)) != 0 &&
-           strcmp(state, kiln__state_name(KILN__STATE_FAILURE)) != 0;
+    return strcmp(state, kiln__state_name(KILN_STATE_SUCCESS)) != 0 &&
+           strcmp(state, kiln__state_name(KILN_STATE_FAILURE)) != 0;
 }
 
 /* Only fields a write knows go into $set; created_at, and the task name
@@ -59,7 +59,7 @@ kiln_err kiln__mongo_update(bson_t *update, const kiln__state_update *u,
                             const kiln__mongo_write_ctx *ctx, kiln_error *err)
 {
     bool named = u->task_name != NULL && u->task_name[0] != '\0';
-    bool started = u->state == KILN__STATE_STARTED;
+    bool started = u->state == KILN_STATE_STARTED;
     bool finished = kiln__state_finished(u->state);
     bool unsent = ctx->unsent;
     kiln_err rc = KILN_OK;
@@ -71,7 +71,7 @@ kiln_err kiln__mongo_update(bson_t *update, const kiln__state_update *u,
     BSON_APPEND_DATE_TIME(&set, "updated_at", ctx->now_ms);
     if (named)
         BSON_APPEND_UTF8(&set, "task_name", u->task_name);
-    if (u->state != KILN__STATE_PENDING && !unsent)
+    if (u->state != KILN_STATE_PENDING && !unsent)
         BSON_APPEND_UTF8(&set, "worker", ctx->worker);
     if (started)
         BSON_APPEND_DATE_TIME(&set, "started_at", ctx->now_ms);
@@ -116,7 +116,7 @@ void kiln__mongo_pending_doc(bson_t *doc, const kiln__state_update *u,
                              const kiln__mongo_write_ctx *ctx)
 {
     BSON_APPEND_UTF8(doc, "_id", u->uuid);
-    BSON_APPEND_UTF8(doc, "state", kiln__state_name(KILN__STATE_PENDING));
+    BSON_APPEND_UTF8(doc, "state", kiln__state_name(KILN_STATE_PENDING));
     BSON_APPEND_UTF8(doc, "error", "");
     BSON_APPEND_DATE_TIME(doc, "updated_at", ctx->now_ms);
     BSON_APPEND_UTF8(doc, "task_name",
@@ -133,8 +133,8 @@ static kiln_err read_state(const bson_iter_t *it, kiln__task_record *r,
     const char *s = BSON_ITER_HOLDS_UTF8(it) ? bson_iter_utf8(it, NULL) : "";
 
     for (int i = 0; i <= KILN__STATE_LAST; i++) {
-        if (strcmp(s, kiln__state_name((kiln__task_state)i)) == 0) {
-            r->state = (kiln__task_state)i;
+        if (strcmp(s, kiln__state_name((kiln_task_state)i)) == 0) {
+            r->state = (kiln_task_state)i;
             *has_state = true;
             return KILN_OK;
         }

@@ -9,12 +9,6 @@
 #include <string.h>
 #include <time.h>
 
-/* The public enum mirrors the internal one, so a cast converts. */
-_Static_assert((int)KILN_STATE_PENDING == (int)KILN__STATE_PENDING &&
-                   (int)KILN_STATE_FAILURE == (int)KILN__STATE_FAILURE &&
-                   (int)KILN_STATE_RETRY == (int)KILN__STATE_RETRY,
-               "kiln_task_state and kiln__task_state differ");
-
 #define WAIT_FIRST_MS 5
 #define WAIT_MAX_MS   200
 
@@ -27,20 +21,9 @@ struct kiln_result {
     kiln_signature *values; /* argument-shaped view of the results */
 };
 
-/* What a NULL result reads as: nothing, without a NULL check. The casts
- * only fit the string literals to the struct's field types. */
-static const kiln_signature no_values = {
-    .uuid = (char *)"",
-    .name = (char *)"",
-    .routing_key = (char *)"",
-    .group_uuid = (char *)"",
-    .broker_message_group_id = (char *)"",
-    .sqs_receipt_handle = (char *)"",
-};
-
 const char *kiln_task_state_name(kiln_task_state state)
 {
-    return kiln__state_name((kiln__task_state)state);
+    return kiln__state_name(state);
 }
 
 kiln_store *kiln_store_new(const kiln_config *cfg, kiln_error *err)
@@ -165,7 +148,7 @@ void kiln_result_free(kiln_result *res)
 
 kiln_task_state kiln_result_state(const kiln_result *res)
 {
-    return res != NULL ? (kiln_task_state)res->rec.state : KILN_STATE_PENDING;
+    return res != NULL ? res->rec.state : KILN_STATE_PENDING;
 }
 
 bool kiln_result_finished(const kiln_result *res)
@@ -225,5 +208,5 @@ int64_t kiln_result_delete_at(const kiln_result *res)
 
 const kiln_signature *kiln_result_values(const kiln_result *res)
 {
-    return res != NULL ? res->values : &no_values;
+    return res != NULL ? res->values : &kiln__signature_empty;
 }

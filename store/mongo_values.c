@@ -26,21 +26,6 @@ static bool is_uint(kiln_type et)
     return et >= KILN_TYPE_UINT && et <= KILN_TYPE_UINT64;
 }
 
-static size_t elem_size(kiln_type t)
-{
-    kiln_type et = kiln__type_elem(t);
-
-    if (is_bytes(t))
-        return 1;
-    if (et == KILN_TYPE_BOOL)
-        return sizeof(bool);
-    if (et == KILN_TYPE_STRING)
-        return sizeof(char *);
-    if (et == KILN_TYPE_FLOAT32 || et == KILN_TYPE_FLOAT64)
-        return sizeof(double);
-    return sizeof(int64_t); /* int64_t and uint64_t alike */
-}
-
 /* ---- results: C to BSON ----------------------------------------------- */
 
 static bool append_int(bson_t *d, const char *key, int klen, kiln_type et,
@@ -344,7 +329,7 @@ static kiln_err read_slice(const bson_iter_t *it, kiln__value *v)
         return KILN_OK;
     if (v->type == KILN_TYPE_STRING_SLICE)
         return read_strings(it, v, n);
-    if ((v->v.arr.ptr = kiln__calloc(n, elem_size(v->type))) == NULL)
+    if ((v->v.arr.ptr = kiln__calloc(n, kiln__type_elem_size(v->type))) == NULL)
         return KILN_ENOMEM;
     v->v.arr.n = n;
     if (!bson_iter_recurse(it, &sub))

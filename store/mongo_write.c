@@ -222,17 +222,6 @@ static bool write_checked(mongoc_collection_t *coll,
     return ok;
 }
 
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 14695981039346656037ULL;
-
-    for (; *s != '\0'; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 static bool write_one(struct kiln__mongo_store *ms, mongoc_collection_t *coll,
                       const kiln__state_update *u, kiln__mongo_rule rule,
                       const bson_t *update, bson_error_t *be)
@@ -242,7 +231,7 @@ static bool write_one(struct kiln__mongo_store *ms, mongoc_collection_t *coll,
 
     if (atomic_load(&ms->server) != KILN__MONGO_FERRETDB)
         return write_atomic(coll, u, rule, update, be);
-    mu = &ms->stripes[hash_str(u->uuid) % KILN__MONGO_STRIPES];
+    mu = &ms->stripes[kiln__hash_str(u->uuid) % KILN__MONGO_STRIPES];
     pthread_mutex_lock(mu);
     ok = write_checked(coll, u, rule, update, be);
     if (!ok && is_dup_key(be)) /* another process created it meanwhile */
@@ -413,7 +402,7 @@ kiln_err kiln__mongo_add_pending(kiln__store *s, const kiln__state_update *u,
 
     for (size_t i = 0; i < n; i++)
         if (u[i].uuid == NULL || u[i].uuid[0] == '\0' ||
-            u[i].state != KILN__STATE_PENDING)
+            u[i].state != KILN_STATE_PENDING)
             return kiln__fail(err, KILN_EINVAL,
                               "mongodb store: PENDING with a UUID required");
     if (n == 0)

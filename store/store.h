@@ -35,21 +35,17 @@
 
 #include "task/task.h"
 
-/* machinery's task states. The order is the usual life of a task. */
-typedef enum kiln__task_state {
-    KILN__STATE_PENDING = 0, /* sent, not yet received by a worker */
-    KILN__STATE_RECEIVED,    /* a worker took the message */
-    KILN__STATE_STARTED,     /* the task function is running */
-    KILN__STATE_RETRY,       /* will run again later */
-    KILN__STATE_SUCCESS,     /* finished; results recorded */
-    KILN__STATE_FAILURE      /* finished; error recorded */
-} kiln__task_state;
+#include "kiln/store_mongo.h"
 
-#define KILN__STATE_LAST KILN__STATE_FAILURE
+/* The task states are the public kiln_task_state of kiln/store_mongo.h
+ * (machinery's states, in the usual order of a task's life): the store,
+ * the worker and the readers share the one enum. */
+#define KILN__STATE_LAST KILN_STATE_FAILURE
 
 /* kiln__state_name returns machinery's spelling ("PENDING", ...), or
- * "UNKNOWN" outside the enum. Static text; thread-safe. */
-static inline const char *kiln__state_name(kiln__task_state s)
+ * "UNKNOWN" outside the enum: the one table of names, behind the public
+ * kiln_task_state_name too. Static text; thread-safe. */
+static inline const char *kiln__state_name(kiln_task_state s)
 {
     static const char *const names[] = {"PENDING", "RECEIVED", "STARTED",
                                         "RETRY",   "SUCCESS",  "FAILURE"};
@@ -58,16 +54,16 @@ static inline const char *kiln__state_name(kiln__task_state s)
 }
 
 /* kiln__state_finished: SUCCESS or FAILURE. */
-static inline bool kiln__state_finished(kiln__task_state s)
+static inline bool kiln__state_finished(kiln_task_state s)
 {
-    return s == KILN__STATE_SUCCESS || s == KILN__STATE_FAILURE;
+    return s == KILN_STATE_SUCCESS || s == KILN_STATE_FAILURE;
 }
 
 /* One state write. Every pointer is borrowed for the call. */
 typedef struct kiln__state_update {
     const char *uuid;      /* required, non-empty */
     const char *task_name; /* NULL or "" when unknown */
-    kiln__task_state state;
+    kiln_task_state state;
     const kiln__values *results; /* SUCCESS: the task's results; else NULL */
     const char *error;           /* FAILURE (and RETRY): why; else NULL */
 } kiln__state_update;
@@ -77,7 +73,7 @@ typedef struct kiln__state_update {
 typedef struct kiln__task_record {
     char *uuid;
     char *task_name; /* "" when unknown */
-    kiln__task_state state;
+    kiln_task_state state;
     kiln__values results; /* empty unless SUCCESS */
     char *error;          /* "" unless FAILURE or RETRY gave one */
     int64_t created_ns;   /* realtime of the first write */
@@ -101,7 +97,7 @@ typedef struct kiln__store_ops {
                           kiln_error *err);
 
     /* Records PENDING for each of the `n` updates (each u[i].state must be
-     * KILN__STATE_PENDING) in as few round trips as the store can, with
+     * KILN_STATE_PENDING) in as few round trips as the store can, with
      * rule 2: a task already known is left as it is. status[i] gets each
      * one's result, as set_state would give it; returns KILN_OK when all
      * succeeded, else the first failure's code with its reason in `err`.
@@ -118,7 +114,7 @@ typedef struct kiln__store_ops {
     void (*destroy)(kiln__store *s);
 
     /* Records rule 4's FAILURE for `u` (u->state must be
-     * KILN__STATE_FAILURE, u->error why the send failed): the producer's
+     * KILN_STATE_FAILURE, u->error why the send failed): the producer's
      * send of the task failed for certain. KILN_OK also when the rule
      * made the store ignore it; otherwise as set_state. */
     kiln_err (*send_failed)(kiln__store *s, const kiln__state_update *u,

@@ -13,6 +13,7 @@
 #ifndef KILN_TASK_CODEC_H
 #define KILN_TASK_CODEC_H
 
+#include "core/buf.h"
 #include "task/task.h"
 
 /* Deepest nesting of arrays and objects accepted in a body. machinery's
@@ -24,30 +25,12 @@
  * buffer before strtod and fails on anything longer. */
 #define KILN__JSON_NUMBER_MAX 63
 
-/* ---- output buffer ------------------------------------------------------
- * A growable string. Appends never fail visibly: the first failed
- * allocation sets `oom` and later appends do nothing, so encoders check
- * once, in kiln__buf_finish. */
-typedef struct kiln__buf {
-    char *p;
-    size_t n;
-    size_t cap;
-    bool oom;
-} kiln__buf;
-
-void kiln__buf_put(kiln__buf *b, const char *s, size_t n);
-void kiln__buf_puts(kiln__buf *b, const char *s);
-void kiln__buf_free(kiln__buf *b);
-/* Hands the NUL-terminated text to *out (caller owns; kiln_free) or
- * returns KILN_ENOMEM; the buffer is empty afterwards either way. */
-kiln_err kiln__buf_finish(kiln__buf *b, char **out, size_t *len,
-                          kiln_error *err);
-
 /* ---- JSON output as Go writes it ---------------------------------------- */
 
-/* A JSON string with Go's escaping: \" \\ \b \f \n \r \t, other control
- * bytes as \u00xx, <, > and & as \u003c \u003e \u0026, U+2028/2029 as
- * \u2028/\u2029, invalid UTF-8 as \ufffd. */
+/* A JSON string, quotes included, with Go's escaping
+ * (kiln__buf_json_escape with KILN__JSON_GO): \" \\ \b \f \n \r \t, other
+ * control bytes as \u00xx, <, > and & as \u003c \u003e \u0026,
+ * U+2028/2029 as \u2028/\u2029, invalid UTF-8 as \ufffd. */
 void kiln__json_string(kiln__buf *b, const char *s, size_t n);
 void kiln__json_int(kiln__buf *b, int64_t v);
 void kiln__json_uint(kiln__buf *b, uint64_t v);

@@ -248,17 +248,6 @@ static void put_scalar(kiln__buf *b, kiln_type t, const void *p)
     }
 }
 
-static size_t elem_size(kiln_type et)
-{
-    if (et == KILN_TYPE_BOOL)
-        return sizeof(bool);
-    if (et == KILN_TYPE_STRING)
-        return sizeof(char *);
-    if (et == KILN_TYPE_FLOAT32 || et == KILN_TYPE_FLOAT64)
-        return sizeof(double);
-    return sizeof(int64_t); /* int64_t or uint64_t */
-}
-
 /* Go writes []byte (and so []uint8, the same type) as base64. */
 static kiln_err put_value(kiln__buf *b, const kiln__value *v, kiln_error *err)
 {
@@ -285,7 +274,7 @@ static kiln_err put_value(kiln__buf *b, const kiln__value *v, kiln_error *err)
     for (size_t i = 0; i < v->v.arr.n; i++) {
         if (i > 0)
             kiln__buf_put(b, ",", 1);
-        put_scalar(b, et, p + i * elem_size(et));
+        put_scalar(b, et, p + i * kiln__type_elem_size(et));
     }
     kiln__buf_put(b, "]", 1);
     return KILN_OK;
@@ -437,7 +426,7 @@ kiln_err kiln_signature_to_json(const kiln_signature *sig, kiln_dialect dialect,
     if (sig->uuid == NULL || sig->uuid[0] == '\0')
         return kiln__fail(err, KILN_EINVAL, "UUID: empty");
     if ((rc = encode(sig, dialect, &b, err)) != KILN_OK) {
-        kiln__buf_free(&b);
+        kiln__buf_release(&b);
         return rc;
     }
     return kiln__buf_finish(&b, out, len, err);

@@ -217,21 +217,12 @@ kiln_err kiln_task_add_result_string_slice(kiln_task_ctx *ctx,
                      KILN__FAMILY_OF(KILN_TYPE_STRING_SLICE), v, n, err);
 }
 
-/* What kiln_task_results shows before the first result: a read-only empty
- * signature, so callers need no NULL check and nothing is allocated. The
- * casts only fit the string literals to the struct's field types. */
-static const kiln_signature no_results = {
-    .uuid = (char *)"",
-    .name = (char *)"",
-    .routing_key = (char *)"",
-    .group_uuid = (char *)"",
-    .broker_message_group_id = (char *)"",
-    .sqs_receipt_handle = (char *)"",
-};
-
+/* Before the first result: the empty signature, so callers need no NULL
+ * check and nothing is allocated. */
 const kiln_signature *kiln_task_results(const kiln_task_ctx *ctx)
 {
-    return ctx != NULL && ctx->sig != NULL ? &ctx->results : &no_results;
+    return ctx != NULL && ctx->sig != NULL ? &ctx->results
+                                           : &kiln__signature_empty;
 }
 
 void kiln_task_log(const kiln_task_ctx *ctx, kiln_log_level level,

@@ -1,5 +1,5 @@
-/* JSON text as Go's encoding/json writes it: the output buffer, strings,
- * integers, shortest floats and the compaction of a json.RawMessage. */
+/* JSON text as Go's encoding/json writes it: strings, integers, shortest
+ * floats and the compaction of a json.RawMessage. */
 #include "task/codec.h"
 
 #include <float.h>
@@ -9,154 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static bool buf_grow(kiln__buf *b, size_t more)
-{
-    size_t cap;
-    char *p;
-
-    if (b->oom)
-        return false;
-    if (more < b->cap - b->n)
-        return true;
-    if (more > SIZE_MAX / 2 - b->n) {
-        b->oom = true;
-        return false;
-    }
-    /* A first request larger than the usual start is met exactly: the
-     * decoder sizes a RawArgs that way. */
-    cap = b->cap != 0 ? b->cap : more < 256 ? 256 : more + 1;
-    while (cap - b->n <= more)
-        cap *= 2;
-    if ((p = kiln__realloc(b->p, cap)) == NULL) {
-        b->oom = true;
-        return false;
-    }
-    b->p = p;
-    b->cap = cap;
-    return true;
-}
-
-void kiln__buf_put(kiln__buf *b, const char *s, size_t n)
-{
-    if (n == 0 || !buf_grow(b, n))
-        return;
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-}
-
-void kiln__buf_puts(kiln__buf *b, const char *s)
-{
-    kiln__buf_put(b, s, strlen(s));
-}
-
-void kiln__buf_free(kiln__buf *b)
-{
-    kiln__free(b->p);
-    memset(b, 0, sizeof(*b));
-}
-
-kiln_err kiln__buf_finish(kiln__buf *b, char **out, size_t *len,
-                          kiln_error *err)
-{
-    if (!buf_grow(b, 1)) {
-        kiln__buf_free(b);
-        return kiln__fail(err, KILN_ENOMEM, "building JSON text");
-    }
-    b->p[b->n] = '\0';
-    *out = b->p;
-    if (len != NULL)
-        *len = b->n;
-    memset(b, 0, sizeof(*b));
-    return KILN_OK;
-}
-
 /* ---- strings ------------------------------------------------------------ */
-
-static const char hex[] = "0123456789abcdef";
-
-static void put_u00(kiln__buf *b, unsigned char c)
-{
-    char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 0xF]};
-
-    kiln__buf_put(b, e, sizeof(e));
-}
-
-/* Length of the valid UTF-8 sequence at p (1..4), or 0 if invalid. */
-static size_t utf8_len(const unsigned char *p, size_t left)
-{
-    size_t need = p[0] >= 0xF0 ? 4 : p[0] >= 0xE0 ? 3 : 2;
-
-    if (need > left || !kiln__utf8_valid((const char *)p, need))
-        return 0;
-    return need;
-}
-
-/* Bytes that pass through unescaped outside ASCII's special cases. */
-static bool plain_ascii(unsigned char c)
-{
-    return c >= 0x20 && c < 0x80 && c != '"' && c != '\\' && c != '<' &&
-           c != '>' && c != '&';
-}
-
-static void put_escape(kiln__buf *b, unsigned char c)
-{
-    switch (c) {
-    case '"':
-        kiln__buf_put(b, "\\\"", 2);
-        break;
-    case '\\':
-        kiln__buf_put(b, "\\\\", 2);
-        break;
-    case '\b':
-        kiln__buf_put(b, "\\b", 2);
-        break;
-    case '\f':
-        kiln__buf_put(b, "\\f", 2);
-        break;
-    case '\n':
-        kiln__buf_put(b, "\\n", 2);
-        break;
-    case '\r':
-        kiln__buf_put(b, "\\r", 2);
-        break;
-    case '\t':
-        kiln__buf_put(b, "\\t", 2);
-        break;
-    default:
-        put_u00(b, c);
-        break;
-    }
-}
 
 void kiln__json_string(kiln__buf *b, const char *s, size_t n)
 {
-    const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0, start = 0, len;
-
     kiln__buf_put(b, "\"", 1);
-    while (i < n) {
-        if (plain_ascii(p[i])) {
-            i++;
-            continue;
-        }
-        kiln__buf_put(b, s + start, i - start);
-        if (p[i] < 0x80) {
-            put_escape(b, p[i]);
-            i++;
-        } else if ((len = utf8_len(p + i, n - i)) == 0) {
-            kiln__buf_put(b, "\\ufffd", 6); /* Go: utf8.RuneError */
-            i++;
-        } else if (len == 3 && p[i] == 0xE2 && p[i + 1] == 0x80 &&
-                   (p[i + 2] == 0xA8 || p[i + 2] == 0xA9)) {
-            kiln__buf_put(b, p[i + 2] == 0xA8 ? "\\u2028" : "\\u2029", 6);
-            i += 3;
-        } else {
-            kiln__buf_put(b, s + i, len);
-            i += len;
-        }
-        start = i;
-    }
-    kiln__buf_put(b, s + start, i - start);
+    kiln__buf_json_escape(b, s, n, KILN__JSON_GO);
     kiln__buf_put(b, "\"", 1);
 }
 
@@ -387,21 +245,15 @@ void kiln__json_float(kiln__buf *b, double v, int bits)
 
 /* ---- compaction of raw JSON --------------------------------------------- */
 
-/* Appends s[0..n) to b, or with b NULL only counts it. */
-static size_t emit(kiln__buf *b, const char *s, size_t n)
-{
-    if (b != NULL)
-        kiln__buf_put(b, s, n);
-    return n;
-}
+static const char hex[] = "0123456789abcdef";
 
-/* One pass of the compaction; with b NULL it only counts the bytes it
- * would write, so the buffer can be sized once. */
-static size_t compact(kiln__buf *b, const char *s, size_t n)
+/* One pass of the compaction; on a counting buffer it only counts the
+ * bytes it would write, so the real one can be sized once. */
+static void compact(kiln__buf *b, const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
     bool in_string = false;
-    size_t start = 0, out = 0;
+    size_t start = 0;
     char u[6];
 
     for (size_t i = 0; i < n; i++) {
@@ -420,33 +272,37 @@ static size_t compact(kiln__buf *b, const char *s, size_t n)
                 esc = p[i + 2] == 0xA8 ? "\\u2028" : "\\u2029";
             if (esc == NULL)
                 continue;
-            out += emit(b, s + start, i - start);
+            kiln__buf_put(b, s + start, i - start);
             if (esc[0] == '\0') {
                 u[0] = '\\';
                 u[1] = 'u';
                 u[2] = u[3] = '0';
                 u[4] = hex[c >> 4];
                 u[5] = hex[c & 0xF];
-                out += emit(b, u, 6);
+                kiln__buf_put(b, u, 6);
             } else {
-                out += emit(b, esc, 6);
+                kiln__buf_put(b, esc, 6);
                 i += 2;
             }
             start = i + 1;
         } else if (c == '"') {
             in_string = true;
         } else if (c <= ' ') {
-            out += emit(b, s + start, i - start);
+            kiln__buf_put(b, s + start, i - start);
             start = i + 1;
         }
     }
-    return out + emit(b, s + start, n - start);
+    kiln__buf_put(b, s + start, n - start);
 }
 
 void kiln__json_compact(kiln__buf *b, const char *s, size_t n)
 {
     /* Sized first: a decoded RawArgs is compacted into a buffer of
      * exactly its length, not into one grown by doubling. */
-    if (buf_grow(b, compact(NULL, s, n) + 1))
-        (void)compact(b, s, n);
+    kiln__buf size;
+
+    kiln__buf_init_count(&size);
+    compact(&size, s, n);
+    if (kiln__buf_reserve(b, size.n))
+        compact(b, s, n);
 }

@@ -35,18 +35,6 @@ struct kiln_registry {
 
 #define MIN_CAP 16
 
-/* FNV-1a, 64 bits: short names, no allocation, good enough spread. */
-static uint64_t hash_name(const char *s)
-{
-    uint64_t h = 14695981039346656037ULL;
-
-    for (; *s != '\0'; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 /* The slot holding `name`, or the empty slot where it would go. The table
  * is never full (load <= 1/2), so the probe ends. */
 static struct slot *probe(struct slot *slots, size_t cap, const char *name,
@@ -67,7 +55,7 @@ static const struct slot *find(const kiln_registry *reg, const char *name)
 
     if (reg->cap == 0)
         return NULL;
-    s = probe(reg->slots, reg->cap, name, hash_name(name));
+    s = probe(reg->slots, reg->cap, name, kiln__hash_str(name));
     return s->name != NULL ? s : NULL;
 }
 
@@ -188,7 +176,7 @@ static kiln_err add_locked(kiln_registry *reg, const kiln_task_def *defs,
         return i < n ? kiln__fail(err, KILN_ENOMEM, "registry: name copy") : rc;
     }
     for (i = 0; i < n; i++) {
-        uint64_t h = hash_name(names[i]);
+        uint64_t h = kiln__hash_str(names[i]);
         *probe(reg->slots, reg->cap, names[i], h) = (struct slot){
             names[i], h, defs[i].fn, defs[i].user, defs[i].user_free, 0};
     }

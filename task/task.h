@@ -38,7 +38,6 @@ typedef struct kiln__value {
     } v;
 } kiln__value;
 
-/* A growable list of values. Zero-initialised is an empty list. */
 /* kiln__type_is_slice: one of the "[]..." types, "[]byte" included. */
 static inline bool kiln__type_is_slice(kiln_type t)
 {
@@ -57,6 +56,27 @@ static inline kiln_type kiln__type_elem(kiln_type t)
     return t;
 }
 
+/* kiln__type_elem_size: the bytes of one stored element of a slice of
+ * type `t` (see kiln__value: bool, uint8_t for "[]byte" and "[]uint8",
+ * double for floats, char * for strings, else int64_t or uint64_t). */
+static inline size_t kiln__type_elem_size(kiln_type t)
+{
+    switch (kiln__type_elem(t)) {
+    case KILN_TYPE_BOOL:
+        return sizeof(bool);
+    case KILN_TYPE_UINT8:
+        return sizeof(uint8_t);
+    case KILN_TYPE_FLOAT32:
+    case KILN_TYPE_FLOAT64:
+        return sizeof(double);
+    case KILN_TYPE_STRING:
+        return sizeof(char *);
+    default:
+        return sizeof(int64_t); /* int64_t and uint64_t alike */
+    }
+}
+
+/* A growable list of values. Zero-initialised is an empty list. */
 typedef struct kiln__values {
     kiln__value *items;
     size_t n;
@@ -159,6 +179,11 @@ struct kiln_signature {
     cJSON *extra;         /* unknown and unmodelled keys, or NULL */
     kiln_dialect dialect; /* the dialect it was decoded from */
 };
+
+/* A read-only signature with nothing in it, every string "" (static):
+ * what an accessor returns instead of NULL (kiln_task_results of no
+ * context, kiln_result_values of a NULL result). Never freed. */
+extern const kiln_signature kiln__signature_empty;
 
 /* The "" every empty string field of a signature points to, so that an
  * empty field costs no allocation: never written, never freed

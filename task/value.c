@@ -24,30 +24,6 @@ static const char *tname(kiln_type t)
     return s != NULL ? s : "?";
 }
 
-/* Bytes per stored element of a slice (see kiln__value in task.h). */
-static size_t elem_size(kiln_type t)
-{
-    switch (kiln__type_elem(t)) {
-    case KILN_TYPE_BOOL:
-        return sizeof(bool);
-    case KILN_TYPE_UINT8:
-        return 1;
-    case KILN_TYPE_FLOAT32:
-    case KILN_TYPE_FLOAT64:
-        return sizeof(double);
-    case KILN_TYPE_STRING:
-        return sizeof(char *);
-    case KILN_TYPE_INT:
-    case KILN_TYPE_INT8:
-    case KILN_TYPE_INT16:
-    case KILN_TYPE_INT32:
-    case KILN_TYPE_INT64:
-        return sizeof(int64_t);
-    default:
-        return sizeof(uint64_t);
-    }
-}
-
 static void int_bounds(kiln_type et, int64_t *lo, int64_t *hi)
 {
     switch (et) {
@@ -160,7 +136,7 @@ static kiln_err check_value(const kiln__value *v, kiln_error *err)
         if (n > 0 && v->v.arr.ptr == NULL)
             return kiln__fail(err, KILN_EINVAL, "%s of %zu with no data",
                               tname(v->type), n);
-        if (n > SIZE_MAX / elem_size(v->type))
+        if (n > SIZE_MAX / kiln__type_elem_size(v->type))
             return kiln__fail(err, KILN_ENOMEM, "%s of %zu elements",
                               tname(v->type), n);
     }
@@ -242,7 +218,7 @@ static kiln_err copy_value(kiln__value *dst, const kiln__value *src,
             rc = copy_strings(dst, src);
     } else if (kiln__type_is_slice(src->type)) {
         if (src->v.arr.n > 0) {
-            bytes = src->v.arr.n * elem_size(src->type);
+            bytes = src->v.arr.n * kiln__type_elem_size(src->type);
             if ((dst->v.arr.ptr = kiln__malloc(bytes)) == NULL)
                 rc = KILN_ENOMEM;
             else

@@ -20,6 +20,7 @@
 
 #include "test/support/files.h"
 #include "test/support/mock_fixture.h"
+#include "workerpool/dispatch.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,7 +84,7 @@ static int fx_setup(void **state)
     fx->cfg.retry_base_ms = 5;
     fx->srv = kiln__mock_server_new(NULL);
     fx->p = open_conn(fx->srv, NULL, 0);
-    assert_int_equal(fx->p->ops->declare(fx->p, &fx->cfg, NULL), KILN_OK);
+    assert_int_equal(kiln__broker_declare(fx->p, &fx->cfg, NULL), KILN_OK);
     fx->c = open_conn(fx->srv, fx->cfg.queue, 0);
     fx->dlq = open_conn(fx->srv, fx->cfg.dead_letter_queue, 0);
     fx->store = kiln__mock_store_new(NULL);
@@ -135,8 +136,8 @@ static kiln__verdict dispatch_next(struct fixture *fx)
     return v;
 }
 
-static kiln__task_state state_of(struct fixture *fx, const char *uuid,
-                                 kiln__task_record *r)
+static kiln_task_state state_of(struct fixture *fx, const char *uuid,
+                                kiln__task_record *r)
 {
     return get_state(fx->store, uuid, r);
 }
@@ -178,7 +179,7 @@ static void run_steps(struct fixture *fx, kiln_dialect dialect)
             fail_msg("dialect %d, run %d: attempt %u, want %d", (int)dialect,
                      i + 1, fx->seen[i], i + 1);
     assert_int_equal(state_of(fx, kiln_signature_uuid(sig), &r),
-                     KILN__STATE_SUCCESS);
+                     KILN_STATE_SUCCESS);
     assert_int_equal(r.attempts, 4);
     kiln__task_record_release(&r);
     kiln_signature_free(sig);
@@ -465,7 +466,7 @@ static void test_c_task_expires(void **state)
         assert_int_equal(dispatch_next(fx), KILN__VERDICT_DEADLETTER);
         assert_int_equal(fx->runs, 0);
         assert_int_equal(state_of(fx, kiln_signature_uuid(late), &r),
-                         KILN__STATE_FAILURE);
+                         KILN_STATE_FAILURE);
         assert_non_null(strstr(r.error, "expired"));
         kiln__task_record_release(&r);
         assert_int_equal(kiln__broker_consume(fx->dlq, &dl, 0, NULL), KILN_OK);

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "test/support/mock_fixture.h"
+#include "workerpool/dispatch.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -72,9 +73,10 @@ static void test_broker_publish_consume(void **state)
     assert_int_equal(st[0], KILN_OK);
     assert_int_equal(kiln__mock_server_ready(srv, "q"), 1);
     assert_int_equal(kiln__mock_server_published(srv), 1);
-    assert_int_equal(c->ops->subscribe(c, "nowhere", 0, &err), KILN_EBROKER);
-    assert_int_equal(c->ops->subscribe(c, "q", 0, &err), KILN_OK);
-    assert_int_equal(c->ops->subscribe(c, "q", 0, &err), KILN_EINVAL);
+    assert_int_equal(kiln__broker_subscribe(c, "nowhere", 0, &err),
+                     KILN_EBROKER);
+    assert_int_equal(kiln__broker_subscribe(c, "q", 0, &err), KILN_OK);
+    assert_int_equal(kiln__broker_subscribe(c, "q", 0, &err), KILN_EINVAL);
     expect_body(c, &d, "hello");
     assert_string_equal(d.exchange, "ex");
     assert_string_equal(d.routing_key, "rk");
@@ -285,7 +287,10 @@ static void test_broker_timeout_and_wakeup(void **state)
     kiln__mock_server_free(srv);
 }
 
-static void test_dead_letter_helper(void **state)
+/* The dead-letter copy a worker settles a refused delivery with: its
+ * body and headers, the reason and where it came from, an earlier reason
+ * replaced; the original acked only once the copy is confirmed. */
+static void test_dead_letter_settle(void **state)
 {
     kiln__mock_server *srv = kiln__mock_server_new(NULL);
     kiln__broker *p, *c, *dlq;
@@ -293,12 +298,15 @@ static void test_dead_letter_helper(void **state)
     kiln__message m;
     kiln__delivery d, dead;
     kiln_config cfg;
+    kiln__dispatch disp = {.cfg = &cfg};
+    kiln__job job = {.verdict = KILN__VERDICT_DEADLETTER};
     kiln_error err;
 
     (void)state;
     kiln_config_init(&cfg);
+    kiln__fail(&job.reason, KILN_ECODEC, "bad thing");
     p = open_conn(srv, NULL, 0);
-    assert_int_equal(p->ops->declare(p, &cfg, &err), KILN_OK);
+    assert_int_equal(kiln__broker_declare(p, &cfg, &err), KILN_OK);
     c = open_conn(srv, cfg.queue, 0);
     dlq = open_conn(srv, cfg.dead_letter_queue, 0);
     m = text_msg(cfg.exchange, cfg.binding_key, "{}");
@@ -309,12 +317,11 @@ static void test_dead_letter_helper(void **state)
 
     /* A failed dead-letter publish leaves the delivery unacked. */
     kiln__mock_server_fail_publish(srv, 1);
-    assert_int_equal(kiln__dead_letter(c, &cfg, &d, "bad thing", &err),
+    assert_int_equal(kiln__dispatch_settle(&disp, c, &d, &job, &err),
                      KILN_EBROKER);
     assert_non_null(strstr(err.message, "dead-letter"));
     assert_int_equal(kiln__mock_server_unacked(srv), 1);
-    assert_int_equal(kiln__dead_letter(c, &cfg, &d, "bad thing", &err),
-                     KILN_OK);
+    assert_int_equal(kiln__dispatch_settle(&disp, c, &d, &job, &err), KILN_OK);
     assert_int_equal(kiln__mock_server_unacked(srv), 0);
     kiln__broker_release(c, &d);
     expect_body(dlq, &dead, "{}");
@@ -342,7 +349,7 @@ int main(void)
         cmocka_unit_test(test_broker_ack_multiple_and_prefetch),
         cmocka_unit_test(test_broker_unroutable_and_faults),
         cmocka_unit_test(test_broker_timeout_and_wakeup),
-        cmocka_unit_test(test_dead_letter_helper),
+        cmocka_unit_test(test_dead_letter_settle),
     };
 
     kiln_log_set_level(KILN_LOG_OFF);

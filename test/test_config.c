@@ -419,6 +419,26 @@ static void test_bad_values(void **state)
     }
 }
 
+/* There are two store kinds: no process-wide in-memory store exists (a
+ * worker's states are read by other processes), so "memory" is refused
+ * from the environment and in a config built in code, naming the
+ * accepted kinds. */
+static void test_store_kinds(void **state)
+{
+    kiln_config cfg;
+    kiln_error err;
+
+    (void)state;
+    setenv("KILN_STORE", "memory", 1);
+    expect_rejected("KILN_STORE", "memory", "expected none or mongodb");
+    clear_env();
+    kiln_config_init(&cfg);
+    cfg.store = (kiln_store_kind)(KILN_STORE_MONGODB + 1);
+    assert_int_equal(kiln_config_validate(&cfg, &err), KILN_EINVAL);
+    assert_non_null(strstr(err.message, "KILN_STORE"));
+    assert_non_null(strstr(err.message, "expected none or mongodb"));
+}
+
 static void test_message_text(void **state)
 {
     kiln_config cfg;
@@ -598,7 +618,7 @@ static void test_accepted_forms(void **state)
         {"KILN_LOG_LEVEL", "ERROR"}, {"KILN_LOG_LEVEL", "err"},
         {"KILN_LOG_LEVEL", "warn"}, {"KILN_LOG_LEVEL", "Notice"},
         {"KILN_LOG_LEVEL", "debug"}, {"KILN_LOG_LEVEL", "off"},
-        {"KILN_STORE", "null"}, {"KILN_STORE", "Memory"},
+        {"KILN_STORE", "null"}, {"KILN_STORE", "MongoDB"},
         {"KILN_UNREGISTERED", "requeue"}, {"KILN_EXCHANGE_TYPE", "FANOUT"},
         {"KILN_TLS_CA", ""}, {"KILN_QUEUE", "\xc3\xa9t\xc3\xa9"},
         {"KILN_MAX_PRIORITY", "007"},
@@ -814,6 +834,7 @@ int main(void)
         cmocka_unit_test_setup(test_aliases, setup),
         cmocka_unit_test_setup(test_alias_precedence, setup),
         cmocka_unit_test_setup(test_bad_values, setup),
+        cmocka_unit_test_setup(test_store_kinds, setup),
         cmocka_unit_test_setup(test_message_text, setup),
         cmocka_unit_test_setup(test_password_masked, setup),
         cmocka_unit_test_setup(test_secrets_masked, setup),

@@ -15,6 +15,7 @@
 
 #include "broker/outgoing.h"
 #include "test/support/mock_fixture.h"
+#include "workerpool/dispatch.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,7 +70,7 @@ static int setup_dialect(void **state, kiln_dialect dialect)
     fx->cfg.dialect = dialect;
     fx->srv = kiln__mock_server_new(NULL);
     fx->p = open_conn(fx->srv, NULL, 0);
-    assert_int_equal(fx->p->ops->declare(fx->p, &fx->cfg, NULL), KILN_OK);
+    assert_int_equal(kiln__broker_declare(fx->p, &fx->cfg, NULL), KILN_OK);
     fx->c = open_conn(fx->srv, fx->cfg.queue, 0);
     fx->dlq = open_conn(fx->srv, fx->cfg.dead_letter_queue, 0);
     fx->reg = kiln_registry_new(NULL);

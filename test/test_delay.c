@@ -459,7 +459,7 @@ static int mock_setup(void **state)
     f->srv = kiln__mock_server_new(&err);
     assert_non_null(f->srv);
     f->pub = open_conn(f->srv, NULL, 0);
-    assert_int_equal(f->pub->ops->declare(f->pub, &f->cfg, &err), KILN_OK);
+    assert_int_equal(kiln__broker_declare(f->pub, &f->cfg, &err), KILN_OK);
     f->sub = open_conn(f->srv, f->cfg.queue, 0);
     *state = f;
     return 0;
@@ -591,12 +591,12 @@ static void test_mock_routes_and_refuses(void **state)
     expect_delivery(f, "3 units", "kiln_tasks.delay.delivery");
     /* Another unit for the same cascade is a 406, as on RabbitMQ. */
     other.delay_unit_ms = 100;
-    assert_int_equal(f->pub->ops->declare(f->pub, &other, &err), KILN_EBROKER);
+    assert_int_equal(kiln__broker_declare(f->pub, &other, &err), KILN_EBROKER);
     assert_non_null(strstr(err.message, "KILN_DELAY_UNIT_MS=100"));
     /* A quorum cascade is another set of levels, same delivery. */
     other = f->cfg;
     other.delay_queue_type = KILN_QUEUE_QUORUM;
-    assert_int_equal(f->pub->ops->declare(f->pub, &other, &err), KILN_OK);
+    assert_int_equal(kiln__broker_declare(f->pub, &other, &err), KILN_OK);
     m = text_msg("kiln_tasks.delay.quorum.0",
                  "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0."
                  "0.0.kiln_task",
@@ -628,7 +628,7 @@ static void test_mock_probe_and_unroutable(void **state)
     /* Another queue's declare binds its key on the probe too. */
     kiln__strlcpy(other.queue, "elsewhere", sizeof(other.queue));
     kiln__strlcpy(other.binding_key, "elsewhere", sizeof(other.binding_key));
-    assert_int_equal(f->pub->ops->declare(f->pub, &other, &err), KILN_OK);
+    assert_int_equal(kiln__broker_declare(f->pub, &other, &err), KILN_OK);
     m = text_msg(PROBE, "elsewhere", "");
     assert_int_equal(kiln__broker_publish(f->pub, &m, 1, NULL, &err), KILN_OK);
     assert_int_equal(kiln__mock_server_ready(f->srv, PROBE), 0);

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "test/support/mock_fixture.h"
+#include "test/support/roundtrip.h"
 #include "workerpool/retry.h"
 
 #include <pthread.h>
@@ -105,7 +106,7 @@ static int fx_setup(void **state)
     kiln_config_init(&fx->cfg);
     fx->srv = kiln__mock_server_new(NULL);
     fx->p = open_conn(fx->srv, NULL, 0);
-    assert_int_equal(fx->p->ops->declare(fx->p, &fx->cfg, NULL), KILN_OK);
+    assert_int_equal(kiln__broker_declare(fx->p, &fx->cfg, NULL), KILN_OK);
     fx->c = open_conn(fx->srv, fx->cfg.queue, 0);
     fx->dlq = open_conn(fx->srv, fx->cfg.dead_letter_queue, 0);
     fx->store = kiln__mock_store_new(NULL);
@@ -157,7 +158,7 @@ static kiln_err dispatch_next(struct fixture *fx, kiln__verdict *verdict)
     return rc;
 }
 
-static kiln__task_state state_of(struct fixture *fx, kiln__task_record *r)
+static kiln_task_state state_of(struct fixture *fx, kiln__task_record *r)
 {
     return get_state(fx->store, fx->uuid, r);
 }
@@ -183,11 +184,11 @@ static void test_dispatch_retry(void **state)
     kiln__task_record r;
 
     send_one(fx, "flaky");
-    assert_int_equal(state_of(fx, &r), KILN__STATE_PENDING);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_PENDING);
     kiln__task_record_release(&r);
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_RETRY);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_RETRY);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_RETRY);
     assert_string_equal(r.error, "the task asked for a retry");
     kiln__task_record_release(&r);
     assert_int_equal(kiln__mock_server_unacked(fx->srv), 0);
@@ -205,7 +206,7 @@ static void test_dispatch_retry(void **state)
     kiln__broker_release(fx->c, &dl);
     assert_int_equal(v, KILN__VERDICT_ACK);
     assert_int_equal(fx->flaky_calls, 2);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_SUCCESS);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_SUCCESS);
     kiln__task_record_release(&r);
 }
 
@@ -260,7 +261,7 @@ static void test_retry_counts_machinery(void **state)
     for (int i = 0; i < 2; i++) {
         assert_int_equal(dispatch_next(fx, &v), KILN_OK);
         assert_int_equal(v, KILN__VERDICT_RETRY);
-        assert_int_equal(state_of(fx, &r), KILN__STATE_RETRY);
+        assert_int_equal(state_of(fx, &r), KILN_STATE_RETRY);
         assert_string_equal(r.error, "boom");
         kiln__task_record_release(&r);
         sig = peek_next(fx, 2000, retries, sizeof(retries));
@@ -271,7 +272,7 @@ static void test_retry_counts_machinery(void **state)
     }
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     kiln__task_record_release(&r);
     assert_int_equal(kiln__broker_consume(fx->dlq, &dl, 0, NULL), KILN_OK);
     assert_string_equal(kiln__delivery_header(&dl, KILN__HDR_REASON), "boom");
@@ -414,7 +415,7 @@ static void test_expired(void **state)
     send_sig(fx, sig);
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_non_null(strstr(r.error, "expired"));
     kiln__task_record_release(&r);
     next_reason(fx, reason, sizeof(reason));
@@ -428,7 +429,7 @@ static void test_expired(void **state)
     send_sig(fx, sig);
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_ACK);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_non_null(strstr(r.error, "expired: not started within"));
     kiln__task_record_release(&r);
     next_reason(fx, reason, sizeof(reason));
@@ -451,7 +452,7 @@ static void test_time_limit(void **state)
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
     assert_true(slow_left > 0 && slow_left <= 10);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_non_null(strstr(r.error, "time limit"));
     kiln__task_record_release(&r);
     /* The default applies to every task without a limit of its own. */
@@ -480,7 +481,7 @@ static void test_time_limit_stopped_at_limit(void **state)
     for (int i = 0; i < 5; i++) {
         send_one(fx, "stops_at_limit");
         assert_int_equal(dispatch_next(fx, &v), KILN_OK);
-        assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+        assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
         assert_non_null(strstr(r.error, "time limit"));
         assert_int_equal(r.results.n, 0);
         kiln__task_record_release(&r);
@@ -504,7 +505,7 @@ static void test_dispatch_store_failure_requeues(void **state)
     assert_int_equal(kiln__mock_server_ready(fx->srv, fx->cfg.queue), 1);
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_ACK);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_SUCCESS);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_SUCCESS);
     assert_int_equal(r.results.n, 1);
     s = r.results.items[0].v.s;
     assert_string_equal(s, "done");
@@ -532,7 +533,7 @@ static void test_dispatch_unregistered_policies(void **state)
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "delivered 4 times (max_deliveries 3)");
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     kiln__task_record_release(&r);
 
     /* Dropped: acked, not dead-lettered, and recorded FAILURE, so a
@@ -543,7 +544,7 @@ static void test_dispatch_unregistered_policies(void **state)
     assert_int_equal(v, KILN__VERDICT_ACK);
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "");
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_string_equal(r.error, "unregistered task nobody, dropped "
                                  "(KILN_UNREGISTERED=drop)");
     kiln__task_record_release(&r);
@@ -554,7 +555,7 @@ static void test_dispatch_unregistered_policies(void **state)
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "unregistered task nobody");
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_string_equal(r.error, "unregistered task nobody");
     kiln__task_record_release(&r);
     assert_int_equal(kiln__mock_server_ready(fx->srv, fx->cfg.queue), 0);
@@ -653,7 +654,7 @@ static void test_poison_counts_runs_with_store(void **state)
         (void)bounce(fx, false, &v);
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_ACK);
-    assert_int_equal(state_of(fx, &r), KILN__STATE_SUCCESS);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_SUCCESS);
     kiln__task_record_release(&r);
 
     send_one(fx, "crash");
@@ -663,7 +664,7 @@ static void test_poison_counts_runs_with_store(void **state)
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "started 3 times (max_deliveries 3)");
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_int_equal(r.attempts, 3);
     kiln__task_record_release(&r);
     assert_int_equal(kiln__mock_server_ready(fx->srv, fx->cfg.queue), 0);
@@ -682,15 +683,15 @@ static void test_dispatch_unsettled_on_broker_error(void **state)
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
     assert_int_equal(kiln__mock_server_unacked(fx->srv), 1);
     /* The consumer reconnects; the broker redelivers. */
-    fx->c->ops->close(fx->c);
+    kiln__broker_close(fx->c);
     assert_int_equal(kiln__broker_connect(fx->c, NULL), KILN_OK);
-    assert_int_equal(fx->c->ops->subscribe(fx->c, fx->cfg.queue, 0, NULL),
+    assert_int_equal(kiln__broker_subscribe(fx->c, fx->cfg.queue, 0, NULL),
                      KILN_OK);
     assert_int_equal(dispatch_next(fx, &v), KILN_OK);
     assert_int_equal(v, KILN__VERDICT_DEADLETTER);
     next_reason(fx, reason, sizeof(reason));
     assert_string_equal(reason, "boom");
-    assert_int_equal(state_of(fx, &r), KILN__STATE_FAILURE);
+    assert_int_equal(state_of(fx, &r), KILN_STATE_FAILURE);
     assert_string_equal(r.error, "boom");
     kiln__task_record_release(&r);
 }
@@ -770,7 +771,7 @@ static void test_dispatch_steps_on_two_threads(void **state)
     kiln__job_release(&job);
     kiln__job_release(&job);
     kiln__broker_release(fx->c, &dl);
-    assert_int_equal(state_of(fx, &rec), KILN__STATE_SUCCESS);
+    assert_int_equal(state_of(fx, &rec), KILN_STATE_SUCCESS);
     kiln__task_record_release(&rec);
 }
 
@@ -917,7 +918,7 @@ struct e2e_run {
     struct e2e st;
     kiln_config cfg;
     kiln_registry *reg;
-    kiln__eager *e;
+    roundtrip *e;
     kiln_signature *sigs[E2E_N + 2]; /* the tasks, "nope", "ghost" */
 };
 
@@ -935,7 +936,7 @@ static void e2e_setup(struct e2e_run *r, kiln_dialect dialect)
     r->cfg.dialect = dialect;
     r->reg = kiln_registry_new(NULL);
     assert_int_equal(kiln_registry_add_table(r->reg, defs, 3, NULL), 0);
-    r->e = kiln__eager_new(&r->cfg, r->reg, true, &err);
+    r->e = roundtrip_new(&r->cfg, r->reg, true, &err);
     assert_non_null(r->e);
     for (int i = 0; i < E2E_N; i++)
         r->sigs[i] = e2e_sig(i, dialect);
@@ -949,7 +950,7 @@ static void e2e_teardown(struct e2e_run *r)
 {
     for (size_t i = 0; i < KILN__ARRAY_LEN(r->sigs); i++)
         kiln_signature_free(r->sigs[i]);
-    kiln__eager_free(r->e);
+    roundtrip_free(r->e);
     kiln_registry_free(r->reg);
 }
 
@@ -961,7 +962,7 @@ static void publish_bad(struct e2e_run *r)
         "{\"UUID\":\"task_bad\",\"Name\":\"add\","
         "\"Args\":[{\"Name\":\"\",\"Type\":\"int64\",\"Value\":\"x\"}]}";
     kiln_header raw_hdrs[] = {{"task_name", "concat"}, {"uuid", "task_badraw"}};
-    kiln__broker *p = open_conn(kiln__eager_server(r->e), NULL, 0);
+    kiln__broker *p = open_conn(roundtrip_server(r->e), NULL, 0);
     kiln__message m[3] = {
         text_msg(r->cfg.exchange, r->cfg.binding_key, wrong_type),
         text_msg(r->cfg.exchange, r->cfg.binding_key, "{not json"),
@@ -976,57 +977,57 @@ static void publish_bad(struct e2e_run *r)
 
 static void check_task_states(struct e2e_run *r)
 {
-    kiln__store *s = kiln__eager_store(r->e);
+    kiln__store *s = roundtrip_store(r->e);
     kiln__task_record rec;
     char want[32];
 
     for (int i = 0; i < E2E_N; i++) {
         const char *uuid = kiln_signature_uuid(r->sigs[i]);
-        kiln__task_state st = get_state(s, uuid, &rec);
+        kiln_task_state st = get_state(s, uuid, &rec);
         if (i % 3 == 0) {
-            assert_int_equal(st, KILN__STATE_SUCCESS);
+            assert_int_equal(st, KILN_STATE_SUCCESS);
             assert_int_equal(rec.results.items[0].v.i, 4 * i);
         } else if (i % 3 == 1) {
             (void)snprintf(want, sizeof(want), "s%d-tail", i);
-            assert_int_equal(st, KILN__STATE_SUCCESS);
+            assert_int_equal(st, KILN_STATE_SUCCESS);
             assert_string_equal(rec.results.items[0].v.s, want);
         } else {
             (void)snprintf(want, sizeof(want), "boom %d", i);
-            assert_int_equal(st, KILN__STATE_FAILURE);
+            assert_int_equal(st, KILN_STATE_FAILURE);
             assert_string_equal(rec.error, want);
         }
         assert_string_equal(rec.task_name, kiln_signature_name(r->sigs[i]));
         kiln__task_record_release(&rec);
     }
     assert_int_equal(get_state(s, kiln_signature_uuid(r->sigs[E2E_N]), &rec),
-                     KILN__STATE_FAILURE);
+                     KILN_STATE_FAILURE);
     assert_string_equal(rec.error, "unregistered task nope");
     kiln__task_record_release(&rec);
     /* IgnoreWhenTaskNotRegistered: acked, and FAILURE for a waiter. */
     assert_int_equal(
         get_state(s, kiln_signature_uuid(r->sigs[E2E_N + 1]), &rec),
-        KILN__STATE_FAILURE);
+        KILN_STATE_FAILURE);
     assert_string_equal(rec.error, "unregistered task ghost, ignored "
                                    "(IgnoreWhenTaskNotRegistered)");
     kiln__task_record_release(&rec);
-    assert_int_equal(get_state(s, "task_bad", &rec), KILN__STATE_FAILURE);
+    assert_int_equal(get_state(s, "task_bad", &rec), KILN_STATE_FAILURE);
     assert_non_null(strstr(rec.error, "undecodable message"));
     assert_string_equal(rec.task_name, "add");
     kiln__task_record_release(&rec);
-    assert_int_equal(get_state(s, "task_badraw", &rec), KILN__STATE_FAILURE);
+    assert_int_equal(get_state(s, "task_badraw", &rec), KILN_STATE_FAILURE);
     assert_string_equal(rec.task_name, "concat");
     kiln__task_record_release(&rec);
     assert_int_equal(kiln__mock_store_count(s, -1), E2E_N + 4);
-    assert_int_equal(kiln__mock_store_count(s, KILN__STATE_SUCCESS), 67);
-    assert_int_equal(kiln__mock_store_count(s, KILN__STATE_FAILURE), 37);
-    assert_int_equal(kiln__mock_store_count(s, KILN__STATE_PENDING), 0);
+    assert_int_equal(kiln__mock_store_count(s, KILN_STATE_SUCCESS), 67);
+    assert_int_equal(kiln__mock_store_count(s, KILN_STATE_FAILURE), 37);
+    assert_int_equal(kiln__mock_store_count(s, KILN_STATE_PENDING), 0);
 }
 
 /* Every dead-lettered message, counted by reason. */
 static void check_dead_letters(struct e2e_run *r)
 {
     kiln__broker *dlq =
-        open_conn(kiln__eager_server(r->e), r->cfg.dead_letter_queue, 0);
+        open_conn(roundtrip_server(r->e), r->cfg.dead_letter_queue, 0);
     int boom = 0, unregistered = 0, undecodable = 0, other = 0;
     kiln__delivery dl;
 
@@ -1072,21 +1073,21 @@ static void run_e2e(kiln_dialect dialect)
 
     assert_non_null(r);
     e2e_setup(r, dialect);
-    assert_int_equal(kiln__eager_send(r->e,
-                                      (const kiln_signature *const *)r->sigs,
-                                      E2E_N + 2, status, &err),
+    assert_int_equal(roundtrip_send(r->e,
+                                    (const kiln_signature *const *)r->sigs,
+                                    E2E_N + 2, status, &err),
                      KILN_OK);
     for (int i = 0; i < E2E_N + 2; i++)
         assert_int_equal(status[i], KILN_OK);
     publish_bad(r);
-    assert_int_equal(kiln__eager_drain(r->e, 0, &handled, &err), KILN_OK);
+    assert_int_equal(roundtrip_drain(r->e, 0, &handled, &err), KILN_OK);
     assert_int_equal(handled, E2E_N + 5);
     check_hits(&r->st);
     check_task_states(r);
     check_dead_letters(r);
     assert_int_equal(
-        kiln__mock_server_ready(kiln__eager_server(r->e), r->cfg.queue), 0);
-    assert_int_equal(kiln__mock_server_unacked(kiln__eager_server(r->e)), 0);
+        kiln__mock_server_ready(roundtrip_server(r->e), r->cfg.queue), 0);
+    assert_int_equal(kiln__mock_server_unacked(roundtrip_server(r->e)), 0);
     e2e_teardown(r);
     free(r);
 }
@@ -1112,7 +1113,7 @@ static void test_e2e_paota_headers(void **state)
 /* One consumer thread drains while the test thread sends. */
 struct consumer {
     pthread_t tid;
-    kiln__eager *e;
+    roundtrip *e;
     atomic_bool stop;
     long handled, errors;
 };
@@ -1122,7 +1123,7 @@ static void *consumer_main(void *arg)
     struct consumer *c = arg;
 
     for (;;) {
-        kiln_err rc = kiln__eager_run_once(c->e, 20, NULL, NULL);
+        kiln_err rc = roundtrip_run_once(c->e, 20, NULL, NULL);
         if (rc == KILN_OK)
             c->handled++;
         else if (rc == KILN_ETIMEDOUT && atomic_load(&c->stop))
@@ -1148,10 +1149,10 @@ static void test_e2e_two_threads(void **state)
     assert_int_equal(pthread_create(&c.tid, NULL, consumer_main, &c), 0);
     for (int i = 0; i < E2E_N; i += 10)
         assert_int_equal(
-            kiln__eager_send(r->e, (const kiln_signature *const *)&r->sigs[i],
-                             10, NULL, NULL),
+            roundtrip_send(r->e, (const kiln_signature *const *)&r->sigs[i], 10,
+                           NULL, NULL),
             KILN_OK);
-    assert_int_equal(kiln__mock_server_wait_idle(kiln__eager_server(r->e),
+    assert_int_equal(kiln__mock_server_wait_idle(roundtrip_server(r->e),
                                                  r->cfg.queue, 10000),
                      KILN_OK);
     atomic_store(&c.stop, true);
@@ -1160,11 +1161,9 @@ static void test_e2e_two_threads(void **state)
     assert_int_equal(c.handled, E2E_N);
     check_hits(&r->st);
     assert_int_equal(
-        kiln__mock_store_count(kiln__eager_store(r->e), KILN__STATE_SUCCESS),
-        67);
+        kiln__mock_store_count(roundtrip_store(r->e), KILN_STATE_SUCCESS), 67);
     assert_int_equal(
-        kiln__mock_store_count(kiln__eager_store(r->e), KILN__STATE_FAILURE),
-        33);
+        kiln__mock_store_count(roundtrip_store(r->e), KILN_STATE_FAILURE), 33);
     e2e_teardown(r);
     free(r);
 }

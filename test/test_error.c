@@ -35,22 +35,22 @@ static void test_strerror_unknown(void **state)
         assert_string_equal(kiln_strerror((kiln_err)bad[i]), "unknown error");
 }
 
-static void test_ok_is_zero(void **state)
-{
-    (void)state;
-    assert_int_equal(KILN_OK, 0);
-    assert_string_equal(kiln_strerror(KILN_OK), "success");
-}
+/* The Makefile names the files it builds after its VERSION (libkiln.so.X.Y.Z,
+ * the SONAME's major, kiln.pc's Version) and hands it to the tests; the
+ * library reports the header's. The two must be the same release. */
+#ifndef KILN_TEST_MAKE_VERSION
+#error "the Makefile passes KILN_TEST_MAKE_VERSION (its VERSION)"
+#endif
 
 static void test_version_string(void **state)
 {
-    char want[32];
+    char header[32];
 
     (void)state;
-    (void)snprintf(want, sizeof(want), "%d.%d.%d", KILN_VERSION_MAJOR,
+    assert_string_equal(kiln_version_string(), KILN_TEST_MAKE_VERSION);
+    (void)snprintf(header, sizeof(header), "%d.%d.%d", KILN_VERSION_MAJOR,
                    KILN_VERSION_MINOR, KILN_VERSION_PATCH);
-    assert_non_null(kiln_version_string());
-    assert_string_equal(kiln_version_string(), want);
+    assert_string_equal(header, KILN_TEST_MAKE_VERSION);
 }
 
 static void test_fail_fills_error(void **state)
@@ -101,7 +101,6 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_strerror_every_code),
         cmocka_unit_test(test_strerror_unknown),
-        cmocka_unit_test(test_ok_is_zero),
         cmocka_unit_test(test_version_string),
         cmocka_unit_test(test_fail_fills_error),
         cmocka_unit_test(test_fail_truncates),

@@ -713,22 +713,35 @@ static void test_sink_replaced_from_sink(void **state)
 }
 
 /* ---- threads ------------------------------------------------------------
- * 8 threads log 1000 lines each, alternating ERR and INFO, while another
- * thread flips the level between INFO and WARN, the format, and the sink
- * between two counting sinks. ERR lines are always on, so their count is
- * exact; INFO lines may be dropped. Workers record, the test thread asserts.
+ * 8 threads log without pause, alternating ERR and INFO, while another
+ * thread switches the sink between two counting sinks, the format between
+ * text and JSON and the level between INFO and WARN, ROUNDS times. After
+ * each switch it waits until a line in the new format has reached the new
+ * sink (a real wait: the workers keep logging), so every switch is seen
+ * to take effect while lines are being written. The workers stop after
+ * the last round, or after WORKER_LINES lines each; then the rounds fall
+ * short and the test fails. ERR lines are always on, so each worker's
+ * count is exact; INFO lines may be dropped. Workers and sinks record, the
+ * test thread asserts.
  */
-#define WORKERS 8
-#define LINES   1000
+#define WORKERS      8
+#define ROUNDS       24
+#define WORKER_LINES 200000
 
 struct counter {
     char tag; /* 'A' or 'B': which sink function owns it */
     atomic_int lines;
+    atomic_int by_format[2]; /* text, JSON */
 };
 
 static struct counter count_a = {.tag = 'A'}, count_b = {.tag = 'B'};
-static atomic_int err_lines[WORKERS], info_lines, bad_lines, flips;
-static atomic_bool workers_done;
+static atomic_int err_lines[WORKERS], logged_err[WORKERS], logged_info;
+static atomic_int info_lines, bad_lines, rounds;
+static atomic_int running; /* workers not yet done */
+static atomic_bool stop_workers;
+/* cJSON_Parse sets cJSON's one global error position, so the sinks,
+ * called from every worker at once, parse one at a time. */
+static pthread_mutex_t parse_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* Parses "w=<worker> i=<line>" out of a text or JSON line. */
 static void count_line(kiln_log_level level, const char *line)
@@ -738,13 +751,15 @@ static void count_line(kiln_log_level level, const char *line)
     cJSON *obj = NULL;
 
     if (line[0] == '{') {
+        pthread_mutex_lock(&parse_mu);
         obj = cJSON_Parse(line);
+        pthread_mutex_unlock(&parse_mu);
         msg = json_get(obj, "msg");
     } else if ((msg = strstr(line, "] ")) != NULL) {
         msg += 2;
     }
     if (msg == NULL || sscanf(msg, "w=%d i=%d", &w, &i) != 2 || w < 0 ||
-        w >= WORKERS || i < 0 || i >= LINES ||
+        w >= WORKERS || i < 0 || i >= WORKER_LINES ||
         (i % 2 == 0) != (level == KILN_LOG_ERR))
         atomic_fetch_add(&bad_lines, 1);
     else if (level == KILN_LOG_ERR)
@@ -754,78 +769,88 @@ static void count_line(kiln_log_level level, const char *line)
     cJSON_Delete(obj);
 }
 
+static void count(struct counter *c, char tag, kiln_log_level level,
+                  const char *line)
+{
+    if (c->tag != tag)
+        atomic_fetch_add(&bad_lines, 1);
+    count_line(level, line);
+    atomic_fetch_add(&c->by_format[line[0] == '{'], 1);
+    atomic_fetch_add(&c->lines, 1);
+}
+
 static void sink_a(kiln_log_level level, const char *line, void *user)
 {
-    struct counter *c = user;
-
-    if (c->tag != 'A')
-        atomic_fetch_add(&bad_lines, 1);
-    atomic_fetch_add(&c->lines, 1);
-    count_line(level, line);
+    count(user, 'A', level, line);
 }
 
 static void sink_b(kiln_log_level level, const char *line, void *user)
 {
-    struct counter *c = user;
-
-    if (c->tag != 'B')
-        atomic_fetch_add(&bad_lines, 1);
-    atomic_fetch_add(&c->lines, 1);
-    count_line(level, line);
+    count(user, 'B', level, line);
 }
 
 static void *worker(void *arg)
 {
     int w = (int)(intptr_t)arg;
 
-    for (int i = 0; i < LINES; i++)
+    for (int i = 0; i < WORKER_LINES && !atomic_load(&stop_workers); i++) {
         kiln__log(i % 2 == 0 ? KILN_LOG_ERR : KILN_LOG_INFO, "w", "w=%d i=%d",
                   w, i);
+        atomic_fetch_add(i % 2 == 0 ? &logged_err[w] : &logged_info, 1);
+    }
+    atomic_fetch_sub(&running, 1);
     return NULL;
 }
 
-static void *flipper(void *arg)
+static void *switcher(void *arg)
 {
     (void)arg;
-    for (unsigned k = 0; k == 0 || !atomic_load(&workers_done); k++) {
+    for (int k = 0; k < ROUNDS; k++) {
+        struct counter *c = k % 2 ? &count_a : &count_b;
+        int json = k % 3 == 0, before;
+
         kiln_log_set_level(k % 2 ? KILN_LOG_WARN : KILN_LOG_INFO);
-        kiln_log_set_format(k % 3 ? KILN_LOG_TEXT : KILN_LOG_JSON);
-        if (k % 2)
-            kiln_log_set_sink(sink_a, &count_a);
-        else
-            kiln_log_set_sink(sink_b, &count_b);
-        atomic_fetch_add(&flips, 1);
+        kiln_log_set_format(json ? KILN_LOG_JSON : KILN_LOG_TEXT);
+        before = atomic_load(&c->by_format[json]);
+        kiln_log_set_sink(k % 2 ? sink_a : sink_b, c);
+        while (atomic_load(&c->by_format[json]) == before &&
+               atomic_load(&running) > 0)
+            sched_yield();
+        if (atomic_load(&c->by_format[json]) == before)
+            return NULL; /* the workers ran out of lines first */
+        atomic_fetch_add(&rounds, 1);
     }
     return NULL;
 }
 
 static void test_threads(void **state)
 {
-    pthread_t workers[WORKERS], flip;
+    pthread_t workers[WORKERS], sw;
     int err_total = 0;
 
     (void)state;
     kiln_log_set_sink(sink_a, &count_a);
-    assert_int_equal(pthread_create(&flip, NULL, flipper, NULL), 0);
-    while (atomic_load(&flips) == 0)
-        sched_yield();
+    atomic_store(&running, WORKERS);
     for (int w = 0; w < WORKERS; w++)
         assert_int_equal(
             pthread_create(&workers[w], NULL, worker, (void *)(intptr_t)w), 0);
+    assert_int_equal(pthread_create(&sw, NULL, switcher, NULL), 0);
+    assert_int_equal(pthread_join(sw, NULL), 0);
+    atomic_store(&stop_workers, true);
     for (int w = 0; w < WORKERS; w++)
         assert_int_equal(pthread_join(workers[w], NULL), 0);
-    atomic_store(&workers_done, true);
-    assert_int_equal(pthread_join(flip, NULL), 0);
 
+    /* Every switch took effect while the workers were logging. */
+    assert_int_equal(atomic_load(&rounds), ROUNDS);
     assert_int_equal(atomic_load(&bad_lines), 0);
     for (int w = 0; w < WORKERS; w++) {
-        assert_int_equal(atomic_load(&err_lines[w]), LINES / 2);
+        assert_int_equal(atomic_load(&err_lines[w]),
+                         atomic_load(&logged_err[w]));
         err_total += atomic_load(&err_lines[w]);
     }
-    assert_in_range(atomic_load(&info_lines), 0, WORKERS * LINES / 2);
+    assert_in_range(atomic_load(&info_lines), 0, atomic_load(&logged_info));
     assert_int_equal(atomic_load(&count_a.lines) + atomic_load(&count_b.lines),
                      err_total + atomic_load(&info_lines));
-    assert_true(atomic_load(&flips) > 0);
 }
 
 int main(void)

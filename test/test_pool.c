@@ -117,9 +117,8 @@ static int setup(void **state)
     f->cfg.log_level = KILN_LOG_OFF;
     f->srv = kiln__mock_server_new(&err);
     f->producer = kiln__mock_broker_new(f->srv, &err);
-    assert_int_equal(f->producer->ops->connect(f->producer, &err), KILN_OK);
-    assert_int_equal(f->producer->ops->declare(f->producer, &f->cfg, &err),
-                     KILN_OK);
+    assert_int_equal(kiln__broker_connect(f->producer, &err), KILN_OK);
+    assert_int_equal(kiln__broker_declare(f->producer, &f->cfg, &err), KILN_OK);
     *state = f;
     return 0;
 }
@@ -740,9 +739,8 @@ static void test_store_records_final_states(void **state)
                      KILN_OK);
     kiln_pool_stop(f->pool);
     assert_int_equal(join(f), KILN_OK);
-    assert_int_equal(kiln__mock_store_count(f->store, KILN__STATE_SUCCESS),
-                     100);
-    assert_int_equal(kiln__mock_store_count(f->store, KILN__STATE_FAILURE), 5);
+    assert_int_equal(kiln__mock_store_count(f->store, KILN_STATE_SUCCESS), 100);
+    assert_int_equal(kiln__mock_store_count(f->store, KILN_STATE_FAILURE), 5);
     assert_int_equal(kiln__mock_store_count(f->store, -1), 105);
     assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE ".dead"), 6);
     assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
@@ -777,7 +775,7 @@ static void test_store_outage_holds_deliveries(void **state)
     assert_int_equal(join(f), KILN_OK);
     for (int i = 0; i < 40; i++)
         assert_int_equal(atomic_load(&seen[i]), 1);
-    assert_int_equal(kiln__mock_store_count(f->store, KILN__STATE_SUCCESS), 40);
+    assert_int_equal(kiln__mock_store_count(f->store, KILN_STATE_SUCCESS), 40);
     assert_true(kiln__mock_store_failed_while_down(f->store) >= 4);
     assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
 }
@@ -895,9 +893,9 @@ static void test_misuse(void **state)
         KILN_ECLOSED);
     kiln_pool_free(NULL);
     bad = f->cfg;
-    bad.store = KILN_STORE_MEMORY;
+    bad.store = (kiln_store_kind)(KILN_STORE_MONGODB + 1);
     assert_null(kiln_pool_new(&bad, 0, "x", &err));
-    assert_non_null(strstr(err.message, "KILN_STORE=memory"));
+    assert_non_null(strstr(err.message, "KILN_STORE"));
 }
 
 /* A signature's Priority becomes the message's AMQP priority whatever
@@ -918,7 +916,7 @@ static void test_priority_sent_without_max_priority(void **state)
     make_pool(f);
     for (size_t i = 0; i < 2; i++)
         assert_int_equal(kiln_pool_send_task(f->pool, sigs[i], &err), KILN_OK);
-    assert_int_equal(f->producer->ops->subscribe(f->producer, QUEUE, 0, &err),
+    assert_int_equal(kiln__broker_subscribe(f->producer, QUEUE, 0, &err),
                      KILN_OK);
     for (size_t i = 0; i < 2; i++) {
         assert_int_equal(kiln__broker_consume(f->producer, &d, 0, &err),

@@ -287,7 +287,7 @@ static void test_raw_body(void **state)
             KILN_ECODEC);
         assert_int_equal(err.code, KILN_ECODEC);
     }
-    /* An embedded NUL ends cJSON's parse early: refused. */
+    /* A NUL after the value is more than one value: refused. */
     assert_int_equal(kiln_signature_set_raw_body(sig, "{}\0 ", 4, &err),
                      KILN_ECODEC);
     assert_int_equal(kiln_signature_set_raw_body(sig, NULL, 0, &err),

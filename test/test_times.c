@@ -64,7 +64,7 @@ static int fx_setup(void **state)
     kiln_config_init(&fx->cfg);
     fx->srv = kiln__mock_server_new(NULL);
     fx->p = open_conn(fx->srv, NULL, 0);
-    assert_int_equal(fx->p->ops->declare(fx->p, &fx->cfg, NULL), KILN_OK);
+    assert_int_equal(kiln__broker_declare(fx->p, &fx->cfg, NULL), KILN_OK);
     fx->c = open_conn(fx->srv, fx->cfg.queue, 0);
     fx->dlq = open_conn(fx->srv, fx->cfg.dead_letter_queue, 0);
     fx->store = kiln__mock_store_new(NULL);

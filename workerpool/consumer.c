@@ -183,7 +183,7 @@ void kiln__consumer_lose(kiln__consumer *c, const kiln_error *why)
     c->win_head = c->win_len = 0;
     c->done_unacked = 0;
     c->flush_due_ns = 0;
-    c->b->ops->close(c->b);
+    kiln__broker_close(c->b);
     c->connected = false;
 }
 
@@ -192,11 +192,11 @@ static kiln_err connect_all(kiln__consumer *c, kiln_error *err)
     kiln_pool *p = c->p;
     kiln_err rc;
 
-    if ((rc = c->b->ops->connect(c->b, err)) != KILN_OK ||
-        (rc = c->b->ops->declare(c->b, &p->cfg, err)) != KILN_OK ||
-        (rc = c->b->ops->subscribe(c->b, p->cfg.queue, p->cfg.prefetch, err)) !=
-            KILN_OK) {
-        c->b->ops->close(c->b);
+    if ((rc = kiln__broker_connect(c->b, err)) != KILN_OK ||
+        (rc = kiln__broker_declare(c->b, &p->cfg, err)) != KILN_OK ||
+        (rc = kiln__broker_subscribe(c->b, p->cfg.queue, p->cfg.prefetch,
+                                     err)) != KILN_OK) {
+        kiln__broker_close(c->b);
         return rc;
     }
     c->connected = true;
@@ -242,8 +242,7 @@ static void tick(kiln__consumer *c)
 {
     kiln_error e;
 
-    if (c->connected && c->b->ops->tick != NULL &&
-        c->b->ops->tick(c->b, &e) != KILN_OK && c->connected)
+    if (c->connected && kiln__broker_tick(c->b, &e) != KILN_OK && c->connected)
         kiln__consumer_lose(c, &e);
 }
 
@@ -424,15 +423,13 @@ static void wait_events(kiln__consumer *c)
     int64_t left = (next_due(c) - kiln__monotonic_ns()) / MS_NS;
     int timeout = left < 0 ? 0 : (int)left + 1, nfds = 1;
     uint64_t drained;
-    const kiln__broker_ops *ops = c->b->ops;
 
     /* Frames already in memory: do not sleep, unless the window is full,
      * when they must wait for a free slot anyway. */
-    if (c->connected && c->free_list != NULL && ops->pending != NULL &&
-        ops->pending(c->b))
+    if (c->connected && c->free_list != NULL && kiln__broker_pending(c->b))
         return;
     if (c->connected && c->free_list != NULL) {
-        pfd[1].fd = ops->poll_fd != NULL ? ops->poll_fd(c->b) : -1;
+        pfd[1].fd = kiln__broker_poll_fd(c->b);
         if (pfd[1].fd >= 0)
             nfds = 2;
         else if (timeout > 1)
@@ -520,8 +517,7 @@ static kiln_err drain(kiln__consumer *c)
 
     c->draining = true;
     kiln__pool_ready(p, false, NULL);
-    if (c->connected && c->b->ops->cancel != NULL &&
-        c->b->ops->cancel(c->b, &e) != KILN_OK)
+    if (c->connected && kiln__broker_cancel(c->b, &e) != KILN_OK)
         kiln__consumer_lose(c, &e);
     if (c->connected)
         fetch(c); /* what the broker sent before the cancel */
@@ -563,7 +559,7 @@ static void consumer_fini(kiln__consumer *c)
     bool held = false;
 
     if (c->connected)
-        c->b->ops->close(c->b);
+        kiln__broker_close(c->b);
     c->connected = false;
     /* Slots a worker or the publisher still has are released by
      * kiln_pool_free once those are stopped; the rest now. */

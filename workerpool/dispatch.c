@@ -33,7 +33,7 @@ static bool outage_known(const kiln__dispatch *d)
 /* The first failure of an outage is logged as a warning, the rest at
  * debug level; the first success after it says the store is back. */
 static void note_failure(const kiln__dispatch *d, const char *uuid,
-                         const char *name, kiln__task_state state,
+                         const char *name, kiln_task_state state,
                          const kiln_error *e)
 {
     int was = d->outage != NULL ? atomic_exchange(d->outage, 1) : 0;
@@ -73,7 +73,7 @@ static bool nap_or_give_up(const kiln__dispatch *d, uint64_t ms)
  * known outage); a final one is retried as kiln__dispatch describes.
  * Returns KILN_OK once written; a failure is logged and returned. */
 static kiln_err record(const kiln__dispatch *d, const char *uuid,
-                       const char *name, kiln__task_state state,
+                       const char *name, kiln_task_state state,
                        const kiln__values *results, const char *error)
 {
     kiln__state_update u = {uuid, name, state, results, error};
@@ -388,7 +388,7 @@ static bool retry(const kiln__dispatch *d, kiln__job *job, uint64_t delay_ms)
     kiln__log_task(KILN_LOG_INFO, MODULE, sig->uuid, sig->name,
                    "retry %u in %llu ms: %s", job->retries + 1,
                    (unsigned long long)delay_ms, job->reason.message);
-    (void)record(d, sig->uuid, sig->name, KILN__STATE_RETRY, NULL,
+    (void)record(d, sig->uuid, sig->name, KILN_STATE_RETRY, NULL,
                  job->reason.message);
     return true;
 }
@@ -419,7 +419,7 @@ static void conclude(const kiln__dispatch *d, kiln__job *job,
         job->verdict = KILN__VERDICT_ACK;
         kiln__log_task(KILN_LOG_DEBUG, MODULE, sig->uuid, sig->name,
                        "succeeded");
-        if (record(d, sig->uuid, sig->name, KILN__STATE_SUCCESS, res, NULL) !=
+        if (record(d, sig->uuid, sig->name, KILN_STATE_SUCCESS, res, NULL) !=
             KILN_OK)
             job->verdict = KILN__VERDICT_REQUEUE;
         return;
@@ -445,7 +445,7 @@ static void conclude(const kiln__dispatch *d, kiln__job *job,
     kiln__log_task(KILN_LOG_WARN, MODULE, sig->uuid, sig->name,
                    "failed after %u run(s): %s", job->retries + 1,
                    job->reason.message);
-    if (record(d, sig->uuid, sig->name, KILN__STATE_FAILURE, NULL,
+    if (record(d, sig->uuid, sig->name, KILN_STATE_FAILURE, NULL,
                job->reason.message) != KILN_OK)
         job->verdict = KILN__VERDICT_REQUEUE;
 }
@@ -467,13 +467,13 @@ static bool decided_by_store(const kiln__dispatch *d, kiln__job *job)
 
     if (kiln__store_get(d->store, sig->uuid, &rec, &e) != KILN_OK)
         return false;
-    if (rec.state == KILN__STATE_SUCCESS) {
+    if (rec.state == KILN_STATE_SUCCESS) {
         job->status = KILN_OK;
         job->verdict = KILN__VERDICT_ACK;
         kiln__log_task(KILN_LOG_NOTICE, MODULE, sig->uuid, sig->name,
                        "redelivered, but the store says SUCCESS: acked "
                        "without running it again");
-    } else if (rec.state == KILN__STATE_FAILURE) {
+    } else if (rec.state == KILN_STATE_FAILURE) {
         job->status = KILN_ETASK;
         job->verdict = KILN__VERDICT_DEADLETTER;
         kiln__fail(&job->reason, KILN_ETASK, "%s", rec.error);
@@ -488,7 +488,7 @@ static bool decided_by_store(const kiln__dispatch *d, kiln__job *job)
                    "started %u times (max_deliveries %u)", rec.attempts, max);
         kiln__log_task(KILN_LOG_WARN, MODULE, sig->uuid, sig->name,
                        "dead-lettered: %s", job->reason.message);
-        if (record(d, sig->uuid, sig->name, KILN__STATE_FAILURE, NULL,
+        if (record(d, sig->uuid, sig->name, KILN_STATE_FAILURE, NULL,
                    job->reason.message) != KILN_OK)
             job->verdict = KILN__VERDICT_REQUEUE;
     } else {
@@ -511,7 +511,7 @@ void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job)
     if (job->fn == NULL) {
         /* Refused input: its FAILURE, then the dead-letter queue. */
         if (job->failed_uuid[0] != '\0' &&
-            record(d, job->failed_uuid, job->failed_name, KILN__STATE_FAILURE,
+            record(d, job->failed_uuid, job->failed_name, KILN_STATE_FAILURE,
                    NULL, job->reason.message) != KILN_OK)
             job->verdict = KILN__VERDICT_REQUEUE;
         return;
@@ -519,7 +519,7 @@ void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job)
     /* A worker thread takes a task at the moment it starts it, so STARTED
      * says RECEIVED too: a RECEIVED write of its own would cost a store
      * round trip per task for a state that lasts microseconds. */
-    (void)record(d, sig->uuid, sig->name, KILN__STATE_STARTED, NULL, NULL);
+    (void)record(d, sig->uuid, sig->name, KILN_STATE_STARTED, NULL, NULL);
     if ((rc = kiln__task_ctx_init(&ctx, sig, &job->reason)) != KILN_OK) {
         job->status = rc;
         job->verdict = KILN__VERDICT_REQUEUE;
@@ -679,19 +679,6 @@ static kiln_err settle_one(kiln__broker *b, const kiln__delivery *dl,
         return rc;
     }
     return kiln__settle_end(b, dl, s, err);
-}
-
-kiln_err kiln__dead_letter(kiln__broker *b, const kiln_config *cfg,
-                           const kiln__delivery *dl, const char *reason,
-                           kiln_error *err)
-{
-    kiln__settle s;
-    kiln_err rc;
-
-    settle_init(&s);
-    if ((rc = dead_letter_build(cfg, dl, reason, 0, &s, err)) != KILN_OK)
-        return rc;
-    return settle_one(b, dl, &s, err);
 }
 
 kiln_err kiln__dispatch_settle(const kiln__dispatch *d, kiln__broker *b,

@@ -249,14 +249,6 @@ void kiln__job_hold(kiln__job *job, uint64_t delay_ms);
 /* Frees what the job owns and zeroes it. */
 void kiln__job_release(kiln__job *job);
 
-/* Publishes a copy of `dl` to cfg->dead_letter_exchange with routing key
- * cfg->dead_letter_queue and the headers x-kiln-reason, x-kiln-exchange and
- * x-kiln-routing-key added, waits for the confirm, then acks `dl`. The
- * broker's owner only. */
-kiln_err kiln__dead_letter(kiln__broker *b, const kiln_config *cfg,
-                           const kiln__delivery *dl, const char *reason,
-                           kiln_error *err);
-
 /* kiln__dead_letter_copy builds into *m the dead-letter copy of `dl`: its
  * body and typed headers (all of them, x-death included), with
  * x-kiln-reason `reason`, x-kiln-exchange and x-kiln-routing-key and, for

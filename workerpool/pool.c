@@ -55,15 +55,6 @@ kiln_pool *kiln_pool_new(const kiln_config *cfg, unsigned concurrency,
     }
     if (kiln_config_validate(cfg, err) != KILN_OK)
         return NULL;
-    if (cfg->store == KILN_STORE_MEMORY) {
-        /* Its states would be visible to no one: producers and operators
-         * read states from another process. */
-        kiln__fail(err, KILN_EINVAL,
-                   "KILN_STORE=memory: the in-process store serves eager mode "
-                   "and tests; a worker pool records state with mongodb or "
-                   "none");
-        return NULL;
-    }
     if (concurrency > 1024) {
         kiln__fail(err, KILN_EINVAL,
                    "concurrency %u: expected 0 (the configured %u) to 1024",

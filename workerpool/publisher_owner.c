@@ -103,7 +103,7 @@ static void connection_failed(kiln__pub_conn *c, const kiln_error *e,
     uint64_t wait = kiln__backoff_ms(c->attempt, KILN__RECONNECT_BASE_MS,
                                      KILN__RECONNECT_CAP_MS);
 
-    c->b->ops->close(c->b);
+    kiln__broker_close(c->b);
     c->connected = false;
     if (e != NULL)
         kiln__fail(&c->last, KILN_EBROKER, "%s: %s", what, e->message);
@@ -129,8 +129,8 @@ static bool open_conn(kiln__pub_conn *c)
     kiln__broker *b = c->b;
     kiln_error e;
 
-    if (b->ops->connect(b, &e) != KILN_OK ||
-        b->ops->declare(b, &c->pub->cfg, &e) != KILN_OK) {
+    if (kiln__broker_connect(b, &e) != KILN_OK ||
+        kiln__broker_declare(b, &c->pub->cfg, &e) != KILN_OK) {
         connection_failed(c, &e, "connect");
         return false;
     }
@@ -145,10 +145,8 @@ static bool open_conn(kiln__pub_conn *c)
 /* Without publish_lost: did the connection survive the last publish? */
 static bool probe_lost(kiln__pub_conn *c)
 {
-    const kiln__broker_ops *ops = c->b->ops;
     kiln_error e;
-    kiln_err rc = ops->tick != NULL ? ops->tick(c->b, &e)
-                                    : ops->declare(c->b, &c->pub->cfg, &e);
+    kiln_err rc = kiln__broker_probe(c->b, &c->pub->cfg, &e);
 
     return rc == KILN_EBROKER || rc == KILN_ECLOSED;
 }
@@ -161,15 +159,13 @@ static void tick(kiln__pub_conn *c, int64_t now)
     kiln_err rc;
 
     c->io_ns = now;
-    if (c->b->ops->tick == NULL)
-        return;
-    rc = c->b->ops->tick(c->b, &e);
+    rc = kiln__broker_tick(c->b, &e);
     if (rc != KILN_EBROKER && rc != KILN_ECLOSED)
         return;
     kiln__log(KILN_LOG_INFO, MODULE,
               "%s/%u: idle connection lost: %s; reconnecting on the next send",
               c->pub->name, c->id, e.message);
-    c->b->ops->close(c->b);
+    kiln__broker_close(c->b);
     c->connected = false;
     c->retry_at_ns = now;
 }
@@ -214,20 +210,20 @@ static size_t assemble(kiln__pub_conn *c)
 static void settle(kiln__pub_conn *c, size_t m, kiln_err rc,
                    const kiln_error *e)
 {
-    bool (*lost_op)(kiln__broker *, size_t) = c->b->ops->publish_lost;
+    bool knows_lost = kiln__broker_knows_lost(c->b);
     bool probed = false, lost = false, first_lost = false;
     size_t first = m;
 
     for (size_t j = 0; rc != KILN_OK && j < m && first == m; j++)
         first = c->bst[j] != KILN_OK ? j : m;
-    if (first < m && lost_op == NULL)
+    if (first < m && !knows_lost)
         probed = probe_lost(c);
     for (size_t j = 0; j < m; j++) {
         kiln_err s = rc == KILN_OK ? KILN_OK : c->bst[j];
         if (s == KILN__PUB_PENDING) /* not a publish outcome */
             s = KILN_EBROKER;
         if (s == KILN_EBROKER &&
-            (lost_op != NULL ? lost_op(c->b, j) : probed)) {
+            (knows_lost ? kiln__broker_publish_lost(c->b, j) : probed)) {
             first_lost |= j == first;
             lost = true;
             /* Still pending, sent again after reconnecting; the broker
@@ -262,7 +258,7 @@ static void run_batch(kiln__pub_conn *c)
         return;
     if (c->redeclare) {
         c->redeclare = false;
-        if (c->b->ops->declare(c->b, &c->pub->cfg, &e) != KILN_OK) {
+        if (kiln__broker_declare(c->b, &c->pub->cfg, &e) != KILN_OK) {
             connection_failed(c, &e, "declare");
             return;
         }
@@ -360,7 +356,7 @@ void *kiln__pub_owner_main(void *arg)
     complete(c);
     pthread_mutex_unlock(&c->mu);
     if (c->connected)
-        c->b->ops->close(c->b);
+        kiln__broker_close(c->b);
     c->connected = false;
     return NULL;
 }

@@ -153,7 +153,7 @@ static void stage_pending(kiln__store *store, const kiln_signature *const *sigs,
             continue;
         u[m] = (kiln__state_update){.uuid = sigs[i]->uuid,
                                     .task_name = sigs[i]->name,
-                                    .state = KILN__STATE_PENDING};
+                                    .state = KILN_STATE_PENDING};
         idx[m++] = i;
     }
     if (m > 0 && kiln__store_add_pending(store, u, m, st, &e) != KILN_OK) {
@@ -245,7 +245,7 @@ void kiln__stage_unsent(kiln__store *store, const kiln_signature *const *sigs,
         const kiln_signature *sig = sigs[map[j]];
         kiln__state_update u = {.uuid = sig->uuid,
                                 .task_name = sig->name,
-                                .state = KILN__STATE_FAILURE,
+                                .state = KILN_STATE_FAILURE,
                                 .error = text};
         kiln_error e;
 
@@ -278,11 +278,11 @@ static void record_unsent(kiln__broker *b, kiln__store *store,
 
     if (store == NULL)
         return;
-    if (b->ops->publish_lost != NULL &&
+    if (kiln__broker_knows_lost(b) &&
         (lost = kiln__calloc(m, sizeof(*lost))) == NULL)
         return; /* unsure which were lost: they stay PENDING */
     for (size_t j = 0; lost != NULL && j < m; j++)
-        lost[j] = pst[j] != KILN_OK && b->ops->publish_lost(b, j);
+        lost[j] = pst[j] != KILN_OK && kiln__broker_publish_lost(b, j);
     kiln__stage_unsent(store, sigs, map, pst, lost, m, why_j, why);
     kiln__free(lost);
 }

@@ -13,7 +13,7 @@
  * KILN_IT_SECONDS, and exits 0 when it stopped for one of the first two
  * reasons.
  */
-#include "pool_it_shared.h"
+#include "test/support/pool_it_shared.h"
 
 #include <kiln.h>
 

@@ -17,7 +17,7 @@
  * with _exit(4) at once instead of waiting in kiln_pool_free for the
  * tasks still running.
  */
-#include "pool_it_shared.h"
+#include "test/support/pool_it_shared.h"
 
 #include <kiln.h>
 

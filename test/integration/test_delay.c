@@ -130,7 +130,7 @@ static double connect_declare(kiln__broker *b, const kiln_config *cfg)
     if (kiln__broker_connect(b, &err) != KILN_OK)
         fail_msg("connect: %s", err.message);
     t0 = kiln__monotonic_ns();
-    if (b->ops->declare(b, cfg, &err) != KILN_OK)
+    if (kiln__broker_declare(b, cfg, &err) != KILN_OK)
         fail_msg("declare: %s", err.message);
     return (double)(kiln__monotonic_ns() - t0) / 1e6;
 }
@@ -139,7 +139,7 @@ static void subscribe(kiln__broker *b, const kiln_config *cfg)
 {
     kiln_error err;
 
-    if (b->ops->subscribe(b, cfg->queue, 100, &err) != KILN_OK)
+    if (kiln__broker_subscribe(b, cfg->queue, 100, &err) != KILN_OK)
         fail_msg("subscribe: %s", err.message);
 }
 
@@ -343,9 +343,9 @@ static void reconnect(kiln__broker *b, const kiln_config *cfg)
     /* As a worker does: right after start_app the quorum levels may still
      * be recovering, and a declare can time out on a busy machine. */
     do {
-        b->ops->close(b);
+        kiln__broker_close(b);
         if ((rc = kiln__broker_connect(b, &err)) == KILN_OK &&
-            (rc = b->ops->declare(b, cfg, &err)) == KILN_OK)
+            (rc = kiln__broker_declare(b, cfg, &err)) == KILN_OK)
             break;
         usleep(200000);
     } while (now_ms() - t0 < 60000);
@@ -406,7 +406,7 @@ static void test_redeclare_and_conflict(void **state)
     connect_declare(f->b, &f->cfg);
     connect_declare(f->b, &f->cfg);
     other.delay_unit_ms = 100;
-    assert_int_equal(f->b->ops->declare(f->b, &other, &err), KILN_EBROKER);
+    assert_int_equal(kiln__broker_declare(f->b, &other, &err), KILN_EBROKER);
     print_message("unit conflict: %s\n", err.message);
     assert_non_null(strstr(err.message, "406"));
     assert_non_null(strstr(err.message, "x-message-ttl"));
@@ -556,7 +556,7 @@ static void test_gone_queue_does_not_stall_level(void **state)
     assert_int_equal(
         kiln__delay_unroutable(&f->qcfg, unroutable, sizeof(unroutable), NULL),
         KILN_OK);
-    if (f->gb->ops->subscribe(f->gb, unroutable, 100, NULL) != KILN_OK)
+    if (kiln__broker_subscribe(f->gb, unroutable, 100, NULL) != KILN_OK)
         fail_msg("subscribe to %s", unroutable);
     receive_n(f->gb, &f->gcfg, GONE, f->gcfg.binding_key, 5000);
 }
@@ -597,7 +597,7 @@ static void test_old_delivery_exchange_kept(void **state)
         fail_msg("connect: %s", err.message);
     captured[0] = '\0';
     kiln_log_set_sink(capture, NULL);
-    if (f->b->ops->declare(f->b, &f->cfg, &err) != KILN_OK)
+    if (kiln__broker_declare(f->b, &f->cfg, &err) != KILN_OK)
         fail_msg("declare: %s", err.message);
     kiln_log_set_sink(NULL, NULL);
     print_message("old delivery exchange: %s", captured);
@@ -607,7 +607,7 @@ static void test_old_delivery_exchange_kept(void **state)
     (void)amqp_exchange_delete(c, 1, amqp_cstring_bytes(delivery), 0);
     assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
     test_amqp_close(c);
-    f->b->ops->close(f->b);
+    kiln__broker_close(f->b);
     captured[0] = '\0';
     kiln_log_set_sink(capture, NULL);
     connect_declare(f->b, &f->cfg);

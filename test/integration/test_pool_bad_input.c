@@ -3,7 +3,7 @@
  * queue with its reason in the x-kiln-reason header, an unregistered task
  * that asks to be ignored is acked and gone, every good one runs, and the
  * worker is still up afterwards. Fixture and conventions: pool_it.h. */
-#include "pool_it.h"
+#include "test/support/pool_it.h"
 
 #include <strings.h>
 

@@ -8,7 +8,7 @@
  *   scripts/with-rabbitmq.sh scripts/with-ferretdb.sh \
  *       build/asan/it/test_pool_broker_limits
  */
-#include "pool_it_store.h"
+#include "test/support/pool_it_store.h"
 
 /* The worker's log line when it loses its connection. */
 #define LOST "lost its broker connection"

@@ -5,7 +5,7 @@
  * again, declare the queue again and go on consuming. The exchange is
  * deleted under a sending pool: its publisher must declare it again and
  * deliver what it sends next. Fixture and conventions: pool_it.h. */
-#include "pool_it.h"
+#include "test/support/pool_it.h"
 
 #define AFTER     100 /* tasks sent once the queue is back */
 #define CANCELLED "cancelled by the broker"

@@ -6,7 +6,7 @@
  * error; and a producer started before any worker declares the queue it
  * sends to, so its first task, delayed or not, is routed there.
  * Fixture and conventions: pool_it.h. */
-#include "pool_it.h"
+#include "test/support/pool_it.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -4,7 +4,7 @@
  * program that exits without kiln_pool_free, and never more than C tasks
  * run at once nor more than the prefetch count wait unacknowledged.
  * Fixture and conventions: pool_it.h. */
-#include "pool_it.h"
+#include "test/support/pool_it.h"
 
 static int setup_drain(void **state)
 {

@@ -13,7 +13,7 @@
  *     the worker stays connected.
  * And paota's header mode goes out with paota's Go types, from a kiln
  * producer and from a worker's retry. Fixture: pool_it.h. */
-#include "pool_it.h"
+#include "test/support/pool_it.h"
 
 #include "broker/delay.h"
 

@@ -23,7 +23,7 @@
  *   queue; IgnoreWhenTaskNotRegistered is still honoured.
  *
  * Fixture and conventions: pool_it.h, pool_it_store.h. */
-#include "pool_it_store.h"
+#include "test/support/pool_it_store.h"
 
 #include "broker/delay.h"
 

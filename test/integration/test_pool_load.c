@@ -2,7 +2,7 @@
  * run exactly once by an undisturbed worker process, and at least once
  * when the worker is killed with SIGKILL halfway and started again.
  * Fixture and conventions: pool_it.h. */
-#include "pool_it.h"
+#include "test/support/pool_it.h"
 
 #define N_TASKS 10000
 #define BATCH   1000 /* tasks per kiln_pool_send_tasks call */

@@ -7,7 +7,7 @@
  *   scripts/with-rabbitmq.sh scripts/with-ferretdb.sh \
  *       build/asan/it/test_pool_redelivery
  */
-#include "pool_it_store.h"
+#include "test/support/pool_it_store.h"
 
 #define TASKS 30
 

@@ -4,7 +4,7 @@
  * start_app through scripts/rabbitmq.sh). Both processes must recover by
  * themselves, and every task whose send was confirmed must run.
  * Fixture and conventions: pool_it.h. */
-#include "pool_it.h"
+#include "test/support/pool_it.h"
 
 #define BEFORE 1000 /* confirmed tasks before the restart */
 #define AFTER  1000 /* confirmed tasks after it */

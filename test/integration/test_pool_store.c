@@ -11,7 +11,7 @@
  * a read from another process, through the public kiln_store API. A raw
  * libmongoc client counts documents independently of the code under
  * test. Each test has a database of its own, dropped in teardown. */
-#include "pool_it_store.h"
+#include "test/support/pool_it_store.h"
 
 #include <pthread.h>
 

@@ -196,7 +196,7 @@ static int teardown(void **state)
     return 0;
 }
 
-static void set_ok(kiln__store *s, const char *uuid, kiln__task_state st,
+static void set_ok(kiln__store *s, const char *uuid, kiln_task_state st,
                    const char *name, const kiln__values *res, const char *error)
 {
     kiln__state_update u = {uuid, name, st, res, error};
@@ -216,10 +216,10 @@ static void get_ok(kiln__store *s, const char *uuid, kiln__task_record *r)
         fail_msg("get_state %s: %s", uuid, err.message);
 }
 
-static kiln__task_state state_of(kiln__store *s, const char *uuid)
+static kiln_task_state state_of(kiln__store *s, const char *uuid)
 {
     kiln__task_record r;
-    kiln__task_state st;
+    kiln_task_state st;
 
     get_ok(s, uuid, &r);
     st = r.state;
@@ -364,26 +364,26 @@ static void test_lifecycle(void **state)
     int64_t created;
     bson_t *doc;
 
-    set_ok(f->s, id, KILN__STATE_PENDING, "add", NULL, NULL);
+    set_ok(f->s, id, KILN_STATE_PENDING, "add", NULL, NULL);
     get_ok(f->s, id, &r);
     assert_string_equal(r.uuid, id);
     assert_string_equal(r.task_name, "add");
-    assert_int_equal(r.state, KILN__STATE_PENDING);
+    assert_int_equal(r.state, KILN_STATE_PENDING);
     assert_string_equal(r.error, "");
     assert_int_equal(r.results.n, 0);
     created = r.created_ns;
     assert_true(created > 0);
     kiln__task_record_release(&r);
 
-    set_ok(f->s, id, KILN__STATE_RECEIVED, NULL, NULL, NULL);
-    assert_int_equal(state_of(f->s, id), KILN__STATE_RECEIVED);
-    set_ok(f->s, id, KILN__STATE_STARTED, "add", NULL, NULL);
-    assert_int_equal(state_of(f->s, id), KILN__STATE_STARTED);
+    set_ok(f->s, id, KILN_STATE_RECEIVED, NULL, NULL, NULL);
+    assert_int_equal(state_of(f->s, id), KILN_STATE_RECEIVED);
+    set_ok(f->s, id, KILN_STATE_STARTED, "add", NULL, NULL);
+    assert_int_equal(state_of(f->s, id), KILN_STATE_STARTED);
     add_i64(&res, KILN_TYPE_INT64, 42);
-    set_ok(f->s, id, KILN__STATE_SUCCESS, "", &res, NULL);
+    set_ok(f->s, id, KILN_STATE_SUCCESS, "", &res, NULL);
 
     get_ok(f->s, id, &r);
-    assert_int_equal(r.state, KILN__STATE_SUCCESS);
+    assert_int_equal(r.state, KILN_STATE_SUCCESS);
     assert_string_equal(r.task_name, "add"); /* kept across nameless writes */
     assert_int_equal(r.created_ns, created);
     assert_true(r.updated_ns >= created);
@@ -412,29 +412,29 @@ static void test_lifecycle(void **state)
 static void test_finished_never_changes(void **state)
 {
     fixture *f = *state;
-    static const kiln__task_state later[] = {
-        KILN__STATE_PENDING, KILN__STATE_RECEIVED, KILN__STATE_STARTED,
-        KILN__STATE_RETRY,   KILN__STATE_FAILURE,  KILN__STATE_SUCCESS};
+    static const kiln_task_state later[] = {
+        KILN_STATE_PENDING, KILN_STATE_RECEIVED, KILN_STATE_STARTED,
+        KILN_STATE_RETRY,   KILN_STATE_FAILURE,  KILN_STATE_SUCCESS};
     kiln__values res = {0}, other = {0};
     kiln__task_record r;
 
     add_i64(&res, KILN_TYPE_INT, 7);
     add_i64(&other, KILN_TYPE_INT, 8);
-    set_ok(f->s, "t_ok", KILN__STATE_STARTED, "n", NULL, NULL);
-    set_ok(f->s, "t_ok", KILN__STATE_SUCCESS, "n", &res, NULL);
-    set_ok(f->s, "t_fail", KILN__STATE_FAILURE, "n", NULL, "boom");
+    set_ok(f->s, "t_ok", KILN_STATE_STARTED, "n", NULL, NULL);
+    set_ok(f->s, "t_ok", KILN_STATE_SUCCESS, "n", &res, NULL);
+    set_ok(f->s, "t_fail", KILN_STATE_FAILURE, "n", NULL, "boom");
     for (size_t i = 0; i < KILN__ARRAY_LEN(later); i++) {
         set_ok(f->s, "t_ok", later[i], "other", &other, "late");
         set_ok(f->s, "t_fail", later[i], "other", &other, "late");
     }
     get_ok(f->s, "t_ok", &r);
-    assert_int_equal(r.state, KILN__STATE_SUCCESS);
+    assert_int_equal(r.state, KILN_STATE_SUCCESS);
     assert_string_equal(r.task_name, "n");
     assert_string_equal(r.error, "");
     assert_values_equal(&res, &r.results);
     kiln__task_record_release(&r);
     get_ok(f->s, "t_fail", &r);
-    assert_int_equal(r.state, KILN__STATE_FAILURE);
+    assert_int_equal(r.state, KILN_STATE_FAILURE);
     assert_string_equal(r.error, "boom");
     assert_int_equal(r.results.n, 0);
     kiln__task_record_release(&r);
@@ -448,23 +448,23 @@ static void test_pending_after_received_is_ignored(void **state)
     fixture *f = *state;
     kiln__task_record r;
 
-    set_ok(f->s, "t1", KILN__STATE_RECEIVED, NULL, NULL, NULL);
-    set_ok(f->s, "t1", KILN__STATE_PENDING, "late", NULL, NULL);
+    set_ok(f->s, "t1", KILN_STATE_RECEIVED, NULL, NULL, NULL);
+    set_ok(f->s, "t1", KILN_STATE_PENDING, "late", NULL, NULL);
     get_ok(f->s, "t1", &r);
-    assert_int_equal(r.state, KILN__STATE_RECEIVED);
+    assert_int_equal(r.state, KILN_STATE_RECEIVED);
     assert_string_equal(r.task_name, "");
     kiln__task_record_release(&r);
 
-    set_ok(f->s, "t2", KILN__STATE_PENDING, "a", NULL, NULL);
-    set_ok(f->s, "t2", KILN__STATE_PENDING, "b", NULL, NULL);
+    set_ok(f->s, "t2", KILN_STATE_PENDING, "a", NULL, NULL);
+    set_ok(f->s, "t2", KILN_STATE_PENDING, "b", NULL, NULL);
     get_ok(f->s, "t2", &r);
-    assert_int_equal(r.state, KILN__STATE_PENDING);
+    assert_int_equal(r.state, KILN_STATE_PENDING);
     assert_string_equal(r.task_name, "b");
     kiln__task_record_release(&r);
 
-    set_ok(f->s, "t2", KILN__STATE_STARTED, NULL, NULL, NULL);
-    set_ok(f->s, "t2", KILN__STATE_PENDING, NULL, NULL, NULL);
-    assert_int_equal(state_of(f->s, "t2"), KILN__STATE_STARTED);
+    set_ok(f->s, "t2", KILN_STATE_STARTED, NULL, NULL, NULL);
+    set_ok(f->s, "t2", KILN_STATE_PENDING, NULL, NULL, NULL);
+    assert_int_equal(state_of(f->s, "t2"), KILN_STATE_STARTED);
 }
 
 /* PENDING in bulk (what kiln_pool_send_tasks writes): one insert; new
@@ -481,11 +481,11 @@ static void test_add_pending_bulk(void **state)
     kiln__task_record r;
     kiln_error err;
 
-    set_ok(f->s, "p_done", KILN__STATE_FAILURE, "x", NULL, "boom");
-    set_ok(f->s, "p_pend", KILN__STATE_PENDING, "a", NULL, NULL);
-    set_ok(f->s, "p_started", KILN__STATE_STARTED, "s", NULL, NULL);
+    set_ok(f->s, "p_done", KILN_STATE_FAILURE, "x", NULL, "boom");
+    set_ok(f->s, "p_pend", KILN_STATE_PENDING, "a", NULL, NULL);
+    set_ok(f->s, "p_started", KILN_STATE_STARTED, "s", NULL, NULL);
     for (size_t i = 0; i < KILN__ARRAY_LEN(ids); i++) {
-        u[i] = (kiln__state_update){ids[i], "bulk", KILN__STATE_PENDING, NULL,
+        u[i] = (kiln__state_update){ids[i], "bulk", KILN_STATE_PENDING, NULL,
                                     NULL};
         st[i] = KILN_EINVAL;
     }
@@ -495,37 +495,37 @@ static void test_add_pending_bulk(void **state)
     for (size_t i = 0; i < KILN__ARRAY_LEN(ids); i++)
         assert_int_equal(st[i], KILN_OK);
     get_ok(f->s, "p_new1", &r);
-    assert_int_equal(r.state, KILN__STATE_PENDING);
+    assert_int_equal(r.state, KILN_STATE_PENDING);
     assert_string_equal(r.task_name, "bulk");
     assert_true(r.created_ns > 0);
     kiln__task_record_release(&r);
     get_ok(f->s, "p_done", &r);
-    assert_int_equal(r.state, KILN__STATE_FAILURE);
+    assert_int_equal(r.state, KILN_STATE_FAILURE);
     assert_string_equal(r.error, "boom");
     kiln__task_record_release(&r);
     get_ok(f->s, "p_pend", &r);
     assert_string_equal(r.task_name, "a");
     kiln__task_record_release(&r);
-    assert_int_equal(state_of(f->s, "p_started"), KILN__STATE_STARTED);
-    assert_int_equal(state_of(f->s, "p_new2"), KILN__STATE_PENDING);
+    assert_int_equal(state_of(f->s, "p_started"), KILN_STATE_STARTED);
+    assert_int_equal(state_of(f->s, "p_new2"), KILN_STATE_PENDING);
 
     /* A batch larger than one reply page; then the same batch again. */
     for (size_t i = 0; i < MANY; i++) {
         (void)snprintf(names[i], sizeof(names[i]), "p_many_%zu", i);
-        u[i] = (kiln__state_update){names[i], "many", KILN__STATE_PENDING, NULL,
+        u[i] = (kiln__state_update){names[i], "many", KILN_STATE_PENDING, NULL,
                                     NULL};
     }
     assert_int_equal(kiln__store_add_pending(f->s, u, MANY, st, &err), KILN_OK);
     assert_int_equal(kiln__store_add_pending(f->s, u, MANY, st, &err), KILN_OK);
     for (size_t i = 0; i < MANY; i += 7)
-        assert_int_equal(state_of(f->s, names[i]), KILN__STATE_PENDING);
+        assert_int_equal(state_of(f->s, names[i]), KILN_STATE_PENDING);
     assert_int_equal(raw_count(&f->cfg), MANY + KILN__ARRAY_LEN(ids));
 
     /* Only PENDING with a UUID. */
-    u[0].state = KILN__STATE_STARTED;
+    u[0].state = KILN_STATE_STARTED;
     assert_int_equal(kiln__store_add_pending(f->s, u, 1, st, &err),
                      KILN_EINVAL);
-    u[0] = (kiln__state_update){"", "x", KILN__STATE_PENDING, NULL, NULL};
+    u[0] = (kiln__state_update){"", "x", KILN_STATE_PENDING, NULL, NULL};
     assert_int_equal(kiln__store_add_pending(f->s, u, 1, st, &err),
                      KILN_EINVAL);
 }
@@ -538,22 +538,22 @@ static void test_retry_then_received(void **state)
     kiln__task_record r;
     bson_t *doc;
 
-    set_ok(f->s, "t", KILN__STATE_RECEIVED, "job", NULL, NULL);
-    set_ok(f->s, "t", KILN__STATE_STARTED, "job", NULL, NULL);
-    set_ok(f->s, "t", KILN__STATE_RETRY, "job", NULL, "try again");
+    set_ok(f->s, "t", KILN_STATE_RECEIVED, "job", NULL, NULL);
+    set_ok(f->s, "t", KILN_STATE_STARTED, "job", NULL, NULL);
+    set_ok(f->s, "t", KILN_STATE_RETRY, "job", NULL, "try again");
     get_ok(f->s, "t", &r);
-    assert_int_equal(r.state, KILN__STATE_RETRY);
+    assert_int_equal(r.state, KILN_STATE_RETRY);
     assert_string_equal(r.error, "try again");
     kiln__task_record_release(&r);
-    set_ok(f->s, "t", KILN__STATE_RECEIVED, "job", NULL, NULL);
+    set_ok(f->s, "t", KILN_STATE_RECEIVED, "job", NULL, NULL);
     get_ok(f->s, "t", &r);
-    assert_int_equal(r.state, KILN__STATE_RECEIVED);
+    assert_int_equal(r.state, KILN_STATE_RECEIVED);
     assert_string_equal(r.error, "");
     kiln__task_record_release(&r);
-    set_ok(f->s, "t", KILN__STATE_STARTED, "job", NULL, NULL);
+    set_ok(f->s, "t", KILN_STATE_STARTED, "job", NULL, NULL);
     add_u64(&res, KILN_TYPE_UINT64, 1);
-    set_ok(f->s, "t", KILN__STATE_SUCCESS, "job", &res, NULL);
-    assert_int_equal(state_of(f->s, "t"), KILN__STATE_SUCCESS);
+    set_ok(f->s, "t", KILN_STATE_SUCCESS, "job", &res, NULL);
+    assert_int_equal(state_of(f->s, "t"), KILN_STATE_SUCCESS);
     doc = raw_doc(&f->cfg, "t");
     assert_non_null(doc);
     assert_int_equal(doc_int32(doc, "attempts"), 2);
@@ -565,7 +565,7 @@ static void send_failed_ok(kiln__store *s, const char *uuid, const char *why)
 {
     kiln__state_update u = {.uuid = uuid,
                             .task_name = "sent",
-                            .state = KILN__STATE_FAILURE,
+                            .state = KILN_STATE_FAILURE,
                             .error = why};
     kiln_error err;
 
@@ -588,17 +588,17 @@ static void test_send_failed(void **state)
 {
     fixture *f = *state;
     kiln__state_update u[2] = {
-        {.uuid = "sf_batch", .task_name = "b", .state = KILN__STATE_PENDING},
-        {.uuid = "sf_done", .task_name = "b", .state = KILN__STATE_PENDING}};
+        {.uuid = "sf_batch", .task_name = "b", .state = KILN_STATE_PENDING},
+        {.uuid = "sf_done", .task_name = "b", .state = KILN_STATE_PENDING}};
     kiln_err st[2];
     kiln__task_record r;
     kiln_error err;
     bson_t *doc;
 
-    set_ok(f->s, "sf", KILN__STATE_PENDING, "sent", NULL, NULL);
+    set_ok(f->s, "sf", KILN_STATE_PENDING, "sent", NULL, NULL);
     send_failed_ok(f->s, "sf", "not sent: unroutable");
     get_ok(f->s, "sf", &r);
-    assert_int_equal(r.state, KILN__STATE_FAILURE);
+    assert_int_equal(r.state, KILN_STATE_FAILURE);
     assert_string_equal(r.error, "not sent: unroutable");
     kiln__task_record_release(&r);
     doc = raw_doc(&f->cfg, "sf");
@@ -608,9 +608,9 @@ static void test_send_failed(void **state)
     assert_false(doc_key(doc, "worker"));
     bson_destroy(doc);
     /* Sent again: PENDING again, unmarked, no expiry. */
-    set_ok(f->s, "sf", KILN__STATE_PENDING, "sent", NULL, NULL);
+    set_ok(f->s, "sf", KILN_STATE_PENDING, "sent", NULL, NULL);
     get_ok(f->s, "sf", &r);
-    assert_int_equal(r.state, KILN__STATE_PENDING);
+    assert_int_equal(r.state, KILN_STATE_PENDING);
     assert_string_equal(r.error, "");
     kiln__task_record_release(&r);
     doc = raw_doc(&f->cfg, "sf");
@@ -619,32 +619,32 @@ static void test_send_failed(void **state)
     bson_destroy(doc);
     /* Failed again, then a worker runs an earlier send's message. */
     send_failed_ok(f->s, "sf", "not sent: nacked");
-    set_ok(f->s, "sf", KILN__STATE_STARTED, "sent", NULL, NULL);
-    assert_int_equal(state_of(f->s, "sf"), KILN__STATE_STARTED);
+    set_ok(f->s, "sf", KILN_STATE_STARTED, "sent", NULL, NULL);
+    assert_int_equal(state_of(f->s, "sf"), KILN_STATE_STARTED);
     /* Never over a worker's state, finished or not. */
     send_failed_ok(f->s, "sf", "not sent: late");
-    assert_int_equal(state_of(f->s, "sf"), KILN__STATE_STARTED);
-    set_ok(f->s, "sf", KILN__STATE_SUCCESS, "sent", NULL, NULL);
+    assert_int_equal(state_of(f->s, "sf"), KILN_STATE_STARTED);
+    set_ok(f->s, "sf", KILN_STATE_SUCCESS, "sent", NULL, NULL);
     send_failed_ok(f->s, "sf", "not sent: late");
-    assert_int_equal(state_of(f->s, "sf"), KILN__STATE_SUCCESS);
+    assert_int_equal(state_of(f->s, "sf"), KILN_STATE_SUCCESS);
     doc = raw_doc(&f->cfg, "sf");
     assert_false(doc_key(doc, "send_failed"));
     bson_destroy(doc);
 
     /* A batch of PENDING replaces a failed send's FAILURE, not a
      * worker's. */
-    set_ok(f->s, "sf_batch", KILN__STATE_PENDING, "b", NULL, NULL);
+    set_ok(f->s, "sf_batch", KILN_STATE_PENDING, "b", NULL, NULL);
     send_failed_ok(f->s, "sf_batch", "not sent: unroutable");
-    set_ok(f->s, "sf_done", KILN__STATE_FAILURE, "b", NULL, "boom");
+    set_ok(f->s, "sf_done", KILN_STATE_FAILURE, "b", NULL, "boom");
     assert_int_equal(kiln__store_add_pending(f->s, u, 2, st, &err), KILN_OK);
     assert_int_equal(st[0], KILN_OK);
     assert_int_equal(st[1], KILN_OK);
-    assert_int_equal(state_of(f->s, "sf_batch"), KILN__STATE_PENDING);
+    assert_int_equal(state_of(f->s, "sf_batch"), KILN_STATE_PENDING);
     get_ok(f->s, "sf_done", &r);
-    assert_int_equal(r.state, KILN__STATE_FAILURE);
+    assert_int_equal(r.state, KILN_STATE_FAILURE);
     assert_string_equal(r.error, "boom");
     kiln__task_record_release(&r);
-    u[0].state = KILN__STATE_STARTED;
+    u[0].state = KILN_STATE_STARTED;
     assert_int_equal(kiln__store_send_failed(f->s, u, &err), KILN_EINVAL);
 }
 
@@ -654,9 +654,9 @@ static void test_failure_keeps_utf8_error(void **state)
     const char *why = "d\xc3\xa9j\xc3\xa0 vu \xe2\x9c\x93 \xf0\x9d\x84\x9e";
     kiln__task_record r;
 
-    set_ok(f->s, "t", KILN__STATE_FAILURE, "\xe2\x9c\x93", NULL, why);
+    set_ok(f->s, "t", KILN_STATE_FAILURE, "\xe2\x9c\x93", NULL, why);
     get_ok(f->s, "t", &r);
-    assert_int_equal(r.state, KILN__STATE_FAILURE);
+    assert_int_equal(r.state, KILN_STATE_FAILURE);
     assert_string_equal(r.error, why);
     assert_string_equal(r.task_name, "\xe2\x9c\x93");
     kiln__task_record_release(&r);
@@ -665,7 +665,7 @@ static void test_failure_keeps_utf8_error(void **state)
 static void test_bad_calls(void **state)
 {
     fixture *f = *state;
-    kiln__state_update u = {"t", NULL, KILN__STATE_PENDING, NULL, NULL};
+    kiln__state_update u = {"t", NULL, KILN_STATE_PENDING, NULL, NULL};
     kiln__task_record r = {0};
     kiln_error err;
 
@@ -677,7 +677,7 @@ static void test_bad_calls(void **state)
     u.uuid = NULL;
     assert_int_equal(kiln__store_set(f->s, &u, &err), KILN_EINVAL);
     u.uuid = "t";
-    u.state = (kiln__task_state)(KILN__STATE_LAST + 1);
+    u.state = (kiln_task_state)(KILN__STATE_LAST + 1);
     assert_int_equal(kiln__store_set(f->s, &u, &err), KILN_EINVAL);
     assert_int_equal(kiln__store_get(f->s, "", &r, &err), KILN_EINVAL);
     assert_int_equal(kiln__store_get(f->s, NULL, &r, &err), KILN_EINVAL);
@@ -756,7 +756,7 @@ static void test_results_every_type(void **state)
     kiln__task_record r;
 
     add_every_type(&res);
-    set_ok(f->s, "t", KILN__STATE_SUCCESS, "all", &res, NULL);
+    set_ok(f->s, "t", KILN_STATE_SUCCESS, "all", &res, NULL);
     get_ok(f->s, "t", &r);
     assert_values_equal(&res, &r.results);
     kiln__task_record_release(&r);
@@ -782,7 +782,7 @@ static void test_slice_results_from_task(void **state)
         kiln_registry_add(reg, "slices", slices_task, NULL, NULL, NULL),
         KILN_OK);
     assert_int_equal(kiln_registry_run(reg, sig, &res, &err), KILN_OK);
-    set_ok(f->s, kiln_signature_uuid(sig), KILN__STATE_SUCCESS, "slices",
+    set_ok(f->s, kiln_signature_uuid(sig), KILN_STATE_SUCCESS, "slices",
            &res->args, NULL);
     if ((st = kiln_store_new(&f->cfg, &err)) == NULL)
         fail_msg("kiln_store_new: %s", err.message);
@@ -807,7 +807,7 @@ static void test_negative_zero(void **state)
     kiln__task_record r;
 
     add_f64(&res, KILN_TYPE_FLOAT64, -0.0);
-    set_ok(f->s, "t", KILN__STATE_SUCCESS, "z", &res, NULL);
+    set_ok(f->s, "t", KILN_STATE_SUCCESS, "z", &res, NULL);
     get_ok(f->s, "t", &r);
     assert_int_equal(r.results.n, 1);
     assert_true(r.results.items[0].v.f == 0.0);
@@ -846,7 +846,7 @@ static void test_results_bson_types(void **state)
     bson_t *doc;
 
     add_every_type(&res);
-    set_ok(f->s, "t", KILN__STATE_SUCCESS, "all", &res, NULL);
+    set_ok(f->s, "t", KILN_STATE_SUCCESS, "all", &res, NULL);
     doc = raw_doc(&f->cfg, "t");
     assert_non_null(doc);
     for (size_t i = 0; i < KILN__ARRAY_LEN(want); i++) {
@@ -907,7 +907,7 @@ static void test_reads_machinery_document(void **state)
     bson_destroy(&doc);
 
     get_ok(f->s, "task_go", &r);
-    assert_int_equal(r.state, KILN__STATE_SUCCESS);
+    assert_int_equal(r.state, KILN_STATE_SUCCESS);
     assert_string_equal(r.task_name, "go_task");
     assert_int_equal(r.created_ns, 1700000000123 * 1000000);
     assert_int_equal(r.results.n, 4);
@@ -927,8 +927,8 @@ static void test_reads_machinery_document(void **state)
     assert_int_equal(r.attempts, 0);
     kiln__task_record_release(&r);
     /* The store's later writes obey the rules on it too. */
-    set_ok(f->s, "task_go", KILN__STATE_STARTED, NULL, NULL, NULL);
-    assert_int_equal(state_of(f->s, "task_go"), KILN__STATE_SUCCESS);
+    set_ok(f->s, "task_go", KILN_STATE_STARTED, NULL, NULL, NULL);
+    assert_int_equal(state_of(f->s, "task_go"), KILN_STATE_SUCCESS);
 }
 
 /* ---- concurrency ------------------------------------------------------ */
@@ -952,7 +952,7 @@ static void record_failure(worker *w, const kiln_error *err)
         kiln__strlcpy(w->first_error, err->message, sizeof(w->first_error));
 }
 
-static void write_as(worker *w, const char *uuid, kiln__task_state st,
+static void write_as(worker *w, const char *uuid, kiln_task_state st,
                      const kiln__values *res, const char *error)
 {
     kiln__state_update u = {uuid, "conc", st, res, error};
@@ -976,10 +976,10 @@ static void *distinct_main(void *arg)
         kiln__values_clear(&res);
         if (kiln__values_add(&res, &v, NULL) != KILN_OK)
             w->failures++;
-        write_as(w, uuid, KILN__STATE_PENDING, NULL, NULL);
-        write_as(w, uuid, KILN__STATE_RECEIVED, NULL, NULL);
-        write_as(w, uuid, KILN__STATE_STARTED, NULL, NULL);
-        write_as(w, uuid, KILN__STATE_SUCCESS, &res, NULL);
+        write_as(w, uuid, KILN_STATE_PENDING, NULL, NULL);
+        write_as(w, uuid, KILN_STATE_RECEIVED, NULL, NULL);
+        write_as(w, uuid, KILN_STATE_STARTED, NULL, NULL);
+        write_as(w, uuid, KILN_STATE_SUCCESS, &res, NULL);
     }
     kiln__values_clear(&res);
     return NULL;
@@ -1014,7 +1014,7 @@ static void test_concurrent_distinct(void **state)
         for (int i = 0; i < WRITES / 4; i++) {
             (void)snprintf(uuid, sizeof(uuid), "task_d_%d_%d", t, i);
             get_ok(f->s, uuid, &r);
-            assert_int_equal(r.state, KILN__STATE_SUCCESS);
+            assert_int_equal(r.state, KILN_STATE_SUCCESS);
             assert_int_equal(r.results.n, 1);
             assert_int_equal(r.results.items[0].v.i, (int64_t)t * 100000 + i);
             kiln__task_record_release(&r);
@@ -1028,11 +1028,11 @@ static void test_concurrent_distinct(void **state)
  * be a finishing one, whole (state, results and error from one write). */
 static void *shared_main(void *arg)
 {
-    static const kiln__task_state seq[] = {
-        KILN__STATE_PENDING, KILN__STATE_RECEIVED, KILN__STATE_STARTED,
-        KILN__STATE_RETRY,   KILN__STATE_RECEIVED, KILN__STATE_STARTED,
-        KILN__STATE_SUCCESS, KILN__STATE_RECEIVED, KILN__STATE_PENDING,
-        KILN__STATE_FAILURE};
+    static const kiln_task_state seq[] = {
+        KILN_STATE_PENDING, KILN_STATE_RECEIVED, KILN_STATE_STARTED,
+        KILN_STATE_RETRY,   KILN_STATE_RECEIVED, KILN_STATE_STARTED,
+        KILN_STATE_SUCCESS, KILN_STATE_RECEIVED, KILN_STATE_PENDING,
+        KILN_STATE_FAILURE};
     worker *w = arg;
     kiln__values res = {0};
     kiln__value v = {.type = KILN_TYPE_INT64, .v.i = w->id};
@@ -1046,13 +1046,13 @@ static void *shared_main(void *arg)
         for (int k = 0; k < SHARED_IDS && n < WRITES; k++) {
             int id = (k + w->id * 3) % SHARED_IDS;
             /* Odd threads finish with FAILURE first, even with SUCCESS. */
-            kiln__task_state st = seq[(size_t)round % KILN__ARRAY_LEN(seq)];
+            kiln_task_state st = seq[(size_t)round % KILN__ARRAY_LEN(seq)];
             if (w->id % 2 == 1 && kiln__state_finished(st))
-                st = st == KILN__STATE_SUCCESS ? KILN__STATE_FAILURE
-                                               : KILN__STATE_SUCCESS;
+                st = st == KILN_STATE_SUCCESS ? KILN_STATE_FAILURE
+                                               : KILN_STATE_SUCCESS;
             (void)snprintf(uuid, sizeof(uuid), "task_s_%d", id);
-            write_as(w, uuid, st, st == KILN__STATE_SUCCESS ? &res : NULL,
-                     st == KILN__STATE_FAILURE ? error : NULL);
+            write_as(w, uuid, st, st == KILN_STATE_SUCCESS ? &res : NULL,
+                     st == KILN_STATE_FAILURE ? error : NULL);
             n++;
         }
     }
@@ -1076,7 +1076,7 @@ static void test_concurrent_same(void **state)
         get_ok(f->s, uuid, &r);
         if (!kiln__state_finished(r.state))
             fail_msg("%s ended %s", uuid, kiln__state_name(r.state));
-        if (r.state == KILN__STATE_SUCCESS) {
+        if (r.state == KILN_STATE_SUCCESS) {
             assert_int_equal(r.results.n, 1);
             assert_int_equal(r.results.items[0].v.i % 2, 0);
             assert_string_equal(r.error, "");
@@ -1125,7 +1125,7 @@ static void test_ttl_index(void **state)
     fixture *f = *state;
     bool ttl = false;
 
-    set_ok(f->s, "t", KILN__STATE_FAILURE, "x", NULL, "e");
+    set_ok(f->s, "t", KILN_STATE_FAILURE, "x", NULL, "e");
     assert_true(find_ttl_index(&f->cfg, &ttl));
     print_message("index delete_at_1 %s\n",
                   ttl ? "has expireAfterSeconds 0 (the server expires)"
@@ -1146,17 +1146,17 @@ static void test_expired_documents_go(void **state)
     f->cfg.results_expire_s = 1;
     s = kiln__mongo_store_new(&f->cfg, &err);
     assert_non_null(s);
-    set_ok(s, "t_old", KILN__STATE_SUCCESS, "x", NULL, NULL);
-    set_ok(s, "t_open", KILN__STATE_STARTED, "x", NULL, NULL);
+    set_ok(s, "t_old", KILN_STATE_SUCCESS, "x", NULL, NULL);
+    set_ok(s, "t_open", KILN_STATE_STARTED, "x", NULL, NULL);
     assert_true(find_ttl_index(&f->cfg, &ttl));
     if (!ttl) {
         usleep(2100 * 1000);
-        set_ok(s, "t_new", KILN__STATE_SUCCESS, "x", NULL, NULL); /* sweeps */
+        set_ok(s, "t_new", KILN_STATE_SUCCESS, "x", NULL, NULL); /* sweeps */
         assert_int_equal(kiln__store_get(s, "t_old", &r, &err), KILN_ENOTFOUND);
-        assert_int_equal(state_of(s, "t_new"), KILN__STATE_SUCCESS);
+        assert_int_equal(state_of(s, "t_new"), KILN_STATE_SUCCESS);
     }
     /* Unfinished tasks have no delete_at and stay. */
-    assert_int_equal(state_of(s, "t_open"), KILN__STATE_STARTED);
+    assert_int_equal(state_of(s, "t_open"), KILN_STATE_STARTED);
     kiln__store_destroy(s);
 }
 
@@ -1171,7 +1171,7 @@ static void test_no_expiry_when_zero(void **state)
     f->cfg.results_expire_s = 0;
     s = kiln__mongo_store_new(&f->cfg, &err);
     assert_non_null(s);
-    set_ok(s, "t", KILN__STATE_SUCCESS, "x", NULL, NULL);
+    set_ok(s, "t", KILN_STATE_SUCCESS, "x", NULL, NULL);
     doc = raw_doc(&f->cfg, "t");
     assert_non_null(doc);
     assert_false(doc_has(doc, "delete_at", BSON_TYPE_DATE_TIME));
@@ -1185,7 +1185,7 @@ static void test_no_expiry_when_zero(void **state)
 static void test_unreachable_fails_fast_without_password(void **state)
 {
     kiln_config cfg;
-    kiln__state_update u = {"t", "x", KILN__STATE_PENDING, NULL, NULL};
+    kiln__state_update u = {"t", "x", KILN_STATE_PENDING, NULL, NULL};
     kiln__task_record r;
     kiln_error err;
     kiln__store *s;
@@ -1249,7 +1249,7 @@ static void test_secrets_never_shown(void **state)
         "&tlsAllowInvalidHostnames=true&tlsCertificateKeyFilePassword=Zq9",
     };
     kiln_config cfg;
-    kiln__state_update u = {"t", "x", KILN__STATE_PENDING, NULL, NULL};
+    kiln__state_update u = {"t", "x", KILN_STATE_PENDING, NULL, NULL};
     kiln_error err;
     kiln__store *s;
 
@@ -1309,7 +1309,7 @@ static void run_cmd(const char *var)
 static void test_server_restart(void **state)
 {
     fixture *f = *state;
-    kiln__state_update u = {"task_down", "x", KILN__STATE_STARTED, NULL, NULL};
+    kiln__state_update u = {"task_down", "x", KILN_STATE_STARTED, NULL, NULL};
     kiln__values res = {0};
     kiln__task_record r;
     kiln_error err;
@@ -1324,9 +1324,9 @@ static void test_server_restart(void **state)
     add_i64(&res, KILN_TYPE_INT64, INT64_MAX);
     for (int i = 0; i < RESTART_TASKS; i++) {
         (void)snprintf(uuid, sizeof(uuid), "task_r_%d", i);
-        set_ok(s, uuid, KILN__STATE_STARTED, "x", NULL, NULL);
+        set_ok(s, uuid, KILN_STATE_STARTED, "x", NULL, NULL);
         if (i % 2 == 0)
-            set_ok(s, uuid, KILN__STATE_SUCCESS, "x", &res, NULL);
+            set_ok(s, uuid, KILN_STATE_SUCCESS, "x", &res, NULL);
     }
     run_cmd("KILN_TEST_MONGODB_STOP");
     for (int i = 0; i < 3; i++) {
@@ -1346,13 +1346,13 @@ static void test_server_restart(void **state)
     for (int i = 0; i < RESTART_TASKS; i++) {
         (void)snprintf(uuid, sizeof(uuid), "task_r_%d", i);
         get_ok(s, uuid, &r);
-        assert_int_equal(r.state, i % 2 == 0 ? KILN__STATE_SUCCESS
-                                             : KILN__STATE_STARTED);
+        assert_int_equal(r.state, i % 2 == 0 ? KILN_STATE_SUCCESS
+                                             : KILN_STATE_STARTED);
         if (i % 2 == 0)
             assert_values_equal(&res, &r.results);
         kiln__task_record_release(&r);
-        set_ok(s, uuid, KILN__STATE_SUCCESS, "x", &res, NULL);
-        assert_int_equal(state_of(s, uuid), KILN__STATE_SUCCESS);
+        set_ok(s, uuid, KILN_STATE_SUCCESS, "x", &res, NULL);
+        assert_int_equal(state_of(s, uuid), KILN_STATE_SUCCESS);
     }
     kiln__values_clear(&res);
     kiln__store_destroy(s);
@@ -1369,8 +1369,8 @@ typedef struct late_writer {
 /* Moves task_late through its life while the test thread waits. */
 static void *late_main(void *arg)
 {
-    static const kiln__task_state seq[] = {
-        KILN__STATE_RECEIVED, KILN__STATE_STARTED, KILN__STATE_SUCCESS};
+    static const kiln_task_state seq[] = {
+        KILN_STATE_RECEIVED, KILN_STATE_STARTED, KILN_STATE_SUCCESS};
     late_writer *w = arg;
     kiln__values res = {0};
     kiln__value v = {.type = KILN_TYPE_UINT64, .v.u = UINT64_MAX};
@@ -1381,7 +1381,7 @@ static void *late_main(void *arg)
         kiln__state_update u = {"task_late", "late", seq[i], NULL, NULL};
 
         usleep(150 * 1000);
-        u.results = seq[i] == KILN__STATE_SUCCESS ? &res : NULL;
+        u.results = seq[i] == KILN_STATE_SUCCESS ? &res : NULL;
         if (kiln__store_set(w->s, &u, NULL) != KILN_OK)
             w->failures++;
     }
@@ -1409,7 +1409,7 @@ static void test_public_get_and_wait(void **state)
                      KILN_ETIMEDOUT);
     assert_non_null(strstr(err.message, "nothing recorded"));
 
-    set_ok(f->s, "task_late", KILN__STATE_PENDING, "late", NULL, NULL);
+    set_ok(f->s, "task_late", KILN_STATE_PENDING, "late", NULL, NULL);
     assert_int_equal(kiln_store_get_result(st, "task_late", &res, &err),
                      KILN_OK);
     assert_int_equal(kiln_result_state(res), KILN_STATE_PENDING);
@@ -1446,7 +1446,7 @@ static void test_public_get_and_wait(void **state)
     kiln_result_free(res);
     kiln_store_free(st);
 
-    f->cfg.store = KILN_STORE_MEMORY;
+    f->cfg.store = KILN_STORE_NONE;
     assert_null(kiln_store_new(&f->cfg, &err));
     assert_int_equal(err.code, KILN_EINVAL);
     kiln_result_free(NULL);
@@ -1473,7 +1473,7 @@ static void test_public_record_fields(void **state)
         fail_msg("kiln_store_new: %s", err.message);
 
     /* PENDING only: no worker, no start, no finish, no expiry yet. */
-    set_ok(f->s, "task_f", KILN__STATE_PENDING, "f", NULL, NULL);
+    set_ok(f->s, "task_f", KILN_STATE_PENDING, "f", NULL, NULL);
     assert_int_equal(kiln_store_get_result(st, "task_f", &res, &err), KILN_OK);
     assert_string_equal(kiln_result_worker(res), "");
     assert_true(kiln_result_started_at(res) == 0);
@@ -1483,7 +1483,7 @@ static void test_public_record_fields(void **state)
     kiln_result_free(res);
 
     /* Started, retried, started again, finished. */
-    set_ok(f->s, "task_f", KILN__STATE_STARTED, "f", NULL, NULL);
+    set_ok(f->s, "task_f", KILN_STATE_STARTED, "f", NULL, NULL);
     assert_int_equal(kiln_store_get_result(st, "task_f", &res, &err), KILN_OK);
     assert_string_equal(kiln_result_worker(res), me);
     first_start = kiln_result_started_at(res);
@@ -1491,9 +1491,9 @@ static void test_public_record_fields(void **state)
     assert_true(kiln_result_finished_at(res) == 0);
     kiln_result_free(res);
     usleep(5000); /* the store keeps milliseconds: two starts apart */
-    set_ok(f->s, "task_f", KILN__STATE_RETRY, "f", NULL, "again");
-    set_ok(f->s, "task_f", KILN__STATE_STARTED, "f", NULL, NULL);
-    set_ok(f->s, "task_f", KILN__STATE_FAILURE, "f", NULL, "gave up");
+    set_ok(f->s, "task_f", KILN_STATE_RETRY, "f", NULL, "again");
+    set_ok(f->s, "task_f", KILN_STATE_STARTED, "f", NULL, NULL);
+    set_ok(f->s, "task_f", KILN_STATE_FAILURE, "f", NULL, "gave up");
     assert_int_equal(kiln_store_get_result(st, "task_f", &res, &err), KILN_OK);
     assert_int_equal(kiln_result_state(res), KILN_STATE_FAILURE);
     assert_int_equal(kiln_result_attempts(res), 2);
@@ -1533,7 +1533,7 @@ static void test_public_no_delete_at_when_kept(void **state)
     f->cfg.results_expire_s = 0;
     if ((s = kiln__mongo_store_new(&f->cfg, &err)) == NULL)
         fail_msg("mongo_store_new: %s", err.message);
-    set_ok(s, "task_k", KILN__STATE_SUCCESS, "k", NULL, NULL);
+    set_ok(s, "task_k", KILN_STATE_SUCCESS, "k", NULL, NULL);
     kiln__store_destroy(s);
     if ((st = kiln_store_new(&f->cfg, &err)) == NULL)
         fail_msg("kiln_store_new: %s", err.message);

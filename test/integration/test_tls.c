@@ -288,7 +288,7 @@ static void test_verified_round_trip(void **state)
     ca_of(ca, env.certs);
     use(f, "localhost", ca, true);
     connect_ok(f);
-    if (f->b->ops->declare(f->b, &f->cfg, &err) != KILN_OK)
+    if (kiln__broker_declare(f->b, &f->cfg, &err) != KILN_OK)
         fail_msg("declare: %s", err.message);
     memset(&m, 0, sizeof(m));
     m.exchange = f->cfg.exchange;
@@ -299,7 +299,7 @@ static void test_verified_round_trip(void **state)
     m.persistent = true;
     if (kiln__broker_publish(f->b, &m, 1, NULL, &err) != KILN_OK)
         fail_msg("publish: %s", err.message);
-    if (f->b->ops->subscribe(f->b, f->cfg.queue, 10, &err) != KILN_OK)
+    if (kiln__broker_subscribe(f->b, f->cfg.queue, 10, &err) != KILN_OK)
         fail_msg("subscribe: %s", err.message);
     if (kiln__broker_consume(f->b, &d, 5000, &err) != KILN_OK)
         fail_msg("consume: %s", err.message);
@@ -307,7 +307,7 @@ static void test_verified_round_trip(void **state)
     assert_string_equal(d.message_id, "id-tls");
     assert_int_equal(kiln__broker_ack(f->b, d.tag, false, &err), KILN_OK);
     kiln__broker_release(f->b, &d);
-    f->b->ops->close(f->b);
+    kiln__broker_close(f->b);
 }
 
 /* With a client certificate of the test CA: the node checks it (verify_peer)
@@ -325,7 +325,7 @@ static void test_client_certificate(void **state)
     path_in(f->cfg.tls_key, env.certs, "client.key");
     use(f, "localhost", ca, true);
     connect_ok(f);
-    assert_int_equal(f->b->ops->declare(f->b, &f->cfg, &err), KILN_OK);
+    assert_int_equal(kiln__broker_declare(f->b, &f->cfg, &err), KILN_OK);
     (void)snprintf(cmd, sizeof(cmd),
                    "KILN_RMQ_PORT=%d '%s/rabbitmq.sh' ctl '%s' "
                    "list_connections -q --no-table-headers ssl "
@@ -377,7 +377,7 @@ static void test_no_verify_without_ca(void **state)
 
     use(f, "localhost", "", false);
     connect_ok(f);
-    assert_int_equal(f->b->ops->declare(f->b, &f->cfg, &err), KILN_OK);
+    assert_int_equal(kiln__broker_declare(f->b, &f->cfg, &err), KILN_OK);
     /* and the wrong CA does not matter either */
     ca_of(ca, env.other);
     use(f, "localhost", ca, false);

@@ -11,7 +11,7 @@
  *
  * and appends a RUN line (iop.h) to IOP_OUT for each. Runs until SIGTERM.
  */
-#include "test/integration/pool_it_shared.h"
+#include "test/support/pool_it_shared.h"
 #include "test/interop/iop.h"
 
 #include <kiln.h>

@@ -12,7 +12,7 @@
  * KILN_QUEUE_DLX_ARG=false, and for machinery a binding key equal to the
  * queue's name.
  */
-#include "test/integration/pool_it.h"
+#include "test/support/pool_it.h"
 #include "test/interop/iop.h"
 
 #include <kiln/store_mongo.h>

@@ -20,7 +20,7 @@
  * (classic queues dead-letter at most once; reported, documented).
  *
  * Fixture and conventions: test/integration/pool_it.h. */
-#include "test/integration/pool_it.h"
+#include "test/support/pool_it.h"
 
 #define N_TASKS       5000
 #define MAX_DELAY_MS  120000

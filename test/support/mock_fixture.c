@@ -18,7 +18,8 @@ kiln__broker *open_conn(kiln__mock_server *srv, const char *queue,
     assert_non_null(b);
     assert_int_equal(kiln__broker_connect(b, &err), KILN_OK);
     if (queue != NULL)
-        assert_int_equal(b->ops->subscribe(b, queue, prefetch, &err), KILN_OK);
+        assert_int_equal(kiln__broker_subscribe(b, queue, prefetch, &err),
+                         KILN_OK);
     return b;
 }
 
@@ -31,8 +32,8 @@ kiln__message text_msg(const char *exchange, const char *rk, const char *body)
                            .persistent = true};
 }
 
-kiln__task_state get_state(kiln__store *s, const char *uuid,
-                           kiln__task_record *rec)
+kiln_task_state get_state(kiln__store *s, const char *uuid,
+                          kiln__task_record *rec)
 {
     assert_int_equal(kiln__store_get(s, uuid, rec, NULL), KILN_OK);
     return rec->state;

@@ -19,7 +19,7 @@ kiln__message text_msg(const char *exchange, const char *rk, const char *body);
 
 /* Reads task `uuid` into *rec, asserting it exists, and returns its state.
  * Release *rec with kiln__task_record_release. */
-kiln__task_state get_state(kiln__store *s, const char *uuid,
-                           kiln__task_record *rec);
+kiln_task_state get_state(kiln__store *s, const char *uuid,
+                          kiln__task_record *rec);
 
 #endif /* KILN_TEST_MOCK_FIXTURE_H */

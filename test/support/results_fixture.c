@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include "test/support/results_fixture.h"
+#include "task/task.h"
 
 #include <float.h>
 #include <string.h>
@@ -131,17 +132,6 @@ static const void *read_one(const kiln_signature *res, size_t i, kiln_type t,
     return p;
 }
 
-static size_t elem_size(kiln_type t)
-{
-    if (t == KILN_TYPE_BOOL_SLICE)
-        return sizeof(bool);
-    if (t == KILN_TYPE_UINT8_SLICE || t == KILN_TYPE_BYTES)
-        return 1;
-    if (t == KILN_TYPE_FLOAT32_SLICE || t == KILN_TYPE_FLOAT64_SLICE)
-        return sizeof(double);
-    return 8; /* int64_t, uint64_t */
-}
-
 void check_slice_results(const kiln_signature *res)
 {
     assert_int_equal(kiln_signature_arg_count(res), SLICE_RESULTS);
@@ -163,7 +153,7 @@ void check_slice_results(const kiln_signature *res)
             for (size_t k = 0; k < n; k++)
                 assert_string_equal(((const char *const *)p)[k],
                                     ((const char *const *)e->v)[k]);
-        } else if (n > 0 && memcmp(p, e->v, n * elem_size(t)) != 0) {
+        } else if (n > 0 && memcmp(p, e->v, n * kiln__type_elem_size(t)) != 0) {
             /* Doubles bit for bit: memcmp tells -0.0 from 0.0. */
             fail_msg("result %zu (%s): elements differ", i, kiln_type_name(t));
         }

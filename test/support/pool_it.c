@@ -1,81 +1,9 @@
-/*
- * Shared code of the worker-pool integration tests (test_pool_*.c): a fixture
- * with topology names of its own, worker and sender processes started with
- * posix_spawn and always reaped in teardown, queue depths read through a
- * raw rabbitmq-c connection and rabbitmqctl, and the task logs of
- * pool_it_shared.h parsed and tallied.
- *
- * The tests run beside the node `make check-integration` starts: its URL is
- * in KILN_TEST_AMQP_URL, its control script in KILN_TEST_RABBITMQ and its
- * directory in KILN_TEST_RABBITMQ_DIR. The programs (prog_worker,
- * prog_sender) are built next to the test binaries.
- *
- * Every wait is a poll with a deadline. Asserts run on the test thread
- * only (there is no other). Functions are static inline so that each test
- * file uses what it needs without unused-function warnings.
- */
-#ifndef KILN_POOL_IT_H
-#define KILN_POOL_IT_H
-
-#include "core/core.h"
-#include "pool_it_log.h"
-#include "pool_it_shared.h"
-#include "test/support/amqp_raw.h"
-
-#include <kiln.h>
-
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <cmocka.h>
-
-#include <amqp.h>
-#include <amqp_tcp_socket.h>
-#include <arpa/inet.h>
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <spawn.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
+/* Shared code of the worker-pool integration tests (pool_it.h). */
+#include "test/support/pool_it.h"
 
 extern char **environ;
 
-#define IT_MAX_PROCS 8
-#define IT_MAX_ENV   256
-
-typedef struct it_proc {
-    pid_t pid; /* 0 once reaped */
-    int status;
-    char name[32];
-    char out[PATH_MAX]; /* its stdout and stderr */
-} it_proc;
-
-typedef struct it_fix {
-    kiln_config cfg;    /* this test's names and settings; the children get
-                           them as KILN_* variables */
-    char dir[PATH_MAX]; /* scratch directory of this test */
-    char log[PATH_MAX]; /* task log */
-    it_proc procs[IT_MAX_PROCS];
-    size_t n_procs;
-    kiln_pool *pool;     /* in-process sending; NULL until used */
-    bool passed;         /* set at the end of a test: teardown is quiet */
-    bool broker_stopped; /* stop_app without start_app yet */
-} it_fix;
-
-/* ---- environment -------------------------------------------------------- */
-
-static inline const char *it_env_need(const char *name)
+const char *it_env_need(const char *name)
 {
     const char *v = getenv(name);
 
@@ -87,17 +15,13 @@ static inline const char *it_env_need(const char *name)
     return v;
 }
 
-/* `dir`/`file` into out[n]. */
-static inline void it_path(char *out, size_t n, const char *dir,
-                           const char *file)
+void it_path(char *out, size_t n, const char *dir, const char *file)
 {
     if ((size_t)snprintf(out, n, "%s/%s", dir, file) >= n)
         fail_msg("path %s/%s too long", dir, file);
 }
 
-/* An AMQP URL on 127.0.0.1 where nothing listens (a port the kernel just
- * handed out and took back): connections to it are refused at once. */
-static inline void it_closed_url(char *out, size_t n)
+void it_closed_url(char *out, size_t n)
 {
     struct sockaddr_in a = {.sin_family = AF_INET,
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -112,10 +36,7 @@ static inline void it_closed_url(char *out, size_t n)
                    (unsigned)ntohs(a.sin_port));
 }
 
-/* ---- raw AMQP: depths and clean-up, independent of the code under test -- */
-
-/* NULL when the broker cannot be reached (teardown must not assert). */
-static inline amqp_connection_state_t it_raw_open(void)
+amqp_connection_state_t it_raw_open(void)
 {
     char buf[KILN_URL_MAX];
     struct amqp_connection_info ci;
@@ -145,7 +66,7 @@ static inline amqp_connection_state_t it_raw_open(void)
     return c;
 }
 
-static inline void it_raw_close(amqp_connection_state_t c)
+void it_raw_close(amqp_connection_state_t c)
 {
     if (c == NULL)
         return;
@@ -153,10 +74,7 @@ static inline void it_raw_close(amqp_connection_state_t c)
     (void)amqp_destroy_connection(c);
 }
 
-/* A passive queue.declare: ready messages and consumers. False when the
- * queue does not exist or the broker is unreachable. */
-static inline bool it_queue_info(const char *queue, long *ready,
-                                 long *consumers)
+bool it_queue_info(const char *queue, long *ready, long *consumers)
 {
     amqp_connection_state_t c = it_raw_open();
     amqp_queue_declare_ok_t *ok;
@@ -177,9 +95,7 @@ static inline bool it_queue_info(const char *queue, long *ready,
     return true;
 }
 
-/* Polls until `queue` exists with `want` consumers. */
-static inline bool it_wait_consumers(const char *queue, long want,
-                                     int timeout_ms)
+bool it_wait_consumers(const char *queue, long want, int timeout_ms)
 {
     long long end = it_ms() + timeout_ms;
     long n = -1;
@@ -192,9 +108,7 @@ static inline bool it_wait_consumers(const char *queue, long want,
     return false;
 }
 
-/* Polls until `queue` holds `want` ready messages; returns the last count
- * (-1 when the queue could not be read). */
-static inline long it_wait_ready(const char *queue, long want, int timeout_ms)
+long it_wait_ready(const char *queue, long want, int timeout_ms)
 {
     long long end = it_ms() + timeout_ms;
     long n = -1;
@@ -209,9 +123,7 @@ static inline long it_wait_ready(const char *queue, long want, int timeout_ms)
     return n;
 }
 
-/* Deletes the fixture's queues and exchanges, the delay cascade its
- * pools declared included. */
-static inline void it_delete_topology(const kiln_config *cfg)
+void it_delete_topology(const kiln_config *cfg)
 {
     amqp_connection_state_t c = it_raw_open();
 
@@ -224,10 +136,7 @@ static inline void it_delete_topology(const kiln_config *cfg)
     it_raw_close(c);
 }
 
-/* ---- the control script: rabbitmqctl and broker restarts ---------------- */
-
-/* Runs `$KILN_TEST_RABBITMQ <cmd> $KILN_TEST_RABBITMQ_DIR`; its exit code. */
-static inline int it_rabbitmq(const char *cmd)
+int it_rabbitmq(const char *cmd)
 {
     char line[PATH_MAX * 2 + 64];
     int rc;
@@ -239,9 +148,7 @@ static inline int it_rabbitmq(const char *cmd)
     return rc == -1 ? -1 : WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
 }
 
-/* Runs `$KILN_TEST_RABBITMQ ctl $KILN_TEST_RABBITMQ_DIR <args>` (rabbitmqctl
- * on the test node; `args` is shell text); its exit code. */
-static inline int it_ctl(const char *args)
+int it_ctl(const char *args)
 {
     char line[PATH_MAX * 2 + 1024];
     int rc;
@@ -253,10 +160,8 @@ static inline int it_ctl(const char *args)
     return rc == -1 ? -1 : WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
 }
 
-/* rabbitmqctl list_queues: ready, unacknowledged and consumers of `queue`
- * as the queue process itself counts them (~0.5 s per call). */
-static inline bool it_ctl_queue(const char *queue, long *ready, long *unacked,
-                                long *consumers)
+bool it_ctl_queue(const char *queue, long *ready, long *unacked,
+                  long *consumers)
 {
     char cmd[PATH_MAX * 2 + 160], line[512], name[KILN_NAME_MAX];
     bool found = false;
@@ -284,11 +189,8 @@ static inline bool it_ctl_queue(const char *queue, long *ready, long *unacked,
     return found;
 }
 
-/* Polls rabbitmqctl until `queue` has `ready` ready and no unacked
- * messages; the last figures stay in *r, *u, *n. */
-static inline bool it_ctl_wait_settled(const char *queue, long ready,
-                                       int timeout_ms, long *r, long *u,
-                                       long *n)
+bool it_ctl_wait_settled(const char *queue, long ready, int timeout_ms, long *r,
+                         long *u, long *n)
 {
     long long end = it_ms() + timeout_ms;
 
@@ -301,17 +203,7 @@ static inline bool it_ctl_wait_settled(const char *queue, long ready,
     return false;
 }
 
-/* ---- processes ----------------------------------------------------------- */
-
-typedef struct it_env {
-    char *v[IT_MAX_ENV];
-    size_t n;
-} it_env;
-
-static inline void it_env_add(it_env *e, const char *key, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static inline void it_env_add(it_env *e, const char *key, const char *fmt, ...)
+void it_env_add(it_env *e, const char *key, const char *fmt, ...)
 {
     char val[KILN_PATH_MAX + 64], *kv;
     size_t klen = strlen(key);
@@ -336,8 +228,7 @@ static inline void it_env_add(it_env *e, const char *key, const char *fmt, ...)
     e->v[e->n] = NULL;
 }
 
-/* Adds each "KEY=VALUE" of the NULL-terminated `pairs` (may be NULL). */
-static inline void it_env_add_pairs(it_env *e, const char *const *pairs)
+void it_env_add_pairs(it_env *e, const char *const *pairs)
 {
     for (size_t k = 0; pairs != NULL && pairs[k] != NULL; k++) {
         const char *eq = strchr(pairs[k], '=');
@@ -350,16 +241,14 @@ static inline void it_env_add_pairs(it_env *e, const char *const *pairs)
     }
 }
 
-static inline void it_env_free(it_env *e)
+void it_env_free(it_env *e)
 {
     for (size_t i = 0; i < e->n; i++)
         free(e->v[i]);
     e->n = 0;
 }
 
-/* The parent's environment without any KILN_ variable, plus the fixture's
- * configuration as KILN_* variables. */
-static inline void it_env_init(it_env *e, const it_fix *f)
+void it_env_init(it_env *e, const it_fix *f)
 {
     const kiln_config *c = &f->cfg;
 
@@ -422,9 +311,7 @@ static inline void it_env_init(it_env *e, const it_fix *f)
     it_env_add(e, IT_ENV_PARENT, "%ld", (long)getpid());
 }
 
-/* The path of program `prog`, built in the directory of this binary, or
- * in ../it beside it (for tests built elsewhere, such as test/long). */
-static inline void it_prog_path(const char *prog, char *out, size_t n)
+void it_prog_path(const char *prog, char *out, size_t n)
 {
     char self[PATH_MAX];
     ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
@@ -444,10 +331,7 @@ static inline void it_prog_path(const char *prog, char *out, size_t n)
         fail_msg("%s is missing: build it with `make tests`", out);
 }
 
-/* Starts `prog` with environment `e`, its output in the scratch directory.
- * Returns the index of the process in the fixture. */
-static inline size_t it_spawn(it_fix *f, const char *prog, const char *name,
-                              it_env *e)
+size_t it_spawn(it_fix *f, const char *prog, const char *name, it_env *e)
 {
     char path[PATH_MAX];
     posix_spawn_file_actions_t fa;
@@ -475,8 +359,7 @@ static inline size_t it_spawn(it_fix *f, const char *prog, const char *name,
     return f->n_procs++;
 }
 
-/* Waits up to `timeout_ms` for process `i` to end. True when it did. */
-static inline bool it_wait_exit(it_fix *f, size_t i, int timeout_ms)
+bool it_wait_exit(it_fix *f, size_t i, int timeout_ms)
 {
     it_proc *p = &f->procs[i];
     long long end = it_ms() + timeout_ms;
@@ -494,19 +377,18 @@ static inline bool it_wait_exit(it_fix *f, size_t i, int timeout_ms)
     return true;
 }
 
-static inline bool it_alive(it_fix *f, size_t i)
+bool it_alive(it_fix *f, size_t i)
 {
     return !it_wait_exit(f, i, 0);
 }
 
-static inline void it_signal(it_fix *f, size_t i, int sig)
+void it_signal(it_fix *f, size_t i, int sig)
 {
     assert_true(f->procs[i].pid > 0);
     assert_int_equal(kill(f->procs[i].pid, sig), 0);
 }
 
-/* Prints the last `lines` lines of a file. */
-static inline void it_tail(const char *path, int lines)
+void it_tail(const char *path, int lines)
 {
     FILE *fp = fopen(path, "r");
     static char buf[1 << 16];
@@ -534,9 +416,7 @@ static inline void it_tail(const char *path, int lines)
            n > 0 && buf[n - 1] != '\n' ? "\n" : "");
 }
 
-/* Asserts that process `i` exits with status 0 within `timeout_ms`; the
- * time it took is returned. */
-static inline long long it_expect_exit0(it_fix *f, size_t i, int timeout_ms)
+long long it_expect_exit0(it_fix *f, size_t i, int timeout_ms)
 {
     long long t0 = it_ms();
     it_proc *p = &f->procs[i];
@@ -555,10 +435,7 @@ static inline long long it_expect_exit0(it_fix *f, size_t i, int timeout_ms)
     return it_ms() - t0;
 }
 
-/* Starts prog_worker on the fixture's queue with the task log and the
- * extra variables in `extra` ("KEY=VALUE", NULL-terminated; may be NULL). */
-static inline size_t it_start_worker(it_fix *f, const char *name,
-                                     const char *const *extra)
+size_t it_start_worker(it_fix *f, const char *name, const char *const *extra)
 {
     it_env e;
     size_t i;
@@ -572,11 +449,7 @@ static inline size_t it_start_worker(it_fix *f, const char *name,
     return i;
 }
 
-/* ---- fixture ------------------------------------------------------------ */
-
-/* Names of their own for one test: exchange, queue and dead-letter pair
- * under kiln_it.pool.<tag>.<random>. */
-static inline int it_setup(void **state, const char *tag)
+int it_setup(void **state, const char *tag)
 {
     it_fix *f = calloc(1, sizeof(*f));
     unsigned char r[6];
@@ -615,7 +488,7 @@ static inline int it_setup(void **state, const char *tag)
     return 0;
 }
 
-static inline void it_rm_dir(const char *dir)
+void it_rm_dir(const char *dir)
 {
     DIR *d = opendir(dir);
     struct dirent *de;
@@ -633,8 +506,7 @@ static inline void it_rm_dir(const char *dir)
     (void)rmdir(dir);
 }
 
-/* Kills and reaps every process of the fixture still running. */
-static inline void it_kill_all(it_fix *f)
+void it_kill_all(it_fix *f)
 {
     for (size_t i = 0; i < f->n_procs; i++) {
         it_proc *p = &f->procs[i];
@@ -646,10 +518,7 @@ static inline void it_kill_all(it_fix *f)
     }
 }
 
-/* Kills and reaps every process still running, brings the broker back if
- * a test left it stopped, deletes the topology and the scratch files.
- * After a failure it prints the output of each process first. */
-static inline int it_teardown(void **state)
+int it_teardown(void **state)
 {
     it_fix *f = *state;
 
@@ -665,9 +534,7 @@ static inline int it_teardown(void **state)
     return 0;
 }
 
-/* ---- sending from the test process -------------------------------------- */
-
-static inline kiln_pool *it_pool(it_fix *f)
+kiln_pool *it_pool(it_fix *f)
 {
     kiln_error err;
 
@@ -679,10 +546,7 @@ static inline kiln_pool *it_pool(it_fix *f)
     return f->pool;
 }
 
-/* Sends `n` it.record tasks in batches of `batch` with
- * kiln_pool_send_tasks, asserting each is confirmed; their UUIDs go to
- * `uuids` (may be NULL). */
-static inline void it_send(it_fix *f, size_t n, size_t batch, it_uuid *uuids)
+void it_send(it_fix *f, size_t n, size_t batch, it_uuid *uuids)
 {
     kiln_signature **sigs = calloc(batch, sizeof(*sigs));
     kiln_err *st = calloc(batch, sizeof(*st));
@@ -713,9 +577,7 @@ static inline void it_send(it_fix *f, size_t n, size_t batch, it_uuid *uuids)
     free(st);
 }
 
-/* A new signature named `name`; its UUID goes to `uuid` (may be NULL).
- * Caller owns; kiln_signature_free, or hand it to it_send_free. */
-static inline kiln_signature *it_new_sig(const char *name, it_uuid uuid)
+kiln_signature *it_new_sig(const char *name, it_uuid uuid)
 {
     kiln_error err;
     kiln_signature *sig = kiln_signature_new(name, &err);
@@ -727,9 +589,7 @@ static inline kiln_signature *it_new_sig(const char *name, it_uuid uuid)
     return sig;
 }
 
-/* Sends `n` signatures in one kiln_pool_send_tasks call, asserting that
- * all are confirmed, and frees them. */
-static inline void it_send_free(it_fix *f, kiln_signature **sigs, size_t n)
+void it_send_free(it_fix *f, kiln_signature **sigs, size_t n)
 {
     kiln_error err;
     kiln_err rc = kiln_pool_send_tasks(
@@ -741,5 +601,3 @@ static inline void it_send_free(it_fix *f, kiln_signature **sigs, size_t n)
         fail_msg("kiln_pool_send_tasks: %s: %s", kiln_strerror(rc),
                  err.message);
 }
-
-#endif /* KILN_POOL_IT_H */

@@ -1,37 +1,13 @@
-/*
- * The task and send logs of pool_it_shared.h, read back by the worker-pool
- * integration tests: counted while a test polls, parsed into events, and
- * tallied against the UUIDs a test sent (missing, duplicated, unknown).
- * Also the clock the tests wait by. Part of pool_it.h, which includes it.
- */
-#ifndef KILN_POOL_IT_LOG_H
-#define KILN_POOL_IT_LOG_H
+/* The task and send logs read back, and the clock the tests wait by
+ * (pool_it_log.h). */
+#include "test/support/pool_it_log.h"
 
-#include "core/core.h"
-
-#include <kiln.h>
-
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <cmocka.h>
-
-#include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
-typedef char it_uuid[KILN_UUID_LEN];
-
-/* ---- time --------------------------------------------------------------- */
-
-static inline long long it_ms(void)
+long long it_ms(void)
 {
     return (long long)(kiln__monotonic_ns() / 1000000);
 }
 
-static inline void it_sleep_ms(unsigned ms)
+void it_sleep_ms(unsigned ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000,
                           .tv_nsec = (long)(ms % 1000) * 1000000L};
@@ -40,22 +16,7 @@ static inline void it_sleep_ms(unsigned ms)
         ;
 }
 
-/* ---- logs --------------------------------------------------------------- */
-
-typedef struct it_event {
-    char kind;
-    it_uuid uuid;
-    long pid;
-    long long ms;
-} it_event;
-
-typedef struct it_events {
-    it_event *v;
-    size_t n;
-} it_events;
-
-/* Reads a whole file; NULL (and *len 0) when it does not exist yet. */
-static inline char *it_slurp(const char *path, size_t *len)
+char *it_slurp(const char *path, size_t *len)
 {
     FILE *fp = fopen(path, "r");
     char *buf = NULL;
@@ -74,9 +35,7 @@ static inline char *it_slurp(const char *path, size_t *len)
     return buf;
 }
 
-/* Lines of `kind` in a log (a line still being written is not counted). */
-/* True when the file at `path` holds `text`. */
-static inline bool it_file_contains(const char *path, const char *text)
+bool it_file_contains(const char *path, const char *text)
 {
     size_t len;
     char *buf = it_slurp(path, &len);
@@ -86,7 +45,7 @@ static inline bool it_file_contains(const char *path, const char *text)
     return yes;
 }
 
-static inline size_t it_count(const char *path, char kind)
+size_t it_count(const char *path, char kind)
 {
     size_t len, n = 0;
     char *buf = it_slurp(path, &len);
@@ -106,9 +65,7 @@ static inline size_t it_count(const char *path, char kind)
     return n;
 }
 
-/* Polls until the log has `want` lines of `kind`; returns the last count. */
-static inline size_t it_wait_count(const char *path, char kind, size_t want,
-                                   int timeout_ms)
+size_t it_wait_count(const char *path, char kind, size_t want, int timeout_ms)
 {
     long long end = it_ms() + timeout_ms;
     size_t n;
@@ -118,8 +75,7 @@ static inline size_t it_wait_count(const char *path, char kind, size_t want,
     return n;
 }
 
-/* Parses every complete line; asserts each is well formed. */
-static inline void it_read_events(const char *path, it_events *out)
+void it_read_events(const char *path, it_events *out)
 {
     size_t len, cap = 1024;
     char *buf = it_slurp(path, &len), *p = buf;
@@ -151,19 +107,8 @@ static inline void it_read_events(const char *path, it_events *out)
     free(buf);
 }
 
-/* A line of the task log with up to three numbers after the time. */
-typedef struct it_xline {
-    char kind;
-    it_uuid uuid;
-    long pid;
-    long long ms;
-    long long v[4];
-} it_xline;
-
-/* The lines of `kind` about `uuid` (NULL: any), in the order written, into
- * out[max]; returns how many there are (may exceed max). */
-static inline size_t it_read_xlines(const char *log, char kind,
-                                    const char *uuid, it_xline *out, size_t max)
+size_t it_read_xlines(const char *log, char kind, const char *uuid,
+                      it_xline *out, size_t max)
 {
     size_t len, n = 0;
     char *buf = it_slurp(log, &len), *p = buf;
@@ -190,28 +135,19 @@ static inline size_t it_read_xlines(const char *log, char kind,
     return n;
 }
 
-static inline void it_events_free(it_events *e)
+void it_events_free(it_events *e)
 {
     free(e->v);
     e->v = NULL;
     e->n = 0;
 }
 
-static inline int it_cmp_str(const void *a, const void *b)
+static int it_cmp_str(const void *a, const void *b)
 {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* How the events of `kind` cover `want` (n UUIDs): how many of them never
- * appear, how many appear more than once and how many extra times in all,
- * and how many events name a UUID not in `want`. */
-typedef struct it_tally {
-    size_t events, missing, dup_tasks, dup_runs, unknown;
-    const char *first_missing; /* borrowed from `want` */
-} it_tally;
-
-static inline it_tally it_tally_of(const it_events *ev, char kind,
-                                   it_uuid *want, size_t n)
+it_tally it_tally_of(const it_events *ev, char kind, it_uuid *want, size_t n)
 {
     it_tally t = {0};
     const char **got = malloc((ev->n + 1) * sizeof(*got));
@@ -247,8 +183,7 @@ static inline it_tally it_tally_of(const it_events *ev, char kind,
     return t;
 }
 
-/* The UUIDs of the events of `kind` (each once) into a new array. */
-static inline it_uuid *it_uuids_of(const it_events *ev, char kind, size_t *n)
+it_uuid *it_uuids_of(const it_events *ev, char kind, size_t *n)
 {
     it_uuid *out = calloc(ev->n + 1, sizeof(*out));
     const char **all = malloc((ev->n + 1) * sizeof(*all));
@@ -267,5 +202,3 @@ static inline it_uuid *it_uuids_of(const it_events *ev, char kind, size_t *n)
     free(all);
     return out;
 }
-
-#endif /* KILN_POOL_IT_LOG_H */

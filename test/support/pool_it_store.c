@@ -1,29 +1,12 @@
-/*
- * Worker-pool integration tests that record task state (test_pool_*.c):
- * a fixture whose pools write to a database of their own on the private
- * FerretDB (scripts/with-ferretdb.sh sets KILN_TEST_MONGODB_URL), dropped
- * in teardown, and a wait for a task's final state. Builds on pool_it.h.
- */
-#ifndef KILN_POOL_IT_STORE_H
-#define KILN_POOL_IT_STORE_H
+/* Worker-pool integration tests with a store (pool_it_store.h). */
+#include "test/support/pool_it_store.h"
 
-#include "pool_it.h"
-
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wconversion"
-#pragma GCC diagnostic ignored "-Wsign-conversion"
-#include <mongoc/mongoc.h>
-#pragma GCC diagnostic pop
-
-#include <kiln/store_mongo.h>
-
-static inline const char *it_mongo_url(void)
+const char *it_mongo_url(void)
 {
     return it_env_need("KILN_TEST_MONGODB_URL");
 }
 
-/* it_setup, plus a store in database kiln_it_<the test's suffix>. */
-static inline int it_setup_store(void **state, const char *tag)
+int it_setup_store(void **state, const char *tag)
 {
     it_fix *f;
     char *sfx;
@@ -41,10 +24,7 @@ static inline int it_setup_store(void **state, const char *tag)
     return 0;
 }
 
-/* Drops the test's database, then it_teardown. The workers go first: a
- * database dropped under a writer has crashed FerretDB (SIGBUS in its
- * SQLite WAL). */
-static inline int it_teardown_store(void **state)
+int it_teardown_store(void **state)
 {
     it_fix *f = *state;
     mongoc_client_t *c;
@@ -62,8 +42,7 @@ static inline int it_teardown_store(void **state)
     return it_teardown(state);
 }
 
-/* A store on the fixture's database; caller owns; kiln_store_free. */
-static inline kiln_store *it_open_store(const it_fix *f)
+kiln_store *it_open_store(const it_fix *f)
 {
     kiln_error err;
     kiln_store *st = kiln_store_new(&f->cfg, &err);
@@ -73,12 +52,8 @@ static inline kiln_store *it_open_store(const it_fix *f)
     return st;
 }
 
-/* Waits up to 30 s for the task's final state and checks it, and that its
- * error mentions `error_part` (may be NULL). Returns the result; caller
- * owns; kiln_result_free. */
-static inline kiln_result *it_expect_final(kiln_store *st, const char *uuid,
-                                           kiln_task_state want,
-                                           const char *error_part)
+kiln_result *it_expect_final(kiln_store *st, const char *uuid,
+                             kiln_task_state want, const char *error_part)
 {
     kiln_result *res = NULL;
     kiln_error err;
@@ -97,5 +72,3 @@ static inline kiln_result *it_expect_final(kiln_store *st, const char *uuid,
                  kiln_result_error(res), error_part);
     return res;
 }
-
-#endif /* KILN_POOL_IT_STORE_H */

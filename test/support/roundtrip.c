@@ -1,12 +1,7 @@
-/* Eager mode: a whole producer-broker-worker round trip in-process, on a
- * private mock server, through the same dispatcher the worker pool uses.
- * Lets a test send a task and see it run through the registry, the codec,
- * the dead-letter path and the store without a network. */
-#include "mocks/mocks.h"
+/* A producer-broker-worker round trip in one test process (roundtrip.h). */
+#include "test/support/roundtrip.h"
 
-#include "logger/logger.h"
-
-struct kiln__eager {
+struct roundtrip {
     kiln_config cfg; /* a copy; dispatch.cfg points here */
     kiln__mock_server *srv;
     kiln__broker *producer; /* the producer side's connection */
@@ -15,7 +10,7 @@ struct kiln__eager {
     kiln__dispatch dispatch;
 };
 
-static kiln_err open_conn(kiln__eager *e, kiln__broker **out, const char *queue,
+static kiln_err open_conn(roundtrip *e, kiln__broker **out, const char *queue,
                           kiln_error *err)
 {
     kiln_err rc;
@@ -24,27 +19,27 @@ static kiln_err open_conn(kiln__eager *e, kiln__broker **out, const char *queue,
         return err != NULL ? err->code : KILN_ENOMEM;
     if ((rc = kiln__broker_connect(*out, err)) != KILN_OK)
         return rc;
-    if ((rc = (*out)->ops->declare(*out, &e->cfg, err)) != KILN_OK)
+    if ((rc = kiln__broker_declare(*out, &e->cfg, err)) != KILN_OK)
         return rc;
     if (queue != NULL)
-        return (*out)->ops->subscribe(*out, queue, e->cfg.prefetch, err);
+        return kiln__broker_subscribe(*out, queue, e->cfg.prefetch, err);
     return KILN_OK;
 }
 
-kiln__eager *kiln__eager_new(const kiln_config *cfg, const kiln_registry *reg,
-                             bool with_store, kiln_error *err)
+roundtrip *roundtrip_new(const kiln_config *cfg, const kiln_registry *reg,
+                         bool with_store, kiln_error *err)
 {
-    kiln__eager *e;
+    roundtrip *e;
     kiln_error local;
 
     if (err == NULL)
         err = &local;
     if (cfg == NULL || reg == NULL) {
-        kiln__fail(err, KILN_EINVAL, "eager: cfg and reg are required");
+        kiln__fail(err, KILN_EINVAL, "roundtrip: cfg and reg are required");
         return NULL;
     }
     if ((e = kiln__calloc(1, sizeof(*e))) == NULL) {
-        kiln__fail(err, KILN_ENOMEM, "eager");
+        kiln__fail(err, KILN_ENOMEM, "roundtrip");
         return NULL;
     }
     e->cfg = *cfg;
@@ -58,11 +53,11 @@ kiln__eager *kiln__eager_new(const kiln_config *cfg, const kiln_registry *reg,
         (kiln__dispatch){.cfg = &e->cfg, .reg = reg, .store = e->store};
     return e;
 fail:
-    kiln__eager_free(e);
+    roundtrip_free(e);
     return NULL;
 }
 
-void kiln__eager_free(kiln__eager *e)
+void roundtrip_free(roundtrip *e)
 {
     if (e == NULL)
         return;
@@ -73,15 +68,15 @@ void kiln__eager_free(kiln__eager *e)
     kiln__free(e);
 }
 
-kiln_err kiln__eager_send(kiln__eager *e, const kiln_signature *const *sigs,
-                          size_t n, kiln_err *status, kiln_error *err)
+kiln_err roundtrip_send(roundtrip *e, const kiln_signature *const *sigs,
+                        size_t n, kiln_err *status, kiln_error *err)
 {
     return kiln__send_tasks(&e->cfg, e->producer, e->store, sigs, n, status,
                             err);
 }
 
-kiln_err kiln__eager_run_once(kiln__eager *e, int timeout_ms,
-                              kiln__verdict *verdict, kiln_error *err)
+kiln_err roundtrip_run_once(roundtrip *e, int timeout_ms,
+                            kiln__verdict *verdict, kiln_error *err)
 {
     kiln__delivery dl;
     kiln_err rc;
@@ -94,14 +89,14 @@ kiln_err kiln__eager_run_once(kiln__eager *e, int timeout_ms,
     return rc;
 }
 
-kiln_err kiln__eager_drain(kiln__eager *e, size_t max, size_t *handled,
-                           kiln_error *err)
+kiln_err roundtrip_drain(roundtrip *e, size_t max, size_t *handled,
+                         kiln_error *err)
 {
     size_t n = 0;
     kiln_err rc = KILN_OK;
 
     while (max == 0 || n < max) {
-        rc = kiln__eager_run_once(e, 0, NULL, err);
+        rc = roundtrip_run_once(e, 0, NULL, err);
         if (rc != KILN_OK)
             break;
         n++;
@@ -115,12 +110,12 @@ kiln_err kiln__eager_drain(kiln__eager *e, size_t max, size_t *handled,
     return rc;
 }
 
-kiln__mock_server *kiln__eager_server(kiln__eager *e)
+kiln__mock_server *roundtrip_server(roundtrip *e)
 {
     return e->srv;
 }
 
-kiln__store *kiln__eager_store(kiln__eager *e)
+kiln__store *roundtrip_store(roundtrip *e)
 {
     return e->store;
 }
