@@ -636,6 +636,25 @@ static void test_signals_left_to_the_program(void **state)
 /* The connection is lost while a task runs: the broker redelivers it, but
  * it must not start again while its first run still holds a thread. It
  * waits in the delay queues and runs once the first run is over. */
+/* Starts the pool on the one queued task (argument `id`), drops the
+ * connection while it runs, and checks that the redelivery did not run
+ * it again, neither beside the first run nor after it. */
+static void runs_once_across_a_drop(fixture *f, int id)
+{
+    start(f);
+    wait_count(&runs, 1);
+    kiln__mock_server_fail_consume(f->srv, 1); /* the connection drops */
+    wait_count(&finished, 1);
+    wait_held_copies(f);
+    kiln_pool_stop(f->pool);
+    assert_int_equal(join(f), KILN_OK);
+    assert_int_equal(atomic_load(&seen[id]), 1);
+    assert_int_equal(atomic_load(&runs), 1);
+    assert_int_equal(atomic_load(&max_running), 1);
+    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
+    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE ".dead"), 0);
+}
+
 /* The connection drops while a task runs, and the broker redelivers it:
  * the redelivery waits in the delay queues while the first run goes on,
  * and once that run has ended here it is acked without running. One run
@@ -647,18 +666,7 @@ static void test_redelivered_while_running_runs_once(void **state)
     make_pool(f);
     atomic_store(&sleep_ms, 600);
     send_n(f, "work", 0, 1);
-    start(f);
-    wait_count(&runs, 1);
-    kiln__mock_server_fail_consume(f->srv, 1); /* the connection drops */
-    wait_count(&finished, 1);
-    wait_held_copies(f);
-    kiln_pool_stop(f->pool);
-    assert_int_equal(join(f), KILN_OK);
-    assert_int_equal(atomic_load(&seen[0]), 1);
-    assert_int_equal(atomic_load(&runs), 1);
-    assert_int_equal(atomic_load(&max_running), 1);
-    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
-    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE ".dead"), 0);
+    runs_once_across_a_drop(f, 0);
 }
 
 /* The consumer thread only moves bytes: new deliveries, good and bad,
@@ -707,18 +715,7 @@ static void test_redelivered_without_message_id_runs_once(void **state)
     atomic_store(&sleep_ms, 600);
     publish_raw(f, "{\"UUID\":\"task_go_1\",\"Name\":\"work\",\"Args\":"
                    "[{\"Type\":\"int64\",\"Value\":7}]}");
-    start(f);
-    wait_count(&runs, 1);
-    kiln__mock_server_fail_consume(f->srv, 1); /* the connection drops */
-    wait_count(&finished, 1);
-    wait_held_copies(f);
-    kiln_pool_stop(f->pool);
-    assert_int_equal(join(f), KILN_OK);
-    assert_int_equal(atomic_load(&seen[7]), 1);
-    assert_int_equal(atomic_load(&runs), 1);
-    assert_int_equal(atomic_load(&max_running), 1);
-    assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
-    assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE ".dead"), 0);
+    runs_once_across_a_drop(f, 7);
 }
 
 static void test_store_records_final_states(void **state)
