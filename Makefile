@@ -2,12 +2,13 @@
 #
 #   make                 libkiln.a, libkiln.so and the examples (build/plain)
 #   make test            install missing packages, then every test: unit tests
-#                        under ASan+UBSan, the same under valgrind, the symbol
-#                        check, the install check, the documentation's C
-#                        snippets, the examples' command lines and a
-#                        bounded fuzz run
+#                        under ASan+UBSan, under TSan and under valgrind,
+#                        the integration tests (the pool's also under TSan),
+#                        the symbol check, the install check, the
+#                        documentation's C snippets, the examples' command
+#                        lines and a bounded fuzz run
 #   make install PREFIX=/usr/local
-#   make check           unit tests of one variant (VARIANT=plain|asan)
+#   make check           unit tests of one variant (VARIANT=plain|asan|tsan)
 #   make check-interop   kiln beside machinery and paota (Go, from the module
 #                        proxy) on a private RabbitMQ and FerretDB
 #   make test-long       the long ETA runs (about 9 minutes): 5,000 delayed
@@ -46,6 +47,11 @@ OPT      := -O1 -g
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer \
             -fno-sanitize-recover=all
 endif
+# ThreadSanitizer is its own build, never combined with ASan.
+ifeq ($(VARIANT),tsan)
+OPT      := -O1 -g
+SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
+endif
 
 ALL_CFLAGS := $(CSTD) $(OPT) $(WARN) $(SANFLAGS) -fvisibility=hidden \
               -pthread -fPIC -I. -Iinclude $(PC_CFLAGS) $(CFLAGS)
@@ -63,6 +69,8 @@ TEST_SRCS    := $(wildcard test/test_*.c)
 TEST_BINS    := $(TEST_SRCS:test/%.c=$(BUILD)/test/%)
 IT_SRCS      := $(wildcard test/integration/test_*.c)
 IT_BINS      := $(IT_SRCS:test/integration/%.c=$(BUILD)/it/%)
+# The worker pool's integration tests: the ones that also run under TSan.
+POOL_IT_BINS := $(filter $(BUILD)/it/test_pool_%,$(IT_BINS))
 # Programs the integration tests start as separate processes.
 IT_PROG_SRCS := $(wildcard test/integration/prog_*.c)
 IT_PROGS     := $(IT_PROG_SRCS:test/integration/%.c=$(BUILD)/it/%)
@@ -92,7 +100,7 @@ MOCKLIB := $(BUILD)/libkiln_mock.a
 SHARED := $(BUILD)/libkiln.so.$(VERSION)
 SONAME := libkiln.so.$(VERSION_MAJOR)
 
-.PHONY: all lib examples benches tests longs check check-integration check-store check-interop interop-progs test test-long lint demo deps install uninstall clean \
+.PHONY: all lib examples benches tests longs tsan-tests check check-integration check-pool-tsan check-store check-interop interop-progs test test-long lint demo deps install uninstall clean \
         fuzz tidy cppcheck format format-check symbols install-check valgrind \
         check-scripts check-snippets check-examples
 
@@ -107,6 +115,10 @@ examples: $(EXAMPLE_BINS)
 tests: $(TEST_BINS) $(IT_BINS) $(IT_PROGS) $(IOP_TEST) $(IOP_PROGS)
 
 longs: $(LONG_BINS) $(IT_PROGS)
+
+# What runs under ThreadSanitizer (VARIANT=tsan): the unit tests and the
+# pool's integration tests with the programs they start.
+tsan-tests: $(TEST_BINS) $(POOL_IT_BINS) $(IT_PROGS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -182,6 +194,22 @@ check-integration: tests
 	    scripts/run-tests.sh --summary-file build/summary-it-$(VARIANT).txt \
 	    $(IT_BINS)
 
+# The pool's integration tests of one variant (VARIANT=tsan in make test)
+# beside a RabbitMQ node and a FerretDB of their own, on the ports
+# KILN_RMQ_PORT + 50 and KILN_FERRETDB_PORT + 50 (defaults 17722, 17067),
+# so they can run while check-integration runs beside the default ones.
+# test_pool_store's eight producers send 500 tasks each instead of 5,000
+# (KILN_IT_STORE_TASKS): the same paths, without minutes spent at
+# FerretDB's pace.
+POOL_RMQ_PORT      ?= $(shell echo $$(( $${KILN_RMQ_PORT:-17672} + 50 )))
+POOL_FERRETDB_PORT ?= $(shell echo $$(( $${KILN_FERRETDB_PORT:-17017} + 50 )))
+check-pool-tsan: tsan-tests
+	@KILN_RMQ_PORT=$(POOL_RMQ_PORT) KILN_FERRETDB_PORT=$(POOL_FERRETDB_PORT) \
+	    KILN_IT_STORE_TASKS=$${KILN_IT_STORE_TASKS:-500} \
+	    KILN_TEST_TIMEOUT=900 scripts/with-rabbitmq.sh scripts/with-ferretdb.sh \
+	    scripts/run-tests.sh --summary-file build/summary-it-$(VARIANT).txt \
+	    $(POOL_IT_BINS)
+
 # The MongoDB store's tests alone, beside a private FerretDB.
 check-store: tests
 	@scripts/with-ferretdb.sh scripts/run-tests.sh $(BUILD)/it/test_store_mongo
@@ -233,9 +261,23 @@ profile: deps
 	@scripts/profile-worker.sh $(PROFILE_TASKS)
 
 # Everything CI runs. Each step stops the run on failure.
+#
+# ThreadSanitizer adds two passes without adding their time: the unit
+# tests under TSan run beside the valgrind pass (valgrind runs a program
+# on one core at a time, the machine has two; output in
+# build/check-tsan.log, printed when both end), and the integration tests
+# under ASan and the pool's under TSan run at the same time, each beside
+# servers of its own (check-pool-tsan): both passes mostly wait on
+# brokers, stores and timers, so together they take about as long as the
+# longer one. Servers given from outside
+# (KILN_TEST_AMQP_URL, KILN_TEST_MONGODB_URL) are shared, and a test that
+# restarts one would disturb the other pass: then they run one after the
+# other. The TSan pass's output is in build/check-pool-tsan.log, printed
+# when it ends.
 test: deps
 	$(MAKE) lint
 	$(MAKE) VARIANT=asan tests
+	$(MAKE) VARIANT=tsan tsan-tests
 	$(MAKE) VARIANT=asan check-snippets
 	$(MAKE) VARIANT=asan check-examples
 	$(MAKE) VARIANT=plain all tests
@@ -243,15 +285,33 @@ test: deps
 	$(MAKE) install-check
 	@scripts/run-tests.sh --summary-file build/summary-asan.txt \
 	    $(patsubst test/%.c,build/asan/test/%,$(TEST_SRCS))
-	@scripts/run-tests.sh --valgrind --summary-file build/summary-valgrind.txt \
-	    $(patsubst test/%.c,build/plain/test/%,$(TEST_SRCS))
-	$(if $(IT_SRCS),$(MAKE) VARIANT=asan check-integration)
+	@scripts/run-tests.sh --summary-file build/summary-tsan.txt \
+	    $(patsubst test/%.c,build/tsan/test/%,$(TEST_SRCS)) \
+	    >build/check-tsan.log 2>&1 & tsan=$$!; \
+	scripts/run-tests.sh --valgrind --summary-file build/summary-valgrind.txt \
+	    $(patsubst test/%.c,build/plain/test/%,$(TEST_SRCS)); vg=$$?; \
+	wait $$tsan; t=$$?; \
+	echo "=== the unit tests under ThreadSanitizer"; cat build/check-tsan.log; \
+	[ $$vg -eq 0 ] && [ $$t -eq 0 ]
+	@scripts/ferretdb.sh install
+	@if [ -n "$${KILN_TEST_AMQP_URL:-}$${KILN_TEST_MONGODB_URL:-}" ]; then \
+	    $(MAKE) VARIANT=asan check-integration && \
+	    $(MAKE) VARIANT=tsan check-pool-tsan; \
+	else \
+	    $(MAKE) --no-print-directory VARIANT=tsan check-pool-tsan \
+	        >build/check-pool-tsan.log 2>&1 & pool=$$!; \
+	    $(MAKE) VARIANT=asan check-integration; asan=$$?; \
+	    wait $$pool; tsan=$$?; \
+	    echo "=== the pool's integration tests under ThreadSanitizer"; \
+	    cat build/check-pool-tsan.log; \
+	    [ $$asan -eq 0 ] && [ $$tsan -eq 0 ]; \
+	fi
 	$(MAKE) VARIANT=asan check-interop
 	$(MAKE) fuzz
 	@scripts/run-tests.sh --total build/summary-asan.txt \
-	    build/summary-valgrind.txt build/summary-snippets.txt \
-	    build/summary-examples.txt \
-	    $(if $(IT_SRCS),build/summary-it-asan.txt) \
+	    build/summary-tsan.txt build/summary-valgrind.txt \
+	    build/summary-snippets.txt build/summary-examples.txt \
+	    build/summary-it-asan.txt build/summary-it-tsan.txt \
 	    build/summary-interop-asan.txt
 
 # Only kiln_ names may leave the library: the static archive may hold

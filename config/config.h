@@ -92,8 +92,8 @@ char *kiln__cfg_text(const kiln__cfg_field *f, const kiln_config *cfg,
                      char *out, size_t n);
 
 /* URL checks: NULL when usable, else why not (static text, or formatted
- * into buf[n] for the AMQP check). */
+ * into buf[n]). */
 const char *kiln__cfg_amqp_url_problem(const char *url, char *buf, size_t n);
-const char *kiln__cfg_mongo_url_problem(const char *url);
+const char *kiln__cfg_mongo_url_problem(const char *url, char *buf, size_t n);
 
 #endif /* KILN_CONFIG_H */

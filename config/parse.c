@@ -104,7 +104,7 @@ static const char *string_problem(const kiln__cfg_field *f, const char *s,
     if (f->kind == KILN__CFG_AMQP_URL)
         why = kiln__cfg_amqp_url_problem(s, reason, sizeof(reason));
     else if (f->kind == KILN__CFG_MONGO_URL)
-        why = kiln__cfg_mongo_url_problem(s);
+        why = kiln__cfg_mongo_url_problem(s, reason, sizeof(reason));
     if (why != NULL) {
         (void)snprintf(buf, n, "%s; expected %s", why,
                        f->kind == KILN__CFG_AMQP_URL ? AMQP_FORM : MONGO_FORM);

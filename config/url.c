@@ -34,15 +34,17 @@ static bool escapes_ok(const char *s)
     return true;
 }
 
-/* The last '@' in [p, end): a password may itself hold an '@'. */
-static const char *last_at(const char *p, const char *end)
+/* The '@' that ends the user part of a whole URL whose "://" is at
+ * url[i], or NULL: the rule the masking of secrets follows, so that what
+ * a message calls the password is what it masks. */
+static const char *userinfo_end(const char *url, size_t i)
 {
-    const char *at = NULL;
+    size_t colon, at;
 
-    for (; p < end; p++)
-        if (*p == '@')
-            at = p;
-    return at;
+    if (!kiln__url_userinfo(url, strlen(url), i, KILN__SECRET_WHOLE, &colon,
+                            &at))
+        return NULL;
+    return url + at;
 }
 
 static bool port_ok(const char *p, const char *end)
@@ -98,14 +100,17 @@ static const char *reserved_in(const char *p, const char *end, const char *set)
     return NULL;
 }
 
-static const char *raw_char(char *buf, size_t n, char c, const char *part)
+/* `parts` names what the URL's scheme %-decodes. */
+static const char *raw_char(char *buf, size_t n, char c, const char *part,
+                            const char *parts)
 {
-    (void)snprintf(buf, n,
-                   "a raw '%c' in the %s: write it as %%%02X (user, password "
-                   "and vhost are %%-decoded)",
-                   c, part, (unsigned)(unsigned char)c);
+    (void)snprintf(buf, n, "a raw '%c' in the %s: write it as %%%02X (%s)", c,
+                   part, (unsigned)(unsigned char)c, parts);
     return buf;
 }
+
+#define AMQP_DECODED  "user, password and vhost are %-decoded"
+#define MONGO_DECODED "user and password are %-decoded"
 
 static int hex(char c)
 {
@@ -139,8 +144,8 @@ static const char *escape_problem(const char *s, char *buf, size_t n)
 }
 
 /* The URL as the user means it: scheme://[user[:password]@]host[:port]
- * [/vhost], the password running to the last '@' (as the log's masking
- * assumes). Each reason names the part and the character to escape, so
+ * [/vhost], the user part found by kiln__url_userinfo (as the log's
+ * masking finds it). Each reason names the part and the character to escape, so
  * that a password holding '@', '?' or '#' is not reported as anything
  * else; what passes here amqp_parse_url parses the same way. */
 const char *kiln__cfg_amqp_url_problem(const char *url, char *buf, size_t n)
@@ -157,14 +162,14 @@ const char *kiln__cfg_amqp_url_problem(const char *url, char *buf, size_t n)
         return "contains a space or control character";
     if ((why = escape_problem(url, buf, n)) != NULL)
         return why;
-    if ((at = strrchr(p, '@')) != NULL) {
+    if ((at = userinfo_end(url, (size_t)(p - url) - 3)) != NULL) {
         colon = memchr(p, ':', (size_t)(at - p));
         end = colon != NULL ? colon : at;
         if ((c = reserved_in(p, end, "@/?#[]")) != NULL)
-            return raw_char(buf, n, *c, "user");
+            return raw_char(buf, n, *c, "user", AMQP_DECODED);
         if (colon != NULL &&
             (c = reserved_in(colon + 1, at, ":@/?#[]")) != NULL)
-            return raw_char(buf, n, *c, "password");
+            return raw_char(buf, n, *c, "password", AMQP_DECODED);
         p = at + 1;
     }
     end = p + strcspn(p, "/?#");
@@ -181,12 +186,17 @@ const char *kiln__cfg_amqp_url_problem(const char *url, char *buf, size_t n)
                "variables (a '?' in the vhost is written %3F)";
     if (*c == '/')
         return "the vhost is one path segment (write '/' in it as %2F)";
-    return raw_char(buf, n, *c, "vhost");
+    return raw_char(buf, n, *c, "vhost", AMQP_DECODED);
 }
 
-const char *kiln__cfg_mongo_url_problem(const char *url)
+/* As libmongoc reads it: the user part ends at the first '@' (a raw one in
+ * the password would silently become part of the host), and a raw ':' or
+ * '/' in the user or the password is refused; '?' and '#' may stay raw.
+ * The user part is found as the masking finds it, so a raw '@' or '/' in
+ * the password is named as such rather than as a bad host or port. */
+const char *kiln__cfg_mongo_url_problem(const char *url, char *buf, size_t n)
 {
-    const char *p, *end, *at, *why;
+    const char *p, *end, *at, *why, *colon, *c;
     bool srv = false;
 
     if (strncmp(url, "mongodb://", 10) == 0) {
@@ -199,10 +209,16 @@ const char *kiln__cfg_mongo_url_problem(const char *url)
     }
     if (has_space_or_control(url))
         return "contains a space or control character";
-    end = p + strcspn(p, "/?");
-    at = last_at(p, end);
-    if (at != NULL)
+    if ((at = userinfo_end(url, (size_t)(p - url) - 3)) != NULL) {
+        colon = memchr(p, ':', (size_t)(at - p));
+        end = colon != NULL ? colon : at;
+        if ((c = reserved_in(p, end, "@/")) != NULL)
+            return raw_char(buf, n, *c, "user", MONGO_DECODED);
+        if (colon != NULL && (c = reserved_in(colon + 1, at, ":@/")) != NULL)
+            return raw_char(buf, n, *c, "password", MONGO_DECODED);
         p = at + 1;
+    }
+    end = p + strcspn(p, "/?");
     if (srv && memchr(p, ',', (size_t)(end - p)) != NULL)
         return "mongodb+srv:// takes one host name";
     for (;;) {

@@ -135,10 +135,9 @@ void kiln__sleep_ns(int64_t ns);
 kiln_err kiln__random(void *buf, size_t n, kiln_error *err);
 
 /* Secrets in text kiln prints (core/secret.c): the password of a
- * `scheme://user:password@host` URL, from the first ':' after the scheme
- * to the URL's last '@' (so raw '@', '?', '#', '/', quotes, angle brackets
- * and backticks stay inside it), and the value of a MongoDB URI option
- * that carries a secret (tlsCertificateKeyFilePassword,
+ * `scheme://user:password@host` URL as kiln__url_userinfo finds it, and
+ * the value of a MongoDB URI option that carries a secret
+ * (tlsCertificateKeyFilePassword,
  * sslClientCertificateKeyPassword, authMechanismProperties,
  * proxyPassword; any case), up to the next "&name=". In text a URL or a
  * value ends at whitespace, and a URL where another "://" starts. */
@@ -149,6 +148,22 @@ kiln_err kiln__random(void *buf, size_t n, kiln_error *err);
 #define KILN__SECRET_WHOLE                          \
     2u /* the text is one value (a configured URL): \
           whitespace ends nothing */
+
+/* kiln__url_userinfo finds the user part of the URL whose "://" is at
+ * s[i] (of s[0..n)), the one rule for where a URL's password is, which
+ * both the configuration's URL checks and the masking of secrets follow.
+ * Users do not %-encode, so a password may hold raw '@', '?', '#', '/',
+ * quotes, angle brackets and backticks: the user part runs to the last
+ * '@' before the query, which starts at a '?' after a '/' after an '@'
+ * (MongoDB option values may hold '@'); the password from the first ':'
+ * to that '@'. A '/' before any ':' or '@' starts the path: no user part.
+ * With `flags` 0 the URL ends at whitespace or where another "://"
+ * starts; KILN__SECRET_WHOLE: at n. Returns true and sets *at (the '@')
+ * and *colon (the ':' before the password, SIZE_MAX when there is none),
+ * or returns false (no user part) with *at = SIZE_MAX. Thread-safe;
+ * allocates nothing. */
+bool kiln__url_userinfo(const char *s, size_t n, size_t i, unsigned flags,
+                        size_t *colon, size_t *at);
 
 /* kiln__secret_next finds the first secret in s[0..n) found from `from`
  * on: sets s[*start..*end) and returns true, or returns false. Spans that

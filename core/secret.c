@@ -32,32 +32,58 @@ static bool is_url_start(const char *s, size_t n, size_t i)
     return i + 2 < n && s[i] == ':' && s[i + 1] == '/' && s[i + 2] == '/';
 }
 
-/* The password of the URL whose "://" is at s[i]. In text a URL ends at
- * whitespace or where another URL starts; in a whole value it runs to the
- * end. Users do not %-encode, so quotes, angle brackets, backticks and raw
- * '@', '?', '#' and '/' may all be part of a password: it runs from the
- * first ':' to the last '@' of the URL. A '/' before that ':' means a
- * path, not a user name. */
-static bool url_password(const char *s, size_t n, size_t i, unsigned flags,
-                         size_t *start, size_t *end)
+/* Reads the URL whose "://" is at s[i] as kiln__url_userinfo describes:
+ * *colon is its first ':', *at the last '@' before its path ends the
+ * authority or its query starts (SIZE_MAX: none). Returns where the
+ * reading stopped (n when the URL runs to the end of s). */
+static size_t scan_userinfo(const char *s, size_t n, size_t i, unsigned flags,
+                            size_t *colon, size_t *at)
 {
     bool whole = (flags & KILN__SECRET_WHOLE) != 0;
-    size_t e, colon = SIZE_MAX, at = SIZE_MAX;
+    bool path = false;
+    size_t e;
 
+    *colon = SIZE_MAX;
+    *at = SIZE_MAX;
     for (e = i + 3; e < n; e++) {
         unsigned char c = (unsigned char)s[e];
 
         if (!whole && (is_space(c) || is_url_start(s, n, e)))
             break;
-        if (colon == SIZE_MAX) {
-            if (c == '/')
-                return false;
-            if (c == ':')
-                colon = e;
-        } else if (c == '@') {
-            at = e;
+        if (c == '@') {
+            *at = e;
+        } else if (c == ':') {
+            if (*colon == SIZE_MAX)
+                *colon = e;
+        } else if (c == '/') {
+            /* Before any ':' or '@' a '/' starts the path: no user. */
+            if (*colon == SIZE_MAX && *at == SIZE_MAX)
+                break;
+            path = path || *at != SIZE_MAX;
+        } else if (c == '?' && path) {
+            break; /* the query, whose values may hold '@' */
         }
     }
+    return e;
+}
+
+bool kiln__url_userinfo(const char *s, size_t n, size_t i, unsigned flags,
+                        size_t *colon, size_t *at)
+{
+    (void)scan_userinfo(s, n, i, flags, colon, at);
+    /* A ':' after the last '@' is the host's port. */
+    if (*colon != SIZE_MAX && (*at == SIZE_MAX || *colon > *at))
+        *colon = SIZE_MAX;
+    return *at != SIZE_MAX;
+}
+
+/* The password of the URL whose "://" is at s[i]; an empty one is not a
+ * secret. */
+static bool url_password(const char *s, size_t n, size_t i, unsigned flags,
+                         size_t *start, size_t *end)
+{
+    size_t colon, at, e = scan_userinfo(s, n, i, flags, &colon, &at);
+
     /* The text after a cut is unknown: mask all it might hold. */
     if ((flags & KILN__SECRET_CUT) != 0 && e == n && colon != SIZE_MAX &&
         colon + 1 < n) {

@@ -151,8 +151,9 @@ KILN_API void kiln_log(kiln_log_level level, const char *module,
 /* kiln_log_redact_url copies `url` (or any text holding URLs) into `out`
  * (size `n`, always NUL-terminated when n > 0; `out` must not overlap
  * `url`) with every secret replaced by "***": the password of each
- * scheme://user:password@host URL, from the first ':' to the URL's last
- * '@' (raw '@', '?', '#', '/', quotes, angle brackets and backticks stay
+ * scheme://user:password@host URL, from the first ':' to the last '@'
+ * before the URL's query, which starts at a '?' after a '/' after an '@'
+ * (raw '@', '?', '#', '/', quotes, angle brackets and backticks stay
  * inside it; whitespace ends a URL), and the value of the MongoDB options
  * tlsCertificateKeyFilePassword, sslClientCertificateKeyPassword,
  * authMechanismProperties and proxyPassword. A clipped result never holds

@@ -6,8 +6,13 @@
 #   run-tests.sh --total F...                             print the grand total
 #
 # Each binary gets KILN_TEST_TIMEOUT seconds (default 120; 600 under
-# valgrind).
+# valgrind); the time it took is printed after it. A binary built with
+# ThreadSanitizer (VARIANT=tsan), and every program it starts, reads
+# test/tsan.supp and writes each report to a file of its own in a scratch
+# directory: a report from any of them, even a worker the test killed,
+# fails the binary and is printed after it.
 set -uo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
 
 valgrind=0
 summary=""
@@ -43,11 +48,23 @@ for bin in "$@"; do
         label="$name"
     fi
     echo "=== $label"
+    start=$SECONDS
+    reports=$(mktemp -d)
     out=$(ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+          TSAN_OPTIONS="suppressions=$top/test/tsan.supp exitcode=66 second_deadlock_stack=1 log_path=$reports/tsan" \
           CMOCKA_MESSAGE_OUTPUT=stdout "${cmd[@]}" 2>&1)
     rc=$?
     printf '%s\n' "$out"
+    if [ -n "$(ls -A "$reports")" ]; then
+        for r in "$reports"/*; do
+            echo "--- ThreadSanitizer report ($(basename "$r"), pid of the process):"
+            cat "$r"
+        done
+        [ "$rc" -ne 0 ] || rc=66
+    fi
+    rm -rf "$reports"
+    echo "--- $label: $((SECONDS - start)) s"
     p=$(printf '%s\n' "$out" | sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' | tail -n 1)
     f=$(printf '%s\n' "$out" | sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' | tail -n 1)
     passed=$((passed + ${p:-0}))

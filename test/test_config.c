@@ -549,6 +549,50 @@ static void test_secrets_masked(void **state)
     assert_null(strstr(err.message, "Zq9"));
 }
 
+/* libmongoc takes a MongoDB URL's user part to its first '@' and refuses a
+ * raw ':' or '/' in it: a raw '@' in a password would make the rest of it
+ * a host name. The check finds the user part as the masking does (to the
+ * last '@' before the query) and names the character to escape; '@' in an
+ * option value, and raw '?' or '#' in a password, are accepted, as
+ * libmongoc accepts them. The password is never shown. */
+static void test_mongodb_url_messages(void **state)
+{
+    static const char *const bad[][2] = {
+        {"mongodb://u:Zq9@w@db/", "a raw '@' in the password: write it as %40"},
+        {"mongodb://u:Zq9/w@db/x",
+         "a raw '/' in the password: write it as %2F"},
+        {"mongodb://u:Zq9:w@db/", "a raw ':' in the password: write it as %3A"},
+        {"mongodb://a@b:Zq9@db/", "a raw '@' in the user: write it as %40"},
+        {"mongodb+srv://u:Zq9@w@db/", "a raw '@' in the password"},
+        {"mongodb://u:Zq9@db:0/?appname=a@b", "the port must be 1 to 65535"},
+    };
+    static const char *const good[] = {
+        "mongodb://u:Zq9@db/?appname=a@b&authMechanismProperties=X:c@d",
+        "mongodb://u@db/?appname=a@b",
+        "mongodb://u:Zq9?s#w@db/x",
+        "mongodb://u:Zq9%40w%2F%3A@db1,db2:27018/x?replicaSet=rs0",
+        "mongodb://db/?appname=a@b",
+    };
+    kiln_config cfg;
+    kiln_error err;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        kiln_config_init(&cfg);
+        strcpy(cfg.mongodb_url, bad[i][0]);
+        if (kiln_config_validate(&cfg, &err) != KILN_EINVAL ||
+            strstr(err.message, bad[i][1]) == NULL ||
+            strstr(err.message, "Zq9") != NULL)
+            fail_msg("%s: got '%s'", bad[i][0], err.message);
+    }
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        kiln_config_init(&cfg);
+        strcpy(cfg.mongodb_url, good[i]);
+        if (kiln_config_validate(&cfg, &err) != KILN_OK)
+            fail_msg("%s: %s", good[i], err.message);
+    }
+}
+
 /* A reserved character in the user, the password or the vhost is named,
  * with the escape to write instead; the password itself is never shown.
  * A '?' or '#' in a password used to read as "URL options". */
@@ -839,6 +883,7 @@ int main(void)
         cmocka_unit_test_setup(test_password_masked, setup),
         cmocka_unit_test_setup(test_secrets_masked, setup),
         cmocka_unit_test_setup(test_broker_url_messages, setup),
+        cmocka_unit_test_setup(test_mongodb_url_messages, setup),
         cmocka_unit_test_setup(test_accepted_forms, setup),
         cmocka_unit_test_setup(test_derived_names, setup),
         cmocka_unit_test_setup(test_cross_field, setup),

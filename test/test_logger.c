@@ -445,10 +445,13 @@ static const struct redact_case option_cases[] = {
      "mongodb://h/?proxyHost=p&proxyPassword=***&proxyPort=1080"},
     {"mongodb://u:pw@h/?tlsCertificateKeyFilePassword=k&3y#x&tls=1",
      "mongodb://u:***@h/?tlsCertificateKeyFilePassword=***&tls=1"},
-    /* The password runs to the last '@', inside the option: the two
-     * spans join. */
+    /* An '@' in the query (after a '/' after the user part) belongs to
+     * an option, not to the password. */
     {"mongodb://u:p@h/?tlsCertificateKeyFilePassword=a@b&w=1",
-     "mongodb://u:***&w=1"},
+     "mongodb://u:***@h/?tlsCertificateKeyFilePassword=***&w=1"},
+    {"mongodb://u:p@h/db?appname=a@b", "mongodb://u:***@h/db?appname=a@b"},
+    /* Without that '/' a '?' may be the password's. */
+    {"mongodb://u:p@s?s@h/db?appname=a@b", "mongodb://u:***@h/db?appname=a@b"},
     {"uri mongodb://h/?authMechanismProperties=A:B failed",
      "uri mongodb://h/?authMechanismProperties=*** failed"},
     /* Left alone. */
