@@ -431,3 +431,33 @@ kiln_err kiln__amqp_pump(kiln__amqp *b, int64_t deadline_ns,
     }
     return KILN_OK;
 }
+
+kiln_err kiln__amqp_read_some(kiln__amqp *b, kiln_error *err)
+{
+    bool first = true;
+    kiln_err rc;
+
+    for (;;) {
+        amqp_frame_t f;
+        struct timeval tv;
+        int s;
+
+        if ((rc = kiln__amqp_usable(b, err)) != KILN_OK)
+            return rc;
+        /* One recv takes all the socket holds (up to rabbitmq-c's 128
+         * KiB buffer); another would only say EAGAIN. */
+        if (!first && !amqp_frames_enqueued(b->conn) &&
+            !amqp_data_in_buffer(b->conn))
+            return KILN_OK;
+        first = false;
+        amqp_maybe_release_buffers(b->conn);
+        s = amqp_simple_wait_frame_noblock(
+            b->conn, &f, kiln__amqp_timeout(b, kiln__monotonic_ns(), &tv));
+        if (s == AMQP_STATUS_TIMEOUT)
+            return KILN_OK;
+        if (s != AMQP_STATUS_OK)
+            return kiln__amqp_fail_status(b, s, err, "amqp read");
+        if ((rc = kiln__amqp_frame(b, &f, err)) != KILN_OK)
+            return rc;
+    }
+}

@@ -258,6 +258,11 @@ kiln_err kiln__amqp_frame(kiln__amqp *b, const amqp_frame_t *f,
 kiln_err kiln__amqp_pump(kiln__amqp *b, int64_t deadline_ns,
                          bool (*done)(const kiln__amqp *b), kiln_error *err);
 
+/* Reads what has arrived without waiting, with one recv when the socket
+ * has something, and handles the frames it brought: KILN_OK, or the
+ * connection's failure as kiln__amqp_pump says it. */
+kiln_err kiln__amqp_read_some(kiln__amqp *b, kiln_error *err);
+
 /* The timeout for a rabbitmq-c read that must end by `deadline_ns`
  * (negative: NULL, no limit). */
 struct timeval *kiln__amqp_timeout(kiln__amqp *b, int64_t deadline_ns,

@@ -245,18 +245,10 @@ void kiln__amqp_returned(kiln__amqp *b, const amqp_basic_return_t *r,
 
 /* ---- waiting ------------------------------------------------------------- */
 
-static bool never_done(const kiln__amqp *b)
-{
-    (void)b;
-    return false;
-}
-
 /* Reads whatever has arrived, without waiting. */
 static kiln_err read_ready(kiln__amqp *b, kiln_error *err)
 {
-    kiln_err rc = kiln__amqp_pump(b, kiln__monotonic_ns(), never_done, err);
-
-    return rc == KILN_ETIMEDOUT ? KILN_OK : rc;
+    return kiln__amqp_read_some(b, err);
 }
 
 static int poll_ms(int64_t deadline_ns)
