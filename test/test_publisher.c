@@ -1043,6 +1043,67 @@ static void test_pool_send_tasks_statuses(void **state)
         kiln_signature_free(own[i]);
 }
 
+/* A send larger than a part goes in parts on one connection, the first
+ * written while the rest is staged: every status, the lowest failure,
+ * PENDING and FAILURE in the store, and the order of arrival are as for
+ * one batch. */
+static void test_pool_send_tasks_in_parts(void **state)
+{
+    enum { N = 700, UNROUTABLE = 300, MISSING = 650 };
+    fixture *f = *state;
+    kiln_pool *pool = new_pool(f);
+    kiln__store *store = kiln__mock_store_new(NULL);
+    kiln__broker *c = kiln__mock_broker_new(f->env.srv, NULL);
+    const kiln_signature **sigs = calloc(N, sizeof(*sigs));
+    kiln_signature **own = calloc(N, sizeof(*own));
+    kiln_err *st = calloc(N, sizeof(*st));
+    kiln_error err;
+    size_t next = 0;
+
+    assert_non_null(store);
+    assert_non_null(c);
+    assert_true(sigs != NULL && own != NULL && st != NULL);
+    kiln__pool_set_store(pool, store);
+    /* confirms come in rounds, so parts are in flight together */
+    kiln__mock_server_set_confirm_delay(f->env.srv, 2);
+    for (int i = 0; i < N; i++)
+        own[i] = sig_with_key(i == UNROUTABLE ? "nowhere" : NULL);
+    memcpy(sigs, own, N * sizeof(*sigs));
+    sigs[MISSING] = NULL;
+    assert_int_equal(kiln_pool_send_tasks(pool, sigs, N, st, &err),
+                     KILN_EBROKER);
+    print_message("%s\n", err.message);
+    assert_non_null(strstr(err.message, "task 300 (add)"));
+    for (int i = 0; i < N; i++)
+        assert_int_equal(st[i], i == UNROUTABLE ? KILN_EBROKER
+                                : i == MISSING  ? KILN_EINVAL
+                                                : KILN_OK);
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), N - 2);
+    assert_int_equal(kiln__mock_store_count(store, KILN__STATE_PENDING), N - 2);
+    assert_int_equal(kiln__mock_store_count(store, KILN__STATE_FAILURE), 1);
+    /* one connection, so the tasks arrive in the order they were given */
+    assert_int_equal(atomic_load(&f->env.connects), 1);
+    assert_int_equal(c->ops->connect(c, NULL), KILN_OK);
+    assert_int_equal(c->ops->subscribe(c, "q", 0, NULL), KILN_OK);
+    for (int k = 0; k < N - 2; k++) {
+        kiln__delivery d;
+        assert_int_equal(c->ops->consume(c, &d, 1000, NULL), KILN_OK);
+        while (next == UNROUTABLE || next == MISSING)
+            next++;
+        assert_string_equal(d.message_id, kiln_signature_uuid(own[next]));
+        next++;
+        c->ops->release(c, &d);
+    }
+    kiln__broker_destroy(c);
+    kiln_pool_free(pool);
+    kiln__store_destroy(store);
+    for (int i = 0; i < N; i++)
+        kiln_signature_free(own[i]);
+    free(sigs);
+    free(own);
+    free(st);
+}
+
 typedef struct pool_sender {
     kiln_pool *pool;
     const kiln_signature *sig;
@@ -1252,6 +1313,7 @@ int main(void)
         T(test_blocked_broker_gets_nothing),
         T(test_async_requests_notify),
         T(test_pool_send_tasks_statuses),
+        T(test_pool_send_tasks_in_parts),
         T(test_pool_send_task_threads),
         T(test_pool_bad_signature_fails_alone),
         T(test_alloc_failures_publisher),

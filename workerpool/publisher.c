@@ -31,6 +31,7 @@
 #include "workerpool/publisher.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -306,11 +307,21 @@ kiln_err kiln__publisher_submit(kiln__publisher *p, kiln__pub_req *r,
                                 kiln_err *status, kiln__pub_notify notify,
                                 void *ctx)
 {
+    unsigned conn = UINT_MAX;
+
+    return kiln__publisher_submit_to(p, &conn, r, msgs, n, status, notify, ctx);
+}
+
+kiln_err kiln__publisher_submit_to(kiln__publisher *p, unsigned *conn,
+                                   kiln__pub_req *r, const kiln__message *msgs,
+                                   size_t n, kiln_err *status,
+                                   kiln__pub_notify notify, void *ctx)
+{
     kiln__pub_conn *c;
     bool kick;
 
-    if (p == NULL || r == NULL || msgs == NULL || status == NULL || n == 0 ||
-        notify == NULL)
+    if (p == NULL || conn == NULL || r == NULL || msgs == NULL ||
+        status == NULL || n == 0 || notify == NULL)
         return KILN_EINVAL;
     *r = (kiln__pub_req){.msgs = msgs,
                          .n = n,
@@ -323,7 +334,9 @@ kiln_err kiln__publisher_submit(kiln__publisher *p, kiln__pub_req *r,
         status[i] = KILN__PUB_PENDING;
     r->deadline_ns =
         kiln__monotonic_ns() + (int64_t)p->cfg.publish_timeout_ms * 1000000;
-    c = pick(p);
+    if (*conn >= p->n_conns)
+        *conn = (unsigned)(pick(p) - p->conns);
+    c = &p->conns[*conn];
     pthread_mutex_lock(&c->mu);
     if (c->stopping) {
         pthread_mutex_unlock(&c->mu);
