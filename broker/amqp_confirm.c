@@ -139,7 +139,7 @@ static void outbox_add(kiln__amqp *b, uint64_t seq, kiln_err status,
         last->last = seq;
         return;
     }
-    if (b->out_len == b->out_cap) {
+    if (b->out_len == b->out_cap || b->out == NULL) {
         size_t cap = b->out_cap > 0 ? b->out_cap * 2 : 16;
         kiln__amqp_report *n = kiln__realloc(b->out, cap * sizeof(*n));
         if (n == NULL) {

@@ -138,7 +138,7 @@ static bool pend_room(struct conn *c)
         return true;
     if ((n = kiln__malloc(cap * sizeof(*n))) == NULL)
         return false;
-    for (size_t i = 0; i < c->p_len; i++)
+    for (size_t i = 0; i < c->p_len && c->p_cap > 0; i++)
         n[i] = c->pend[(c->p_head + i) % c->p_cap];
     kiln__free(c->pend);
     c->pend = n;
