@@ -31,6 +31,8 @@ static const kiln__broker_ops amqp_ops = {
     .tick = kiln__amqp_tick,
     .cancel = kiln__amqp_cancel,
     .publish_lost = kiln__amqp_publish_lost,
+    .publish_async = kiln__amqp_publish_async,
+    .wait_settled = kiln__amqp_wait_settled,
 };
 
 static kiln__amqp *as_amqp(const kiln__broker *base)
@@ -56,6 +58,7 @@ kiln__broker *kiln__amqp_broker_new(const kiln_config *cfg, kiln_error *err)
     b->base.ops = &amqp_ops;
     b->cfg = *cfg;
     b->next_seq = 1;
+    kiln__amqp_sent_reset(b);
     init_amqp_pool(&b->pool, 4096);
     if (gethostname(host, sizeof(host)) != 0)
         host[0] = '\0';
@@ -169,6 +172,8 @@ static void amqp_destroy(kiln__broker *base)
     kiln__free(b->stash);
     kiln__free(b->pub_state);
     kiln__free(b->pub_order);
+    kiln__free(b->sent);
+    kiln__free(b->out);
     kiln__free(b->hdr);
     kiln__free(b->fhdr);
     kiln__free(b->props_buf);
@@ -204,6 +209,7 @@ void kiln__amqp_drop_channel(kiln__amqp *b, const char *why)
     }
     b->chan_open = false;
     b->next_seq = 1;
+    kiln__amqp_sent_reset(b);
     /* Tags of the next channel start above every tag handed out so far. */
     b->tag_base = b->max_tag;
     kiln__amqp_stash_clear(b);
@@ -301,7 +307,7 @@ static kiln_err read_return(kiln__amqp *b, const amqp_basic_return_t *r,
     rep = amqp_read_message(b->conn, KILN__AMQP_CHANNEL, &msg, 0);
     if (rep.reply_type != AMQP_RESPONSE_NORMAL)
         return kiln__amqp_check_reply(b, rep, err, "basic.return");
-    kiln__amqp_batch_returned(b, r, &msg);
+    kiln__amqp_returned(b, r, &msg);
     amqp_destroy_message(&msg);
     return KILN_OK;
 }
@@ -344,12 +350,12 @@ kiln_err kiln__amqp_frame(kiln__amqp *b, const amqp_frame_t *f, kiln_error *err)
     switch (m->id) {
     case AMQP_BASIC_ACK_METHOD: {
         const amqp_basic_ack_t *a = m->decoded;
-        kiln__amqp_batch_settle(b, a->delivery_tag, a->multiple, false);
+        kiln__amqp_settle(b, a->delivery_tag, a->multiple, false);
         return KILN_OK;
     }
     case AMQP_BASIC_NACK_METHOD: {
         const amqp_basic_nack_t *a = m->decoded;
-        kiln__amqp_batch_settle(b, a->delivery_tag, a->multiple, true);
+        kiln__amqp_settle(b, a->delivery_tag, a->multiple, true);
         return KILN_OK;
     }
     case AMQP_BASIC_RETURN_METHOD:
@@ -424,4 +430,34 @@ kiln_err kiln__amqp_pump(kiln__amqp *b, int64_t deadline_ns,
             return rc;
     }
     return KILN_OK;
+}
+
+kiln_err kiln__amqp_read_some(kiln__amqp *b, kiln_error *err)
+{
+    bool first = true;
+    kiln_err rc;
+
+    for (;;) {
+        amqp_frame_t f;
+        struct timeval tv;
+        int s;
+
+        if ((rc = kiln__amqp_usable(b, err)) != KILN_OK)
+            return rc;
+        /* One recv takes all the socket holds (up to rabbitmq-c's 128
+         * KiB buffer); another would only say EAGAIN. */
+        if (!first && !amqp_frames_enqueued(b->conn) &&
+            !amqp_data_in_buffer(b->conn))
+            return KILN_OK;
+        first = false;
+        amqp_maybe_release_buffers(b->conn);
+        s = amqp_simple_wait_frame_noblock(
+            b->conn, &f, kiln__amqp_timeout(b, kiln__monotonic_ns(), &tv));
+        if (s == AMQP_STATUS_TIMEOUT)
+            return KILN_OK;
+        if (s != AMQP_STATUS_OK)
+            return kiln__amqp_fail_status(b, s, err, "amqp read");
+        if ((rc = kiln__amqp_frame(b, &f, err)) != KILN_OK)
+            return rc;
+    }
 }

@@ -136,6 +136,20 @@ bool kiln__amqp_blocked(const kiln__broker *b);
 
 typedef struct kiln__amqp_batch kiln__amqp_batch; /* amqp_publish.c */
 
+/* A message written on the channel, until the broker settles it. */
+typedef struct kiln__amqp_sent {
+    uint64_t key;     /* kiln__amqp_key of what went out */
+    unsigned char st; /* amqp_confirm.c's SENT_* */
+} kiln__amqp_sent;
+
+/* Settled messages (a run first..last of one outcome), not yet handed to
+ * the caller of wait_settled. */
+typedef struct kiln__amqp_report {
+    uint64_t first, last;
+    kiln_err status;
+    char why[48];
+} kiln__amqp_report;
+
 typedef enum kiln__amqp_sub {
     KILN__SUB_NONE = 0, /* never subscribed on this connection */
     KILN__SUB_ACTIVE,   /* basic.consume done */
@@ -185,8 +199,15 @@ typedef struct kiln__amqp {
     char *props_buf;         /* frame_max bytes: checks the encoding of
                                 properties near the limit */
     kiln__amqp_batch *batch; /* publish waiting for confirms, or NULL */
-    int64_t hb_check_ns;     /* next zero-wait read that lets
-                                rabbitmq-c check the heartbeat */
+    kiln__amqp_sent *sent;   /* ring of what was written on the channel,
+                                by seq; sent_cap entries (a power of 2) */
+    size_t sent_cap;
+    uint64_t sent_low;      /* every seq below it is settled or forgotten */
+    uint64_t ret_next;      /* a basic.return matches from this seq on */
+    kiln__amqp_report *out; /* pipelined: settled, not yet reported */
+    size_t out_len, out_cap;
+    int64_t hb_check_ns; /* next zero-wait read that lets
+                            rabbitmq-c check the heartbeat */
 } kiln__amqp;
 
 /* amqp_conn.c */
@@ -237,20 +258,50 @@ kiln_err kiln__amqp_frame(kiln__amqp *b, const amqp_frame_t *f,
 kiln_err kiln__amqp_pump(kiln__amqp *b, int64_t deadline_ns,
                          bool (*done)(const kiln__amqp *b), kiln_error *err);
 
+/* Reads what has arrived without waiting, with one recv when the socket
+ * has something, and handles the frames it brought: KILN_OK, or the
+ * connection's failure as kiln__amqp_pump says it. */
+kiln_err kiln__amqp_read_some(kiln__amqp *b, kiln_error *err);
+
 /* The timeout for a rabbitmq-c read that must end by `deadline_ns`
  * (negative: NULL, no limit). */
 struct timeval *kiln__amqp_timeout(kiln__amqp *b, int64_t deadline_ns,
                                    struct timeval *tv);
 
-/* amqp_publish.c: confirms and returns for the publish in progress. */
-void kiln__amqp_batch_settle(kiln__amqp *b, uint64_t seq, bool multiple,
+/* amqp_confirm.c: the messages written on the channel until settled.
+ * kiln__amqp_key hashes what a basic.return names of a message.
+ * kiln__amqp_track_room makes room to track one more (KILN_ENOMEM when it
+ * cannot: write nothing then); kiln__amqp_track records the message just
+ * written as b->next_seq and advances it; kiln__amqp_sent_reset forgets
+ * them all (a new channel numbers from 1 again). kiln__amqp_settle and
+ * kiln__amqp_returned handle basic.ack / basic.nack and basic.return:
+ * what they settle goes to the blocking publish in progress
+ * (kiln__amqp_batch_report and _returned) or to the outbox of
+ * wait_settled, which kiln__amqp_outbox_clear empties. */
+uint64_t kiln__amqp_key(const kiln__message *m);
+kiln_err kiln__amqp_track_room(kiln__amqp *b, kiln_error *err);
+void kiln__amqp_track(kiln__amqp *b, uint64_t key, bool sync);
+void kiln__amqp_sent_reset(kiln__amqp *b);
+void kiln__amqp_outbox_clear(kiln__amqp *b);
+void kiln__amqp_settle(kiln__amqp *b, uint64_t seq, bool multiple, bool nacked);
+void kiln__amqp_returned(kiln__amqp *b, const amqp_basic_return_t *r,
+                         const amqp_message_t *msg);
+kiln_err kiln__amqp_wait_settled(kiln__broker *base, int64_t deadline_ns,
+                                 int wake_fd, kiln__settled_fn fn, void *ctx,
+                                 kiln_error *err);
+
+/* amqp_publish.c. The blocking publish's side of amqp_confirm.c: message
+ * `seq` was acked (KILN_OK) or nacked, or returned with `why`. */
+void kiln__amqp_batch_report(kiln__amqp *b, uint64_t seq, kiln_err status,
                              bool nacked);
-void kiln__amqp_batch_returned(kiln__amqp *b, const amqp_basic_return_t *r,
-                               const amqp_message_t *msg);
+void kiln__amqp_batch_returned(kiln__amqp *b, uint64_t seq, const char *why);
 /* The channel went away: the publish in progress stops with `why`. */
 void kiln__amqp_batch_abort(kiln__amqp *b, const char *why);
 kiln_err kiln__amqp_publish(kiln__broker *base, const kiln__message *msgs,
                             size_t n, kiln_err *status, kiln_error *err);
+kiln_err kiln__amqp_publish_async(kiln__broker *base, const kiln__message *msgs,
+                                  size_t n, uint64_t *seq, kiln_err *status,
+                                  size_t *done, kiln_error *err);
 /* The publish_lost op of broker.h. */
 bool kiln__amqp_publish_lost(kiln__broker *base, size_t i);
 

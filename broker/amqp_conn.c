@@ -204,6 +204,10 @@ kiln_err kiln__amqp_open_channel(kiln__amqp *b, kiln_error *err)
         return rc;
     b->chan_open = true;
     b->next_seq = 1; /* confirm.select starts the numbering (spec: confirm) */
+    /* What the last channel settled was reported or is stale now: its
+     * numbers mean other messages on this one. */
+    kiln__amqp_sent_reset(b);
+    kiln__amqp_outbox_clear(b);
     return KILN_OK;
 }
 

@@ -1,8 +1,10 @@
-/* Publishing a batch with publisher confirms, pipelined: every message is
- * written first, then frames are read until each one is settled. In
- * confirm mode the broker numbers the publishes of a channel 1, 2, 3 ...
- * and acks or nacks by that number, `multiple` covering every number up
- * to it (RabbitMQ "Publisher Confirms").
+/* Publishing with publisher confirms, two ways on one mechanism
+ * (amqp_confirm.c tracks what was written until the broker settles it):
+ *   - publish, a batch: every message is written first, then frames are
+ *     read until each one is settled or the publish timeout passes;
+ *   - publish_async, pipelined: messages are written and the call
+ *     returns; wait_settled reports their outcomes as they arrive, so the
+ *     caller keeps writing while earlier confirms are outstanding.
  *
  * Each message is checked and its properties sized (broker/outgoing.c)
  * before any byte of it is written: rabbitmq-c writes the method frame
@@ -43,25 +45,12 @@ struct kiln__amqp_batch {
     uint64_t first;    /* sequence number of the first written */
     unsigned char *st; /* ST_* per message (by index) */
     size_t unsettled;  /* among the written ones */
-    size_t low;        /* every written ordinal below it is settled */
-    size_t ret_next;   /* first ordinal for the next basic.return */
     bool lost;         /* the channel went away */
     char lost_why[200];
-    char ret_why[64];           /* reply of the last basic.return */
+    char ret_why[48];           /* of the last basic.return */
     size_t refused;             /* lowest refused index, or SIZE_MAX */
     char refused_why[256 + 64]; /* and why */
 };
-
-/* Settles written ordinal j. */
-static void mark(kiln__amqp_batch *t, size_t j, bool nacked)
-{
-    unsigned char *st = &t->st[t->order[j]];
-
-    if (*st & ST_SETTLED)
-        return;
-    *st |= (unsigned char)(ST_SETTLED | (nacked ? ST_NACKED : 0));
-    t->unsettled--;
-}
 
 /* The message as it went out: itself, or its replacement. */
 static const kiln__message *written(const kiln__amqp_batch *t, size_t i)
@@ -69,24 +58,44 @@ static const kiln__message *written(const kiln__amqp_batch *t, size_t i)
     return (t->st[i] & ST_REPLACED) ? t->msgs[i].oversize : &t->msgs[i];
 }
 
-void kiln__amqp_batch_settle(kiln__amqp *b, uint64_t seq, bool multiple,
+/* Index in msgs of the message written as `seq`, or SIZE_MAX when it is
+ * not one of this batch (an earlier publish timed out before its
+ * confirm). */
+static size_t index_of(const kiln__amqp_batch *t, uint64_t seq)
+{
+    if (t == NULL || seq < t->first || seq - t->first >= t->sent)
+        return SIZE_MAX;
+    return t->order[seq - t->first];
+}
+
+static void settled_as(kiln__amqp_batch *t, size_t i, unsigned char how)
+{
+    if (t->st[i] & ST_SETTLED)
+        return;
+    t->st[i] |= (unsigned char)(ST_SETTLED | how);
+    t->unsettled--;
+}
+
+void kiln__amqp_batch_report(kiln__amqp *b, uint64_t seq, kiln_err status,
                              bool nacked)
 {
-    kiln__amqp_batch *t = b->batch;
-    size_t idx;
+    size_t i = index_of(b->batch, seq);
 
-    /* Confirms below `first` belong to an earlier publish that timed out. */
-    if (t == NULL || t->sent == 0 || seq < t->first)
+    (void)status;
+    if (i != SIZE_MAX)
+        settled_as(b->batch, i, nacked ? ST_NACKED : 0);
+}
+
+/* A return is the broker's final word on a message: its ack follows, but
+ * the message is settled now. */
+void kiln__amqp_batch_returned(kiln__amqp *b, uint64_t seq, const char *why)
+{
+    size_t i = index_of(b->batch, seq);
+
+    if (i == SIZE_MAX)
         return;
-    idx = seq - t->first < t->sent ? (size_t)(seq - t->first) : t->sent - 1;
-    if (multiple) {
-        for (size_t i = t->low; i <= idx; i++)
-            mark(t, i, nacked);
-    } else {
-        mark(t, idx, nacked);
-    }
-    while (t->low < t->sent && (t->st[t->order[t->low]] & ST_SETTLED))
-        t->low++;
+    settled_as(b->batch, i, ST_RETURNED);
+    kiln__strlcpy(b->batch->ret_why, why, sizeof(b->batch->ret_why));
 }
 
 void kiln__amqp_batch_abort(kiln__amqp *b, const char *why)
@@ -97,54 +106,6 @@ void kiln__amqp_batch_abort(kiln__amqp *b, const char *why)
         t->lost = true;
         kiln__strlcpy(t->lost_why, why, sizeof(t->lost_why));
     }
-}
-
-static bool same(amqp_bytes_t a, const char *s)
-{
-    size_t n = strlen(s);
-
-    return a.len == n && (n == 0 || memcmp(a.bytes, s, n) == 0);
-}
-
-static bool is_returned(const kiln__message *m, const amqp_basic_return_t *r,
-                        const amqp_message_t *msg)
-{
-    bool has_id = (msg->properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) != 0;
-
-    if (!same(r->exchange, m->exchange != NULL ? m->exchange : "") ||
-        !same(r->routing_key, m->routing_key))
-        return false;
-    if (m->message_id == NULL)
-        return !has_id;
-    return has_id && same(msg->properties.message_id, m->message_id);
-}
-
-/* A basic.return carries no sequence number. RabbitMQ sends it before the
- * ack of the same message, and returns come in publish order, so the
- * message is the first unsettled, unreturned one with the same exchange,
- * routing key and message id. Messages alike in all three route alike. */
-void kiln__amqp_batch_returned(kiln__amqp *b, const amqp_basic_return_t *r,
-                               const amqp_message_t *msg)
-{
-    kiln__amqp_batch *t = b->batch;
-
-    for (size_t j = t != NULL ? t->ret_next : 0; t != NULL && j < t->sent;
-         j++) {
-        size_t i = t->order[j];
-        if ((t->st[i] & (ST_SETTLED | ST_RETURNED)) != 0 ||
-            !is_returned(written(t, i), r, msg))
-            continue;
-        t->st[i] |= ST_RETURNED;
-        t->ret_next = j + 1;
-        (void)snprintf(t->ret_why, sizeof(t->ret_why), "%u %.*s", r->reply_code,
-                       KILN__AMQP_BYTES(r->reply_text));
-        return;
-    }
-    kiln__log(KILN_LOG_WARN, "broker",
-              "amqp message returned after its publish ended: exchange '%.*s' "
-              "routing key '%.*s': %.*s",
-              KILN__AMQP_BYTES(r->exchange), KILN__AMQP_BYTES(r->routing_key),
-              KILN__AMQP_BYTES(r->reply_text));
 }
 
 static kiln_err grow(kiln__amqp *b, size_t n, kiln_error *err)
@@ -232,38 +193,41 @@ static bool encodes(kiln__amqp *b, amqp_basic_properties_t *p, size_t max)
                                   (amqp_bytes_t){max, b->props_buf}) >= 0;
 }
 
-/* Writes message i, or refuses it before writing anything. KILN_EBROKER
- * when the connection failed; any other failure is message i's alone. */
-static kiln_err send_one(kiln__amqp *b, kiln__amqp_batch *t, size_t i,
-                         kiln_error *err)
+/* Writes `m`, or its replacement, and tracks it as b->next_seq - 1.
+ * KILN_EBROKER (in `err`) when the connection failed: nothing of it
+ * counts as written, the broker never routes a message whose content did
+ * not arrive whole. Any other failure refuses `m` before any byte of it
+ * is written, with the reason in `err`. */
+static kiln_err write_msg(kiln__amqp *b, const kiln__message *m, bool sync,
+                          bool *replaced, kiln_error *err)
 {
-    const kiln__message *m = &t->msgs[i];
     int frame_max = amqp_get_frame_max(b->conn);
     size_t max = frame_max > KILN__FRAME_OVERHEAD
                      ? (size_t)frame_max - KILN__FRAME_OVERHEAD
                      : KILN__MAX_PROPS;
     amqp_basic_properties_t p;
     kiln__outgoing o;
-    kiln_error e;
     kiln_err rc;
     int s;
 
     if (!grow_headers(b, kiln__outgoing_cap(m)))
-        return refuse(t, i, KILN_ENOMEM, "no memory for its headers");
+        return kiln__fail(err, KILN_ENOMEM, "no memory for its headers");
+    if ((rc = kiln__amqp_track_room(b, err)) != KILN_OK)
+        return rc;
     rc = kiln__outgoing_prepare(m, max, b->fhdr, b->hdr_cap, b->note,
-                                sizeof(b->note), &o, &e);
+                                sizeof(b->note), &o, err);
     if (rc == KILN_OK)
-        rc = kiln__amqp_fields_out(&b->pool, o.table, o.n, b->hdr, &e);
+        rc = kiln__amqp_fields_out(&b->pool, o.table, o.n, b->hdr, err);
     if (rc == KILN_OK) {
         properties(b, &o, &p);
         if (o.props >= max / 2 && !encodes(b, &p, max))
-            rc = kiln__fail(&e, KILN_ETOOBIG,
+            rc = kiln__fail(err, KILN_ETOOBIG,
                             "properties do not encode within frame_max %d",
                             frame_max);
     }
     if (rc != KILN_OK) {
         recycle_amqp_pool(&b->pool);
-        return refuse(t, i, rc, e.message);
+        return rc;
     }
     s = amqp_basic_publish(
         b->conn, KILN__AMQP_CHANNEL,
@@ -274,10 +238,31 @@ static kiln_err send_one(kiln__amqp *b, kiln__amqp_batch *t, size_t i,
     recycle_amqp_pool(&b->pool);
     if (s != AMQP_STATUS_OK)
         return kiln__amqp_fail_status(b, s, err, "basic.publish");
-    t->st[i] |= (unsigned char)(ST_WRITTEN | (o.replaced ? ST_REPLACED : 0));
+    kiln__amqp_track(b, kiln__amqp_key(o.msg), sync);
+    *replaced = o.replaced;
+    return KILN_OK;
+}
+
+/* Writes message i of the batch, or refuses it before writing anything.
+ * KILN_EBROKER when the connection failed; any other failure is message
+ * i's alone. */
+static kiln_err send_one(kiln__amqp *b, kiln__amqp_batch *t, size_t i,
+                         kiln_error *err)
+{
+    bool replaced = false;
+    kiln_error e;
+    kiln_err rc = write_msg(b, &t->msgs[i], true, &replaced, &e);
+
+    if (rc == KILN_EBROKER) {
+        if (err != NULL)
+            *err = e;
+        return rc;
+    }
+    if (rc != KILN_OK)
+        return refuse(t, i, rc, e.message);
+    t->st[i] |= (unsigned char)(ST_WRITTEN | (replaced ? ST_REPLACED : 0));
     t->order[t->sent++] = i;
     t->unsettled++;
-    b->next_seq++;
     return KILN_OK;
 }
 
@@ -370,7 +355,7 @@ static kiln_err describe(const kiln__amqp *b, const kiln__amqp_batch *t,
     if (t->st[i] & ST_REFUSED)
         return kiln__fail(err, rc, "%s: refused: %s", head, t->refused_why);
     if (sent && (t->st[i] & ST_RETURNED))
-        return kiln__fail(err, rc, "%s: unroutable: %s", head, t->ret_why);
+        return kiln__fail(err, rc, "%s: %s", head, t->ret_why);
     if (sent && (t->st[i] & ST_NACKED))
         return kiln__fail(err, rc, "%s: nacked by the broker", head);
     if (rc == KILN_EBROKER)
@@ -501,4 +486,56 @@ bool kiln__amqp_publish_lost(kiln__broker *base, size_t i)
     if (st & ST_REFUSED)
         return false;
     return !(st & ST_WRITTEN) || (st & (ST_SETTLED | ST_RETURNED)) == 0;
+}
+
+/* ---- pipelined ----------------------------------------------------------- */
+
+kiln_err kiln__amqp_publish_async(kiln__broker *base, const kiln__message *msgs,
+                                  size_t n, uint64_t *seq, kiln_err *status,
+                                  size_t *done, kiln_error *err)
+{
+    kiln__amqp *b = (kiln__amqp *)base;
+    size_t since_read = 0;
+    bool refused = false;
+    kiln_err rc;
+
+    *done = 0;
+    if (n > 0 && (msgs == NULL || seq == NULL || status == NULL))
+        return kiln__fail(err, KILN_EINVAL, "publish_async: arguments");
+    if ((rc = kiln__amqp_ready(b, err)) != KILN_OK)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        bool replaced = false;
+        kiln_error e;
+        /* Blocked: the broker stops reading, and amqp_basic_publish
+         * would wait on a full socket with no deadline. */
+        if (b->blocked)
+            break;
+        if (b->lost || !b->chan_open)
+            return kiln__amqp_usable(b, err) != KILN_OK
+                       ? KILN_EBROKER
+                       : kiln__fail(err, KILN_EBROKER, "channel closed");
+        rc = write_msg(b, &msgs[i], false, &replaced, &e);
+        if (rc == KILN_EBROKER) {
+            if (err != NULL)
+                *err = e;
+            return rc;
+        }
+        seq[i] = rc == KILN_OK ? b->next_seq - 1 : 0;
+        status[i] = rc;
+        *done = i + 1;
+        if (rc != KILN_OK && !refused) {
+            refused = true;
+            (void)kiln__fail(err, rc, "refused: %s", e.message);
+        }
+        if (rc != KILN_OK || ++since_read < DRAIN_EVERY)
+            continue;
+        since_read = 0;
+        rc = kiln__amqp_pump(b, kiln__monotonic_ns(), drained, err);
+        if (rc != KILN_ETIMEDOUT)
+            return rc == KILN_OK ? KILN_EBROKER : rc;
+    }
+    if (!refused)
+        kiln__ok(err);
+    return KILN_OK;
 }

@@ -107,6 +107,15 @@ typedef struct kiln__message {
 
 typedef struct kiln__broker kiln__broker;
 
+/* What pipelined publishing (publish_async) says about the messages with
+ * sequence numbers first..last (inclusive, consecutive, all written by
+ * publish_async on the current channel): KILN_OK when the broker
+ * confirmed them and none was returned, KILN_EBROKER when it nacked or
+ * returned them (`why` says which, e.g. "unroutable: 312 NO_ROUTE";
+ * borrowed for the call). Each message is reported once. */
+typedef void (*kiln__settled_fn)(void *ctx, uint64_t first, uint64_t last,
+                                 kiln_err status, const char *why);
+
 typedef struct kiln__broker_ops {
     /* Opens the connection and channel, enables publisher confirms.
      * Calling it on a connected object is a no-op. KILN_EBROKER with the
@@ -196,6 +205,50 @@ typedef struct kiln__broker_ops {
      * the next op on the object. Without it the publisher asks tick (or
      * else declare) whether the connection survived. */
     bool (*publish_lost)(kiln__broker *b, size_t i);
+
+    /* Optional (may be NULL): pipelined publishing, for an owner that
+     * keeps writing while earlier confirms are outstanding (the
+     * publisher of workerpool/). Both or neither.
+     *
+     * publish_async writes msgs[0..n) in order, mandatory, without
+     * waiting for any confirm, and sets *done to how many it consumed:
+     * for i < *done, seq[i] is message i's sequence number on the
+     * channel (consecutive across calls, from 1 on each new channel), or
+     * 0 when the message was refused before any byte of it was written,
+     * with status[i] saying why (KILN_EINVAL, KILN_ETOOBIG or KILN_ENOMEM,
+     * as for publish). It stops early, returning KILN_OK, only while the
+     * broker blocks publishing (a resource alarm: connection.blocked);
+     * nothing is written then until wait_settled has seen the broker
+     * unblock; KILN_OK too when it refused messages, with `err` (code
+     * and reason) describing the first it refused. KILN_EBROKER
+     * (KILN_ECLOSED when not connected) when the connection or its
+     * channel is unusable or failed: messages from *done on were not
+     * written. Messages are borrowed for the call only; status and seq
+     * may not be NULL.
+     *
+     * wait_settled first reports, through fn(ctx, ...), every message
+     * the broker settled since the last call (frames any op read count),
+     * in the order settled, and returns KILN_OK at once when there was
+     * any. Else it waits until frames arrive (and reports what they
+     * settle), the eventfd `wake_fd` (-1: none) becomes readable (it then
+     * reads it, clearing it), or the monotonic clock passes deadline_ns,
+     * and returns KILN_OK, or KILN_ETIMEDOUT when the deadline came with
+     * nothing to report. A basic.return is matched to its message
+     * (exchange, routing key and message id, in publish order) and
+     * reported as soon as it arrives; the ack that follows it is not.
+     *
+     * A lost connection or channel. When an op returns KILN_EBROKER or
+     * KILN_ECLOSED, wait_settled still reports what was settled before,
+     * then returns that error; every message written by publish_async
+     * and not reported by then never will be: the broker may or may not
+     * have it, so sending it again on a new connection is at least once,
+     * never a loss. close forgets nothing of this (a wait_settled after
+     * it reports, then returns KILN_ECLOSED); connect starts afresh. */
+    kiln_err (*publish_async)(kiln__broker *b, const kiln__message *msgs,
+                              size_t n, uint64_t *seq, kiln_err *status,
+                              size_t *done, kiln_error *err);
+    kiln_err (*wait_settled)(kiln__broker *b, int64_t deadline_ns, int wake_fd,
+                             kiln__settled_fn fn, void *ctx, kiln_error *err);
 } kiln__broker_ops;
 
 /* Every implementation starts its object with this struct, so a
@@ -238,6 +291,22 @@ static inline kiln_err kiln__broker_subscribe(kiln__broker *b,
                                               kiln_error *err)
 {
     return b->ops->subscribe(b, queue, prefetch, err);
+}
+
+static inline kiln_err kiln__broker_publish_async(kiln__broker *b,
+                                                  const kiln__message *msgs,
+                                                  size_t n, uint64_t *seq,
+                                                  kiln_err *status,
+                                                  size_t *done, kiln_error *err)
+{
+    return b->ops->publish_async(b, msgs, n, seq, status, done, err);
+}
+
+static inline kiln_err
+kiln__broker_wait_settled(kiln__broker *b, int64_t deadline_ns, int wake_fd,
+                          kiln__settled_fn fn, void *ctx, kiln_error *err)
+{
+    return b->ops->wait_settled(b, deadline_ns, wake_fd, fn, ctx, err);
 }
 
 static inline kiln_err kiln__broker_consume(kiln__broker *b,
@@ -296,6 +365,14 @@ static inline kiln_err kiln__broker_tick(kiln__broker *b, kiln_error *err)
 static inline kiln_err kiln__broker_cancel(kiln__broker *b, kiln_error *err)
 {
     return b->ops->cancel != NULL ? b->ops->cancel(b, err) : KILN_OK;
+}
+
+/* kiln__broker_pipelines: whether the object can publish while earlier
+ * confirms are outstanding (it has publish_async and wait_settled), as
+ * the pool's publisher needs. */
+static inline bool kiln__broker_pipelines(const kiln__broker *b)
+{
+    return b->ops->publish_async != NULL && b->ops->wait_settled != NULL;
 }
 
 /* kiln__broker_knows_lost: whether the object can tell a message lost

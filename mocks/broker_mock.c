@@ -6,7 +6,18 @@
 
 #include "broker/outgoing.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <string.h>
+#include <unistd.h>
+
+/* Pipelined publishing: a confirm (or nack, or return) on its way back. */
+struct pend {
+    uint64_t seq;
+    kiln_err status;
+    int64_t due_ns; /* CLOCK_MONOTONIC: when it arrives */
+    char why[96];
+};
 
 struct conn {
     kiln__broker base;
@@ -19,6 +30,10 @@ struct conn {
     uint64_t next_tag;
     struct msg *unacked, *unacked_tail; /* by tag; under srv->mu */
     size_t n_unacked;
+    uint64_t last_seq; /* pipelined: the last sequence number given */
+    struct pend *pend; /* ring of outcomes not yet reported, by due */
+    size_t p_head, p_len, p_cap;
+    bool saw_blocked; /* publish_async found publishing blocked */
 };
 
 /* ---- publish ------------------------------------------------------------ */
@@ -110,6 +125,210 @@ static kiln_err conn_publish(kiln__broker *b, const kiln__message *msgs,
     return first;
 }
 
+/* ---- pipelined publish -------------------------------------------------- */
+
+/* Room for one more outcome; taken before the message is routed, so a
+ * message is refused (KILN_ENOMEM) rather than routed and unreported. */
+static bool pend_room(struct conn *c)
+{
+    size_t cap = c->p_cap > 0 ? c->p_cap * 2 : 16;
+    struct pend *n;
+
+    if (c->p_len < c->p_cap)
+        return true;
+    if ((n = kiln__malloc(cap * sizeof(*n))) == NULL)
+        return false;
+    for (size_t i = 0; i < c->p_len && c->p_cap > 0; i++)
+        n[i] = c->pend[(c->p_head + i) % c->p_cap];
+    kiln__free(c->pend);
+    c->pend = n;
+    c->p_cap = cap;
+    c->p_head = 0;
+    return true;
+}
+
+static void pend_push(struct conn *c, uint64_t seq, kiln_err status,
+                      int64_t due_ns, const char *why)
+{
+    struct pend *p = &c->pend[(c->p_head + c->p_len++) % c->p_cap];
+
+    p->seq = seq;
+    p->status = status;
+    p->due_ns = due_ns;
+    kiln__strlcpy(p->why, why != NULL ? why : "", sizeof(p->why));
+}
+
+/* When the confirm of a message written now arrives: at once, or, with a
+ * confirm delay, `delay_ms` after the first message written since the
+ * last round of confirms, together with everything written meanwhile, as
+ * a broker that syncs its disk confirms all it took since its last sync
+ * at once. */
+static int64_t due_after(const struct conn *c, int64_t now, unsigned delay_ms)
+{
+    if (delay_ms == 0)
+        return now;
+    if (c->p_len > 0) {
+        int64_t last = c->pend[(c->p_head + c->p_len - 1) % c->p_cap].due_ns;
+        if (last > now)
+            return last;
+    }
+    return now + (int64_t)delay_ms * 1000000;
+}
+
+/* Routes one prepared message for publish_async. The message that breaks
+ * the connection (fail_connection) reaches its queue, but its confirm is
+ * lost with the connection. Caller holds srv->mu. */
+static kiln_err route_async(struct conn *c, const kiln__message *flat,
+                            kiln_err *outcome, kiln_error *e)
+{
+    kiln__mock_server *srv = c->srv;
+
+    if (srv->shutdown)
+        return kiln__fail(e, KILN_EBROKER, "mock broker: shut down");
+    if (srv->fail_conn_at > 0 && --srv->fail_conn_at == 0) {
+        (void)kiln__mock_route(srv, flat, e);
+        c->broken = true;
+        return kiln__fail(e, KILN_EBROKER, "connection lost (injected)");
+    }
+    /* Nacked or returned (KILN_EBROKER), or not enqueued for want of
+     * memory (KILN_ENOMEM): the broker's final word. */
+    *outcome = kiln__mock_route(srv, flat, e);
+    return KILN_OK;
+}
+
+static kiln_err conn_publish_async(kiln__broker *b, const kiln__message *msgs,
+                                   size_t n, uint64_t *seq, kiln_err *status,
+                                   size_t *done, kiln_error *err)
+{
+    struct conn *c = (struct conn *)b;
+    bool refused = false;
+    char note[1024];
+
+    *done = 0;
+    if (!c->connected)
+        return kiln__fail(err, KILN_ECLOSED, "mock broker: not connected");
+    for (size_t i = 0; i < n; i++) {
+        kiln__hdr *scratch = NULL;
+        kiln__message flat;
+        kiln_err rc, outcome = KILN_OK;
+        bool blocked;
+        int64_t due;
+        kiln_error e;
+        if (c->broken)
+            return kiln__fail(err, KILN_EBROKER, "connection lost (injected)");
+        rc = prepare(&msgs[i], &scratch, note, sizeof(note), &flat, &e);
+        if (rc == KILN_OK && !pend_room(c))
+            rc = kiln__fail(&e, KILN_ENOMEM, "mock broker: no memory");
+        pthread_mutex_lock(&c->srv->mu);
+        blocked = c->srv->blocked;
+        due = due_after(c, kiln__monotonic_ns(), c->srv->confirm_delay_ms);
+        if (rc == KILN_OK && !blocked)
+            rc = route_async(c, &flat, &outcome, &e);
+        pthread_cond_broadcast(&c->srv->cond);
+        pthread_mutex_unlock(&c->srv->mu);
+        kiln__free(scratch);
+        if (blocked) {
+            c->saw_blocked = true;
+            break;
+        }
+        if (rc == KILN_EBROKER && !c->broken) {
+            if (err != NULL)
+                *err = e;
+            return rc; /* shut down: not written */
+        }
+        seq[i] = rc == KILN_EBROKER || rc == KILN_OK ? ++c->last_seq : 0;
+        status[i] = rc == KILN_EBROKER ? KILN_OK : rc;
+        *done = i + 1;
+        if (rc == KILN_EBROKER)
+            return kiln__fail(err, rc, "%s", e.message);
+        if (rc != KILN_OK && !refused) {
+            refused = true;
+            (void)kiln__fail(err, rc, "refused: %s", e.message);
+        }
+        if (rc == KILN_OK)
+            pend_push(c, seq[i], outcome, due,
+                      outcome == KILN_OK ? NULL : e.message);
+    }
+    if (!refused)
+        kiln__ok(err);
+    return KILN_OK;
+}
+
+/* Reports what is due; one round of confirms counts as one publish call
+ * (a confirm round trip). */
+static bool report_due(struct conn *c, kiln__settled_fn fn, void *ctx)
+{
+    int64_t now = kiln__monotonic_ns();
+    size_t n = 0;
+
+    while (c->p_len > 0 && c->pend[c->p_head].due_ns <= now) {
+        struct pend p = c->pend[c->p_head];
+        uint64_t last = p.seq;
+        c->p_head = (c->p_head + 1) % c->p_cap;
+        c->p_len--;
+        /* Confirms due together go as one `multiple` ack. */
+        while (p.status == KILN_OK && c->p_len > 0) {
+            const struct pend *q = &c->pend[c->p_head];
+            if (q->status != KILN_OK || q->due_ns > now || q->seq != last + 1)
+                break;
+            last = q->seq;
+            c->p_head = (c->p_head + 1) % c->p_cap;
+            c->p_len--;
+        }
+        fn(ctx, p.seq, last, p.status, p.why);
+        n++;
+    }
+    if (n > 0) {
+        pthread_mutex_lock(&c->srv->mu);
+        c->srv->publish_calls++;
+        pthread_mutex_unlock(&c->srv->mu);
+    }
+    return n > 0;
+}
+
+static kiln_err conn_wait_settled(kiln__broker *b, int64_t deadline_ns,
+                                  int wake_fd, kiln__settled_fn fn, void *ctx,
+                                  kiln_error *err)
+{
+    struct conn *c = (struct conn *)b;
+
+    for (;;) {
+        int64_t now, until;
+        bool blocked;
+        struct pollfd p = {wake_fd, POLLIN, 0};
+        int ms, got;
+        if (report_due(c, fn, ctx))
+            return KILN_OK;
+        if (!c->connected)
+            return kiln__fail(err, KILN_ECLOSED, "mock broker: not connected");
+        if (c->broken)
+            return kiln__fail(err, KILN_EBROKER, "connection lost (injected)");
+        pthread_mutex_lock(&c->srv->mu);
+        blocked = c->srv->blocked;
+        pthread_mutex_unlock(&c->srv->mu);
+        if (c->saw_blocked && !blocked) { /* connection.unblocked */
+            c->saw_blocked = false;
+            return KILN_OK;
+        }
+        now = kiln__monotonic_ns();
+        if (now >= deadline_ns)
+            return kiln__fail(err, KILN_ETIMEDOUT, "nothing settled in time");
+        until = deadline_ns;
+        if (c->p_len > 0 && c->pend[c->p_head].due_ns < until)
+            until = c->pend[c->p_head].due_ns;
+        if (c->saw_blocked && until - now > 2000000) /* unblocking is */
+            until = now + 2000000;                   /* not signalled */
+        ms = (int)((until - now + 999999) / 1000000);
+        got = poll(&p, wake_fd >= 0 ? 1 : 0, ms);
+        if (got > 0) {
+            uint64_t v;
+            if (read(wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                return kiln__fail(err, KILN_EINVAL, "wake fd: read failed");
+            return KILN_OK;
+        }
+    }
+}
+
 /* ---- connection --------------------------------------------------------- */
 
 static kiln_err conn_connect(kiln__broker *b, kiln_error *err)
@@ -133,6 +352,9 @@ static kiln_err conn_connect(kiln__broker *b, kiln_error *err)
         return kiln__fail(err, KILN_EBROKER,
                           "mock broker: connection refused (injected)");
     c->connected = true;
+    c->last_seq = 0;
+    c->p_len = c->p_head = 0;
+    c->saw_blocked = false;
     return KILN_OK;
 }
 
@@ -360,6 +582,7 @@ static void conn_release(kiln__broker *b, kiln__delivery *d)
 static void conn_destroy(kiln__broker *b)
 {
     conn_close(b);
+    kiln__free(((struct conn *)b)->pend);
     kiln__free(b);
 }
 
@@ -406,6 +629,8 @@ static const kiln__broker_ops conn_ops = {
     .cancel = conn_cancel,
     .tick = conn_tick,
     .publish_lost = conn_publish_lost,
+    .publish_async = conn_publish_async,
+    .wait_settled = conn_wait_settled,
 };
 
 kiln__broker *kiln__mock_broker_new(kiln__mock_server *srv, kiln_error *err)

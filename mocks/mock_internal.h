@@ -75,6 +75,7 @@ struct kiln__mock_server {
     size_t unacked, published;
     size_t publish_calls;      /* publish operations, of any size */
     unsigned confirm_delay_ms; /* each publish call waits this long */
+    bool blocked;              /* pipelined publishing writes nothing */
     uint64_t stamp;
     bool shutdown;
     bool refuse_connects; /* kiln__mock_server_refuse_connections */

@@ -420,6 +420,14 @@ void kiln__mock_server_set_confirm_delay(kiln__mock_server *srv, unsigned ms)
     pthread_mutex_unlock(&srv->mu);
 }
 
+void kiln__mock_server_block_publishing(kiln__mock_server *srv, bool blocked)
+{
+    pthread_mutex_lock(&srv->mu);
+    srv->blocked = blocked;
+    pthread_cond_broadcast(&srv->cond);
+    pthread_mutex_unlock(&srv->mu);
+}
+
 size_t kiln__mock_server_published(kiln__mock_server *srv)
 {
     size_t n;

@@ -76,7 +76,9 @@ void kiln__mock_server_advance(kiln__mock_server *srv, int64_t ms);
  * from any thread. */
 size_t kiln__mock_server_delayed(kiln__mock_server *srv);
 
-/* Failure injection; each is safe from any thread.
+/* Failure injection; each is safe from any thread. Each applies to the
+ * blocking publish op and to pipelined publishing (publish_async, whose
+ * outcome wait_settled then reports) alike.
  * fail_publish: the nth message published from now (1 = the next one) is
  * nacked (KILN_EBROKER); 0 disarms.
  * fail_consume: the next `count` consume calls fail with KILN_EBROKER, as
@@ -87,7 +89,10 @@ size_t kiln__mock_server_delayed(kiln__mock_server *srv);
  * (1 = the next one) is lost: that message reaches its queue but its
  * confirm is lost, it and the rest of the call fail with KILN_EBROKER
  * (publish_lost says so), and publish, declare and tick fail until the
- * connection is closed or connected again; 0 disarms. */
+ * connection is closed or connected again; 0 disarms. Pipelined, that
+ * message is written but never reported, the call returns KILN_EBROKER
+ * and so do the ops after it, and outcomes still on their way (a confirm
+ * delay) are lost with the connection. */
 void kiln__mock_server_fail_publish(kiln__mock_server *srv, unsigned nth);
 /* refuse_connections: while `refuse`, every connect fails with KILN_EBROKER
  * "mock broker: connection refused (injected)", as against a broker that is
@@ -107,12 +112,23 @@ size_t kiln__mock_server_ready(kiln__mock_server *srv, const char *queue);
 size_t kiln__mock_server_unacked(kiln__mock_server *srv);
 size_t kiln__mock_server_published(kiln__mock_server *srv);
 
-/* publish_calls: publish operations since the server was made (one per
- * confirmed batch, whatever its size). set_confirm_delay: every publish
- * call from now on waits `ms` after routing, as a confirm round trip
- * would. Safe from any thread. */
+/* publish_calls: confirm round trips since the server was made: one per
+ * call of the blocking publish op, whatever its size, and one per round
+ * of confirms of pipelined publishing (publish_async) that a connection
+ * received together, as one `multiple` ack.
+ * set_confirm_delay: from now on every blocking publish call waits `ms`
+ * after routing, as a confirm round trip would, and the confirms of
+ * pipelined publishing arrive in rounds: `ms` after the first message
+ * written since the last round, together with every message written
+ * meanwhile, as a broker that syncs its disk confirms all it took since
+ * the last sync at once (0: at once).
+ * block_publishing: while `blocked`, as during a broker's resource alarm
+ * (connection.blocked), publish_async writes nothing and wait_settled
+ * returns soon after it ends; the blocking publish is not affected.
+ * Safe from any thread. */
 size_t kiln__mock_server_publish_calls(kiln__mock_server *srv);
 void kiln__mock_server_set_confirm_delay(kiln__mock_server *srv, unsigned ms);
+void kiln__mock_server_block_publishing(kiln__mock_server *srv, bool blocked);
 
 /* Waits up to `timeout_ms` until `queue` is empty and nothing is unacked.
  * KILN_OK or KILN_ETIMEDOUT. Safe from any thread. */

@@ -1,6 +1,8 @@
 /* The in-memory broker: publish and consume across connections, nack,
  * close and redelivery, prefetch, unroutable messages, injected faults,
- * waiting consumers, and the dead-letter helper on top of it. */
+ * waiting consumers, pipelined publishing (its outcomes, rounds of
+ * confirms, a lost connection, a blocked broker, the wake fd), and the
+ * dead-letter helper on top of it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +14,8 @@
 #include "workerpool/dispatch.h"
 
 #include <pthread.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -229,6 +233,236 @@ static void test_broker_unroutable_and_faults(void **state)
     kiln__mock_server_free(srv);
 }
 
+/* ---- pipelined publishing ------------------------------------------------ */
+
+typedef struct outcomes {
+    kiln_err st[16];   /* by seq */
+    unsigned seen[16]; /* reports of each seq */
+    char why[16][96];
+    unsigned calls;
+} outcomes;
+
+static void on_outcome(void *ctx, uint64_t first, uint64_t last,
+                       kiln_err status, const char *why)
+{
+    outcomes *o = ctx;
+
+    o->calls++;
+    for (uint64_t s = first; s <= last && s < 16; s++) {
+        o->st[s] = status;
+        o->seen[s]++;
+        (void)snprintf(o->why[s], sizeof(o->why[s]), "%s", why);
+    }
+}
+
+static kiln_err settle_within(kiln__broker *b, int ms, outcomes *o)
+{
+    kiln_error err;
+
+    return kiln__broker_wait_settled(
+        b, kiln__monotonic_ns() + (int64_t)ms * 1000000, -1, on_outcome, o,
+        &err);
+}
+
+/* Outcomes come from wait_settled only, each once: confirmed, nacked,
+ * returned; a refused message takes no number; confirms due together are
+ * one report (one round trip). */
+static void test_pipelined_outcomes(void **state)
+{
+    kiln__mock_server *srv = new_server();
+    kiln__broker *p = open_conn(srv, NULL, 0);
+    kiln__broker *idle = kiln__mock_broker_new(srv, NULL);
+    kiln__message m[5] = {text_msg("ex", "rk", "1"), text_msg("ex", "rk", "2"),
+                          text_msg("ex", "nowhere", "3"),
+                          text_msg("ex", "rk", "4"), text_msg("ex", "rk", "5")};
+    uint64_t seq[5];
+    kiln_err st[5];
+    outcomes o;
+    kiln_error err;
+    size_t done, calls = kiln__mock_server_publish_calls(srv);
+
+    (void)state;
+    memset(&o, 0, sizeof(o));
+    m[3].routing_key = NULL; /* refused */
+    kiln__mock_server_fail_publish(srv, 2);
+    assert_int_equal(kiln__broker_publish_async(p, m, 5, seq, st, &done, &err),
+                     KILN_OK);
+    assert_int_equal(done, 5);
+    assert_int_equal(err.code, KILN_EINVAL); /* the first refused */
+    assert_non_null(strstr(err.message, "refused"));
+    assert_int_equal(seq[0], 1);
+    assert_int_equal(seq[1], 2);
+    assert_int_equal(seq[2], 3);
+    assert_int_equal(seq[3], 0);
+    assert_int_equal(st[3], KILN_EINVAL);
+    assert_int_equal(seq[4], 4);
+    assert_int_equal(o.calls, 0); /* nothing reported while writing */
+    assert_int_equal(settle_within(p, 1000, &o), KILN_OK);
+    assert_int_equal(o.st[1], KILN_OK);
+    assert_int_equal(o.st[2], KILN_EBROKER);
+    assert_non_null(strstr(o.why[2], "nacked"));
+    assert_int_equal(o.st[3], KILN_EBROKER);
+    assert_non_null(strstr(o.why[3], "NO_ROUTE"));
+    assert_int_equal(o.st[4], KILN_OK);
+    for (int s = 1; s <= 4; s++)
+        assert_int_equal(o.seen[s], 1);
+    assert_int_equal(kiln__mock_server_publish_calls(srv), calls + 1);
+    assert_int_equal(settle_within(p, 20, &o), KILN_ETIMEDOUT);
+    assert_int_equal(kiln__mock_server_ready(srv, "q"), 2);
+
+    /* With a confirm delay, what is written meanwhile joins the round. */
+    memset(&o, 0, sizeof(o));
+    kiln__mock_server_set_confirm_delay(srv, 50);
+    m[3].routing_key = "rk";
+    assert_int_equal(kiln__broker_publish_async(p, m, 2, seq, st, &done, &err),
+                     KILN_OK);
+    assert_int_equal(settle_within(p, 0, &o), KILN_ETIMEDOUT);
+    assert_int_equal(
+        kiln__broker_publish_async(p, m + 3, 2, seq, st, &done, &err), KILN_OK);
+    assert_int_equal(seq[0], 7);
+    assert_int_equal(settle_within(p, 5000, &o), KILN_OK);
+    assert_int_equal(o.calls, 1);
+    for (int s = 5; s <= 8; s++)
+        assert_int_equal(o.seen[s], 1);
+
+    assert_int_equal(
+        kiln__broker_publish_async(idle, m, 1, seq, st, &done, &err),
+        KILN_ECLOSED);
+    assert_int_equal(done, 0);
+    kiln__broker_destroy(idle);
+    kiln__broker_destroy(p);
+    kiln__mock_server_free(srv);
+}
+
+/* The connection breaks at the 3rd message: that one reaches its queue
+ * but is never reported, the rest of the call is not written, what was
+ * due before is still reported, then every op fails until a new
+ * connection, which numbers from 1 again. */
+static void test_pipelined_lost(void **state)
+{
+    kiln__mock_server *srv = new_server();
+    kiln__broker *p = open_conn(srv, NULL, 0);
+    kiln__message m[4] = {text_msg("ex", "rk", "1"), text_msg("ex", "rk", "2"),
+                          text_msg("ex", "rk", "3"), text_msg("ex", "rk", "4")};
+    uint64_t seq[4];
+    kiln_err st[4];
+    outcomes o;
+    kiln_error err;
+    size_t done;
+
+    (void)state;
+    memset(&o, 0, sizeof(o));
+    kiln__mock_server_fail_connection(srv, 3);
+    assert_int_equal(kiln__broker_publish_async(p, m, 4, seq, st, &done, &err),
+                     KILN_EBROKER);
+    assert_int_equal(done, 3);
+    assert_int_equal(seq[2], 3);
+    assert_int_equal(settle_within(p, 100, &o), KILN_OK);
+    assert_int_equal(o.seen[1] + o.seen[2], 2);
+    assert_int_equal(settle_within(p, 100, &o), KILN_EBROKER);
+    assert_int_equal(o.seen[3], 0);
+    assert_int_equal(kiln__mock_server_ready(srv, "q"), 3);
+    assert_int_equal(kiln__broker_publish_async(p, m, 1, seq, st, &done, &err),
+                     KILN_EBROKER);
+    p->ops->close(p);
+    assert_int_equal(settle_within(p, 0, &o), KILN_ECLOSED);
+    assert_int_equal(kiln__broker_connect(p, &err), KILN_OK);
+    assert_int_equal(kiln__broker_publish_async(p, m, 1, seq, st, &done, &err),
+                     KILN_OK);
+    assert_int_equal(seq[0], 1);
+
+    /* Confirms still on their way are lost with the connection. */
+    memset(&o, 0, sizeof(o));
+    assert_int_equal(settle_within(p, 100, &o), KILN_OK);
+    kiln__mock_server_set_confirm_delay(srv, 1000);
+    kiln__mock_server_fail_connection(srv, 2);
+    assert_int_equal(kiln__broker_publish_async(p, m, 2, seq, st, &done, &err),
+                     KILN_EBROKER);
+    assert_int_equal(settle_within(p, 100, &o), KILN_EBROKER);
+    assert_int_equal(o.seen[2] + o.seen[3], 0);
+    kiln__broker_destroy(p);
+    kiln__mock_server_free(srv);
+}
+
+static void *unblock_later(void *arg)
+{
+    struct timespec ts = {0, 100 * 1000000};
+
+    nanosleep(&ts, NULL);
+    kiln__mock_server_block_publishing(arg, false);
+    return NULL;
+}
+
+/* Blocked: nothing is written; wait_settled returns once it ends. */
+static void test_pipelined_blocked(void **state)
+{
+    kiln__mock_server *srv = new_server();
+    kiln__broker *p = open_conn(srv, NULL, 0);
+    kiln__message m = text_msg("ex", "rk", "1");
+    uint64_t seq;
+    kiln_err st;
+    outcomes o;
+    kiln_error err;
+    size_t done = 1;
+    pthread_t t;
+
+    (void)state;
+    memset(&o, 0, sizeof(o));
+    kiln__mock_server_block_publishing(srv, true);
+    assert_int_equal(
+        kiln__broker_publish_async(p, &m, 1, &seq, &st, &done, &err), KILN_OK);
+    assert_int_equal(done, 0);
+    assert_int_equal(kiln__mock_server_ready(srv, "q"), 0);
+    assert_int_equal(settle_within(p, 20, &o), KILN_ETIMEDOUT);
+    assert_int_equal(pthread_create(&t, NULL, unblock_later, srv), 0);
+    assert_int_equal(settle_within(p, 10000, &o), KILN_OK);
+    pthread_join(t, NULL);
+    assert_int_equal(
+        kiln__broker_publish_async(p, &m, 1, &seq, &st, &done, &err), KILN_OK);
+    assert_int_equal(done, 1);
+    assert_int_equal(kiln__mock_server_ready(srv, "q"), 1);
+    kiln__broker_destroy(p);
+    kiln__mock_server_free(srv);
+}
+
+static void *kick_later(void *arg)
+{
+    struct timespec ts = {0, 50 * 1000000};
+    uint64_t one = 1;
+
+    nanosleep(&ts, NULL);
+    if (write(*(int *)arg, &one, sizeof(one)) != (ssize_t)sizeof(one))
+        return arg;
+    return NULL;
+}
+
+/* The wake fd ends a wait early, and is read. */
+static void test_pipelined_wake(void **state)
+{
+    kiln__mock_server *srv = new_server();
+    kiln__broker *p = open_conn(srv, NULL, 0);
+    int fd = eventfd(0, EFD_NONBLOCK);
+    outcomes o;
+    kiln_error err;
+    pthread_t t;
+    void *res;
+    uint64_t v;
+
+    (void)state;
+    assert_true(fd >= 0);
+    assert_int_equal(pthread_create(&t, NULL, kick_later, &fd), 0);
+    assert_int_equal(
+        kiln__broker_wait_settled(p, kiln__monotonic_ns() + 60000000000LL, fd,
+                                  on_outcome, &o, &err),
+        KILN_OK);
+    pthread_join(t, &res);
+    assert_null(res);
+    assert_true(read(fd, &v, sizeof(v)) < 0);
+    close(fd);
+    kiln__broker_destroy(p);
+    kiln__mock_server_free(srv);
+}
+
 struct waiter {
     pthread_t tid;
     kiln__broker *b;
@@ -349,6 +583,10 @@ int main(void)
         cmocka_unit_test(test_broker_ack_multiple_and_prefetch),
         cmocka_unit_test(test_broker_unroutable_and_faults),
         cmocka_unit_test(test_broker_timeout_and_wakeup),
+        cmocka_unit_test(test_pipelined_outcomes),
+        cmocka_unit_test(test_pipelined_lost),
+        cmocka_unit_test(test_pipelined_blocked),
+        cmocka_unit_test(test_pipelined_wake),
         cmocka_unit_test(test_dead_letter_settle),
     };
 

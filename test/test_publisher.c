@@ -1,7 +1,9 @@
 /* The publisher behind kiln_pool_send_task(s), on the in-memory broker:
- * concurrent sends are all confirmed and enqueued exactly once and share
- * publish calls (group commit); nacks and returns are per message; a lost
- * connection is re-established and what it left unsettled is sent again;
+ * a connection keeps writing while earlier confirms are outstanding, up
+ * to its window; concurrent sends are all confirmed and enqueued exactly
+ * once and share confirm round trips (group commit); nacks and returns
+ * are per message; a lost connection is re-established and what it left
+ * unsettled is sent again; a blocked broker gets nothing written;
  * deadlines and shutdown never leave a caller waiting. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,7 +13,7 @@
 #include <cmocka.h>
 
 #include "mocks/mocks.h"
-#include "workerpool/pool.h"
+#include "workerpool/publisher.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -27,18 +29,20 @@
 
 typedef struct env {
     kiln__mock_server *srv;
-    atomic_uint publishes, connects, ticks;
-    atomic_size_t max_batch;
-    atomic_int refuse;       /* connects to refuse; negative: all */
-    atomic_bool tick_breaks; /* the next tick reports a lost connection */
-    atomic_int delay_ms;     /* each publish takes this long */
-    bool no_lost, no_tick;   /* leave these optional ops out */
+    atomic_uint publishes, connects, ticks; /* publishes: writes */
+    atomic_size_t max_batch;                /* messages in one write */
+    atomic_size_t max_inflight; /* written, not yet reported, at once */
+    atomic_int refuse;          /* connects to refuse; negative: all */
+    atomic_bool tick_breaks;    /* the next tick reports a lost connection */
+    atomic_int delay_ms;        /* each write takes this long */
+    bool no_async;              /* leave pipelined publishing out */
 } env;
 
 typedef struct wrap {
     kiln__broker base;
     kiln__broker *in;
     env *env;
+    size_t inflight; /* the owner thread's: this connection's */
 } wrap;
 
 #define IN(b) (((wrap *)(b))->in)
@@ -66,6 +70,7 @@ static kiln_err w_connect(kiln__broker *b, kiln_error *err)
     env *e = ((wrap *)b)->env;
     int left = atomic_load(&e->refuse);
 
+    ((wrap *)b)->inflight = 0;
     while (left > 0 &&
            !atomic_compare_exchange_weak(&e->refuse, &left, left - 1))
         ;
@@ -89,14 +94,6 @@ static kiln_err w_declare(kiln__broker *b, const kiln_config *cfg,
 static kiln_err w_publish(kiln__broker *b, const kiln__message *msgs, size_t n,
                           kiln_err *status, kiln_error *err)
 {
-    env *e = ((wrap *)b)->env;
-    size_t max = atomic_load(&e->max_batch);
-
-    atomic_fetch_add(&e->publishes, 1);
-    while (n > max && !atomic_compare_exchange_weak(&e->max_batch, &max, n))
-        ;
-    if (atomic_load(&e->delay_ms) > 0)
-        sleep_ms(atomic_load(&e->delay_ms));
     return kiln__broker_publish(IN(b), msgs, n, status, err);
 }
 
@@ -151,15 +148,66 @@ static bool w_publish_lost(kiln__broker *b, size_t i)
     return kiln__broker_publish_lost(IN(b), i);
 }
 
-#define BASE_OPS                                                          \
-    .connect = w_connect, .close = w_close, .declare = w_declare,         \
-    .publish = w_publish, .subscribe = w_subscribe, .consume = w_consume, \
-    .ack = w_ack, .nack = w_nack, .release = w_release, .destroy = w_destroy
+static void note_max(atomic_size_t *max, size_t n)
+{
+    size_t m = atomic_load(max);
 
-static const kiln__broker_ops full_ops = {BASE_OPS, .tick = w_tick,
-                                          .publish_lost = w_publish_lost};
-static const kiln__broker_ops tick_ops = {BASE_OPS, .tick = w_tick};
-static const kiln__broker_ops bare_ops = {BASE_OPS};
+    while (n > m && !atomic_compare_exchange_weak(max, &m, n))
+        ;
+}
+
+static kiln_err w_publish_async(kiln__broker *b, const kiln__message *msgs,
+                                size_t n, uint64_t *seq, kiln_err *status,
+                                size_t *done, kiln_error *err)
+{
+    wrap *w = (wrap *)b;
+    kiln_err rc;
+
+    atomic_fetch_add(&w->env->publishes, 1);
+    note_max(&w->env->max_batch, n);
+    if (atomic_load(&w->env->delay_ms) > 0)
+        sleep_ms(atomic_load(&w->env->delay_ms));
+    rc = IN(b)->ops->publish_async(IN(b), msgs, n, seq, status, done, err);
+    for (size_t i = 0; i < *done; i++)
+        w->inflight += seq[i] != 0;
+    note_max(&w->env->max_inflight, w->inflight);
+    return rc;
+}
+
+typedef struct relay {
+    wrap *w;
+    kiln__settled_fn fn;
+    void *ctx;
+} relay;
+
+static void w_settled(void *ctx, uint64_t first, uint64_t last, kiln_err status,
+                      const char *why)
+{
+    relay *r = ctx;
+
+    r->w->inflight -= (size_t)(last - first + 1);
+    r->fn(r->ctx, first, last, status, why);
+}
+
+static kiln_err w_wait_settled(kiln__broker *b, int64_t deadline_ns,
+                               int wake_fd, kiln__settled_fn fn, void *ctx,
+                               kiln_error *err)
+{
+    relay r = {(wrap *)b, fn, ctx};
+
+    return IN(b)->ops->wait_settled(IN(b), deadline_ns, wake_fd, w_settled, &r,
+                                    err);
+}
+
+#define BASE_OPS                                                              \
+    .connect = w_connect, .close = w_close, .declare = w_declare,             \
+    .publish = w_publish, .subscribe = w_subscribe, .consume = w_consume,     \
+    .ack = w_ack, .nack = w_nack, .release = w_release, .destroy = w_destroy, \
+    .tick = w_tick, .publish_lost = w_publish_lost
+
+static const kiln__broker_ops full_ops = {
+    BASE_OPS, .publish_async = w_publish_async, .wait_settled = w_wait_settled};
+static const kiln__broker_ops sync_ops = {BASE_OPS};
 
 static kiln__broker *factory(void *ctx, const kiln_config *cfg, kiln_error *err)
 {
@@ -175,7 +223,7 @@ static kiln__broker *factory(void *ctx, const kiln_config *cfg, kiln_error *err)
         free(w);
         return NULL;
     }
-    w->base.ops = e->no_tick ? &bare_ops : e->no_lost ? &tick_ops : &full_ops;
+    w->base.ops = e->no_async ? &sync_ops : &full_ops;
     w->env = e;
     return &w->base;
 }
@@ -315,14 +363,16 @@ static void test_concurrent_sends_group_commit(void **state)
 
     assert_non_null(status);
     assert_non_null(counts);
-    /* A publish that takes a moment, as a confirm round trip does: the
-     * callers that arrive meanwhile must share the next one. */
-    atomic_store(&f->env.delay_ms, 1);
+    /* Confirms that take a moment, as a broker's disk sync does: the
+     * sends made meanwhile are written at once and confirmed with them. */
+    kiln__mock_server_set_confirm_delay(f->env.srv, 2);
     run_senders(pub, PER_THREAD, status);
     kiln__publisher_free(pub);
-    calls = atomic_load(&f->env.publishes);
-    printf("group commit: %zu sends in %u publish calls (%.1f per call)\n",
-           total, calls, (double)total / calls);
+    calls = (unsigned)kiln__mock_server_publish_calls(f->env.srv);
+    printf("group commit: %zu sends in %u confirm round trips (%.1f each), "
+           "%u writes, at most %zu in flight\n",
+           total, calls, (double)total / calls, atomic_load(&f->env.publishes),
+           atomic_load(&f->env.max_inflight));
     for (size_t k = 0; k < total; k++)
         assert_int_equal(status[k], KILN_OK);
     assert_int_equal(kiln__mock_server_published(f->env.srv), total);
@@ -330,6 +380,7 @@ static void test_concurrent_sends_group_commit(void **state)
     for (size_t k = 0; k < total; k++)
         assert_int_equal(counts[k], 1);
     assert_true(calls * 3 <= total);
+    assert_true(atomic_load(&f->env.max_inflight) >= 2);
     assert_int_equal(atomic_load(&f->env.connects), 2);
     free(status);
     free(counts);
@@ -409,20 +460,45 @@ static void test_lost_connection_resends(void **state)
     lost_mid_batch(*state);
 }
 
-static void test_lost_connection_probe_tick(void **state)
+/* The same with confirms on their way when the connection goes: those
+ * the broker had not sent yet are lost with it, so their messages go
+ * again too (duplicates), and still every send succeeds. */
+static void test_lost_connection_with_confirms_pending(void **state)
 {
     fixture *f = *state;
+    kiln__publisher *pub = new_pub(f, 1);
+    char bodies[10][16];
+    kiln__message m[10];
+    kiln_err st[10];
+    unsigned counts[10] = {0};
 
-    f->env.no_lost = true;
-    lost_mid_batch(f);
+    for (int i = 0; i < 10; i++) {
+        (void)snprintf(bodies[i], sizeof(bodies[i]), "m%d", i);
+        m[i] = msg("rk", bodies[i]);
+    }
+    kiln__mock_server_set_confirm_delay(f->env.srv, 50);
+    kiln__mock_server_fail_connection(f->env.srv, 4);
+    assert_int_equal(kiln__publisher_send(pub, m, 10, st, NULL), KILN_OK);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(st[i], KILN_OK);
+    assert_int_equal(atomic_load(&f->env.connects), 2);
+    assert_int_equal(drain(f->env.srv, counts, 10), 14);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(counts[i], i <= 3 ? 2 : 1);
+    kiln__publisher_free(pub);
 }
 
-static void test_lost_connection_probe_declare(void **state)
+/* A broker without pipelined publishing cannot serve a publisher. */
+static void test_needs_pipelined_broker(void **state)
 {
     fixture *f = *state;
+    kiln_error err;
 
-    f->env.no_tick = true;
-    lost_mid_batch(f);
+    f->env.no_async = true;
+    assert_null(
+        kiln__publisher_new(&f->cfg, factory, &f->env, 1, "test", &err));
+    assert_int_equal(err.code, KILN_EINVAL);
+    assert_non_null(strstr(err.message, "pipelined"));
 }
 
 typedef struct chaos {
@@ -679,8 +755,10 @@ static void *send_big(void *arg)
     return NULL;
 }
 
-/* A send of 10,000 goes out in capped batches, and a small send made
- * meanwhile is not held back until it is done. */
+/* A send of 10,000 goes out through the window: never more than
+ * KILN__PUB_WINDOW unconfirmed, the window filled while confirms are on
+ * their way, and a small send made meanwhile is not held back until the
+ * big one is done. */
 static void test_big_send_is_capped_and_fair(void **state)
 {
     fixture *f = *state;
@@ -697,6 +775,7 @@ static void test_big_send_is_capped_and_fair(void **state)
     big = (big_send){new_pub(f, 1), m, N, KILN_EINVAL, 0};
     small = (one_send){big.pub, msg("rk", "small"), KILN_EINVAL, 0};
     atomic_store(&f->env.delay_ms, 20);
+    kiln__mock_server_set_confirm_delay(f->env.srv, 5);
     assert_int_equal(pthread_create(&t, NULL, send_big, &big), 0);
     await_publishes(&f->env.publishes, 1);
     send_one(&small);
@@ -705,12 +784,186 @@ static void test_big_send_is_capped_and_fair(void **state)
     kiln__publisher_free(big.pub);
     assert_int_equal(big.rc, KILN_OK);
     assert_int_equal(small.rc, KILN_OK);
-    assert_true(atomic_load(&f->env.max_batch) <= 4096);
-    assert_true(atomic_load(&f->env.publishes) >= 3);
+    printf("10,000 in %u writes, at most %zu in flight\n",
+           atomic_load(&f->env.publishes), atomic_load(&f->env.max_inflight));
+    assert_true(atomic_load(&f->env.max_batch) <= KILN__PUB_WINDOW);
+    assert_true(atomic_load(&f->env.max_inflight) <= KILN__PUB_WINDOW);
+    assert_true(atomic_load(&f->env.max_inflight) >= KILN__PUB_WINDOW / 2);
+    assert_true(atomic_load(&f->env.publishes) >= N / KILN__PUB_WINDOW);
     /* It went out with the second batch, not after the last. */
     assert_true(small_done < big.done_ms);
     assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), N + 1);
     free(m);
+}
+
+/* ---- the window -----------------------------------------------------------
+ */
+
+typedef struct waiter {
+    kiln__publisher *pub;
+    kiln__message m;
+    kiln_err rc;
+    atomic_bool returned;
+} waiter;
+
+static void *send_and_flag(void *arg)
+{
+    waiter *w = arg;
+
+    w->rc = kiln__publisher_send(w->pub, &w->m, 1, NULL, NULL);
+    atomic_store(&w->returned, true);
+    return NULL;
+}
+
+static void await_ready(kiln__mock_server *srv, size_t n)
+{
+    for (int i = 0; i < 1000 && kiln__mock_server_ready(srv, "q") < n; i++)
+        sleep_ms(2);
+}
+
+/* A send made while an earlier one waits for its confirm is written at
+ * once, not after that confirm: both are on the broker while the first
+ * caller still waits, and they are confirmed together. */
+static void test_writes_while_confirms_outstanding(void **state)
+{
+    fixture *f = *state;
+    kiln_error err;
+    kiln__publisher *pub =
+        kiln__publisher_new(&f->cfg, factory, &f->env, 1, "test", &err);
+    waiter a = {pub, msg("rk", "m0"), KILN_EINVAL, false};
+    waiter b = {pub, msg("rk", "m1"), KILN_EINVAL, false};
+    pthread_t ta, tb;
+
+    assert_non_null(pub);
+    /* Generous, so that a slow machine still sees the first one wait. */
+    kiln__mock_server_set_confirm_delay(f->env.srv, 2000);
+    assert_int_equal(pthread_create(&ta, NULL, send_and_flag, &a), 0);
+    await_ready(f->env.srv, 1);
+    assert_int_equal(pthread_create(&tb, NULL, send_and_flag, &b), 0);
+    await_ready(f->env.srv, 2);
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 2);
+    assert_false(atomic_load(&a.returned));
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    assert_int_equal(a.rc, KILN_OK);
+    assert_int_equal(b.rc, KILN_OK);
+    kiln__publisher_free(pub);
+}
+
+/* A confirm that comes after its request gave up (KILN_ETIMEDOUT) is
+ * dropped: it is not applied to the next message, and nothing is counted
+ * twice. */
+static void test_late_confirm_is_dropped(void **state)
+{
+    fixture *f = *state;
+    kiln__publisher *pub;
+    kiln__message m[3] = {msg("rk", "m0"), msg("rk", "m1"), msg("rk", "m2")};
+    kiln_err st[2];
+    kiln_error err;
+
+    f->cfg.publish_timeout_ms = 1000;
+    pub = new_pub(f, 1);
+    kiln__mock_server_set_confirm_delay(f->env.srv, 1500);
+    assert_int_equal(kiln__publisher_send(pub, &m[0], 1, NULL, &err),
+                     KILN_ETIMEDOUT);
+    assert_non_null(strstr(err.message, "no confirm within 1000 ms"));
+    /* Written into the same round of confirms as the one given up. */
+    kiln__mock_server_set_confirm_delay(f->env.srv, 0);
+    assert_int_equal(kiln__publisher_send(pub, &m[1], 2, st, &err), KILN_OK);
+    assert_int_equal(st[0], KILN_OK);
+    assert_int_equal(st[1], KILN_OK);
+    assert_int_equal(kiln__publisher_send(pub, &m[0], 1, NULL, &err), KILN_OK);
+    kiln__publisher_free(pub);
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 4);
+    assert_int_equal(atomic_load(&f->env.connects), 1);
+}
+
+/* A broker that blocks publishing (a resource alarm) gets nothing
+ * written: a send fails as not sent, saying why, and one made during the
+ * alarm goes out once it ends. */
+static void test_blocked_broker_gets_nothing(void **state)
+{
+    fixture *f = *state;
+    kiln__publisher *pub;
+    waiter w = {NULL, msg("rk", "m1"), KILN_EINVAL, false};
+    kiln__message m = msg("rk", "m0");
+    kiln_error err;
+    pthread_t t;
+
+    f->cfg.publish_timeout_ms = 300;
+    pub = new_pub(f, 1);
+    kiln__mock_server_block_publishing(f->env.srv, true);
+    assert_int_equal(kiln__publisher_send(pub, &m, 1, NULL, &err),
+                     KILN_EBROKER);
+    assert_non_null(strstr(err.message, "not sent within 300 ms"));
+    assert_non_null(strstr(err.message, "blocks publishing"));
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 0);
+    kiln__publisher_free(pub);
+
+    f->cfg.publish_timeout_ms = 30000;
+    w.pub = pub = new_pub(f, 1);
+    atomic_store(&f->env.publishes, 0);
+    assert_int_equal(pthread_create(&t, NULL, send_and_flag, &w), 0);
+    await_publishes(&f->env.publishes, 1); /* tried, and stopped */
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 0);
+    kiln__mock_server_block_publishing(f->env.srv, false);
+    pthread_join(t, NULL);
+    assert_int_equal(w.rc, KILN_OK);
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), 1);
+    kiln__publisher_free(pub);
+}
+
+/* Asynchronous requests (the worker pool's outcome copies): each one's
+ * notify runs once, when all its messages are final. */
+typedef struct notes {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned done;
+} notes;
+
+static void on_note(kiln__pub_req *r, void *ctx)
+{
+    notes *n = ctx;
+
+    (void)r;
+    pthread_mutex_lock(&n->mu);
+    n->done++;
+    pthread_cond_signal(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
+static void test_async_requests_notify(void **state)
+{
+    fixture *f = *state;
+    enum { N = 200 };
+    kiln__publisher *pub = new_pub(f, 2);
+    kiln__pub_req *reqs = calloc(N, sizeof(*reqs));
+    kiln__message *m = calloc(N, sizeof(*m));
+    kiln_err *st = calloc(N, sizeof(*st));
+    notes n = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+
+    assert_non_null(reqs);
+    assert_non_null(m);
+    assert_non_null(st);
+    kiln__mock_server_set_confirm_delay(f->env.srv, 2);
+    for (int i = 0; i < N; i++) {
+        m[i] = msg(i == 7 ? "nowhere" : "rk", "m0");
+        assert_int_equal(kiln__publisher_submit(pub, &reqs[i], &m[i], 1, &st[i],
+                                                on_note, &n),
+                         KILN_OK);
+    }
+    pthread_mutex_lock(&n.mu);
+    while (n.done < N)
+        pthread_cond_wait(&n.cv, &n.mu);
+    pthread_mutex_unlock(&n.mu);
+    kiln__publisher_free(pub);
+    assert_int_equal(n.done, N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(st[i], i == 7 ? KILN_EBROKER : KILN_OK);
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), N - 1);
+    free(reqs);
+    free(m);
+    free(st);
 }
 
 /* ---- through the pool ------------------------------------------------------
@@ -788,6 +1041,67 @@ static void test_pool_send_tasks_statuses(void **state)
     kiln__store_destroy(store);
     for (int i = 0; i < 10; i++)
         kiln_signature_free(own[i]);
+}
+
+/* A send larger than a part goes in parts on one connection, the first
+ * written while the rest is staged: every status, the lowest failure,
+ * PENDING and FAILURE in the store, and the order of arrival are as for
+ * one batch. */
+static void test_pool_send_tasks_in_parts(void **state)
+{
+    enum { N = 700, UNROUTABLE = 300, MISSING = 650 };
+    fixture *f = *state;
+    kiln_pool *pool = new_pool(f);
+    kiln__store *store = kiln__mock_store_new(NULL);
+    kiln__broker *c = kiln__mock_broker_new(f->env.srv, NULL);
+    const kiln_signature **sigs = calloc(N, sizeof(*sigs));
+    kiln_signature **own = calloc(N, sizeof(*own));
+    kiln_err *st = calloc(N, sizeof(*st));
+    kiln_error err;
+    size_t next = 0;
+
+    assert_non_null(store);
+    assert_non_null(c);
+    assert_true(sigs != NULL && own != NULL && st != NULL);
+    kiln__pool_set_store(pool, store);
+    /* confirms come in rounds, so parts are in flight together */
+    kiln__mock_server_set_confirm_delay(f->env.srv, 2);
+    for (int i = 0; i < N; i++)
+        own[i] = sig_with_key(i == UNROUTABLE ? "nowhere" : NULL);
+    memcpy(sigs, own, N * sizeof(*sigs));
+    sigs[MISSING] = NULL;
+    assert_int_equal(kiln_pool_send_tasks(pool, sigs, N, st, &err),
+                     KILN_EBROKER);
+    print_message("%s\n", err.message);
+    assert_non_null(strstr(err.message, "task 300 (add)"));
+    for (int i = 0; i < N; i++)
+        assert_int_equal(st[i], i == UNROUTABLE ? KILN_EBROKER
+                                : i == MISSING  ? KILN_EINVAL
+                                                : KILN_OK);
+    assert_int_equal(kiln__mock_server_ready(f->env.srv, "q"), N - 2);
+    assert_int_equal(kiln__mock_store_count(store, KILN_STATE_PENDING), N - 2);
+    assert_int_equal(kiln__mock_store_count(store, KILN_STATE_FAILURE), 1);
+    /* one connection, so the tasks arrive in the order they were given */
+    assert_int_equal(atomic_load(&f->env.connects), 1);
+    assert_int_equal(c->ops->connect(c, NULL), KILN_OK);
+    assert_int_equal(c->ops->subscribe(c, "q", 0, NULL), KILN_OK);
+    for (int k = 0; k < N - 2; k++) {
+        kiln__delivery d;
+        assert_int_equal(c->ops->consume(c, &d, 1000, NULL), KILN_OK);
+        while (next == UNROUTABLE || next == MISSING)
+            next++;
+        assert_string_equal(d.message_id, kiln_signature_uuid(own[next]));
+        next++;
+        c->ops->release(c, &d);
+    }
+    kiln__broker_destroy(c);
+    kiln_pool_free(pool);
+    kiln__store_destroy(store);
+    for (int i = 0; i < N; i++)
+        kiln_signature_free(own[i]);
+    free(sigs);
+    free(own);
+    free(st);
 }
 
 typedef struct pool_sender {
@@ -983,8 +1297,8 @@ int main(void)
         T(test_concurrent_sends_group_commit),
         T(test_unroutable_and_nacked),
         T(test_lost_connection_resends),
-        T(test_lost_connection_probe_tick),
-        T(test_lost_connection_probe_declare),
+        T(test_lost_connection_with_confirms_pending),
+        T(test_needs_pipelined_broker),
         T(test_lost_connections_under_load),
         T(test_reconnect_backoff),
         T(test_idle_tick_and_lazy_reconnect),
@@ -994,7 +1308,12 @@ int main(void)
         T(test_free_with_waiting_callers),
         T(test_free_while_broker_down),
         T(test_big_send_is_capped_and_fair),
+        T(test_writes_while_confirms_outstanding),
+        T(test_late_confirm_is_dropped),
+        T(test_blocked_broker_gets_nothing),
+        T(test_async_requests_notify),
         T(test_pool_send_tasks_statuses),
+        T(test_pool_send_tasks_in_parts),
         T(test_pool_send_task_threads),
         T(test_pool_bad_signature_fails_alone),
         T(test_alloc_failures_publisher),

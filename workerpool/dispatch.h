@@ -348,13 +348,25 @@ size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
                          kiln__staged *out, kiln__message *msgs, size_t *map,
                          size_t *first, kiln_error *err);
 
+/* kiln__stage_range is kiln__stage_tasks on sigs[from..n) alone, so a
+ * large send can publish its first part while it stages the rest: it
+ * fills out[from..n), writes its messages to msgs[0..m) with their
+ * indices into `sigs` in map[0..m), and returns m. Indices in `err` are
+ * of `sigs`. Same threads as kiln__stage_tasks. */
+size_t kiln__stage_range(const kiln_config *cfg, kiln__store *store,
+                         const kiln__prober *probe,
+                         const kiln_signature *const *sigs, size_t from,
+                         size_t n, kiln__staged *out, kiln__message *msgs,
+                         size_t *map, size_t *first, kiln_error *err);
+
 /* kiln__probe_staged is the probing step of kiln__stage_tasks, on
- * out[0..n) after encoding and routing: it fails (out[i].rc, *first and
- * `err` as there) each delayed signature whose destination is not found
- * bound. Any thread that may call probe->publish. */
+ * out[from..n) after encoding and routing: it fails (out[i].rc, *first
+ * and `err` as there) each delayed signature whose destination is not
+ * found bound. Any thread that may call probe->publish. */
 void kiln__probe_staged(const kiln_config *cfg, const kiln__prober *probe,
-                        const kiln_signature *const *sigs, size_t n,
-                        kiln__staged *out, size_t *first, kiln_error *err);
+                        const kiln_signature *const *sigs, size_t from,
+                        size_t n, kiln__staged *out, size_t *first,
+                        kiln_error *err);
 
 /* Frees the buffers of out[0..n) and zeroes the entries. */
 void kiln__staged_release(kiln__staged *out, size_t n);

@@ -249,6 +249,14 @@ kiln_err kiln__publisher_submit(kiln__publisher *p, kiln__pub_req *r,
                                 const kiln__message *msgs, size_t n,
                                 kiln_err *status, kiln__pub_notify notify,
                                 void *ctx);
+/* kiln__publisher_submit on connection *conn, which the publisher picks
+ * when it is UINT_MAX (or out of range) and writes back: requests
+ * submitted on one connection are written in the order they came, and
+ * their confirms share round trips. Same contract and threads. */
+kiln_err kiln__publisher_submit_to(kiln__publisher *p, unsigned *conn,
+                                   kiln__pub_req *r, const kiln__message *msgs,
+                                   size_t n, kiln_err *status,
+                                   kiln__pub_notify notify, void *ctx);
 
 /* Fails what is still queued with KILN_ECLOSED, joins the threads, closes
  * the connections. NULL is a no-op. */

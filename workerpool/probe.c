@@ -97,7 +97,7 @@ static void describe(const kiln_config *cfg, const kiln_signature *sig,
 
 /* Publishes the `np` probes and fails the signatures whose probe failed. */
 static void settle(const kiln_config *cfg, const kiln__prober *pr,
-                   const kiln_signature *const *sigs, size_t n,
+                   const kiln_signature *const *sigs, size_t from, size_t n,
                    kiln__staged *out, const kiln__message *probes, kiln_err *st,
                    size_t np, size_t *first, kiln_error *err)
 {
@@ -112,7 +112,7 @@ static void settle(const kiln_config *cfg, const kiln__prober *pr,
     for (size_t p = 0; p < np; p++)
         if (st[p] == KILN_OK)
             cache_put(pr->cache, probes[p].routing_key, now);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = from; i < n; i++) {
         const char *dest = delayed_dest(cfg, &out[i]);
         size_t p = dest != NULL ? find(probes, np, dest) : np;
         if (p == np || st[p] == KILN_OK)
@@ -126,8 +126,9 @@ static void settle(const kiln_config *cfg, const kiln__prober *pr,
 }
 
 void kiln__probe_staged(const kiln_config *cfg, const kiln__prober *pr,
-                        const kiln_signature *const *sigs, size_t n,
-                        kiln__staged *out, size_t *first, kiln_error *err)
+                        const kiln_signature *const *sigs, size_t from,
+                        size_t n, kiln__staged *out, size_t *first,
+                        kiln_error *err)
 {
     char exchange[KILN_NAME_MAX];
     kiln__message *probes = NULL;
@@ -138,7 +139,7 @@ void kiln__probe_staged(const kiln_config *cfg, const kiln__prober *pr,
     /* It cannot fail where routing into the cascade succeeded. */
     if (kiln__delay_probe(cfg, exchange, sizeof(exchange), NULL) != KILN_OK)
         return;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = from; i < n; i++) {
         const char *dest = delayed_dest(cfg, &out[i]);
         if (dest == NULL || cache_hit(pr->cache, dest, now))
             continue;
@@ -167,6 +168,6 @@ void kiln__probe_staged(const kiln_config *cfg, const kiln__prober *pr,
     }
     /* One block: probes first, then their statuses (alignments decrease). */
     st = (kiln_err *)(void *)(probes + np);
-    settle(cfg, pr, sigs, n, out, probes, st, np, first, err);
+    settle(cfg, pr, sigs, from, n, out, probes, st, np, first, err);
     kiln__free(probes);
 }

@@ -4,11 +4,16 @@
  *
  * A caller puts one request (its messages, borrowed, and a deadline of
  * publish_timeout_ms) on the queue of its thread's home connection and
- * sleeps on its own condition variable. The owner takes every request
- * queued at that moment, publishes all their messages as one batch (at
- * most KILN__PUB_BATCH_CAP) and settles the requests from the per-message
- * statuses. Callers that arrive while a batch waits for its confirms share
- * the next round trip: group commit (DESIGN "Where the time goes").
+ * sleeps on its own condition variable (an asynchronous request leaves a
+ * callback instead). The owner writes the messages of every request
+ * queued as soon as it sees them, while the confirms of earlier ones are
+ * still on their way, up to a window of KILN__PUB_WINDOW unsettled
+ * messages (the broker's pipelined op, broker.h publish_async), and reads
+ * the broker's confirms, nacks and returns as they come (wait_settled).
+ * A request is done when each of its messages is final. So concurrent
+ * callers never wait for each other's round trips, and their confirms
+ * come back together, often as one `multiple` ack: group commit (DESIGN
+ * "Where the time goes").
  *
  * Delivery is at least once. A message that a lost connection left
  * unsettled is sent again on a new connection while its request's deadline
@@ -25,8 +30,11 @@
  * Threads, and the lock rule: see workerpool/publisher.h. */
 #include "workerpool/publisher.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <string.h>
-#include <time.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 /* ---- settling messages --------------------------------------------------- */
 
@@ -60,7 +68,8 @@ void kiln__pub_finish_rest(kiln__pub_req *r, kiln_err code, const char *why)
 size_t kiln__pub_scratch(kiln__pub_conn *c, size_t want)
 {
     size_t ncap = c->bcap > 0 ? c->bcap : KILN__PUB_SCRATCH_MIN,
-           each = sizeof(*c->bmsgs) + sizeof(*c->bslot) + sizeof(*c->bst);
+           each = sizeof(*c->bmsgs) + sizeof(*c->bslot) + sizeof(*c->bseq) +
+                  sizeof(*c->bst);
     void *block;
 
     want = want < KILN__PUB_BATCH_CAP ? want : KILN__PUB_BATCH_CAP;
@@ -70,8 +79,10 @@ size_t kiln__pub_scratch(kiln__pub_conn *c, size_t want)
         return c->bcap;
     kiln__free(c->bmsgs);
     c->bmsgs = block;
+    /* Alignments decrease along the block. */
     c->bslot = (kiln__pub_slot *)(void *)(c->bmsgs + ncap);
-    c->bst = (kiln_err *)(void *)(c->bslot + ncap);
+    c->bseq = (uint64_t *)(void *)(c->bslot + ncap);
+    c->bst = (kiln_err *)(void *)(c->bseq + ncap);
     c->bcap = ncap;
     return ncap;
 }
@@ -82,28 +93,21 @@ static kiln_err conn_init(kiln__publisher *p, kiln__pub_conn *c, unsigned id,
                           kiln__broker_factory factory, void *ctx,
                           kiln_error *err)
 {
-    pthread_condattr_t attr;
     kiln_error e;
     int rc;
 
     c->pub = p;
     c->id = id;
+    c->wake_fd = -1;
     atomic_init(&c->load, 0);
-    if (pthread_condattr_init(&attr) != 0)
-        return kiln__fail(err, KILN_ENOMEM, "publisher: condattr");
-    rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    if (rc == 0 && (rc = pthread_mutex_init(&c->mu, NULL)) == 0) {
-        if ((rc = pthread_cond_init(&c->cv, &attr)) != 0)
-            pthread_mutex_destroy(&c->mu);
-        else if ((rc = pthread_cond_init(&c->idle_cv, NULL)) != 0) {
-            pthread_cond_destroy(&c->cv);
-            pthread_mutex_destroy(&c->mu);
-        }
-    }
-    (void)pthread_condattr_destroy(&attr);
+    if ((rc = pthread_mutex_init(&c->mu, NULL)) == 0 &&
+        (rc = pthread_cond_init(&c->idle_cv, NULL)) != 0)
+        pthread_mutex_destroy(&c->mu);
     if (rc != 0)
         return kiln__fail(err, KILN_ENOMEM, "publisher: mutex or condvar");
     c->sync_ok = true;
+    if ((c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+        return kiln__fail(err, KILN_ENOMEM, "publisher: eventfd: %d", errno);
     e.code = KILN_OK;
     if ((c->b = factory(ctx, &p->cfg, &e)) == NULL) {
         if (e.code == KILN_OK)
@@ -111,6 +115,11 @@ static kiln_err conn_init(kiln__publisher *p, kiln__pub_conn *c, unsigned id,
         return kiln__fail(err, e.code, "publisher connection %u: %s", id,
                           e.message);
     }
+    if (!kiln__broker_pipelines(c->b))
+        return kiln__fail(err, KILN_EINVAL,
+                          "publisher connection %u: the broker has no "
+                          "pipelined publishing",
+                          id);
     if (kiln__pub_scratch(c, KILN__PUB_SCRATCH_MIN) == 0)
         return kiln__fail(err, KILN_ENOMEM, "publisher: batch of %d",
                           KILN__PUB_SCRATCH_MIN);
@@ -165,8 +174,10 @@ void kiln__publisher_free(kiln__publisher *p)
             continue;
         pthread_mutex_lock(&c->mu);
         c->stopping = true;
-        pthread_cond_signal(&c->cv);
+        bool kick = kiln__pub_wake_locked(c);
         pthread_mutex_unlock(&c->mu);
+        if (kick)
+            kiln__pub_kick(c);
     }
     for (unsigned i = 0; i < p->n_conns; i++) {
         kiln__pub_conn *c = &p->conns[i];
@@ -180,12 +191,14 @@ void kiln__publisher_free(kiln__publisher *p)
             pthread_cond_wait(&c->idle_cv, &c->mu);
         pthread_mutex_unlock(&c->mu);
         pthread_cond_destroy(&c->idle_cv);
-        pthread_cond_destroy(&c->cv);
         pthread_mutex_destroy(&c->mu);
     }
     for (unsigned i = 0; i < p->n_conns; i++) {
         kiln__broker_destroy(p->conns[i].b);
         kiln__free(p->conns[i].bmsgs);
+        kiln__free(p->conns[i].ring);
+        if (p->conns[i].wake_fd >= 0)
+            (void)close(p->conns[i].wake_fd);
     }
     kiln__free(p->conns);
     kiln__free(p);
@@ -223,8 +236,26 @@ static kiln__pub_conn *pick(kiln__publisher *p)
     return load > KILN__PUB_SPILL && load / 2 > low ? least : mine;
 }
 
-/* Puts `r` on the queue of `c`. c->mu held, not stopping. */
-static void enqueue(kiln__pub_conn *c, kiln__pub_req *r)
+bool kiln__pub_wake_locked(kiln__pub_conn *c)
+{
+    bool kick = c->sleeping;
+
+    c->sleeping = false;
+    return kick;
+}
+
+void kiln__pub_kick(kiln__pub_conn *c)
+{
+    uint64_t one = 1;
+
+    /* Fails only on a full counter, which wakes the owner all the same. */
+    if (write(c->wake_fd, &one, sizeof(one)) < 0)
+        return;
+}
+
+/* Puts `r` on the queue of `c`. c->mu held, not stopping. Returns
+ * kiln__pub_wake_locked's verdict. */
+static bool enqueue(kiln__pub_conn *c, kiln__pub_req *r)
 {
     if (c->q_tail != NULL)
         c->q_tail->next = r;
@@ -233,19 +264,26 @@ static void enqueue(kiln__pub_conn *c, kiln__pub_req *r)
     c->q_tail = r;
     c->q_len++;
     atomic_fetch_add(&c->load, r->n);
-    pthread_cond_signal(&c->cv);
+    return kiln__pub_wake_locked(c);
 }
 
 /* Queues `r` on `c` and waits until the owner is done with it. */
 static bool wait_done(kiln__pub_conn *c, kiln__pub_req *r)
 {
+    bool kick;
+
     pthread_mutex_lock(&c->mu);
     if (c->stopping) {
         pthread_mutex_unlock(&c->mu);
         return false;
     }
     c->users++;
-    enqueue(c, r);
+    kick = enqueue(c, r);
+    if (kick) { /* not under the lock the owner is about to take */
+        pthread_mutex_unlock(&c->mu);
+        kiln__pub_kick(c);
+        pthread_mutex_lock(&c->mu);
+    }
     while (!r->done)
         pthread_cond_wait(&r->cv, &c->mu);
     if (--c->users == 0 && c->stopping)
@@ -269,10 +307,21 @@ kiln_err kiln__publisher_submit(kiln__publisher *p, kiln__pub_req *r,
                                 kiln_err *status, kiln__pub_notify notify,
                                 void *ctx)
 {
-    kiln__pub_conn *c;
+    unsigned conn = UINT_MAX;
 
-    if (p == NULL || r == NULL || msgs == NULL || status == NULL || n == 0 ||
-        notify == NULL)
+    return kiln__publisher_submit_to(p, &conn, r, msgs, n, status, notify, ctx);
+}
+
+kiln_err kiln__publisher_submit_to(kiln__publisher *p, unsigned *conn,
+                                   kiln__pub_req *r, const kiln__message *msgs,
+                                   size_t n, kiln_err *status,
+                                   kiln__pub_notify notify, void *ctx)
+{
+    kiln__pub_conn *c;
+    bool kick;
+
+    if (p == NULL || conn == NULL || r == NULL || msgs == NULL ||
+        status == NULL || n == 0 || notify == NULL)
         return KILN_EINVAL;
     *r = (kiln__pub_req){.msgs = msgs,
                          .n = n,
@@ -285,14 +334,18 @@ kiln_err kiln__publisher_submit(kiln__publisher *p, kiln__pub_req *r,
         status[i] = KILN__PUB_PENDING;
     r->deadline_ns =
         kiln__monotonic_ns() + (int64_t)p->cfg.publish_timeout_ms * 1000000;
-    c = pick(p);
+    if (*conn >= p->n_conns)
+        *conn = (unsigned)(pick(p) - p->conns);
+    c = &p->conns[*conn];
     pthread_mutex_lock(&c->mu);
     if (c->stopping) {
         pthread_mutex_unlock(&c->mu);
         return KILN_ECLOSED;
     }
-    enqueue(c, r);
+    kick = enqueue(c, r);
     pthread_mutex_unlock(&c->mu);
+    if (kick)
+        kiln__pub_kick(c);
     return KILN_OK;
 }
 

@@ -1,17 +1,28 @@
-/* The owner thread of one publishing connection: takes every request
- * queued, publishes their messages as one batch, settles them, reconnects
- * after a loss, and keeps an idle connection alive. */
+/* The owner thread of one publishing connection. It loops: take what
+ * callers queued, give up on what passed its deadline, write what is
+ * unsent while the window has room, hand finished requests back, and
+ * wait: for the broker's outcomes while messages are in flight (the
+ * broker's wait_settled, which a caller's wake-up interrupts), else for
+ * a caller, a deadline, the next reconnect or the idle tick. After a loss
+ * it reconnects and writes again what the lost connection left unsettled.
+ *
+ * In flight: the ring maps each sequence number written on the current
+ * channel to its request and index until the broker settles it, so no
+ * outcome is applied twice, and one for a message whose request gave up
+ * (its deadline passed) is dropped. */
 #include "workerpool/publisher.h"
 
 #include "logger/logger.h"
 #include "workerpool/backoff.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
-#include <time.h>
+#include <unistd.h>
 
 #define MODULE      "publisher"
-#define BATCH_SHARE 256     /* per request in the first pass: no starving */
-#define LINGER_NS   1000000 /* at most, after a batch: see linger() */
+#define BATCH_SHARE 256 /* per request in the first pass: no starving */
+#define RING_MIN    64
 
 /* ---- requests (c->mu held) ----------------------------------------------- */
 
@@ -35,7 +46,6 @@ static void complete(kiln__pub_conn *c)
     kiln__pub_req **pp = &c->act_head, *r;
 
     c->act_tail = NULL;
-    c->woken = 0;
     while ((r = *pp) != NULL) {
         if (r->pending > 0) {
             c->act_tail = r;
@@ -45,15 +55,153 @@ static void complete(kiln__pub_conn *c)
         *pp = r->next;
         atomic_fetch_sub(&c->load, r->n);
         if (r->notify != NULL) {
-            /* Not a caller who sends again at once: linger() waits for
-             * no one on its behalf. */
             r->notify(r, r->notify_ctx); /* r may be reused from here */
             continue;
         }
-        c->woken++;
         r->done = true;
         pthread_cond_signal(&r->cv);
     }
+}
+
+/* ---- in flight (owner) --------------------------------------------------- */
+
+static kiln__pub_slot *slot(const kiln__pub_conn *c, uint64_t seq)
+{
+    return &c->ring[seq & (c->ring_cap - 1)];
+}
+
+/* Room in the ring for `want` more in flight (up to the window); false
+ * when memory is short, and the window is only smaller. */
+static bool ring_room(kiln__pub_conn *c, size_t want)
+{
+    size_t need = (size_t)(c->next - c->low) + want, cap = c->ring_cap;
+    kiln__pub_slot *n;
+
+    if (need <= cap)
+        return true;
+    while (cap < need)
+        cap = cap > 0 ? cap * 2 : RING_MIN;
+    if ((n = kiln__calloc(cap, sizeof(*n))) == NULL)
+        return false;
+    for (uint64_t s = c->low; s < c->next; s++)
+        n[s & (cap - 1)] = *slot(c, s);
+    kiln__free(c->ring);
+    c->ring = n;
+    c->ring_cap = cap;
+    return true;
+}
+
+/* Moves low past slots nobody waits for: the window counts from the
+ * oldest message a caller still waits on. */
+static void advance(kiln__pub_conn *c)
+{
+    while (c->low < c->next && slot(c, c->low)->r == NULL)
+        c->low++;
+    if (c->low == c->next)
+        c->low = c->next = 0;
+}
+
+/* The window's room: messages that may be written now. */
+static size_t room(const kiln__pub_conn *c)
+{
+    size_t span = (size_t)(c->next - c->low);
+
+    return span < KILN__PUB_WINDOW ? KILN__PUB_WINDOW - span : 0;
+}
+
+/* The broker's word on message i of r. */
+static void broker_final(kiln__pub_req *r, size_t i, kiln_err s,
+                         const char *why)
+{
+    const kiln__message *m = &r->msgs[i];
+    char text[KILN_NAME_MAX * 2 + 96];
+
+    if (s == KILN_OK || i >= r->bad) {
+        kiln__pub_finish(r, i, s, NULL);
+        return;
+    }
+    (void)snprintf(text, sizeof(text), "to '%.255s' key '%.255s': %s",
+                   m->exchange != NULL ? m->exchange : "", m->routing_key,
+                   why != NULL && why[0] != '\0' ? why : "nacked");
+    kiln__pub_finish(r, i, s, text);
+}
+
+/* wait_settled's callback: the broker settled seqs first..last. */
+static void on_settled(void *ctx, uint64_t first, uint64_t last,
+                       kiln_err status, const char *why)
+{
+    kiln__pub_conn *c = ctx;
+
+    if (c->low == c->next || last < c->low || first >= c->next)
+        return; /* given up, or of a connection already forgotten */
+    first = first > c->low ? first : c->low;
+    last = last < c->next ? last : c->next - 1;
+    for (uint64_t s = first; s <= last; s++) {
+        kiln__pub_slot *sl = slot(c, s);
+        kiln__pub_req *r = sl->r;
+        if (r == NULL)
+            continue;
+        sl->r = NULL;
+        c->inflight--;
+        /* A message nacked or returned unroutable: the queue or an
+         * exchange it needs may have been deleted; the topology is
+         * declared again before more is written, so a copy sent again
+         * finds it. */
+        c->redeclare |= status != KILN_OK;
+        broker_final(r, sl->i, status, why);
+    }
+    advance(c);
+}
+
+/* The connection went away: what was in flight may or may not have
+ * reached the broker, and is sent again on the next connection. */
+static void lose_inflight(kiln__pub_conn *c)
+{
+    for (uint64_t s = c->low; s < c->next; s++) {
+        kiln__pub_slot *sl = slot(c, s);
+        if (sl->r != NULL)
+            sl->r->status[sl->i] = KILN__PUB_LOST;
+        sl->r = NULL;
+    }
+    c->low = c->next = 0;
+    c->inflight = 0;
+}
+
+/* Gives up waiting for the broker's word on what `r` has in flight. */
+static void abandon(kiln__pub_conn *c, const kiln__pub_req *r)
+{
+    for (uint64_t s = c->low; s < c->next && c->inflight > 0; s++) {
+        kiln__pub_slot *sl = slot(c, s);
+        if (sl->r == r) {
+            sl->r = NULL;
+            c->inflight--;
+        }
+    }
+    advance(c);
+}
+
+/* ---- deadlines (owner) --------------------------------------------------- */
+
+/* Why a message was never written, for a caller who can act on it. */
+static void unsent_reason(const kiln__pub_conn *c, char *buf, size_t n)
+{
+    unsigned ms = c->pub->cfg.publish_timeout_ms;
+
+    if (c->last.code != KILN_OK)
+        (void)snprintf(buf, n,
+                       "not sent within %u ms (KILN_PUBLISH_TIMEOUT_MS): %s",
+                       ms, c->last.message);
+    else if (c->blocked)
+        (void)snprintf(buf, n,
+                       "not sent within %u ms (KILN_PUBLISH_TIMEOUT_MS): the "
+                       "broker blocks publishing (a memory or disk alarm)",
+                       ms);
+    else
+        (void)snprintf(buf, n,
+                       "not sent within %u ms (KILN_PUBLISH_TIMEOUT_MS): the "
+                       "connection was busy with earlier messages (%d "
+                       "unconfirmed at most)",
+                       ms, KILN__PUB_WINDOW);
 }
 
 /* Fails what is unsettled at its deadline: KILN_ETIMEDOUT for a message
@@ -62,49 +210,59 @@ static void complete(kiln__pub_conn *c)
 static void expire(kiln__pub_conn *c, int64_t now)
 {
     char lost[sizeof(c->last.message) + 96];
-    char unsent[sizeof(c->last.message) + 96];
-    unsigned ms = c->pub->cfg.publish_timeout_ms;
+    char unsent[sizeof(c->last.message) + 128];
+    bool texts = false;
 
-    if (c->last.code != KILN_OK) {
-        (void)snprintf(lost, sizeof(lost),
-                       "no confirm within %u ms (KILN_PUBLISH_TIMEOUT_MS): %s",
-                       ms, c->last.message);
-        (void)snprintf(unsent, sizeof(unsent),
-                       "not sent within %u ms (KILN_PUBLISH_TIMEOUT_MS): %s",
-                       ms, c->last.message);
-    } else {
-        (void)snprintf(lost, sizeof(lost),
-                       "no confirm within %u ms (KILN_PUBLISH_TIMEOUT_MS)", ms);
-        (void)snprintf(unsent, sizeof(unsent),
-                       "not sent within %u ms (KILN_PUBLISH_TIMEOUT_MS): the "
-                       "connection was still waiting for the broker to "
-                       "confirm earlier messages",
-                       ms);
-    }
     for (kiln__pub_req *r = c->act_head; r != NULL; r = r->next) {
         if (r->pending == 0 || now < r->deadline_ns)
             continue;
+        if (!texts) {
+            texts = true;
+            (void)snprintf(lost, sizeof(lost),
+                           "no confirm within %u ms (KILN_PUBLISH_TIMEOUT_MS)"
+                           "%s%s",
+                           c->pub->cfg.publish_timeout_ms,
+                           c->last.code != KILN_OK ? ": " : "",
+                           c->last.code != KILN_OK ? c->last.message : "");
+            unsent_reason(c, unsent, sizeof(unsent));
+        }
+        abandon(c, r);
         for (size_t i = r->low; i < r->n && r->pending > 0; i++) {
-            if (r->status[i] == KILN__PUB_LOST)
+            kiln_err s = r->status[i];
+            if (s == KILN__PUB_LOST || s == KILN__PUB_INFLIGHT)
                 kiln__pub_finish(r, i, KILN_ETIMEDOUT, lost);
-            else if (r->status[i] == KILN__PUB_PENDING)
+            else if (s == KILN__PUB_PENDING)
                 kiln__pub_finish(r, i, KILN_EBROKER, unsent);
         }
     }
 }
 
+/* Closing: what was never written (or must be written again) will not
+ * be; what is in flight still gets the broker's word. */
+static void refuse_unsent(kiln__pub_conn *c)
+{
+    for (kiln__pub_req *r = c->act_head; r != NULL; r = r->next)
+        kiln__pub_finish_rest(r, KILN_ECLOSED, "the publisher is closing");
+}
+
 /* ---- the connection (owner) ---------------------------------------------- */
 
-/* `e` (may be NULL) says why `what` failed. */
+/* `e` (may be NULL) says why `what` failed. Outcomes the broker sent
+ * before the failure still count; the rest in flight is lost. */
 static void connection_failed(kiln__pub_conn *c, const kiln_error *e,
                               const char *what)
 {
     int64_t now = kiln__monotonic_ns();
     uint64_t wait = kiln__backoff_ms(c->attempt, KILN__RECONNECT_BASE_MS,
                                      KILN__RECONNECT_CAP_MS);
+    kiln_error ignored;
 
+    if (c->inflight > 0)
+        (void)kiln__broker_wait_settled(c->b, now, -1, on_settled, c, &ignored);
+    lose_inflight(c);
     kiln__broker_close(c->b);
     c->connected = false;
+    c->blocked = false;
     if (e != NULL)
         kiln__fail(&c->last, KILN_EBROKER, "%s: %s", what, e->message);
     else
@@ -138,17 +296,9 @@ static bool open_conn(kiln__pub_conn *c)
         kiln__log(KILN_LOG_NOTICE, MODULE, "%s/%u: connected again",
                   c->pub->name, c->id);
     c->connected = true;
+    c->redeclare = false;
     c->io_ns = kiln__monotonic_ns();
     return true;
-}
-
-/* Without publish_lost: did the connection survive the last publish? */
-static bool probe_lost(kiln__pub_conn *c)
-{
-    kiln_error e;
-    kiln_err rc = kiln__broker_probe(c->b, &c->pub->cfg, &e);
-
-    return rc == KILN_EBROKER || rc == KILN_ECLOSED;
 }
 
 /* Idle: heartbeats go out and a dead connection is noticed before the
@@ -167,10 +317,11 @@ static void tick(kiln__pub_conn *c, int64_t now)
               c->pub->name, c->id, e.message);
     kiln__broker_close(c->b);
     c->connected = false;
+    c->blocked = false;
     c->retry_at_ns = now;
 }
 
-/* ---- one batch (owner) --------------------------------------------------- */
+/* ---- writing (owner) ----------------------------------------------------- */
 
 static size_t take(kiln__pub_conn *c, kiln__pub_req *r, size_t m, size_t limit)
 {
@@ -184,20 +335,25 @@ static size_t take(kiln__pub_conn *c, kiln__pub_req *r, size_t m, size_t limit)
     return m;
 }
 
-/* Every pending message of every active request, up to the cap. The first
- * pass takes a share of each, so one huge send cannot hold back a small
- * one queued behind it. */
-static size_t assemble(kiln__pub_conn *c)
+/* Unsent messages of the active requests, up to `cap`. The first pass
+ * takes a share of each, so one huge send cannot hold back a small one
+ * queued behind it. */
+static size_t assemble(kiln__pub_conn *c, size_t cap)
 {
-    size_t m = 0, want = 0, cap;
+    size_t m = 0, want = 0;
 
     for (kiln__pub_req *r = c->act_head; r != NULL; r = r->next) {
-        while (r->low < r->n && !kiln__pub_unsettled(r->status[r->low]))
+        while (r->low < r->n && !kiln__pub_unsettled(r->status[r->low]) &&
+               r->status[r->low] != KILN__PUB_INFLIGHT)
             r->low++;
         r->scan = r->low;
         want += r->pending;
     }
-    cap = kiln__pub_scratch(c, want);
+    want = want < cap ? want : cap;
+    if (want == 0 || !ring_room(c, want))
+        return 0;
+    if ((cap = kiln__pub_scratch(c, want)) > want)
+        cap = want;
     for (kiln__pub_req *r = c->act_head; r != NULL && m < cap; r = r->next)
         m = take(c, r, m, m + BATCH_SHARE < cap ? m + BATCH_SHARE : cap);
     for (kiln__pub_req *r = c->act_head; r != NULL && m < cap; r = r->next)
@@ -205,54 +361,43 @@ static size_t assemble(kiln__pub_conn *c)
     return m;
 }
 
-/* Applies the statuses of a publish of `m` messages that returned `rc`
- * (`e` describes its first failure). */
-static void settle(kiln__pub_conn *c, size_t m, kiln_err rc,
-                   const kiln_error *e)
+/* Records what one publish_async call consumed of the batch; `why` says
+ * why it refused the first message it refused. */
+static void record(kiln__pub_conn *c, size_t done, const char *why)
 {
-    bool knows_lost = kiln__broker_knows_lost(c->b);
-    bool probed = false, lost = false, first_lost = false;
-    size_t first = m;
-
-    for (size_t j = 0; rc != KILN_OK && j < m && first == m; j++)
-        first = c->bst[j] != KILN_OK ? j : m;
-    if (first < m && !knows_lost)
-        probed = probe_lost(c);
-    for (size_t j = 0; j < m; j++) {
-        kiln_err s = rc == KILN_OK ? KILN_OK : c->bst[j];
-        if (s == KILN__PUB_PENDING) /* not a publish outcome */
-            s = KILN_EBROKER;
-        if (s == KILN_EBROKER &&
-            (knows_lost ? kiln__broker_publish_lost(c->b, j) : probed)) {
-            first_lost |= j == first;
-            lost = true;
-            /* Still pending, sent again after reconnecting; the broker
-             * may have it already. */
-            c->bslot[j].r->status[c->bslot[j].i] = KILN__PUB_LOST;
+    for (size_t j = 0; j < done; j++) {
+        kiln__pub_req *r = c->bslot[j].r;
+        size_t i = c->bslot[j].i;
+        uint64_t s = c->bseq[j];
+        if (s == 0) { /* refused before it was written */
+            broker_final(r, i, c->bst[j], why);
+            why = NULL;
             continue;
         }
-        /* A message nacked or returned unroutable: the queue or an
-         * exchange it needs may have been deleted; the topology is
-         * declared again before the next batch, so a copy sent again
-         * finds it. */
-        c->redeclare |= s == KILN_EBROKER;
-        kiln__pub_finish(c->bslot[j].r, c->bslot[j].i, s,
-                         j == first ? e->message : NULL);
-    }
-    if (lost) {
-        connection_failed(c, first_lost ? e : NULL, "connection lost");
-    } else {
-        c->attempt = 0;
-        c->last.code = KILN_OK;
+        if (c->low == c->next)
+            c->low = s;
+        c->next = s + 1;
+        *slot(c, s) = c->bslot[j];
+        r->status[i] = KILN__PUB_INFLIGHT;
+        c->inflight++;
     }
 }
 
-static void run_batch(kiln__pub_conn *c)
+static bool has_unsent(const kiln__pub_conn *c)
 {
+    for (const kiln__pub_req *r = c->act_head; r != NULL; r = r->next)
+        for (size_t i = r->low; i < r->n; i++)
+            if (kiln__pub_unsettled(r->status[i]))
+                return true;
+    return false;
+}
+
+/* Writes what is unsent, as far as the window allows. */
+static void write_some(kiln__pub_conn *c)
+{
+    size_t m, done = 0;
     kiln_error e;
     kiln_err rc;
-    int64_t t0;
-    size_t m;
 
     if (!c->connected && !open_conn(c))
         return;
@@ -263,73 +408,114 @@ static void run_batch(kiln__pub_conn *c)
             return;
         }
     }
-    if ((m = assemble(c)) == 0)
+    if ((m = assemble(c, room(c))) == 0)
         return;
-    for (size_t j = 0; j < m; j++)
-        c->bst[j] = KILN_ETIMEDOUT; /* what a message nobody settled is */
-    t0 = kiln__monotonic_ns();
-    rc = kiln__broker_publish(c->b, c->bmsgs, m, c->bst, &e);
+    rc = kiln__broker_publish_async(c->b, c->bmsgs, m, c->bseq, c->bst, &done,
+                                    &e);
     c->io_ns = kiln__monotonic_ns();
-    c->linger_until =
-        c->io_ns +
-        ((c->io_ns - t0) / 2 < LINGER_NS ? (c->io_ns - t0) / 2 : LINGER_NS);
-    settle(c, m, rc, &e);
+    record(c, done, rc == KILN_OK && e.code != KILN_OK ? e.message : NULL);
+    c->blocked = rc == KILN_OK && done < m;
+    c->poked = false;
+    if (rc != KILN_OK) {
+        connection_failed(c, &e, "connection lost");
+        return;
+    }
+    if (c->inflight > 0 || done > 0) {
+        c->attempt = 0;
+        c->last.code = KILN_OK;
+    }
 }
 
 /* ---- the owner thread ---------------------------------------------------- */
 
-static bool runnable(const kiln__pub_conn *c, int64_t now)
+/* Is there something to write now? */
+static bool writable(const kiln__pub_conn *c, int64_t now)
 {
-    return c->act_head != NULL && (c->connected || now >= c->retry_at_ns);
+    if (c->closing || c->act_head == NULL)
+        return false;
+    if (c->connected ? (c->blocked && !c->poked) || room(c) == 0
+                     : now < c->retry_at_ns)
+        return false;
+    return has_unsent(c);
 }
 
-/* Expires what is late, then publishes one batch or, when idle, ticks. */
-static void step(kiln__pub_conn *c)
+/* When the owner must look again even if nothing arrives. */
+static int64_t wake_at(const kiln__pub_conn *c, int64_t now)
 {
-    int64_t now = kiln__monotonic_ns();
+    int64_t wake = (c->connected ? c->io_ns : now) + c->pub->tick_ns;
 
-    expire(c, now);
-    if (runnable(c, now))
-        run_batch(c);
-    else if (c->connected && now - c->io_ns >= c->pub->tick_ns)
-        tick(c, now);
-}
-
-static void wait_until(kiln__pub_conn *c, int64_t ns)
-{
-    struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
-
-    (void)pthread_cond_timedwait(&c->cv, &c->mu, &ts);
-}
-
-/* Callers that send again as soon as their send returns would otherwise
- * split into two cohorts riding alternate batches: the batch that wakes
- * one cohort takes only the other, queued meanwhile. So right after a
- * batch woke k callers while j more queued, wait a moment (at most
- * LINGER_NS, and half that batch's time) until k + j requests are queued:
- * then they all share one round trip. c->mu held. */
-static void linger(kiln__pub_conn *c)
-{
-    size_t want = c->woken + c->q_len;
-
-    while (c->act_head == NULL && !c->stopping && c->q_len < want &&
-           kiln__monotonic_ns() < c->linger_until)
-        wait_until(c, c->linger_until);
-    c->woken = 0;
-}
-
-/* Sleeps until work arrives, the next tick or reconnect is due, or the
- * earliest deadline passes. c->mu held. */
-static void idle_wait(kiln__pub_conn *c)
-{
-    int64_t wake =
-        (c->connected ? c->io_ns : kiln__monotonic_ns()) + c->pub->tick_ns;
-
-    if (c->act_head != NULL && c->retry_at_ns < wake)
+    if (!c->connected && !c->closing && c->act_head != NULL &&
+        c->retry_at_ns < wake)
         wake = c->retry_at_ns;
     for (const kiln__pub_req *r = c->act_head; r != NULL; r = r->next)
         wake = r->deadline_ns < wake ? r->deadline_ns : wake;
-    wait_until(c, wake);
+    return wake;
+}
+
+/* Waits without the broker: for a caller (wake_fd) or `until`. */
+static void sleep_until(kiln__pub_conn *c, int64_t until)
+{
+    struct pollfd p = {c->wake_fd, POLLIN, 0};
+    int64_t left = until - kiln__monotonic_ns();
+    int ms = left <= 0            ? 0
+             : left > 60000000000 ? 60000
+                                  : (int)((left + 999999) / 1000000);
+    uint64_t v;
+
+    if (poll(&p, 1, ms) > 0 && read(c->wake_fd, &v, sizeof(v)) < 0 &&
+        errno != EAGAIN)
+        kiln__log(KILN_LOG_DEBUG, MODULE, "wake fd read failed");
+}
+
+/* One wait, c->mu not held: for the broker's outcomes while any are due
+ * (or for connection.unblocked), else for a caller; both end early when
+ * a caller kicks wake_fd. */
+static void wait_step(kiln__pub_conn *c)
+{
+    int64_t now = kiln__monotonic_ns(), until = wake_at(c, now);
+    kiln_error e;
+    kiln_err rc;
+
+    if (!c->connected || (c->inflight == 0 && !c->blocked)) {
+        sleep_until(c, until);
+        return;
+    }
+    rc = kiln__broker_wait_settled(c->b, until, c->wake_fd, on_settled, c, &e);
+    if (rc == KILN_OK) {
+        c->io_ns = kiln__monotonic_ns();
+        c->poked = c->blocked; /* try again: maybe it was unblocked */
+    } else if (rc != KILN_ETIMEDOUT)
+        connection_failed(c, &e, "connection lost");
+}
+
+static bool any_late(const kiln__pub_conn *c, int64_t now)
+{
+    for (const kiln__pub_req *r = c->act_head; r != NULL; r = r->next)
+        if (r->pending > 0 && now >= r->deadline_ns)
+            return true;
+    return false;
+}
+
+/* Everything but waiting, c->mu not held. */
+static void step(kiln__pub_conn *c)
+{
+    int64_t now = kiln__monotonic_ns();
+    kiln_error e;
+    kiln_err rc;
+
+    /* Before giving up on anything, the outcomes already here: a confirm
+     * that came in time counts. */
+    if (c->connected && c->inflight > 0 && any_late(c, now)) {
+        rc = kiln__broker_wait_settled(c->b, now, -1, on_settled, c, &e);
+        if (rc != KILN_OK && rc != KILN_ETIMEDOUT)
+            connection_failed(c, &e, "connection lost");
+    }
+    expire(c, now);
+    if (writable(c, now))
+        write_some(c);
+    else if (c->connected && c->inflight == 0 && !c->blocked &&
+             now - c->io_ns >= c->pub->tick_ns)
+        tick(c, now);
 }
 
 void *kiln__pub_owner_main(void *arg)
@@ -339,21 +525,28 @@ void *kiln__pub_owner_main(void *arg)
     pthread_mutex_lock(&c->mu);
     for (;;) {
         take_queued(c);
-        if (c->stopping)
+        c->closing |= c->stopping;
+        if (c->closing)
+            refuse_unsent(c);
+        if (c->closing && c->act_head == NULL) {
+            complete(c);
             break;
+        }
         pthread_mutex_unlock(&c->mu);
         step(c);
         pthread_mutex_lock(&c->mu);
         complete(c);
-        linger(c);
-        if (c->q_head == NULL && !c->stopping &&
-            !runnable(c, kiln__monotonic_ns()))
-            idle_wait(c);
+        if (c->q_head != NULL || c->stopping != c->closing ||
+            writable(c, kiln__monotonic_ns()))
+            continue;
+        if (c->closing && c->act_head == NULL)
+            continue;
+        c->sleeping = true;
+        pthread_mutex_unlock(&c->mu);
+        wait_step(c);
+        pthread_mutex_lock(&c->mu);
+        c->sleeping = false;
     }
-    /* The batch in progress has ended; what is left never will. */
-    for (kiln__pub_req *r = c->act_head; r != NULL; r = r->next)
-        kiln__pub_finish_rest(r, KILN_ECLOSED, "the publisher is closing");
-    complete(c);
     pthread_mutex_unlock(&c->mu);
     if (c->connected)
         kiln__broker_close(c->b);

@@ -123,17 +123,17 @@ static kiln_err check_message(const kiln_config *cfg, const kiln_signature *sig,
 /* Records PENDING for every signature staged so far (out[i].rc == OK),
  * in one store call; a failure marks that signature. */
 static void stage_pending(kiln__store *store, const kiln_signature *const *sigs,
-                          size_t n, kiln__staged *out, size_t *first,
-                          kiln_error *err)
+                          size_t from, size_t n, kiln__staged *out,
+                          size_t *first, kiln_error *err)
 {
     kiln__state_update *u =
-        kiln__calloc(n, sizeof(*u) + sizeof(kiln_err) + sizeof(size_t));
+        kiln__calloc(n - from, sizeof(*u) + sizeof(kiln_err) + sizeof(size_t));
     kiln_err *st;
     size_t *idx, m = 0;
     kiln_error e;
 
     if (u == NULL) {
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = from; i < n; i++) {
             if (out[i].rc != KILN_OK)
                 continue;
             out[i].rc = KILN_ENOMEM;
@@ -146,9 +146,9 @@ static void stage_pending(kiln__store *store, const kiln_signature *const *sigs,
         return;
     }
     /* One block; alignments decrease along it. */
-    idx = (size_t *)(void *)(u + n);
-    st = (kiln_err *)(void *)(idx + n);
-    for (size_t i = 0; i < n; i++) {
+    idx = (size_t *)(void *)(u + (n - from));
+    st = (kiln_err *)(void *)(idx + (n - from));
+    for (size_t i = from; i < n; i++) {
         if (out[i].rc != KILN_OK)
             continue;
         u[m] = (kiln__state_update){.uuid = sigs[i]->uuid,
@@ -170,15 +170,15 @@ static void stage_pending(kiln__store *store, const kiln_signature *const *sigs,
     kiln__free(u);
 }
 
-size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
+size_t kiln__stage_range(const kiln_config *cfg, kiln__store *store,
                          const kiln__prober *probe,
-                         const kiln_signature *const *sigs, size_t n,
-                         kiln__staged *out, kiln__message *msgs, size_t *map,
-                         size_t *first, kiln_error *err)
+                         const kiln_signature *const *sigs, size_t from,
+                         size_t n, kiln__staged *out, kiln__message *msgs,
+                         size_t *map, size_t *first, kiln_error *err)
 {
     size_t m = 0;
 
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = from; i < n; i++) {
         const kiln_signature *sig = sigs[i];
         kiln_error e;
 
@@ -193,16 +193,26 @@ size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
         }
     }
     /* Before PENDING: a task refused here leaves no state behind. */
-    kiln__probe_staged(cfg, probe, sigs, n, out, first, err);
+    kiln__probe_staged(cfg, probe, sigs, from, n, out, first, err);
     if (store != NULL)
-        stage_pending(store, sigs, n, out, first, err);
-    for (size_t i = 0; i < n; i++) {
+        stage_pending(store, sigs, from, n, out, first, err);
+    for (size_t i = from; i < n; i++) {
         if (out[i].rc != KILN_OK)
             continue;
         msgs[m] = outgoing_message(cfg, sigs[i], &out[i]);
         map[m++] = i;
     }
     return m;
+}
+
+size_t kiln__stage_tasks(const kiln_config *cfg, kiln__store *store,
+                         const kiln__prober *probe,
+                         const kiln_signature *const *sigs, size_t n,
+                         kiln__staged *out, kiln__message *msgs, size_t *map,
+                         size_t *first, kiln_error *err)
+{
+    return kiln__stage_range(cfg, store, probe, sigs, 0, n, out, msgs, map,
+                             first, err);
 }
 
 void kiln__staged_release(kiln__staged *out, size_t n)

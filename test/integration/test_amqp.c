@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -1625,6 +1626,241 @@ static void test_publish_lost_forced_close(void **state)
     assert_int_equal(wait_count(f->cfg.queue, 20), 20);
 }
 
+/* ---- pipelined publishing ------------------------------------------- */
+
+/* What wait_settled reported, by sequence number. */
+#define PIPE_N 5000
+
+typedef struct tally {
+    unsigned char seen[PIPE_N + 1]; /* 1 OK, 2 failed; by seq */
+    size_t ok, bad, twice;
+    char why[64];
+} tally;
+
+static void on_tally(void *ctx, uint64_t first, uint64_t last, kiln_err status,
+                     const char *why)
+{
+    tally *t = ctx;
+
+    for (uint64_t s = first; s <= last && s <= PIPE_N; s++) {
+        t->twice += t->seen[s] != 0;
+        t->seen[s] = status == KILN_OK ? 1 : 2;
+        if (status == KILN_OK) {
+            t->ok++;
+        } else {
+            t->bad++;
+            kiln__strlcpy(t->why, why, sizeof(t->why));
+        }
+    }
+}
+
+/* 5,000 messages written 250 at a time, never more than 1,000 of them
+ * unsettled, every 100th unroutable (two alike in a row among them):
+ * each is reported exactly once, the unroutable ones as returned, the
+ * others confirmed, while later ones are being written. */
+static void test_pipelined_window(void **state)
+{
+    fixture *f = *state;
+    static kiln__message m[PIPE_N];
+    static uint64_t seq[PIPE_N];
+    static kiln_err st[PIPE_N];
+    static tally t;
+    static char ids[PIPE_N][24];
+    size_t sent = 0, max_out = 0, reported_while_writing = 0;
+    kiln_error err;
+
+    memset(&t, 0, sizeof(t));
+    connect_declare(f);
+    for (size_t i = 0; i < PIPE_N; i++) {
+        (void)snprintf(ids[i], sizeof(ids[i]), "id-%zu",
+                       i % 100 == 1 ? i - 1 : i);
+        m[i] = msg_to(&f->cfg, "pipelined");
+        m[i].message_id = ids[i];
+        if (i % 100 <= 1)
+            m[i].routing_key = "no-such-binding";
+    }
+    while (t.ok + t.bad < PIPE_N) {
+        size_t out = sent - (t.ok + t.bad), done = 0, n;
+        n = PIPE_N - sent < 250 ? PIPE_N - sent : 250;
+        if (n > 0 && out + n <= 1000) {
+            assert_int_equal(kiln__broker_publish_async(f->b, m + sent, n,
+                                                        seq + sent, st + sent,
+                                                        &done, &err),
+                             KILN_OK);
+            assert_int_equal(done, n);
+            for (size_t i = sent; i < sent + n; i++)
+                assert_int_equal(seq[i], i + 1);
+            sent += n;
+            max_out = out + n > max_out ? out + n : max_out;
+            reported_while_writing += t.ok + t.bad > 0 && sent < PIPE_N;
+            continue;
+        }
+        assert_int_equal(kiln__broker_wait_settled(
+                             f->b, kiln__monotonic_ns() + 10000000000LL, -1,
+                             on_tally, &t, &err),
+                         KILN_OK);
+    }
+    print_message("pipelined: %zu confirmed, %zu returned, at most %zu "
+                  "unsettled\n",
+                  t.ok, t.bad, max_out);
+    assert_int_equal(t.twice, 0);
+    assert_int_equal(t.bad, 2 * PIPE_N / 100);
+    for (size_t i = 0; i < PIPE_N; i++)
+        assert_int_equal(t.seen[i + 1], i % 100 <= 1 ? 2 : 1);
+    assert_non_null(strstr(t.why, "NO_ROUTE"));
+    assert_true(reported_while_writing > 0);
+    assert_int_equal(wait_count(f->cfg.queue, PIPE_N - 2 * PIPE_N / 100),
+                     PIPE_N - 2 * PIPE_N / 100);
+    /* nothing more to report: the wait ends at its deadline */
+    assert_int_equal(kiln__broker_wait_settled(f->b,
+                                               kiln__monotonic_ns() + 50000000,
+                                               -1, on_tally, &t, &err),
+                     KILN_ETIMEDOUT);
+}
+
+static atomic_int kicks;
+
+static void *kick_later(void *arg)
+{
+    uint64_t one = 1;
+
+    usleep(100000);
+    atomic_fetch_add(&kicks, 1);
+    if (write(*(int *)arg, &one, sizeof(one)) != (ssize_t)sizeof(one))
+        atomic_fetch_add(&kicks, 100);
+    return NULL;
+}
+
+/* A wake fd written by another thread ends the wait early, and is read. */
+static void test_pipelined_wake(void **state)
+{
+    fixture *f = *state;
+    static tally t;
+    int fd = eventfd(0, EFD_NONBLOCK);
+    kiln_error err;
+    pthread_t th;
+    uint64_t v;
+    int64_t t0;
+
+    assert_true(fd >= 0);
+    connect_declare(f);
+    assert_int_equal(pthread_create(&th, NULL, kick_later, &fd), 0);
+    t0 = now_ms();
+    assert_int_equal(
+        kiln__broker_wait_settled(f->b, kiln__monotonic_ns() + 20000000000LL,
+                                  fd, on_tally, &t, &err),
+        KILN_OK);
+    assert_true(now_ms() - t0 < 10000);
+    pthread_join(th, NULL);
+    assert_int_equal(atomic_load(&kicks), 1);
+    assert_true(read(fd, &v, sizeof(v)) < 0); /* cleared */
+    close(fd);
+}
+
+/* The broker closes the connection: publish_async may still write into
+ * it, but wait_settled then reports what was settled before and fails;
+ * what was written after is never reported (it is the writer's to send
+ * again). A new connection numbers from 1 again. */
+static void test_pipelined_lost(void **state)
+{
+    fixture *f = *state;
+    static tally t;
+    kiln__message m[10];
+    uint64_t seq[10];
+    kiln_err st[10];
+    kiln_error err;
+    size_t done;
+    struct pollfd p;
+    kiln_err rc;
+
+    memset(&t, 0, sizeof(t));
+    if (getenv("KILN_TEST_RABBITMQ") == NULL) {
+        print_message("broker given from outside: no forced close test\n");
+        return;
+    }
+    connect_declare(f);
+    for (size_t i = 0; i < 10; i++)
+        m[i] = msg_to(&f->cfg, "pipelined-lost");
+    assert_int_equal(
+        kiln__broker_publish_async(f->b, m, 10, seq, st, &done, &err), KILN_OK);
+    while (t.ok < 10)
+        assert_int_equal(kiln__broker_wait_settled(
+                             f->b, kiln__monotonic_ns() + 10000000000LL, -1,
+                             on_tally, &t, &err),
+                         KILN_OK);
+    assert_int_equal(rabbitmqctl("close_all_connections kiln-test"), 0);
+    p.fd = kiln__amqp_fd(f->b);
+    p.events = POLLIN;
+    assert_int_equal(poll(&p, 1, 5000), 1);
+    rc = kiln__broker_publish_async(f->b, m, 10, seq, st, &done, &err);
+    assert_true(rc == KILN_OK || rc == KILN_EBROKER);
+    rc = kiln__broker_wait_settled(f->b, kiln__monotonic_ns() + 5000000000LL,
+                                   -1, on_tally, &t, &err);
+    print_message("lost: %s\n", err.message);
+    assert_int_equal(rc, KILN_EBROKER);
+    assert_non_null(strstr(err.message, "CONNECTION_FORCED"));
+    assert_int_equal(t.ok, 10);
+    assert_int_equal(t.twice, 0);
+    f->b->ops->close(f->b);
+    assert_int_equal(kiln__broker_wait_settled(f->b, kiln__monotonic_ns(), -1,
+                                               on_tally, &t, &err),
+                     KILN_ECLOSED);
+    connect_declare(f);
+    assert_int_equal(
+        kiln__broker_publish_async(f->b, m, 2, seq, st, &done, &err), KILN_OK);
+    assert_int_equal(seq[0], 1);
+    assert_int_equal(seq[1], 2);
+}
+
+/* A memory alarm: once the broker says it blocks publishing, nothing is
+ * written (publish_async consumes nothing) until it unblocks; then the
+ * message held back goes out and everything is confirmed. */
+static void test_pipelined_blocked(void **state)
+{
+    fixture *f = *state;
+    static tally t;
+    kiln__message m[2];
+    uint64_t seq[2];
+    kiln_err st[2];
+    kiln_error err;
+    size_t done = 0;
+    int64_t until;
+
+    memset(&t, 0, sizeof(t));
+    if (getenv("KILN_TEST_RABBITMQ") == NULL) {
+        print_message("broker given from outside: no alarm test\n");
+        return;
+    }
+    connect_declare(f);
+    m[0] = msg_to(&f->cfg, "before the alarm is known");
+    m[1] = msg_to(&f->cfg, "held back");
+    assert_int_equal(rabbitmqctl("set_vm_memory_high_watermark 0.0000001"), 0);
+    assert_int_equal(
+        kiln__broker_publish_async(f->b, m, 1, seq, st, &done, &err), KILN_OK);
+    assert_int_equal(done, 1);
+    until = kiln__monotonic_ns() + 10000000000LL;
+    while (!kiln__amqp_blocked(f->b) && kiln__monotonic_ns() < until)
+        (void)kiln__broker_wait_settled(f->b, until, -1, on_tally, &t, &err);
+    assert_true(kiln__amqp_blocked(f->b));
+    assert_int_equal(kiln__broker_publish_async(f->b, m + 1, 1, seq + 1, st + 1,
+                                                &done, &err),
+                     KILN_OK);
+    assert_int_equal(done, 0);
+    assert_int_equal(rabbitmqctl("set_vm_memory_high_watermark 0.4"), 0);
+    until = kiln__monotonic_ns() + 10000000000LL;
+    while (kiln__amqp_blocked(f->b) && kiln__monotonic_ns() < until)
+        (void)kiln__broker_wait_settled(f->b, until, -1, on_tally, &t, &err);
+    assert_false(kiln__amqp_blocked(f->b));
+    assert_int_equal(kiln__broker_publish_async(f->b, m + 1, 1, seq + 1, st + 1,
+                                                &done, &err),
+                     KILN_OK);
+    assert_int_equal(done, 1);
+    while (t.ok < 2 && kiln__monotonic_ns() < until)
+        (void)kiln__broker_wait_settled(f->b, until, -1, on_tally, &t, &err);
+    assert_int_equal(t.ok, 2);
+    assert_int_equal(t.twice, 0);
+}
+
 /* An idle publisher that ticks keeps its connection past several
  * heartbeat intervals; the server would drop one that stayed silent. */
 static void test_tick_keeps_idle_connection(void **state)
@@ -1724,6 +1960,10 @@ int main(void)
         T(test_dead_peer_while_publishing),
         T(test_publish_lost_connection_cut),
         T(test_publish_lost_forced_close),
+        T(test_pipelined_window),
+        T(test_pipelined_wake),
+        T(test_pipelined_lost),
+        T(test_pipelined_blocked),
         T(test_tick_keeps_idle_connection),
         T(test_broker_restart),
     };
