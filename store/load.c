@@ -154,6 +154,7 @@ static const kiln__store_plugin *load(const kiln_config *cfg, kiln_error *err)
         host = (kiln__store_host){
             .abi = KILN__STORE_PLUGIN_ABI,
             .version = kiln_version_string(),
+            KILN__STORE_HOST_SIZES,
             .malloc = kiln__malloc,
             .calloc = kiln__calloc,
             .realloc = kiln__realloc,
@@ -175,9 +176,8 @@ static const kiln__store_plugin *load(const kiln_config *cfg, kiln_error *err)
     else if (pl == NULL)
         kiln__fail(err, KILN_ESTORE,
                    "KILN_STORE=mongodb: cannot load " KILN__MONGO_PLUGIN_FILE
-                   " (searched beside libkiln, the program's library path, "
-                   "%.60s; KILN_STORE_PLUGIN sets a path): %s",
-                   KILN__LIBDIR, why);
+                   " (KILN_STORE_PLUGIN sets its path): %s",
+                   why);
     return pl;
 }
 

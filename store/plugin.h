@@ -39,6 +39,9 @@
 typedef struct kiln__store_host {
     unsigned abi;        /* KILN__STORE_PLUGIN_ABI */
     const char *version; /* the host's kiln_version_string() */
+    /* sizeof of what both sides share, as the host was built: a
+     * cheap guard against an object left from another build. */
+    size_t config_size, ops_size, record_size, update_size;
     void *(*malloc)(size_t n);
     void *(*calloc)(size_t count, size_t size);
     void *(*realloc)(void *p, size_t n);
@@ -48,6 +51,11 @@ typedef struct kiln__store_host {
                       const char *uuid, const char *name, const char *fmt,
                       va_list ap);
 } kiln__store_host;
+
+#define KILN__STORE_HOST_SIZES                                               \
+    .config_size = sizeof(kiln_config), .ops_size = sizeof(kiln__store_ops), \
+    .record_size = sizeof(kiln__task_record),                                \
+    .update_size = sizeof(kiln__state_update)
 
 /* What the object gives back. Static; valid while it stays loaded (it is
  * never unloaded). */

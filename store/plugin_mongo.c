@@ -84,10 +84,16 @@ static const kiln__store_plugin plugin = {
 const kiln__store_plugin *kiln_store_plugin_mongodb(const kiln__store_host *h,
                                                     kiln_error *err)
 {
+    static const kiln__store_host mine = {KILN__STORE_HOST_SIZES};
+
     if (h == NULL || h->abi != KILN__STORE_PLUGIN_ABI || h->version == NULL ||
-        strcmp(h->version, kiln_version_string()) != 0) {
+        strcmp(h->version, kiln_version_string()) != 0 ||
+        h->config_size != mine.config_size || h->ops_size != mine.ops_size ||
+        h->record_size != mine.record_size ||
+        h->update_size != mine.update_size) {
         kiln__fail(err, KILN_ESTORE,
-                   "store object of kiln %s, ABI %d, refuses kiln %.20s",
+                   "built for another libkiln (kiln %s, ABI %d; this is "
+                   "%.20s): install both from one build",
                    kiln_version_string(), KILN__STORE_PLUGIN_ABI,
                    h != NULL && h->version != NULL ? h->version : "?");
         return NULL;
