@@ -384,7 +384,7 @@ FUZZ_CFLAGS  := $(CSTD) -O1 -g $(WARN) -fsanitize=fuzzer-no-link,address,undefin
 fuzz:
 	@mkdir -p $(FUZZ_BUILD)/corpus
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer test/fuzz/fuzz_decode.c $(LIB_SRCS) \
-	    -o $(FUZZ_BUILD)/fuzz_decode $(LIBS)
+	    -o $(FUZZ_BUILD)/fuzz_decode $(LIBS) -lm
 	$(FUZZ_BUILD)/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
 	    -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
 	    $(FUZZ_BUILD)/corpus test/fuzz/corpus
