@@ -88,6 +88,10 @@ LONG_SRCS    := $(wildcard test/long/test_*.c)
 LONG_BINS    := $(LONG_SRCS:test/long/%.c=$(BUILD)/long/%)
 TEST_SUPPORT := $(wildcard test/support/*.c)
 TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
+# The support code that calls libmongoc itself: integration tests only, so
+# that unit tests link no libmongoc.
+STORE_SUPPORT_OBJS := $(BUILD)/obj/test/support/pool_it_store.o
+UNIT_SUPPORT_OBJS := $(filter-out $(STORE_SUPPORT_OBJS),$(TEST_SUPPORT_OBJS))
 
 # Interop tests: the driver and the kiln programs it starts, and the Go
 # peer (machinery and paota), built once into build/interop with its build
@@ -198,7 +202,7 @@ define link_test
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes \
 	    -DKILN_TEST_MAKE_VERSION='"$(VERSION)"' -MMD -MP $< \
-	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(RPATH) $(MOCKLIB) $(1) \
+	    $(UNIT_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(RPATH) $(MOCKLIB) $(1) \
 	    $(STATIC) -lcmocka $(2) $(LIBS) -lm
 endef
 
@@ -206,13 +210,13 @@ $(BUILD)/test/%: test/%.c $(TEST_LINK)
 	$(call link_test)
 
 $(BUILD)/it/%: test/integration/%.c $(TEST_LINK) $(STORE_AR)
-	$(call link_test,$(STORE_AR),$(MONGO_LIBS))
+	$(call link_test,$(STORE_SUPPORT_OBJS) $(STORE_AR),$(MONGO_LIBS))
 
 $(BUILD)/interop/%: test/interop/%.c $(TEST_LINK) $(STORE_AR)
-	$(call link_test,$(STORE_AR),$(MONGO_LIBS))
+	$(call link_test,$(STORE_SUPPORT_OBJS) $(STORE_AR),$(MONGO_LIBS))
 
 $(BUILD)/long/%: test/long/%.c $(TEST_LINK) $(STORE_AR)
-	$(call link_test,$(STORE_AR),$(MONGO_LIBS))
+	$(call link_test,$(STORE_SUPPORT_OBJS) $(STORE_AR),$(MONGO_LIBS))
 
 # scripts/install-go.sh prints a Go new enough for go.mod, installing one
 # when missing; the modules come from the proxy, pinned by go.sum.
