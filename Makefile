@@ -35,10 +35,19 @@ CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
 WARN    := -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes \
            -Wmissing-prototypes -Wwrite-strings -Wformat=2 -Wconversion \
            -Werror
-DEPS_PC := libcjson librabbitmq libmongoc-1.0
-PC_CFLAGS := $(shell pkg-config --cflags $(DEPS_PC) 2>/dev/null)
+# libkiln links only cJSON and rabbitmq-c; libmongoc is linked by the
+# MongoDB store's own object, libkiln-mongo.so, which libkiln loads when a
+# store is asked for (store/plugin.h), so a worker without a store never
+# maps it.
+DEPS_PC := libcjson librabbitmq
+MONGO_PC := libmongoc-1.0
+PC_CFLAGS := $(shell pkg-config --cflags $(DEPS_PC) $(MONGO_PC) 2>/dev/null)
 PC_LIBS   := $(shell pkg-config --libs $(DEPS_PC) 2>/dev/null)
-LIBS    := $(PC_LIBS) -pthread -lm
+MONGO_LIBS := $(shell pkg-config --libs $(MONGO_PC) 2>/dev/null)
+# No -lm: the one libm function kiln calls, frexp, is in glibc's libc as
+# well (and musl has no separate libm), and a libm it does not need costs
+# a worker about 300 kB of resident memory. Tests link it for themselves.
+LIBS    := $(PC_LIBS) -pthread
 
 OPT     := -O2 -g
 SANFLAGS :=
@@ -58,7 +67,15 @@ ALL_CFLAGS := $(CSTD) $(OPT) $(WARN) $(SANFLAGS) -fvisibility=hidden \
 ALL_LDFLAGS := $(SANFLAGS) $(LDFLAGS)
 
 MODULES  := core config logger task broker store workerpool
-LIB_SRCS := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
+# The MongoDB store: every store/mongo*.c but the public reading side
+# (mongo_results.c, which reaches the store through the loader), and the
+# object's entry point.
+MONGO_SRCS  := $(filter-out store/mongo_results.c,$(wildcard store/mongo*.c))
+PLUGIN_SRCS := $(wildcard store/plugin_*.c)
+MONGO_OBJS  := $(MONGO_SRCS:%.c=$(BUILD)/obj/%.o)
+PLUGIN_OBJS := $(PLUGIN_SRCS:%.c=$(BUILD)/obj/%.o)
+ALL_LIB_SRCS := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
+LIB_SRCS := $(filter-out $(MONGO_SRCS) $(PLUGIN_SRCS),$(ALL_LIB_SRCS))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 # The in-memory broker and store are test code: a library of their own
 # that only test programs link, never part of libkiln.
@@ -83,6 +100,10 @@ LONG_SRCS    := $(wildcard test/long/test_*.c)
 LONG_BINS    := $(LONG_SRCS:test/long/%.c=$(BUILD)/long/%)
 TEST_SUPPORT := $(wildcard test/support/*.c)
 TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
+# The support code that calls libmongoc itself: integration tests only, so
+# that unit tests link no libmongoc.
+STORE_SUPPORT_OBJS := $(BUILD)/obj/test/support/pool_it_store.o
+UNIT_SUPPORT_OBJS := $(filter-out $(STORE_SUPPORT_OBJS),$(TEST_SUPPORT_OBJS))
 
 # Interop tests: the driver and the kiln programs it starts, and the Go
 # peer (machinery and paota), built once into build/interop with its build
@@ -103,6 +124,14 @@ STATIC := $(BUILD)/libkiln.a
 MOCKLIB := $(BUILD)/libkiln_mock.a
 SHARED := $(BUILD)/libkiln.so.$(VERSION)
 SONAME := libkiln.so.$(VERSION_MAJOR)
+# The MongoDB store's object (store/plugin.h), and its code as an archive
+# for the integration tests, which also call the store's internals.
+PLUGIN        := $(BUILD)/libkiln-mongo.so.$(VERSION)
+PLUGIN_SONAME := libkiln-mongo.so.$(VERSION_MAJOR)
+PLUGIN_BASE   := $(BUILD)/obj/libkiln-base.a
+STORE_AR      := $(BUILD)/libkiln-mongo.a
+# Programs built here find the store object in the build folder.
+RPATH := -Wl,-rpath,$(CURDIR)/$(BUILD)
 
 .PHONY: all lib examples benches tests longs tsan-tests check check-integration check-pool-tsan check-store check-interop interop-progs test test-long lint demo deps install uninstall clean \
         fuzz tidy cppcheck format format-check symbols install-check valgrind \
@@ -112,7 +141,7 @@ all: lib examples benches
 
 benches: $(BENCH_BINS)
 
-lib: $(STATIC) $(SHARED)
+lib: $(STATIC) $(SHARED) $(PLUGIN)
 
 examples: $(EXAMPLE_BINS)
 
@@ -127,6 +156,18 @@ tsan-tests: $(TEST_BINS) $(POOL_IT_BINS) $(IT_PROGS)
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+# The LIBDIR the loader looks in last; recorded so that a new PREFIX
+# rebuilds the loader.
+LIBDIR_STAMP := $(BUILD)/libdir.txt
+$(LIBDIR_STAMP): FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(LIBDIR)' | cmp -s - $@ || echo '$(LIBDIR)' > $@
+$(BUILD)/obj/store/load.o: $(LIBDIR_STAMP)
+$(BUILD)/obj/store/load.o: ALL_CFLAGS += -DKILN__LIBDIR='"$(LIBDIR)"'
+
+.PHONY: FORCE
+FORCE:
 
 $(STATIC): $(LIB_OBJS)
 	@mkdir -p $(dir $@)
@@ -145,30 +186,53 @@ $(SHARED): $(LIB_OBJS)
 	ln -sf libkiln.so.$(VERSION) $(BUILD)/$(SONAME)
 	ln -sf $(SONAME) $(BUILD)/libkiln.so
 
+# The store's object: the store's code, the entry point, and the pure
+# helpers it uses, pulled from an archive of libkiln's objects that leaves
+# out the allocator and the logger (the host lends those). Only the entry
+# point is exported (--exclude-libs hides the copies of the API functions
+# among the helpers); --as-needed keeps rabbitmq-c and cJSON out.
+$(PLUGIN_BASE): $(filter-out $(BUILD)/obj/core/alloc.o $(BUILD)/obj/logger/logger.o,$(LIB_OBJS))
+	@rm -f $@
+	ar rcs $@ $^
+
+$(PLUGIN): $(MONGO_OBJS) $(PLUGIN_OBJS) $(PLUGIN_BASE)
+	$(CC) -shared -Wl,-soname,$(PLUGIN_SONAME) -Wl,--no-undefined \
+	    -Wl,--exclude-libs,ALL \
+	    $(ALL_LDFLAGS) -o $@ $(MONGO_OBJS) $(PLUGIN_OBJS) $(PLUGIN_BASE) \
+	    -Wl,--as-needed $(MONGO_LIBS) $(LIBS)
+	ln -sf libkiln-mongo.so.$(VERSION) $(BUILD)/$(PLUGIN_SONAME)
+
+$(STORE_AR): $(MONGO_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
 # Every test program links the same way: the shared test code, the
-# mocks, then the library.
-TEST_LINK := $(TEST_SUPPORT_OBJS) $(MOCKLIB) $(STATIC)
+# mocks, then the library; the integration tests also link the store's
+# code and libmongoc, which they use directly. The unit tests do not, so
+# they can check what a worker without a store maps. The rpath finds the
+# store object in the build folder.
+TEST_LINK := $(TEST_SUPPORT_OBJS) $(MOCKLIB) $(STATIC) $(PLUGIN)
 # KILN_TEST_MAKE_VERSION: test_error checks that the files named after
 # VERSION hold the release the header says.
 define link_test
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes \
 	    -DKILN_TEST_MAKE_VERSION='"$(VERSION)"' -MMD -MP $< \
-	    $(TEST_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(MOCKLIB) $(STATIC) \
-	    -lcmocka $(LIBS)
+	    $(UNIT_SUPPORT_OBJS) -o $@ $(ALL_LDFLAGS) $(RPATH) $(MOCKLIB) $(1) \
+	    $(STATIC) -lcmocka $(2) $(LIBS) -lm
 endef
 
 $(BUILD)/test/%: test/%.c $(TEST_LINK)
-	$(link_test)
+	$(call link_test)
 
-$(BUILD)/it/%: test/integration/%.c $(TEST_LINK)
-	$(link_test)
+$(BUILD)/it/%: test/integration/%.c $(TEST_LINK) $(STORE_AR)
+	$(call link_test,$(STORE_SUPPORT_OBJS) $(STORE_AR),$(MONGO_LIBS))
 
-$(BUILD)/interop/%: test/interop/%.c $(TEST_LINK)
-	$(link_test)
+$(BUILD)/interop/%: test/interop/%.c $(TEST_LINK) $(STORE_AR)
+	$(call link_test,$(STORE_SUPPORT_OBJS) $(STORE_AR),$(MONGO_LIBS))
 
-$(BUILD)/long/%: test/long/%.c $(TEST_LINK)
-	$(link_test)
+$(BUILD)/long/%: test/long/%.c $(TEST_LINK) $(STORE_AR)
+	$(call link_test,$(STORE_SUPPORT_OBJS) $(STORE_AR),$(MONGO_LIBS))
 
 # scripts/install-go.sh prints a Go new enough for go.mod, installing one
 # when missing; the modules come from the proxy, pinned by go.sum.
@@ -178,14 +242,15 @@ $(GO_PEER): $(GO_PEER_SRCS) scripts/install-go.sh
 	    GOCACHE=$(CURDIR)/build/go-cache GOFLAGS="-mod=readonly -buildvcs=false" \
 	    GOTOOLCHAIN=local GOWORK=off "$$go" build -trimpath -o $(CURDIR)/$@ ./peer
 
-$(BUILD)/bench/%: bench/%.c $(STATIC)
+$(BUILD)/bench/%: bench/%.c $(STATIC) $(PLUGIN)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP $< -o $@ \
-	    $(ALL_LDFLAGS) $(STATIC) $(LIBS)
+	    $(ALL_LDFLAGS) $(RPATH) $(STATIC) $(LIBS)
 
-$(BUILD)/examples/%: examples/%/main.c $(STATIC)
+$(BUILD)/examples/%: examples/%/main.c $(STATIC) $(PLUGIN)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -MMD -MP $< -o $@ $(ALL_LDFLAGS) $(STATIC) $(LIBS)
+	$(CC) $(ALL_CFLAGS) -MMD -MP $< -o $@ $(ALL_LDFLAGS) $(RPATH) $(STATIC) \
+	    $(LIBS)
 
 # Unit tests of one variant; VALGRIND=1 runs each binary under valgrind.
 check: tests
@@ -332,7 +397,14 @@ symbols: lib
 	 if [ -n "$$bad" ]; then echo "test code (mocks/) in $(STATIC):"; echo "$$bad"; exit 1; fi
 	@bad=$$(nm -u $(STATIC) | awk '$$2 ~ /^cJSON_(Parse|GetErrorPtr)/ {print $$2}' | sort -u); \
 	 if [ -n "$$bad" ]; then echo "$(STATIC) calls cJSON's parser, whose error position is one global (a race):"; echo "$$bad"; exit 1; fi
-	@echo "symbols: only kiln_ API names exported; no test code; no cJSON parse; SONAME $(SONAME)"
+	@if readelf -d $(SHARED) | grep NEEDED | grep -q -e mongoc -e bson; then \
+	    echo "$(SHARED) links libmongoc; only $(PLUGIN) may"; exit 1; fi
+	@bad=$$(nm -D --defined-only $(PLUGIN) | awk 'NF==3 && $$2 ~ /[TDBRVW]/ && $$3 != "kiln_store_plugin_mongodb" {print $$3}'); \
+	 if [ -n "$$bad" ]; then echo "$(PLUGIN) exports more than its entry point:"; echo "$$bad"; exit 1; fi
+	@readelf -d $(PLUGIN) | grep -q "SONAME.*$(PLUGIN_SONAME)" || { echo "SONAME is not $(PLUGIN_SONAME)"; exit 1; }
+	@if readelf -d $(PLUGIN) | grep NEEDED | grep -q rabbitmq; then \
+	    echo "$(PLUGIN) links rabbitmq-c"; exit 1; fi
+	@echo "symbols: only kiln_ API names exported; no test code; no cJSON parse; SONAME $(SONAME); the store object exports its entry point only"
 
 # Every C snippet of README.md, docs/*.md and the public headers, compiled
 # against this variant's library; the complete programs among them run
@@ -356,6 +428,8 @@ install: lib
 	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/libkiln.so.$(VERSION)
 	ln -sf libkiln.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libkiln.so
+	install -m 755 $(PLUGIN) $(DESTDIR)$(LIBDIR)/libkiln-mongo.so.$(VERSION)
+	ln -sf libkiln-mongo.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(PLUGIN_SONAME)
 	install -m 644 include/kiln.h $(DESTDIR)$(INCLUDEDIR)/kiln.h
 	for h in $(wildcard include/kiln/*.h); do \
 	    install -m 644 $$h $(DESTDIR)$(INCLUDEDIR)/kiln/; done
@@ -365,6 +439,7 @@ install: lib
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libkiln.a $(DESTDIR)$(LIBDIR)/libkiln.so* \
+	    $(DESTDIR)$(LIBDIR)/libkiln-mongo.so* \
 	    $(DESTDIR)$(LIBDIR)/pkgconfig/kiln.pc $(DESTDIR)$(INCLUDEDIR)/kiln.h
 	rm -rf $(DESTDIR)$(INCLUDEDIR)/kiln
 
@@ -377,7 +452,7 @@ FUZZ_CFLAGS  := $(CSTD) -O1 -g $(WARN) -fsanitize=fuzzer-no-link,address,undefin
 fuzz:
 	@mkdir -p $(FUZZ_BUILD)/corpus
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer test/fuzz/fuzz_decode.c $(LIB_SRCS) \
-	    -o $(FUZZ_BUILD)/fuzz_decode $(LIBS)
+	    -o $(FUZZ_BUILD)/fuzz_decode $(LIBS) -lm
 	$(FUZZ_BUILD)/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
 	    -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
 	    $(FUZZ_BUILD)/corpus test/fuzz/corpus
@@ -391,16 +466,16 @@ check-scripts:
 	@scripts/check-scripts.sh
 
 tidy:
-	@for f in $(LIB_SRCS) $(MOCK_SRCS); do \
+	@for f in $(ALL_LIB_SRCS) $(MOCK_SRCS); do \
 	    clang-tidy --quiet $$f -- $(CSTD) -I. -Iinclude $(PC_CFLAGS) || exit 1; \
 	done
 
 cppcheck:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability \
-	    --inline-suppr --suppress=missingIncludeSystem -I. -Iinclude $(LIB_SRCS) \
+	    --inline-suppr --suppress=missingIncludeSystem -I. -Iinclude $(ALL_LIB_SRCS) \
 	    $(MOCK_SRCS)
 
-FORMAT_SRCS = $(LIB_SRCS) $(MOCK_SRCS) \
+FORMAT_SRCS = $(ALL_LIB_SRCS) $(MOCK_SRCS) \
               $(wildcard core/*.h config/*.h logger/*.h task/*.h \
               broker/*.h store/*.h workerpool/*.h mocks/*.h include/*.h \
               include/kiln/*.h test/*.c test/support/*.[ch] test/fuzz/*.c \
@@ -415,7 +490,8 @@ format-check:
 clean:
 	rm -rf build
 
--include $(LIB_OBJS:.o=.d) $(MOCK_OBJS:.o=.d) $(TEST_SUPPORT_OBJS:.o=.d) \
+-include $(LIB_OBJS:.o=.d) $(MOCK_OBJS:.o=.d) $(MONGO_OBJS:.o=.d) \
+    $(PLUGIN_OBJS:.o=.d) $(TEST_SUPPORT_OBJS:.o=.d) \
     $(IOP_TEST:=.d) $(IOP_PROGS:=.d) \
     $(TEST_BINS:=.d) $(IT_BINS:=.d) $(IT_PROGS:=.d) $(LONG_BINS:=.d) \
     $(BENCH_BINS:=.d) $(EXAMPLE_BINS:=.d)

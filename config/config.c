@@ -169,6 +169,8 @@ const kiln__cfg_field kiln__cfg_fields[] = {
     /* A TTL index's expireAfterSeconds is a 32-bit signed integer. */
     {"KILN_RESULTS_EXPIRE", NULL, KILN__CFG_UINT, 0, F(results_expire_s), 0,
      2147483647u, NULL, NULL},
+    {"KILN_STORE_PLUGIN", NULL, KILN__CFG_PATH, 0, F(store_plugin), 0,
+     PATH_MAX_BYTES, NULL, NULL},
     /* logging */
     {"KILN_LOG_LEVEL", NULL, KILN__CFG_ENUM, 0, F(log_level), 0, 0, log_levels,
      "err, warn, notice, info, debug or off"},

@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* The number of fields in kiln_config, and so of rows in the table. */
-#define KILN__CFG_NFIELDS 42
+#define KILN__CFG_NFIELDS 43
 
 typedef enum kiln__cfg_kind {
     KILN__CFG_NAME,      /* AMQP or MongoDB name: min..max bytes of UTF-8 */

@@ -286,8 +286,12 @@ typedef struct kiln_config {
     kiln_store_kind store;
     char mongodb_url[KILN_URL_MAX];
     char mongodb_database[KILN_NAME_MAX];
-    unsigned results_expire_s; /* TTL of task documents, 0 = keep,
-                                  at most 2147483647 */
+    unsigned results_expire_s;        /* TTL of task documents, 0 = keep,
+                                         at most 2147483647 */
+    char store_plugin[KILN_PATH_MAX]; /* the MongoDB store's object,
+                                         libkiln-mongo.so.0; empty = look
+                                         beside libkiln, then the loader's
+                                         path, then the install LIBDIR */
 
     /* logging */
     kiln_log_level log_level;

@@ -52,7 +52,7 @@ case "$lib" in
     *) san=() ;;
 esac
 # shellcheck disable=SC2207
-deps=($(pkg-config --libs libcjson librabbitmq libmongoc-1.0))
+deps=($(pkg-config --libs libcjson librabbitmq))
 cflags=(-Wall -Wextra -Werror -O1 -g -Iinclude)
 
 # Each snippet becomes $dir/sN.body, with one line in $dir/index:

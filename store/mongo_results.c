@@ -4,7 +4,7 @@
  * argument getters read them. */
 #include "kiln/store_mongo.h"
 
-#include "store/mongo.h"
+#include "store/plugin.h"
 
 #include <string.h>
 #include <time.h>
@@ -40,7 +40,7 @@ kiln_store *kiln_store_new(const kiln_config *cfg, kiln_error *err)
         kiln__fail(err, KILN_ENOMEM, "kiln_store_new");
         return NULL;
     }
-    if ((st->s = kiln__mongo_store_new(cfg, err)) == NULL) {
+    if ((st->s = kiln__store_open(cfg, err)) == NULL) {
         kiln__free(st);
         return NULL;
     }

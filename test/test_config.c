@@ -132,6 +132,8 @@ static const struct var vars[] = {
      0, 0, "kiln", "kiln_results", NULL, NULL, NULL},
     {"KILN_RESULTS_EXPIRE", NULL, R_UINT, O(results_expire_s), 0, 2147483647,
      "3600", "2147483647", NULL, NULL, NULL},
+    {"KILN_STORE_PLUGIN", NULL, R_PATH, O(store_plugin), 0, 0, "",
+     "/opt/kiln/lib/libkiln-mongo.so.0", NULL, NULL, NULL},
     {"KILN_LOG_LEVEL", NULL, R_ENUM, O(log_level), 0, 0, "6", "warning", "4",
      NULL, NULL},
     {"KILN_LOG_FORMAT", NULL, R_ENUM, O(log_format), 0, 0, "0", "JSON", "1",

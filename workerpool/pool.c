@@ -4,7 +4,7 @@
 
 #include "broker/amqp.h"
 #include "logger/logger.h"
-#include "store/mongo.h"
+#include "store/plugin.h"
 #include "workerpool/backoff.h"
 
 #include <errno.h>
@@ -97,7 +97,7 @@ kiln_pool *kiln_pool_new(const kiln_config *cfg, unsigned concurrency,
         goto fail;
     }
     if (cfg->store == KILN_STORE_MONGODB) {
-        if ((p->store = kiln__mongo_store_new(&p->cfg, err)) == NULL)
+        if ((p->store = kiln__store_open(&p->cfg, err)) == NULL)
             goto fail;
         p->own_store = true;
     }
