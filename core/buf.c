@@ -54,7 +54,7 @@ bool kiln__buf_reserve(kiln__buf *b, size_t more)
     return true;
 }
 
-void kiln__buf_put(kiln__buf *b, const void *s, size_t n)
+void kiln__buf_put_slow(kiln__buf *b, const void *s, size_t n)
 {
     if (n == 0 || !kiln__buf_reserve(b, n))
         return;
@@ -118,6 +118,25 @@ static void put_u00(kiln__buf *b, unsigned char c)
     kiln__buf_put(b, e, sizeof(e));
 }
 
+/* 1 for the bytes that may need more than a copy under some flag: the
+ * control bytes, '"', '\\', '<', '>', '&', DEL and every byte of 0x80 and
+ * above; a run of the others is copied as it is without a closer look. */
+/* clang-format off: a row per 16 bytes */
+static const unsigned char maybe_special[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+/* clang-format on */
+
 /* The escape of an ASCII byte that needs one, or NULL when it needs none. */
 static const char *ascii_escape(unsigned char c, unsigned flags)
 {
@@ -161,10 +180,15 @@ void kiln__buf_json_escape(kiln__buf *b, const char *s, size_t n,
     size_t i = 0, start = 0;
 
     while (i < n) {
-        unsigned char c = p[i];
+        unsigned char c;
         const char *esc = NULL;
         size_t len = 1;
 
+        while (i < n && !maybe_special[p[i]])
+            i++;
+        if (i == n)
+            break;
+        c = p[i];
         if (c < 0x80) {
             if ((esc = ascii_escape(c, flags)) == NULL) {
                 i++;

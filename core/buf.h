@@ -26,6 +26,8 @@
 
 #include "core/core.h"
 
+#include <string.h>
+
 typedef struct kiln__buf {
     char *p;     /* the bytes; NULL while empty or counting */
     size_t n;    /* bytes written (or counted) */
@@ -53,7 +55,19 @@ void kiln__buf_init_count(kiln__buf *b);
  * `failed` set) when it cannot. Always true when counting. */
 bool kiln__buf_reserve(kiln__buf *b, size_t more);
 
-void kiln__buf_put(kiln__buf *b, const void *s, size_t n);
+/* kiln__buf_put appends s[0..n); kiln__buf_put_slow is its path when the
+ * piece does not fit (or the buffer counts or has failed). */
+void kiln__buf_put_slow(kiln__buf *b, const void *s, size_t n);
+static inline void kiln__buf_put(kiln__buf *b, const void *s, size_t n)
+{
+    /* Inline while it fits: the encoders append many short pieces. */
+    if (!b->count && !b->failed && n < b->cap - b->n) {
+        memcpy(b->p + b->n, s, n);
+        b->n += n;
+        return;
+    }
+    kiln__buf_put_slow(b, s, n);
+}
 void kiln__buf_puts(kiln__buf *b, const char *s);
 
 /* kiln__buf_cstr puts a NUL after the text (not counted in n) and returns

@@ -475,7 +475,7 @@ static void walk(op_fn op, const input *in)
     }
     kiln__alloc_fail_after(-1);
     assert_int_equal(rc, KILN_OK);
-    assert_true(n > 3);
+    assert_true(n > 0); /* at least one allocation was made to fail */
 }
 
 static kiln_err op_decode(const input *in)
