@@ -80,11 +80,14 @@ static void win_push(kiln__consumer *c, kiln__work *w)
 
 static void work_release(kiln__consumer *c, kiln__work *w)
 {
+    kiln__work_copy *copy = w->copy; /* the slot's for good */
+
     if (w->dl.body != NULL || w->dl.headers != NULL || w->dl.tag != 0)
         kiln__broker_release(c->b, &w->dl);
-    kiln__settle_discard(&w->settle);
+    kiln__settle_discard(&w->copy->settle);
     kiln__job_release(&w->job);
     memset(w, 0, sizeof(*w));
+    w->copy = copy;
     w->next = c->free_list;
     c->free_list = w;
 }

@@ -650,6 +650,10 @@ kiln_err kiln__settle_begin(const kiln__dispatch *d, const kiln__delivery *dl,
 
 void kiln__settle_discard(kiln__settle *s)
 {
+    /* Read before written: a settle that never held a copy stays
+     * untouched (see kiln__work_copy). */
+    if (s->headers == NULL && !s->publish)
+        return;
     kiln__free(s->headers);
     s->headers = NULL;
     s->publish = false;

@@ -50,8 +50,9 @@ static void reject(kiln__consumer *c, kiln__work *w, bool requeue)
 static void on_sent(kiln__pub_req *r, void *ctx)
 {
     kiln_pool *p = ctx;
-    kiln__work *w =
-        (kiln__work *)(void *)((char *)r - offsetof(kiln__work, req));
+    kiln__work_copy *copy =
+        (kiln__work_copy *)(void *)((char *)r - offsetof(kiln__work_copy, req));
+    kiln__work *w = &p->slots[copy - p->copies];
 
     pthread_mutex_lock(&p->mu);
     w->next = p->sent_head;
@@ -60,19 +61,19 @@ static void on_sent(kiln__pub_req *r, void *ctx)
     kiln__pool_wake(p);
 }
 
-/* Hands the copy in w->settle to the publisher. */
+/* Hands the copy in w->copy->settle to the publisher. */
 static void submit(kiln__consumer *c, kiln__work *w)
 {
     if (!w->leasing)
         w->state = KILN__WORK_SENDING;
     c->in_publisher++;
-    if (kiln__publisher_submit(c->pub, &w->req, &w->settle.msg, 1,
-                               &w->req_status, on_sent, c->p) == KILN_OK)
+    if (kiln__publisher_submit(c->pub, &w->copy->req, &w->copy->settle.msg, 1,
+                               &w->copy->req_status, on_sent, c->p) == KILN_OK)
         return;
     c->in_publisher--;
     if (w->leasing) {
         w->leasing = false;
-        kiln__settle_discard(&w->settle);
+        kiln__settle_discard(&w->copy->settle);
         return;
     }
     refused(c, w, "the publisher is closing");
@@ -83,16 +84,16 @@ void kiln__consumer_send_copy(kiln__consumer *c, kiln__work *w)
 {
     kiln_error e;
 
-    kiln__settle_discard(&w->settle);
-    memset(&w->settle, 0, sizeof(w->settle));
-    if (kiln__settle_begin(&c->p->dispatch, &w->dl, &w->job, &w->settle, &e) !=
-        KILN_OK) {
+    kiln__settle_discard(&w->copy->settle);
+    memset(&w->copy->settle, 0, sizeof(w->copy->settle));
+    if (kiln__settle_begin(&c->p->dispatch, &w->dl, &w->job, &w->copy->settle,
+                           &e) != KILN_OK) {
         refused(c, w, e.message);
         return;
     }
-    if (!w->settle.publish) {
+    if (!w->copy->settle.publish) {
         /* Nothing to publish: no dead-letter queue is configured. */
-        reject(c, w, w->settle.end == KILN__SETTLE_REQUEUE);
+        reject(c, w, w->copy->settle.end == KILN__SETTLE_REQUEUE);
         return;
     }
     submit(c, w);
@@ -106,7 +107,8 @@ static void refused(kiln__consumer *c, kiln__work *w, const char *why)
 {
     uint64_t ms = kiln__backoff_ms(w->attempts, KILN__RESEND_BASE_MS,
                                    KILN__RESEND_CAP_MS);
-    const char *what = w->settle.what != NULL ? w->settle.what : "copy";
+    const char *what =
+        w->copy->settle.what != NULL ? w->copy->settle.what : "copy";
 
     if (c->draining && w->job.fn == NULL &&
         w->job.verdict == KILN__VERDICT_RETRY && w->live) {
@@ -127,10 +129,10 @@ static void refused(kiln__consumer *c, kiln__work *w, const char *why)
 
 static void copy_sent(kiln__consumer *c, kiln__work *w)
 {
-    kiln__settle_end_action end = w->settle.end;
+    kiln__settle_end_action end = w->copy->settle.end;
 
-    if (w->req_status != KILN_OK) {
-        refused(c, w, w->req.err.message);
+    if (w->copy->req_status != KILN_OK) {
+        refused(c, w, w->copy->req.err.message);
         return;
     }
     if (c->refusing) {
@@ -141,8 +143,8 @@ static void copy_sent(kiln__consumer *c, kiln__work *w)
     if (w->attempts > 0)
         kiln__log_task(KILN_LOG_NOTICE, MODULE, kiln__work_key(w),
                        kiln__work_name(w), "%s confirmed after %u attempts",
-                       w->settle.what, w->attempts + 1);
-    kiln__settle_discard(&w->settle);
+                       w->copy->settle.what, w->attempts + 1);
+    kiln__settle_discard(&w->copy->settle);
     w->attempts = 0;
     if (end != KILN__SETTLE_ACK) {
         reject(c, w, end == KILN__SETTLE_REQUEUE);
@@ -160,15 +162,16 @@ static void copy_sent(kiln__consumer *c, kiln__work *w)
  * acked) or refused (tried again later). */
 static void lease_sent(kiln__consumer *c, kiln__work *w)
 {
-    kiln_err st = w->req_status;
+    kiln_err st = w->copy->req_status;
     kiln_error e;
 
     w->leasing = false;
-    kiln__settle_discard(&w->settle);
+    kiln__settle_discard(&w->copy->settle);
     if (st != KILN_OK) {
-        kiln__log_task(
-            KILN_LOG_WARN, MODULE, kiln__work_key(w), kiln__work_name(w),
-            "lease copy not confirmed: %s; trying again", w->req.err.message);
+        kiln__log_task(KILN_LOG_WARN, MODULE, kiln__work_key(w),
+                       kiln__work_name(w),
+                       "lease copy not confirmed: %s; trying again",
+                       w->copy->req.err.message);
         w->retry_at_ns =
             kiln__monotonic_ns() +
             (int64_t)kiln__backoff_ms(w->attempts++, KILN__RESEND_BASE_MS,
@@ -232,7 +235,7 @@ void kiln__consumer_resend_due(kiln__consumer *c)
         if (w->state != KILN__WORK_WAITING || w->retry_at_ns > now)
             continue;
         c->waiting--;
-        if (w->settle.publish)
+        if (w->copy->settle.publish)
             submit(c, w);
         else
             kiln__consumer_send_copy(c, w);
@@ -315,10 +318,10 @@ static void start_lease(kiln__consumer *c, kiln__work *w, int64_t now)
 {
     kiln_error e;
 
-    kiln__settle_discard(&w->settle);
-    memset(&w->settle, 0, sizeof(w->settle));
+    kiln__settle_discard(&w->copy->settle);
+    memset(&w->copy->settle, 0, sizeof(w->copy->settle));
     if (kiln__lease_build(&c->p->cfg, &w->dl, (uint64_t)(c->lease_ns / MS_NS),
-                          w->retries_seen, w->deliveries_seen, &w->settle,
+                          w->retries_seen, w->deliveries_seen, &w->copy->settle,
                           &e) != KILN_OK) {
         kiln__log_task(KILN_LOG_WARN, MODULE, kiln__work_key(w),
                        kiln__work_name(w), "cannot build a lease copy: %s",

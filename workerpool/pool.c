@@ -131,11 +131,12 @@ void kiln_pool_free(kiln_pool *pool)
             continue;
         if (pool->leftover != NULL)
             kiln__broker_release(pool->leftover, &w->dl);
-        kiln__settle_discard(&w->settle);
+        kiln__settle_discard(&w->copy->settle);
         kiln__job_release(&w->job);
     }
     kiln__broker_destroy(pool->leftover);
     kiln__free(pool->slots);
+    kiln__free(pool->copies);
     kiln_registry_free(pool->reg);
     if (pool->own_store)
         kiln__store_destroy(pool->store);
@@ -380,9 +381,12 @@ static kiln_err alloc_slots(kiln_pool *p, kiln_error *err)
      * tasks still running from a lost one. */
     p->n_slots = (size_t)p->cfg.prefetch + p->concurrency;
     p->slots = kiln__calloc(p->n_slots, sizeof(*p->slots));
-    if (p->slots == NULL)
+    p->copies = kiln__calloc(p->n_slots, sizeof(*p->copies));
+    if (p->slots == NULL || p->copies == NULL)
         return kiln__fail(err, KILN_ENOMEM, "pool: %zu delivery slots",
                           p->n_slots);
+    for (size_t i = 0; i < p->n_slots; i++)
+        p->slots[i].copy = &p->copies[i];
     return KILN_OK;
 }
 

@@ -85,6 +85,17 @@ typedef enum kiln__work_state {
     KILN__WORK_SETTLED  /* acked, nacked or given up: the slot is free */
 } kiln__work_state;
 
+/* The copy an outcome publishes before its delivery is settled (retry,
+ * hold, requeue, counted redelivery, lease, dead letter), with its
+ * request to the publisher. Kept apart from kiln__work, in an array of
+ * its own that only outcomes with a copy write to: a worker whose tasks
+ * succeed never touches its pages (1.7 kB a slot). */
+typedef struct kiln__work_copy {
+    kiln__settle settle;
+    kiln__pub_req req;
+    kiln_err req_status;
+} kiln__work_copy;
+
 typedef struct kiln__work {
     kiln__delivery dl;
     kiln__job job;
@@ -111,12 +122,10 @@ typedef struct kiln__work {
      * seen before (redelivered, counted, a lease copy) are decoded by the
      * consumer, which must look them up against the slots. */
     bool raw;
-    unsigned retries_seen;    /* job.retries and job.deliveries as they */
-    uint32_t deliveries_seen; /* came in, for a copy made while it runs or
-                                 before a worker took it */
-    kiln__settle settle;
-    kiln__pub_req req;
-    kiln_err req_status;
+    unsigned retries_seen;     /* job.retries and job.deliveries as they */
+    uint32_t deliveries_seen;  /* came in, for a copy made while it runs or
+                                  before a worker took it */
+    kiln__work_copy *copy;     /* its entry in kiln_pool.copies, for good */
     struct kiln__work *behind; /* PARKED: the delivery it waits for */
     struct kiln__work *next;   /* work queue, done lists or free list */
 } kiln__work;
@@ -176,6 +185,7 @@ struct kiln_pool {
     unsigned max_running;  /* highest `running` seen (tests check <= C) */
 
     kiln__work *slots;
+    kiln__work_copy *copies; /* slots[i].copy is &copies[i] */
     size_t n_slots;
     pthread_t *workers;
     unsigned n_workers; /* started */
