@@ -199,7 +199,7 @@ static int teardown(void **state)
 static void set_ok(kiln__store *s, const char *uuid, kiln__task_state st,
                    const char *name, const kiln__values *res, const char *error)
 {
-    kiln__state_update u = {uuid, name, st, res, error};
+    kiln__state_update u = {uuid, name, st, res, error, false};
     kiln_error err;
 
     if (kiln__store_set(s, &u, &err) != KILN_OK)
@@ -486,7 +486,7 @@ static void test_add_pending_bulk(void **state)
     set_ok(f->s, "p_started", KILN__STATE_STARTED, "s", NULL, NULL);
     for (size_t i = 0; i < KILN__ARRAY_LEN(ids); i++) {
         u[i] = (kiln__state_update){ids[i], "bulk", KILN__STATE_PENDING, NULL,
-                                    NULL};
+                                    NULL, false};
         st[i] = KILN_EINVAL;
     }
     assert_int_equal(
@@ -513,7 +513,7 @@ static void test_add_pending_bulk(void **state)
     for (size_t i = 0; i < MANY; i++) {
         (void)snprintf(names[i], sizeof(names[i]), "p_many_%zu", i);
         u[i] = (kiln__state_update){names[i], "many", KILN__STATE_PENDING, NULL,
-                                    NULL};
+                                    NULL, false};
     }
     assert_int_equal(kiln__store_add_pending(f->s, u, MANY, st, &err), KILN_OK);
     assert_int_equal(kiln__store_add_pending(f->s, u, MANY, st, &err), KILN_OK);
@@ -525,7 +525,7 @@ static void test_add_pending_bulk(void **state)
     u[0].state = KILN__STATE_STARTED;
     assert_int_equal(kiln__store_add_pending(f->s, u, 1, st, &err),
                      KILN_EINVAL);
-    u[0] = (kiln__state_update){"", "x", KILN__STATE_PENDING, NULL, NULL};
+    u[0] = (kiln__state_update){"", "x", KILN__STATE_PENDING, NULL, NULL, false};
     assert_int_equal(kiln__store_add_pending(f->s, u, 1, st, &err),
                      KILN_EINVAL);
 }
@@ -665,7 +665,7 @@ static void test_failure_keeps_utf8_error(void **state)
 static void test_bad_calls(void **state)
 {
     fixture *f = *state;
-    kiln__state_update u = {"t", NULL, KILN__STATE_PENDING, NULL, NULL};
+    kiln__state_update u = {"t", NULL, KILN__STATE_PENDING, NULL, NULL, false};
     kiln__task_record r = {0};
     kiln_error err;
 
@@ -955,7 +955,7 @@ static void record_failure(worker *w, const kiln_error *err)
 static void write_as(worker *w, const char *uuid, kiln__task_state st,
                      const kiln__values *res, const char *error)
 {
-    kiln__state_update u = {uuid, "conc", st, res, error};
+    kiln__state_update u = {uuid, "conc", st, res, error, false};
     kiln_error err;
 
     if (kiln__store_set(w->s, &u, &err) != KILN_OK)
@@ -1185,7 +1185,7 @@ static void test_no_expiry_when_zero(void **state)
 static void test_unreachable_fails_fast_without_password(void **state)
 {
     kiln_config cfg;
-    kiln__state_update u = {"t", "x", KILN__STATE_PENDING, NULL, NULL};
+    kiln__state_update u = {"t", "x", KILN__STATE_PENDING, NULL, NULL, false};
     kiln__task_record r;
     kiln_error err;
     kiln__store *s;
@@ -1249,7 +1249,7 @@ static void test_secrets_never_shown(void **state)
         "&tlsAllowInvalidHostnames=true&tlsCertificateKeyFilePassword=Zq9",
     };
     kiln_config cfg;
-    kiln__state_update u = {"t", "x", KILN__STATE_PENDING, NULL, NULL};
+    kiln__state_update u = {"t", "x", KILN__STATE_PENDING, NULL, NULL, false};
     kiln_error err;
     kiln__store *s;
 
@@ -1309,7 +1309,7 @@ static void run_cmd(const char *var)
 static void test_server_restart(void **state)
 {
     fixture *f = *state;
-    kiln__state_update u = {"task_down", "x", KILN__STATE_STARTED, NULL, NULL};
+    kiln__state_update u = {"task_down", "x", KILN__STATE_STARTED, NULL, NULL, false};
     kiln__values res = {0};
     kiln__task_record r;
     kiln_error err;
@@ -1378,7 +1378,7 @@ static void *late_main(void *arg)
     if (kiln__values_add(&res, &v, NULL) != KILN_OK)
         w->failures++;
     for (size_t i = 0; i < KILN__ARRAY_LEN(seq); i++) {
-        kiln__state_update u = {"task_late", "late", seq[i], NULL, NULL};
+        kiln__state_update u = {"task_late", "late", seq[i], NULL, NULL, false};
 
         usleep(150 * 1000);
         u.results = seq[i] == KILN__STATE_SUCCESS ? &res : NULL;
