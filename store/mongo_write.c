@@ -616,10 +616,12 @@ static bool bulk_chunk(struct kiln__mongo_store *ms, mongoc_collection_t *coll,
 }
 
 /* FerretDB 1.x keeps a SQLite connection open for every update of one
- * command until the command ends, out of a pool of 100: a command of
- * more updates than that waits for itself for ever, and the whole server
- * with it. So it gets its bulks in chunks well below that. */
-#define FERRET_CHUNK 32
+ * command until the command ends, out of one pool of 100 for all its
+ * clients: a command of more updates than that waits for itself for
+ * ever, and a few workers' commands of a few dozen each wait for one
+ * another until the socket times out. So it gets its bulks in chunks of
+ * a few: most of a command's cost is paid once per command already. */
+#define FERRET_CHUNK 16
 
 static bool bulk_run(struct kiln__mongo_store *ms, mongoc_collection_t *coll,
                      const kiln__state_update *u, const bson_t *updates,
