@@ -472,6 +472,7 @@ static bool bulk_errors(const bson_t *reply, const kiln__state_update *u,
                         kiln_err *status, kiln_error *errs)
 {
     bson_iter_t it, arr, doc;
+    int64_t done = 0, last = -1;
 
     if (!bson_iter_init_find(&it, reply, "writeErrors") ||
         !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &arr))
@@ -494,6 +495,9 @@ static bool bulk_errors(const bson_t *reply, const kiln__state_update *u,
         }
         if (idx < 0 || (size_t)idx >= n_sent)
             continue;
+        done++;
+        if (idx > last)
+            last = idx;
         i = docs[map[idx]].i;
         if (code == CODE_DUPLICATE_KEY || strstr(msg, "E11000") != NULL) {
             docs[map[idx]].dup = true;
@@ -504,6 +508,16 @@ static bool bulk_errors(const bson_t *reply, const kiln__state_update *u,
                                "%lld)",
                                u[i].uuid, msg, (long long)code);
     }
+    /* FerretDB 1.x stops an update command at its first failed update
+     * even when unordered, and says nothing of the rest: what the counts
+     * do not account for goes again singly (MongoDB's always add up). */
+    if (bson_iter_init_find(&it, reply, "nMatched"))
+        done += bson_iter_as_int64(&it);
+    if (bson_iter_init_find(&it, reply, "nUpserted"))
+        done += bson_iter_as_int64(&it);
+    if (done < (int64_t)n_sent)
+        for (size_t k = (size_t)(last + 1); k < n_sent; k++)
+            docs[map[k]].dup = true;
     return true;
 }
 

@@ -531,6 +531,60 @@ static void test_add_pending_bulk(void **state)
 }
 
 /* Rule 3: a retried task goes RETRY -> RECEIVED -> STARTED again. */
+/* Many states in one bulk: each follows the rules as set_state would (a
+ * finished task is left as it is, and that is no error), a write may
+ * carry its run's STARTED along, a bad document fails alone, and more
+ * documents than one FerretDB chunk all arrive. */
+static void test_set_states_bulk(void **state)
+{
+    fixture *f = *state;
+    enum { MANY = 40 };
+    char names[MANY][32];
+    kiln__state_update u[MANY + 3];
+    kiln_err st[MANY + 3];
+    kiln__task_record r;
+    kiln_error err;
+
+    set_ok(f->s, "b_done", KILN__STATE_SUCCESS, "b", NULL, NULL);
+    set_ok(f->s, "b_started", KILN__STATE_STARTED, "b", NULL, NULL);
+    for (size_t i = 0; i < MANY; i++) {
+        (void)snprintf(names[i], sizeof(names[i]), "b_many_%zu", i);
+        u[i] = (kiln__state_update){.uuid = names[i],
+                                    .task_name = "b",
+                                    .state = KILN__STATE_SUCCESS,
+                                    .started = true};
+    }
+    u[MANY] = (kiln__state_update){.uuid = "b_done",
+                                   .task_name = "b",
+                                   .state = KILN__STATE_FAILURE,
+                                   .error = "late"};
+    u[MANY + 1] = (kiln__state_update){.uuid = "b_started",
+                                       .task_name = "b",
+                                       .state = KILN__STATE_FAILURE,
+                                       .error = "boom"};
+    u[MANY + 2] = (kiln__state_update){.uuid = "", .state = KILN__STATE_SUCCESS};
+    assert_int_equal(kiln__store_set_states(f->s, u, MANY + 3, st, &err),
+                     KILN_EINVAL);
+    for (size_t i = 0; i < MANY + 2; i++)
+        assert_int_equal(st[i], KILN_OK);
+    assert_int_equal(st[MANY + 2], KILN_EINVAL);
+    for (size_t i = 0; i < MANY; i++) {
+        get_ok(f->s, names[i], &r);
+        assert_int_equal(r.state, KILN__STATE_SUCCESS);
+        assert_int_equal(r.attempts, 1);
+        assert_true(r.started_ns > 0);
+        kiln__task_record_release(&r);
+    }
+    get_ok(f->s, "b_done", &r);
+    assert_int_equal(r.state, KILN__STATE_SUCCESS);
+    kiln__task_record_release(&r);
+    get_ok(f->s, "b_started", &r);
+    assert_int_equal(r.state, KILN__STATE_FAILURE);
+    assert_string_equal(r.error, "boom");
+    assert_int_equal(r.attempts, 1);
+    kiln__task_record_release(&r);
+}
+
 static void test_retry_then_received(void **state)
 {
     fixture *f = *state;
@@ -1560,6 +1614,8 @@ int main(void)
         T(test_pending_after_received_is_ignored),
         T(test_retry_then_received),
         T(test_add_pending_bulk),
+        T(test_set_states_bulk),
+        C(test_set_states_bulk),
         T(test_send_failed),
         T(test_failure_keeps_utf8_error),
         T(test_bad_calls),
