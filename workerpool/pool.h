@@ -109,6 +109,8 @@ typedef struct kiln__work {
      * it), and the link of that queue. The rest is the writer's. */
     unsigned char wr_start;
     struct kiln__work *wr_start_next;
+    bool wr_start_owed;        /* its STARTED was not written: the final
+                                  write carries it (state_update.started) */
     unsigned wr_attempts;      /* failed writes of its final state */
     int64_t wr_due_ns;         /* monotonic: the next of them */
     struct kiln__work *behind; /* PARKED: the delivery it waits for */

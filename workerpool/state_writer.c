@@ -55,9 +55,13 @@ static void on_started(void *ctx, kiln__job *job)
     kiln_pool *p = ctx;
     kiln__work *w = work_of(job);
 
-    if (kiln__dispatch_outage_known(&p->dispatch))
-        return; /* it would fail too */
     pthread_mutex_lock(&p->mu);
+    if (kiln__dispatch_outage_known(&p->dispatch)) {
+        /* It would fail too: the final write counts the run instead. */
+        w->wr_start_owed = true;
+        pthread_mutex_unlock(&p->mu);
+        return;
+    }
     w->wr_start = KILN__WR_QUEUED;
     w->wr_start_next = NULL;
     if (p->wr_start_tail != NULL)
@@ -150,9 +154,11 @@ static void take(kiln_pool *p, batch *b)
         }
         *pp = w->next;
         w->next = NULL;
-        b->merged[b->n] = w->wr_start == KILN__WR_QUEUED;
-        if (w->wr_start == KILN__WR_QUEUED)
+        if (w->wr_start == KILN__WR_QUEUED) {
             unqueue_start(p, w);
+            w->wr_start_owed = true;
+        }
+        b->merged[b->n] = w->wr_start_owed;
         w->wr_start = 0;
         b->start[b->n] = false;
         b->w[b->n++] = w;
@@ -199,7 +205,7 @@ static void take_retries(batch *b, int64_t now)
         *pp = w->next;
         w->next = NULL;
         b->start[b->n] = false;
-        b->merged[b->n] = false;
+        b->merged[b->n] = w->wr_start_owed;
         b->w[b->n++] = w;
     }
 }
@@ -233,11 +239,15 @@ static void write_batch(kiln_pool *p, batch *b)
     kiln_err st[KILN__WRITER_BULK];
     kiln_error e;
 
+    for (size_t k = 0; k < b->n; k++)
+        b->st[k] = KILN_OK;
     for (size_t k = 0; k < b->n; k++) {
         kiln__work *w = b->w[k];
         if (b->start[k]) {
-            if (outage)
+            if (outage) {
+                b->st[k] = KILN_ESTORE; /* not written: owed */
                 continue;
+            }
             u[m] = (kiln__state_update){.uuid = w->job.sig->uuid,
                                         .task_name = w->job.sig->name,
                                         .state = KILN__STATE_STARTED};
@@ -250,8 +260,6 @@ static void write_batch(kiln_pool *p, batch *b)
         }
         map[m++] = k;
     }
-    for (size_t k = 0; k < b->n; k++)
-        b->st[k] = KILN_OK;
     if (m > 0) {
         (void)kiln__store_set_states(d->store, u, m, st, &e);
         for (size_t j = 0; j < m; j++) {
@@ -273,9 +281,13 @@ static void settle_batch(kiln_pool *p, batch *b)
     bool any_ok = false;
 
     pthread_mutex_lock(&p->mu);
-    for (size_t k = 0; k < b->n; k++)
-        if (b->start[k])
-            b->w[k]->wr_start = 0;
+    for (size_t k = 0; k < b->n; k++) {
+        if (!b->start[k])
+            continue;
+        b->w[k]->wr_start = 0;
+        if (b->st[k] != KILN_OK) /* the final write counts the run */
+            b->w[k]->wr_start_owed = true;
+    }
     pthread_mutex_unlock(&p->mu);
     for (size_t k = 0; k < b->n; k++) {
         kiln__work *w = b->w[k];
@@ -284,6 +296,7 @@ static void settle_batch(kiln_pool *p, batch *b)
         if (b->st[k] == KILN_OK || !kiln__state_finished(w->job.write_state)) {
             if (b->st[k] == KILN_OK && w->job.write)
                 any_ok = true;
+            w->wr_start_owed = false;
             to_done(b, w);
         } else {
             failed_final(p, b, w);

@@ -37,7 +37,7 @@ static void *worker_main(void *arg)
         kiln__dispatch_run(&p->dispatch, &w->job);
         pthread_mutex_lock(&p->mu);
         p->running--;
-        wr = w->wr_start || w->job.write;
+        wr = w->wr_start || w->wr_start_owed || w->job.write;
         pthread_mutex_unlock(&p->mu);
         if (wr)
             kiln__writer_put(p, w); /* acked once its state is written */
