@@ -152,6 +152,19 @@ void kiln__mock_store_fail_writes(kiln__store *s, unsigned count);
  * stopped server. Any thread. */
 void kiln__mock_store_set_down(kiln__store *s, bool down);
 
+/* Until called again with another UUID (NULL or "": none), every write of
+ * task `uuid` fails with KILN_ESTORE, alone in its bulk. Any thread. */
+void kiln__mock_store_fail_uuid(kiln__store *s, const char *uuid);
+
+/* While `hold`, set_states calls wait before writing, so a test can keep
+ * a bulk in flight; kiln__mock_store_wait_held waits up to `timeout_ms`
+ * until one waits (true) or not (false). Any thread. */
+void kiln__mock_store_hold(kiln__store *s, bool hold);
+bool kiln__mock_store_wait_held(kiln__store *s, int timeout_ms);
+
+/* How many set_states calls were made, and the most updates one had. */
+void kiln__mock_store_bulks(kiln__store *s, size_t *calls, size_t *largest);
+
 /* How many set_state calls failed because the store was down. */
 unsigned kiln__mock_store_failed_while_down(kiln__store *s);
 

@@ -25,6 +25,10 @@ struct mock_store {
     unsigned fail_writes;
     bool down; /* every write fails */
     unsigned failed_while_down;
+    char fail_uuid[KILN_NAME_MAX]; /* writes of this task fail; "" none */
+    bool hold;                     /* set_states waits while set */
+    unsigned held;                 /* set_states calls waiting */
+    size_t bulks, bulk_max;        /* set_states calls, largest n */
 };
 
 static struct entry *lookup(const struct mock_store *ms, const char *uuid,
@@ -106,6 +110,7 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
 {
     uint64_t h = kiln__hash_str(u->uuid);
     struct entry *e = lookup(ms, u->uuid, h);
+    bool started = u->state == KILN_STATE_STARTED || u->started;
     kiln__task_record rec;
     kiln_err rc;
 
@@ -123,8 +128,8 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
         ms->buckets[h & (ms->nbuckets - 1)] = e;
         ms->count++;
         rec.created_ns = rec.updated_ns;
-        rec.attempts = u->state == KILN_STATE_STARTED ? 1 : 0;
-        rec.started_ns = u->state == KILN_STATE_STARTED ? rec.updated_ns : 0;
+        rec.attempts = started ? 1 : 0;
+        rec.started_ns = started ? rec.updated_ns : 0;
         maybe_grow(ms);
     } else {
         /* A later write without a name keeps the one already known. */
@@ -134,10 +139,8 @@ static kiln_err apply(struct mock_store *ms, const kiln__state_update *u,
             e->rec.task_name = NULL;
         }
         rec.created_ns = e->rec.created_ns;
-        rec.attempts =
-            e->rec.attempts + (u->state == KILN_STATE_STARTED ? 1 : 0);
-        rec.started_ns =
-            u->state == KILN_STATE_STARTED ? rec.updated_ns : e->rec.started_ns;
+        rec.attempts = e->rec.attempts + (started ? 1 : 0);
+        rec.started_ns = started ? rec.updated_ns : e->rec.started_ns;
         ms->per_state[e->rec.state]--;
         kiln__task_record_release(&e->rec);
     }
@@ -167,6 +170,10 @@ static kiln_err write(kiln__store *s, const kiln__state_update *u, bool unsent,
     if (ms->down) {
         ms->failed_while_down++;
         rc = kiln__fail(err, KILN_ESTORE, "mock store: server down (injected)");
+    } else if (ms->fail_uuid[0] != '\0' &&
+               strcmp(ms->fail_uuid, u->uuid) == 0) {
+        rc = kiln__fail(err, KILN_ESTORE,
+                        "mock store: write of %s failed (injected)", u->uuid);
     } else if (ms->fail_writes > 0) {
         ms->fail_writes--;
         rc = kiln__fail(err, KILN_ESTORE,
@@ -245,10 +252,87 @@ static void ms_destroy(kiln__store *s)
     kiln__free(ms);
 }
 
+/* One bulk: each document as set_state, after any hold (a test keeps a
+ * bulk in flight with it). */
+static kiln_err ms_set_states(kiln__store *s, const kiln__state_update *u,
+                              size_t n, kiln_err *status, kiln_error *err)
+{
+    struct mock_store *ms = (struct mock_store *)s;
+    kiln_err first = KILN_OK;
+    kiln_error e;
+
+    pthread_mutex_lock(&ms->mu);
+    ms->held++;
+    pthread_cond_broadcast(&ms->cond);
+    while (ms->hold)
+        pthread_cond_wait(&ms->cond, &ms->mu);
+    ms->held--;
+    ms->bulks++;
+    if (n > ms->bulk_max)
+        ms->bulk_max = n;
+    pthread_mutex_unlock(&ms->mu);
+    for (size_t i = 0; i < n; i++) {
+        status[i] = write(s, &u[i], false, &e);
+        if (status[i] != KILN_OK && first == KILN_OK) {
+            first = status[i];
+            if (err != NULL)
+                *err = e;
+        }
+    }
+    return first;
+}
+
 static const kiln__store_ops ms_ops = {.set_state = ms_set_state,
                                        .get_state = ms_get_state,
                                        .destroy = ms_destroy,
-                                       .send_failed = ms_send_failed};
+                                       .send_failed = ms_send_failed,
+                                       .set_states = ms_set_states};
+
+void kiln__mock_store_fail_uuid(kiln__store *s, const char *uuid)
+{
+    struct mock_store *ms = (struct mock_store *)s;
+
+    pthread_mutex_lock(&ms->mu);
+    kiln__strlcpy(ms->fail_uuid, uuid != NULL ? uuid : "",
+                  sizeof(ms->fail_uuid));
+    pthread_mutex_unlock(&ms->mu);
+}
+
+void kiln__mock_store_hold(kiln__store *s, bool hold)
+{
+    struct mock_store *ms = (struct mock_store *)s;
+
+    pthread_mutex_lock(&ms->mu);
+    ms->hold = hold;
+    pthread_cond_broadcast(&ms->cond);
+    pthread_mutex_unlock(&ms->mu);
+}
+
+bool kiln__mock_store_wait_held(kiln__store *s, int timeout_ms)
+{
+    struct mock_store *ms = (struct mock_store *)s;
+    int64_t ns = kiln__monotonic_ns() + (int64_t)timeout_ms * 1000000;
+    struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+    bool held;
+
+    pthread_mutex_lock(&ms->mu);
+    while (ms->held == 0 &&
+           pthread_cond_timedwait(&ms->cond, &ms->mu, &ts) == 0)
+        ;
+    held = ms->held > 0;
+    pthread_mutex_unlock(&ms->mu);
+    return held;
+}
+
+void kiln__mock_store_bulks(kiln__store *s, size_t *calls, size_t *largest)
+{
+    struct mock_store *ms = (struct mock_store *)s;
+
+    pthread_mutex_lock(&ms->mu);
+    *calls = ms->bulks;
+    *largest = ms->bulk_max;
+    pthread_mutex_unlock(&ms->mu);
+}
 
 kiln__store *kiln__mock_store_new(kiln_error *err)
 {

@@ -174,7 +174,8 @@ static const kiln__store_ops mongo_ops = {.set_state = mongo_set_state,
                                               kiln__mongo_add_pending,
                                           .get_state = mongo_get_state,
                                           .destroy = mongo_destroy,
-                                          .send_failed = mongo_send_failed};
+                                          .send_failed = mongo_send_failed,
+                                          .set_states = kiln__mongo_set_states};
 
 /* ---- construction ------------------------------------------------------ */
 

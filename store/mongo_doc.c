@@ -59,7 +59,7 @@ kiln_err kiln__mongo_update(bson_t *update, const kiln__state_update *u,
                             const kiln__mongo_write_ctx *ctx, kiln_error *err)
 {
     bool named = u->task_name != NULL && u->task_name[0] != '\0';
-    bool started = u->state == KILN_STATE_STARTED;
+    bool started = u->state == KILN_STATE_STARTED || u->started;
     bool finished = kiln__state_finished(u->state);
     bool unsent = ctx->unsent;
     kiln_err rc = KILN_OK;

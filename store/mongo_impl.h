@@ -80,4 +80,10 @@ kiln_err kiln__mongo_write(struct kiln__mongo_store *ms,
 kiln_err kiln__mongo_add_pending(kiln__store *s, const kiln__state_update *u,
                                  size_t n, kiln_err *status, kiln_error *err);
 
+/* The set_states op of store/store.h: one unordered bulk write (on
+ * FerretDB after a read of each document by _id, see
+ * store/mongo_write.c). */
+kiln_err kiln__mongo_set_states(kiln__store *s, const kiln__state_update *u,
+                                size_t n, kiln_err *status, kiln_error *err);
+
 #endif /* KILN_STORE_MONGO_IMPL_H */

@@ -440,3 +440,320 @@ kiln_err kiln__mongo_add_pending(kiln__store *s, const kiln__state_update *u,
     kiln__free(docs);
     return rc;
 }
+
+/* ---- many states in one bulk write -------------------------------------- */
+
+/* One document of a bulk: its index in the caller's array, whether it
+ * goes in the bulk (a FerretDB read may find that a rule ignores it), and
+ * whether it met a duplicate _id. */
+typedef struct bulk_doc {
+    size_t i;
+    bool sent;
+    bool dup;
+} bulk_doc;
+
+/* Sets status[] from the writeErrors of an unordered bulk whose operation
+ * k is u[docs[map[k]].i]: a duplicate _id is marked for a single write (see
+ * write_atomic); anything else fails that document alone. False when the
+ * reply has no per-document errors (the call failed as a whole). */
+static bool bulk_errors(const bson_t *reply, const kiln__state_update *u,
+                        bulk_doc *docs, const size_t *map, size_t n_sent,
+                        kiln_err *status, kiln_error *errs)
+{
+    bson_iter_t it, arr, doc;
+    int64_t done = 0, last = -1;
+
+    if (!bson_iter_init_find(&it, reply, "writeErrors") ||
+        !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &arr))
+        return false;
+    while (bson_iter_next(&arr)) {
+        int64_t idx = -1, code = 0;
+        const char *msg = "";
+        size_t i;
+
+        if (!BSON_ITER_HOLDS_DOCUMENT(&arr) || !bson_iter_recurse(&arr, &doc))
+            continue;
+        while (bson_iter_next(&doc)) {
+            const char *k = bson_iter_key(&doc);
+            if (strcmp(k, "index") == 0)
+                idx = bson_iter_as_int64(&doc);
+            else if (strcmp(k, "code") == 0)
+                code = bson_iter_as_int64(&doc);
+            else if (strcmp(k, "errmsg") == 0 && BSON_ITER_HOLDS_UTF8(&doc))
+                msg = bson_iter_utf8(&doc, NULL);
+        }
+        if (idx < 0 || (size_t)idx >= n_sent)
+            continue;
+        done++;
+        if (idx > last)
+            last = idx;
+        i = docs[map[idx]].i;
+        if (code == CODE_DUPLICATE_KEY || strstr(msg, "E11000") != NULL) {
+            docs[map[idx]].dup = true;
+            continue;
+        }
+        status[i] = kiln__fail(&errs[i], KILN_ESTORE,
+                               "mongodb writing state of '%.80s': %s (code "
+                               "%lld)",
+                               u[i].uuid, msg, (long long)code);
+    }
+    /* FerretDB 1.x stops an update command at its first failed update
+     * even when unordered, and says nothing of the rest: what the counts
+     * do not account for goes again singly (MongoDB's always add up). */
+    if (bson_iter_init_find(&it, reply, "nMatched"))
+        done += bson_iter_as_int64(&it);
+    if (bson_iter_init_find(&it, reply, "nUpserted"))
+        done += bson_iter_as_int64(&it);
+    if (done < (int64_t)n_sent)
+        for (size_t k = (size_t)(last + 1); k < n_sent; k++)
+            docs[map[k]].dup = true;
+    return true;
+}
+
+/* FerretDB: reads the state of each document by _id (the one filter it
+ * looks up by index) and keeps in the bulk only those a rule lets apply.
+ * Caller holds their stripe locks. False with `be` when a read failed. */
+static bool bulk_check(mongoc_collection_t *coll, const kiln__state_update *u,
+                       bulk_doc *docs, size_t n_ops, bson_error_t *be)
+{
+    for (size_t k = 0; k < n_ops; k++) {
+        bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj;
+        const kiln__state_update *x = &u[docs[k].i];
+        mongoc_cursor_t *cur;
+        const bson_t *doc;
+        bool ok = true;
+
+        BSON_APPEND_UTF8(&filter, "_id", x->uuid);
+        BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+        BSON_APPEND_INT32(&proj, "state", 1);
+        BSON_APPEND_INT32(&proj, KILN__MONGO_UNSENT, 1);
+        bson_append_document_end(&opts, &proj);
+        cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
+        if (mongoc_cursor_next(cur, &doc)) {
+            bool marked;
+            const char *st = state_of(doc, &marked);
+            docs[k].sent =
+                kiln__mongo_applies(st, marked, x, KILN__MONGO_RULE_STATE);
+        } else if (mongoc_cursor_error(cur, be)) {
+            ok = false;
+        }
+        mongoc_cursor_destroy(cur);
+        bson_destroy(&filter);
+        bson_destroy(&opts);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static int cmp_size(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* The stripe locks of every document, taken in ascending order (so two
+ * bulks never wait for each other) or released. `idx` has room for n. */
+static void bulk_stripes(struct kiln__mongo_store *ms,
+                         const kiln__state_update *u, const bulk_doc *docs,
+                         size_t n_ops, size_t *idx, bool lock)
+{
+    for (size_t k = 0; k < n_ops; k++)
+        idx[k] = kiln__hash_str(u[docs[k].i].uuid) % KILN__MONGO_STRIPES;
+    qsort(idx, n_ops, sizeof(*idx), cmp_size);
+    for (size_t k = 0; k < n_ops; k++) {
+        if (k > 0 && idx[k] == idx[k - 1])
+            continue;
+        if (lock)
+            pthread_mutex_lock(&ms->stripes[idx[k]]);
+        else
+            pthread_mutex_unlock(&ms->stripes[idx[k]]);
+    }
+}
+
+/* One unordered bulk of conditional upserts (MongoDB), or of upserts by
+ * _id of the documents bulk_check let through (FerretDB). False with `be`
+ * when the call failed as a whole. */
+static bool bulk_chunk(struct kiln__mongo_store *ms, mongoc_collection_t *coll,
+                       const kiln__state_update *u, const bson_t *updates,
+                       bulk_doc *docs, size_t n_ops, size_t *map,
+                       kiln_err *status, kiln_error *errs, bson_error_t *be)
+{
+    bool ferret = atomic_load(&ms->server) == KILN__MONGO_FERRETDB;
+    bson_t opts = BSON_INITIALIZER, uopts = BSON_INITIALIZER, reply;
+    mongoc_bulk_operation_t *bulk;
+    size_t n_sent = 0;
+    bool ok = true;
+
+    if (ferret && !bulk_check(coll, u, docs, n_ops, be))
+        return false;
+    BSON_APPEND_BOOL(&opts, "ordered", false);
+    BSON_APPEND_BOOL(&uopts, "upsert", true);
+    bulk = mongoc_collection_create_bulk_operation_with_opts(coll, &opts);
+    /* Operation j of the bulk is docs[map[j]]. */
+    for (size_t k = 0; ok && k < n_ops; k++) {
+        bson_t filter = BSON_INITIALIZER;
+
+        if (ferret && !docs[k].sent)
+            continue;
+        if (ferret)
+            BSON_APPEND_UTF8(&filter, "_id", u[docs[k].i].uuid);
+        else
+            kiln__mongo_filter(&filter, &u[docs[k].i], KILN__MONGO_RULE_STATE);
+        ok = mongoc_bulk_operation_update_one_with_opts(
+            bulk, &filter, &updates[docs[k].i], &uopts, be);
+        bson_destroy(&filter);
+        if (ok)
+            map[n_sent++] = k;
+    }
+    if (ok && n_sent > 0) {
+        if (!mongoc_bulk_operation_execute(bulk, &reply, be))
+            ok = bulk_errors(&reply, u, docs, map, n_sent, status, errs);
+        bson_destroy(&reply);
+    }
+    mongoc_bulk_operation_destroy(bulk);
+    bson_destroy(&opts);
+    bson_destroy(&uopts);
+    return ok;
+}
+
+/* FerretDB 1.x keeps a SQLite connection open for every update of one
+ * command until the command ends, out of one pool of 100 for all its
+ * clients: a command of more updates than that waits for itself for
+ * ever, and a few workers' commands of a few dozen each wait for one
+ * another until the socket times out. So it gets its bulks in chunks of
+ * a few: most of a command's cost is paid once per command already. */
+#define FERRET_CHUNK 16
+
+static bool bulk_run(struct kiln__mongo_store *ms, mongoc_collection_t *coll,
+                     const kiln__state_update *u, const bson_t *updates,
+                     bulk_doc *docs, size_t n_ops, size_t *map,
+                     kiln_err *status, kiln_error *errs, bson_error_t *be)
+{
+    size_t chunk =
+        atomic_load(&ms->server) == KILN__MONGO_FERRETDB ? FERRET_CHUNK : n_ops;
+
+    for (size_t lo = 0; lo < n_ops; lo += chunk) {
+        size_t m = n_ops - lo < chunk ? n_ops - lo : chunk;
+        if (!bulk_chunk(ms, coll, u, updates, docs + lo, m, map, status, errs,
+                        be))
+            return false;
+    }
+    return true;
+}
+
+/* One client's turn: probe, index, the bulk under the stripe locks
+ * (FerretDB), the sweep. */
+static kiln_err bulk_turn(struct kiln__mongo_store *ms,
+                          const kiln__state_update *u, const bson_t *updates,
+                          bulk_doc *docs, size_t n_ops, size_t *idx,
+                          size_t *map, kiln_err *status, kiln_error *errs,
+                          bool *whole, bson_error_t *be, kiln_error *err)
+{
+    mongoc_client_t *client = mongoc_client_pool_pop(ms->pool);
+    mongoc_collection_t *coll =
+        mongoc_client_get_collection(client, ms->db, KILN__MONGO_TASKS);
+    kiln_err rc = probe_server(ms, client, err);
+    bool ferret;
+
+    *whole = false;
+    if (rc == KILN_OK)
+        rc = ensure_index(ms, coll, err);
+    if (rc == KILN_OK) {
+        ferret = atomic_load(&ms->server) == KILN__MONGO_FERRETDB;
+        if (ferret)
+            bulk_stripes(ms, u, docs, n_ops, idx, true);
+        *whole =
+            !bulk_run(ms, coll, u, updates, docs, n_ops, map, status, errs, be);
+        if (ferret)
+            bulk_stripes(ms, u, docs, n_ops, idx, false);
+        if (!*whole)
+            maybe_sweep(ms, coll, kiln__mongo_now_ms());
+    }
+    mongoc_collection_destroy(coll);
+    mongoc_client_pool_push(ms->pool, client);
+    return rc;
+}
+
+/* A duplicate _id (a concurrent insert of the same task, in this process
+ * or another) is settled by one single write each, as write_atomic and
+ * write_one do. */
+static void bulk_dups(struct kiln__mongo_store *ms, const kiln__state_update *u,
+                      const bson_t *updates, const bulk_doc *docs, size_t n_ops,
+                      kiln_err *status, kiln_error *errs)
+{
+    for (size_t k = 0; k < n_ops; k++)
+        if (docs[k].dup)
+            status[docs[k].i] =
+                kiln__mongo_write(ms, &u[docs[k].i], KILN__MONGO_RULE_STATE,
+                                  &updates[docs[k].i], &errs[docs[k].i]);
+}
+
+kiln_err kiln__mongo_set_states(kiln__store *s, const kiln__state_update *u,
+                                size_t n, kiln_err *status, kiln_error *err)
+{
+    struct kiln__mongo_store *ms = (struct kiln__mongo_store *)s;
+    kiln__mongo_write_ctx ctx = {kiln__mongo_now_ms(), ms->worker, ms->expire_s,
+                                 false};
+    size_t per = sizeof(bson_t) + sizeof(bulk_doc) + 2 * sizeof(size_t) +
+                 sizeof(kiln_error);
+    bson_t *updates;
+    bulk_doc *docs;
+    size_t *idx, *map, n_ops = 0;
+    kiln_error *errs;
+    bson_error_t be = {0};
+    kiln_err rc = KILN_OK;
+    bool whole = false;
+
+    if (n == 0)
+        return KILN_OK;
+    /* One block: the updates, the bulk's documents, the stripe indices
+     * and each document's reason. */
+    if ((updates = kiln__calloc(n, per)) == NULL)
+        return kiln__fail(err, KILN_ENOMEM, "mongodb store: %zu states", n);
+    docs = (bulk_doc *)(void *)(updates + n);
+    idx = (size_t *)(void *)(docs + n);
+    map = idx + n;
+    errs = (kiln_error *)(void *)(map + n);
+    for (size_t i = 0; i < n; i++) {
+        bson_init(&updates[i]);
+        status[i] = KILN_OK;
+        if (u[i].uuid == NULL || u[i].uuid[0] == '\0')
+            status[i] = kiln__fail(&errs[i], KILN_EINVAL,
+                                   "mongodb store: task UUID required");
+        else if ((unsigned)u[i].state > KILN__STATE_LAST)
+            status[i] = kiln__fail(&errs[i], KILN_EINVAL,
+                                   "mongodb store: state %d", (int)u[i].state);
+        else
+            status[i] = kiln__mongo_update(&updates[i], &u[i], &ctx, &errs[i]);
+        if (status[i] == KILN_OK)
+            docs[n_ops++] = (bulk_doc){i, true, false};
+    }
+    for (int attempt = 0; n_ops > 0 && attempt < 2; attempt++) {
+        rc = bulk_turn(ms, u, updates, docs, n_ops, idx, map, status, errs,
+                       &whole, &be, err);
+        /* A resend after a stale socket is safe: the rules make a write
+         * applied twice the same as once. */
+        if (rc != KILN_OK || !whole || !kiln__mongo_stale_socket(&be))
+            break;
+    }
+    if (rc == KILN_OK && whole)
+        rc = kiln__mongo_fail(err, KILN_ESTORE, &be,
+                              "writing the states of %zu tasks", n_ops);
+    if (rc == KILN_OK)
+        bulk_dups(ms, u, updates, docs, n_ops, status, errs);
+    else
+        for (size_t k = 0; k < n_ops; k++)
+            status[docs[k].i] = rc;
+    for (size_t i = 0; i < n; i++) {
+        if (rc == KILN_OK && status[i] != KILN_OK) {
+            rc = status[i];
+            if (err != NULL)
+                *err = errs[i];
+        }
+        bson_destroy(&updates[i]);
+    }
+    kiln__free(updates);
+    return rc;
+}

@@ -26,7 +26,7 @@
 /* Raised whenever this header's tables or any struct the store shares
  * with libkiln (kiln_config, kiln__store_ops, kiln__values, ...) change
  * incompatibly; the object refuses a host of another version. */
-#define KILN__STORE_PLUGIN_ABI 1
+#define KILN__STORE_PLUGIN_ABI 2
 
 /* The object's file name; the major version is the SONAME's. */
 #define KILN__MONGO_PLUGIN_FILE "libkiln-mongo.so.0"

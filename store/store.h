@@ -66,6 +66,11 @@ typedef struct kiln__state_update {
     kiln_task_state state;
     const kiln__values *results; /* SUCCESS: the task's results; else NULL */
     const char *error;           /* FAILURE (and RETRY): why; else NULL */
+    /* The write also records the STARTED of a run that was not written
+     * on its own (attempts and started_at, as a STARTED write would): a
+     * writer that still holds a task's STARTED when its final state comes
+     * sends the two as one. Implied for STARTED itself. */
+    bool started;
 } kiln__state_update;
 
 /* What the store knows about one task. Filled by get_state: the caller
@@ -119,6 +124,17 @@ typedef struct kiln__store_ops {
      * made the store ignore it; otherwise as set_state. */
     kiln_err (*send_failed)(kiln__store *s, const kiln__state_update *u,
                             kiln_error *err);
+
+    /* Records each of the `n` updates as set_state would, in as few round
+     * trips as the store can (one unordered bulk write for MongoDB): the
+     * writes of many tasks share one acknowledgement. No two updates may
+     * name the same UUID (their order is not kept). status[i] gets each
+     * one's result, as set_state would give it, so a document that failed
+     * does not hold back the others; returns KILN_OK when all succeeded,
+     * else the first failure's code with its reason in `err`. May be
+     * NULL: kiln__store_set_states then calls set_state n times. */
+    kiln_err (*set_states)(kiln__store *s, const kiln__state_update *u,
+                           size_t n, kiln_err *status, kiln_error *err);
 } kiln__store_ops;
 
 /* Every implementation starts its object with this struct. */
@@ -143,6 +159,28 @@ static inline kiln_err kiln__store_add_pending(kiln__store *s,
 
     if (s->ops->add_pending != NULL)
         return s->ops->add_pending(s, u, n, status, err);
+    for (size_t i = 0; i < n; i++) {
+        status[i] = s->ops->set_state(s, &u[i], &e);
+        if (status[i] != KILN_OK && first == KILN_OK) {
+            first = status[i];
+            if (err != NULL)
+                *err = e;
+        }
+    }
+    return first;
+}
+
+/* See set_states above; any thread. */
+static inline kiln_err kiln__store_set_states(kiln__store *s,
+                                              const kiln__state_update *u,
+                                              size_t n, kiln_err *status,
+                                              kiln_error *err)
+{
+    kiln_err first = KILN_OK;
+    kiln_error e;
+
+    if (s->ops->set_states != NULL)
+        return s->ops->set_states(s, u, n, status, err);
     for (size_t i = 0; i < n; i++) {
         status[i] = s->ops->set_state(s, &u[i], &e);
         if (status[i] != KILN_OK && first == KILN_OK) {

@@ -17,7 +17,7 @@ static kiln_err set_state(kiln__store *s, const char *uuid, const char *name,
                           kiln_task_state state, const kiln__values *res,
                           const char *error)
 {
-    kiln__state_update u = {uuid, name, state, res, error};
+    kiln__state_update u = {uuid, name, state, res, error, false};
 
     return kiln__store_set(s, &u, NULL);
 }

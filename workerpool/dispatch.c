@@ -30,6 +30,11 @@ static bool outage_known(const kiln__dispatch *d)
     return d->outage != NULL && atomic_load(d->outage) != 0;
 }
 
+bool kiln__dispatch_outage_known(const kiln__dispatch *d)
+{
+    return outage_known(d);
+}
+
 /* The first failure of an outage is logged as a warning, the rest at
  * debug level; the first success after it says the store is back. */
 static void note_failure(const kiln__dispatch *d, const char *uuid,
@@ -54,6 +59,18 @@ static void note_success(const kiln__dispatch *d, unsigned retries)
                   retries);
 }
 
+void kiln__dispatch_store_failed(const kiln__dispatch *d,
+                                 const kiln__state_update *u,
+                                 const kiln_error *e)
+{
+    note_failure(d, u->uuid, u->task_name, u->state, e);
+}
+
+void kiln__dispatch_store_ok(const kiln__dispatch *d, unsigned retries)
+{
+    note_success(d, retries);
+}
+
 /* Sleeps `ms` in slices; returns true when give_up() said stop. */
 static bool nap_or_give_up(const kiln__dispatch *d, uint64_t ms)
 {
@@ -76,7 +93,7 @@ static kiln_err record(const kiln__dispatch *d, const char *uuid,
                        const char *name, kiln_task_state state,
                        const kiln__values *results, const char *error)
 {
-    kiln__state_update u = {uuid, name, state, results, error};
+    kiln__state_update u = {uuid, name, state, results, error, false};
     bool final = kiln__state_finished(state);
     kiln_error e;
     kiln_err rc;
@@ -96,6 +113,46 @@ static kiln_err record(const kiln__dispatch *d, const char *uuid,
                                                STORE_RETRY_CAP_MS)))
             return rc;
     }
+}
+
+/* A state that ends the worker's part: with a state writer it is left in
+ * the job for the writer (which holds the delivery until it is written),
+ * else written here as record() does. SUCCESS keeps the run's results
+ * (taken from `ctx`). */
+static kiln_err record_end(const kiln__dispatch *d, kiln__job *job,
+                           const char *uuid, const char *name,
+                           kiln_task_state state, kiln_task_ctx *ctx)
+{
+    const kiln__values *res = NULL;
+
+    if (state == KILN_STATE_SUCCESS && ctx != NULL && ctx->results.args.n > 0)
+        res = &ctx->results.args;
+    if (d->started == NULL)
+        return record(d, uuid, name, state, res,
+                      state == KILN_STATE_SUCCESS ? NULL : job->reason.message);
+    if (d->store == NULL || uuid == NULL || uuid[0] == '\0')
+        return KILN_OK;
+    job->write = true;
+    job->write_state = state;
+    job->write_uuid = uuid;
+    job->write_name = name;
+    if (res != NULL) {
+        /* The writer writes them after the context is gone. */
+        job->results = ctx->results.args;
+        ctx->results.args = (kiln__values){0};
+    }
+    return KILN_OK;
+}
+
+void kiln__dispatch_write_of(const kiln__job *job, kiln__state_update *u)
+{
+    *u = (kiln__state_update){
+        .uuid = job->write_uuid,
+        .task_name = job->write_name,
+        .state = job->write_state,
+        .results = job->results.n > 0 ? &job->results : NULL,
+        .error = job->write_state == KILN_STATE_SUCCESS ? NULL
+                                                        : job->reason.message};
 }
 
 /* ---- prepare ------------------------------------------------------------ */
@@ -388,20 +445,17 @@ static bool retry(const kiln__dispatch *d, kiln__job *job, uint64_t delay_ms)
     kiln__log_task(KILN_LOG_INFO, MODULE, sig->uuid, sig->name,
                    "retry %u in %llu ms: %s", job->retries + 1,
                    (unsigned long long)delay_ms, job->reason.message);
-    (void)record(d, sig->uuid, sig->name, KILN_STATE_RETRY, NULL,
-                 job->reason.message);
+    (void)record_end(d, job, sig->uuid, sig->name, KILN_STATE_RETRY, NULL);
     return true;
 }
 
 /* Turns the task's return into a verdict and records the state. The run
  * started at `t0_ns` and ended at `end_ns` (monotonic). */
 static void conclude(const kiln__dispatch *d, kiln__job *job,
-                     const kiln_task_ctx *ctx, kiln_err rc, int64_t t0_ns,
+                     kiln_task_ctx *ctx, kiln_err rc, int64_t t0_ns,
                      int64_t end_ns)
 {
     kiln_signature *sig = job->sig;
-    const kiln__values *res =
-        ctx->results.args.n > 0 ? &ctx->results.args : NULL;
     uint64_t delay_ms;
 
     job->status = rc;
@@ -419,7 +473,7 @@ static void conclude(const kiln__dispatch *d, kiln__job *job,
         job->verdict = KILN__VERDICT_ACK;
         kiln__log_task(KILN_LOG_DEBUG, MODULE, sig->uuid, sig->name,
                        "succeeded");
-        if (record(d, sig->uuid, sig->name, KILN_STATE_SUCCESS, res, NULL) !=
+        if (record_end(d, job, sig->uuid, sig->name, KILN_STATE_SUCCESS, ctx) !=
             KILN_OK)
             job->verdict = KILN__VERDICT_REQUEUE;
         return;
@@ -445,8 +499,8 @@ static void conclude(const kiln__dispatch *d, kiln__job *job,
     kiln__log_task(KILN_LOG_WARN, MODULE, sig->uuid, sig->name,
                    "failed after %u run(s): %s", job->retries + 1,
                    job->reason.message);
-    if (record(d, sig->uuid, sig->name, KILN_STATE_FAILURE, NULL,
-               job->reason.message) != KILN_OK)
+    if (record_end(d, job, sig->uuid, sig->name, KILN_STATE_FAILURE, NULL) !=
+        KILN_OK)
         job->verdict = KILN__VERDICT_REQUEUE;
 }
 
@@ -488,8 +542,8 @@ static bool decided_by_store(const kiln__dispatch *d, kiln__job *job)
                    "started %u times (max_deliveries %u)", rec.attempts, max);
         kiln__log_task(KILN_LOG_WARN, MODULE, sig->uuid, sig->name,
                        "dead-lettered: %s", job->reason.message);
-        if (record(d, sig->uuid, sig->name, KILN_STATE_FAILURE, NULL,
-                   job->reason.message) != KILN_OK)
+        if (record_end(d, job, sig->uuid, sig->name, KILN_STATE_FAILURE,
+                       NULL) != KILN_OK)
             job->verdict = KILN__VERDICT_REQUEUE;
     } else {
         decided = false;
@@ -511,15 +565,20 @@ void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job)
     if (job->fn == NULL) {
         /* Refused input: its FAILURE, then the dead-letter queue. */
         if (job->failed_uuid[0] != '\0' &&
-            record(d, job->failed_uuid, job->failed_name, KILN_STATE_FAILURE,
-                   NULL, job->reason.message) != KILN_OK)
+            record_end(d, job, job->failed_uuid, job->failed_name,
+                       KILN_STATE_FAILURE, NULL) != KILN_OK)
             job->verdict = KILN__VERDICT_REQUEUE;
         return;
     }
     /* A worker thread takes a task at the moment it starts it, so STARTED
      * says RECEIVED too: a RECEIVED write of its own would cost a store
-     * round trip per task for a state that lasts microseconds. */
-    (void)record(d, sig->uuid, sig->name, KILN_STATE_STARTED, NULL, NULL);
+     * round trip per task for a state that lasts microseconds. With a
+     * state writer the task does not wait for it, but a redelivery's:
+     * the poison count of a task that kills its worker needs it first. */
+    if (d->started != NULL && !job->check_store)
+        d->started(d->writer_ctx, job);
+    else
+        (void)record(d, sig->uuid, sig->name, KILN_STATE_STARTED, NULL, NULL);
     if ((rc = kiln__task_ctx_init(&ctx, sig, &job->reason)) != KILN_OK) {
         job->status = rc;
         job->verdict = KILN__VERDICT_REQUEUE;
@@ -551,6 +610,7 @@ void kiln__job_release(kiln__job *job)
     if (job == NULL)
         return;
     kiln_signature_free(job->sig);
+    kiln__values_clear(&job->results);
     kiln__free(job->send.body);
     kiln__free(job->send.headers);
     memset(job, 0, sizeof(*job));

@@ -29,6 +29,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+typedef struct kiln__job kiln__job;
+
 /* Says whether to stop retrying a final state write (the pool is stopping
  * for good). Called from worker threads; must be thread-safe. */
 typedef bool (*kiln__give_up_fn)(void *ctx);
@@ -54,6 +56,15 @@ typedef struct kiln__dispatch {
     kiln__give_up_fn give_up;
     void *give_up_ctx;
     atomic_int *outage; /* 1 while the store is known to be unreachable */
+    /* The pool's state writer (workerpool/state_writer.c), or NULL. When
+     * set, a worker does not wait for its task's writes: run hands the
+     * STARTED of a job to started(writer_ctx, job) before the task runs
+     * (but writes a redelivery's itself, which the poison count needs
+     * before the run), and leaves the final (or RETRY) write in
+     * job->write for the writer, which writes the states of every task
+     * finished meanwhile in one set_states call. */
+    void (*started)(void *writer_ctx, kiln__job *job);
+    void *writer_ctx;
 } kiln__dispatch;
 
 /* What settle does with a delivery. */
@@ -105,7 +116,7 @@ typedef struct kiln__send_on {
 
 /* One delivery on its way through the steps. Zero it before prepare;
  * release it with kiln__job_release. Used by one thread at a time. */
-typedef struct kiln__job {
+struct kiln__job {
     kiln_signature *sig; /* owned; NULL when the body did not decode */
     kiln_task_fn fn;     /* NULL until prepare found the task */
     void *user;
@@ -134,7 +145,16 @@ typedef struct kiln__job {
      * the number of runs the store recorded. */
     bool check_store;
     kiln__send_on send; /* verdict RETRY: the copy */
-} kiln__job;
+    /* A state write left to the pool's state writer (kiln__dispatch):
+     * SUCCESS, FAILURE or RETRY of write_uuid (borrowed from sig or
+     * failed_uuid), with the run's results (owned) for SUCCESS and
+     * reason.message for the others. */
+    bool write;
+    kiln_task_state write_state;
+    const char *write_uuid;
+    const char *write_name;
+    kiln__values results;
+};
 
 /* Decodes `dl` and finds its task. Returns true when the job needs
  * kiln__dispatch_run on a worker: a task to run, or refused input whose
@@ -180,6 +200,20 @@ bool kiln__dispatch_admit(const kiln__dispatch *d, const kiln__delivery *dl,
  * down (see kiln__dispatch). Any thread; no library lock is held while the
  * task runs. */
 void kiln__dispatch_run(const kiln__dispatch *d, kiln__job *job);
+
+/* The write job->write asks for, into *u (borrowing from the job). */
+void kiln__dispatch_write_of(const kiln__job *job, kiln__state_update *u);
+
+/* The store outage bookkeeping of kiln__dispatch, for a writer that
+ * writes states itself: outage_known says an outage is known (non-final
+ * writes are then skipped); store_failed logs a failed write of `state`
+ * (a warning for the first of an outage); store_ok ends a known outage
+ * after `retries` retries. Any thread. */
+bool kiln__dispatch_outage_known(const kiln__dispatch *d);
+void kiln__dispatch_store_failed(const kiln__dispatch *d,
+                                 const kiln__state_update *u,
+                                 const kiln_error *e);
+void kiln__dispatch_store_ok(const kiln__dispatch *d, unsigned retries);
 
 /* Carries out job->verdict for `dl` on `b`. Returns the broker's error when
  * a publish or the ack failed; the delivery is then unsettled and the

@@ -122,10 +122,20 @@ typedef struct kiln__work {
      * seen before (redelivered, counted, a lease copy) are decoded by the
      * consumer, which must look them up against the slots. */
     bool raw;
-    unsigned retries_seen;     /* job.retries and job.deliveries as they */
-    uint32_t deliveries_seen;  /* came in, for a copy made while it runs or
-                                  before a worker took it */
-    kiln__work_copy *copy;     /* its entry in kiln_pool.copies, for good */
+    unsigned retries_seen;    /* job.retries and job.deliveries as they */
+    uint32_t deliveries_seen; /* came in, for a copy made while it runs or
+                                 before a worker took it */
+    kiln__work_copy *copy;    /* its entry in kiln_pool.copies, for good */
+    /* With the pool's state writer (state_writer.c), under kiln_pool.mu:
+     * its STARTED is queued (KILN__WR_QUEUED: the final write takes it
+     * along) or being written (KILN__WR_SENT: the final write waits for
+     * it), and the link of that queue. The rest is the writer's. */
+    unsigned char wr_start;
+    struct kiln__work *wr_start_next;
+    bool wr_start_owed;        /* its STARTED was not written: the final
+                                  write carries it (state_update.started) */
+    unsigned wr_attempts;      /* failed writes of its final state */
+    int64_t wr_due_ns;         /* monotonic: the next of them */
     struct kiln__work *behind; /* PARKED: the delivery it waits for */
     struct kiln__work *next;   /* work queue, done lists or free list */
 } kiln__work;
@@ -184,6 +194,17 @@ struct kiln_pool {
     unsigned running;      /* tasks being run right now */
     unsigned max_running;  /* highest `running` seen (tests check <= C) */
 
+    /* The state writer (state_writer.c), when there is a store: the
+     * STARTED writes to do (linked by wr_start_next) and the finished
+     * deliveries whose state is to be written (linked by next), under
+     * `mu`; writer_cv wakes it (CLOCK_MONOTONIC). */
+    pthread_t writer;
+    bool writer_on;
+    bool writer_stop;
+    pthread_cond_t writer_cv;
+    kiln__work *wr_start_head, *wr_start_tail;
+    kiln__work *wr_head, *wr_tail;
+
     kiln__work *slots;
     kiln__work_copy *copies; /* slots[i].copy is &copies[i] */
     size_t n_slots;
@@ -220,6 +241,28 @@ struct kiln_pool {
 /* workers.c */
 kiln_err kiln__workers_start(kiln_pool *p, kiln_error *err);
 void kiln__workers_join(kiln_pool *p);
+
+/* Puts the list head..tail (linked by next) on the done list and wakes
+ * the consumer when it was empty. Any thread; takes `mu`. */
+void kiln__pool_done(kiln_pool *p, kiln__work *head, kiln__work *tail);
+
+/* state_writer.c: the thread that writes the task states of the pool's
+ * workers in bulk. It takes everything queued since its last write (at
+ * most KILN__WRITER_BULK states) in one kiln__store_set_states call, so a
+ * lone task is written at once and a busy pool shares round trips; a
+ * delivery reaches the done list only once its final state is written
+ * (a failed one is retried with backoff, as kiln__dispatch says). start
+ * is a no-op without a store; stop (after the workers are joined) writes
+ * what is queued and joins the thread. */
+#define KILN__WRITER_BULK 256
+#define KILN__WR_QUEUED   1
+#define KILN__WR_SENT     2
+kiln_err kiln__writer_start(kiln_pool *p, kiln_error *err);
+void kiln__writer_stop(kiln_pool *p);
+
+/* A worker hands `w` over once its task ended, when w->job.write or
+ * w->wr_start says the writer has a part in it. Any thread. */
+void kiln__writer_put(kiln_pool *p, kiln__work *w);
 
 /* consumer.c: the loop of kiln_pool_start. */
 kiln_err kiln__consumer_run(kiln_pool *p, kiln_error *err);

@@ -45,7 +45,7 @@ static void *worker_main(void *arg)
     kiln__work *w;
 
     while ((w = take_job(p)) != NULL) {
-        bool was_empty, run = true;
+        bool wr, run = true;
 
         /* No lock is held while the task runs, nor while decoding. */
         if (w->raw) {
@@ -57,25 +57,42 @@ static void *worker_main(void *arg)
             kiln__dispatch_run(&p->dispatch, &w->job);
         pthread_mutex_lock(&p->mu);
         p->running--;
-        was_empty = p->done_head == NULL;
-        if (p->done_tail != NULL)
-            p->done_tail->next = w;
-        else
-            p->done_head = w;
-        p->done_tail = w;
+        wr = w->wr_start || w->wr_start_owed || w->job.write;
         pthread_mutex_unlock(&p->mu);
-        /* The consumer takes the whole list when it wakes, so one wake-up
-         * per non-empty list is enough: fewer syscalls per task. */
-        if (was_empty)
-            kiln__pool_wake(p);
+        if (wr)
+            kiln__writer_put(p, w); /* acked once its state is written */
+        else
+            kiln__pool_done(p, w, w);
     }
     return NULL;
+}
+
+void kiln__pool_done(kiln_pool *p, kiln__work *head, kiln__work *tail)
+{
+    bool was_empty;
+
+    pthread_mutex_lock(&p->mu);
+    was_empty = p->done_head == NULL;
+    if (p->done_tail != NULL)
+        p->done_tail->next = head;
+    else
+        p->done_head = head;
+    p->done_tail = tail;
+    pthread_mutex_unlock(&p->mu);
+    /* The consumer takes the whole list when it wakes, so one wake-up
+     * per non-empty list is enough: fewer syscalls per task. */
+    if (was_empty)
+        kiln__pool_wake(p);
 }
 
 kiln_err kiln__workers_start(kiln_pool *p, kiln_error *err)
 {
     int rc;
 
+    kiln_err rc0 = kiln__writer_start(p, err);
+
+    if (rc0 != KILN_OK)
+        return rc0;
     p->workers = kiln__calloc(p->concurrency, sizeof(*p->workers));
     if (p->workers == NULL)
         return kiln__fail(err, KILN_ENOMEM, "pool: %u worker threads",
@@ -102,4 +119,5 @@ void kiln__workers_join(kiln_pool *p)
     p->n_workers = 0;
     kiln__free(p->workers);
     p->workers = NULL;
+    kiln__writer_stop(p);
 }

@@ -199,7 +199,7 @@ static int teardown(void **state)
 static void set_ok(kiln__store *s, const char *uuid, kiln_task_state st,
                    const char *name, const kiln__values *res, const char *error)
 {
-    kiln__state_update u = {uuid, name, st, res, error};
+    kiln__state_update u = {uuid, name, st, res, error, false};
     kiln_error err;
 
     if (kiln__store_set(s, &u, &err) != KILN_OK)
@@ -486,7 +486,7 @@ static void test_add_pending_bulk(void **state)
     set_ok(f->s, "p_started", KILN_STATE_STARTED, "s", NULL, NULL);
     for (size_t i = 0; i < KILN__ARRAY_LEN(ids); i++) {
         u[i] = (kiln__state_update){ids[i], "bulk", KILN_STATE_PENDING, NULL,
-                                    NULL};
+                                    NULL, false};
         st[i] = KILN_EINVAL;
     }
     assert_int_equal(
@@ -513,7 +513,7 @@ static void test_add_pending_bulk(void **state)
     for (size_t i = 0; i < MANY; i++) {
         (void)snprintf(names[i], sizeof(names[i]), "p_many_%zu", i);
         u[i] = (kiln__state_update){names[i], "many", KILN_STATE_PENDING, NULL,
-                                    NULL};
+                                    NULL, false};
     }
     assert_int_equal(kiln__store_add_pending(f->s, u, MANY, st, &err), KILN_OK);
     assert_int_equal(kiln__store_add_pending(f->s, u, MANY, st, &err), KILN_OK);
@@ -525,12 +525,66 @@ static void test_add_pending_bulk(void **state)
     u[0].state = KILN_STATE_STARTED;
     assert_int_equal(kiln__store_add_pending(f->s, u, 1, st, &err),
                      KILN_EINVAL);
-    u[0] = (kiln__state_update){"", "x", KILN_STATE_PENDING, NULL, NULL};
+    u[0] = (kiln__state_update){"", "x", KILN_STATE_PENDING, NULL, NULL, false};
     assert_int_equal(kiln__store_add_pending(f->s, u, 1, st, &err),
                      KILN_EINVAL);
 }
 
 /* Rule 3: a retried task goes RETRY -> RECEIVED -> STARTED again. */
+/* Many states in one bulk: each follows the rules as set_state would (a
+ * finished task is left as it is, and that is no error), a write may
+ * carry its run's STARTED along, a bad document fails alone, and more
+ * documents than one FerretDB chunk all arrive. */
+static void test_set_states_bulk(void **state)
+{
+    fixture *f = *state;
+    enum { MANY = 40 };
+    char names[MANY][32];
+    kiln__state_update u[MANY + 3];
+    kiln_err st[MANY + 3];
+    kiln__task_record r;
+    kiln_error err;
+
+    set_ok(f->s, "b_done", KILN_STATE_SUCCESS, "b", NULL, NULL);
+    set_ok(f->s, "b_started", KILN_STATE_STARTED, "b", NULL, NULL);
+    for (size_t i = 0; i < MANY; i++) {
+        (void)snprintf(names[i], sizeof(names[i]), "b_many_%zu", i);
+        u[i] = (kiln__state_update){.uuid = names[i],
+                                    .task_name = "b",
+                                    .state = KILN_STATE_SUCCESS,
+                                    .started = true};
+    }
+    u[MANY] = (kiln__state_update){.uuid = "b_done",
+                                   .task_name = "b",
+                                   .state = KILN_STATE_FAILURE,
+                                   .error = "late"};
+    u[MANY + 1] = (kiln__state_update){.uuid = "b_started",
+                                       .task_name = "b",
+                                       .state = KILN_STATE_FAILURE,
+                                       .error = "boom"};
+    u[MANY + 2] = (kiln__state_update){.uuid = "", .state = KILN_STATE_SUCCESS};
+    assert_int_equal(kiln__store_set_states(f->s, u, MANY + 3, st, &err),
+                     KILN_EINVAL);
+    for (size_t i = 0; i < MANY + 2; i++)
+        assert_int_equal(st[i], KILN_OK);
+    assert_int_equal(st[MANY + 2], KILN_EINVAL);
+    for (size_t i = 0; i < MANY; i++) {
+        get_ok(f->s, names[i], &r);
+        assert_int_equal(r.state, KILN_STATE_SUCCESS);
+        assert_int_equal(r.attempts, 1);
+        assert_true(r.started_ns > 0);
+        kiln__task_record_release(&r);
+    }
+    get_ok(f->s, "b_done", &r);
+    assert_int_equal(r.state, KILN_STATE_SUCCESS);
+    kiln__task_record_release(&r);
+    get_ok(f->s, "b_started", &r);
+    assert_int_equal(r.state, KILN_STATE_FAILURE);
+    assert_string_equal(r.error, "boom");
+    assert_int_equal(r.attempts, 1);
+    kiln__task_record_release(&r);
+}
+
 static void test_retry_then_received(void **state)
 {
     fixture *f = *state;
@@ -665,7 +719,7 @@ static void test_failure_keeps_utf8_error(void **state)
 static void test_bad_calls(void **state)
 {
     fixture *f = *state;
-    kiln__state_update u = {"t", NULL, KILN_STATE_PENDING, NULL, NULL};
+    kiln__state_update u = {"t", NULL, KILN_STATE_PENDING, NULL, NULL, false};
     kiln__task_record r = {0};
     kiln_error err;
 
@@ -955,7 +1009,7 @@ static void record_failure(worker *w, const kiln_error *err)
 static void write_as(worker *w, const char *uuid, kiln_task_state st,
                      const kiln__values *res, const char *error)
 {
-    kiln__state_update u = {uuid, "conc", st, res, error};
+    kiln__state_update u = {uuid, "conc", st, res, error, false};
     kiln_error err;
 
     if (kiln__store_set(w->s, &u, &err) != KILN_OK)
@@ -1185,7 +1239,7 @@ static void test_no_expiry_when_zero(void **state)
 static void test_unreachable_fails_fast_without_password(void **state)
 {
     kiln_config cfg;
-    kiln__state_update u = {"t", "x", KILN_STATE_PENDING, NULL, NULL};
+    kiln__state_update u = {"t", "x", KILN_STATE_PENDING, NULL, NULL, false};
     kiln__task_record r;
     kiln_error err;
     kiln__store *s;
@@ -1249,7 +1303,7 @@ static void test_secrets_never_shown(void **state)
         "&tlsAllowInvalidHostnames=true&tlsCertificateKeyFilePassword=Zq9",
     };
     kiln_config cfg;
-    kiln__state_update u = {"t", "x", KILN_STATE_PENDING, NULL, NULL};
+    kiln__state_update u = {"t", "x", KILN_STATE_PENDING, NULL, NULL, false};
     kiln_error err;
     kiln__store *s;
 
@@ -1309,7 +1363,7 @@ static void run_cmd(const char *var)
 static void test_server_restart(void **state)
 {
     fixture *f = *state;
-    kiln__state_update u = {"task_down", "x", KILN_STATE_STARTED, NULL, NULL};
+    kiln__state_update u = {"task_down", "x", KILN_STATE_STARTED, NULL, NULL, false};
     kiln__values res = {0};
     kiln__task_record r;
     kiln_error err;
@@ -1378,7 +1432,7 @@ static void *late_main(void *arg)
     if (kiln__values_add(&res, &v, NULL) != KILN_OK)
         w->failures++;
     for (size_t i = 0; i < KILN__ARRAY_LEN(seq); i++) {
-        kiln__state_update u = {"task_late", "late", seq[i], NULL, NULL};
+        kiln__state_update u = {"task_late", "late", seq[i], NULL, NULL, false};
 
         usleep(150 * 1000);
         u.results = seq[i] == KILN_STATE_SUCCESS ? &res : NULL;
@@ -1560,6 +1614,8 @@ int main(void)
         T(test_pending_after_received_is_ignored),
         T(test_retry_then_received),
         T(test_add_pending_bulk),
+        T(test_set_states_bulk),
+        C(test_set_states_bulk),
         T(test_send_failed),
         T(test_failure_keeps_utf8_error),
         T(test_bad_calls),
