@@ -149,12 +149,39 @@ static kiln_err mongo_get_state(kiln__store *s, const char *uuid,
                             uuid);
 }
 
+/* The sweeper's mutex and condition (monotonic, as its period is). */
+static int sweep_init(struct kiln__mongo_store *ms)
+{
+    pthread_condattr_t ca;
+    int rc;
+
+    if (pthread_mutex_init(&ms->sweep_mu, NULL) != 0)
+        return -1;
+    if ((rc = pthread_condattr_init(&ca)) == 0) {
+        rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        if (rc == 0)
+            rc = pthread_cond_init(&ms->sweep_cv, &ca);
+        (void)pthread_condattr_destroy(&ca);
+    }
+    if (rc != 0) {
+        (void)pthread_mutex_destroy(&ms->sweep_mu);
+        return -1;
+    }
+    ms->sweep_made = true;
+    return 0;
+}
+
 static void mongo_destroy(kiln__store *s)
 {
     struct kiln__mongo_store *ms = (struct kiln__mongo_store *)s;
 
     if (ms == NULL)
         return;
+    kiln__mongo_sweeper_stop(ms);
+    if (ms->sweep_made) {
+        (void)pthread_cond_destroy(&ms->sweep_cv);
+        (void)pthread_mutex_destroy(&ms->sweep_mu);
+    }
     if (ms->pool != NULL)
         mongoc_client_pool_destroy(ms->pool);
     mongoc_uri_destroy(ms->uri);
@@ -245,6 +272,11 @@ kiln__store *kiln__mongo_store_new(const kiln_config *cfg, kiln_error *err)
         return NULL;
     }
     ms->base.ops = &mongo_ops;
+    if (sweep_init(ms) != 0) {
+        mongo_destroy(&ms->base);
+        kiln__fail(err, KILN_ENOMEM, "mongodb store: mutex");
+        return NULL;
+    }
     for (; ms->stripes_made < KILN__MONGO_STRIPES; ms->stripes_made++) {
         if (pthread_mutex_init(&ms->stripes[ms->stripes_made], NULL) != 0) {
             mongo_destroy(&ms->base);

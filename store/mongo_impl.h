@@ -44,8 +44,16 @@ struct kiln__mongo_store {
      * for it). index_ready and sweep are set under it and read without. */
     pthread_mutex_t index_mu;
     atomic_bool index_ready;
-    atomic_bool sweep;             /* no TTL index on this server */
-    _Atomic int64_t next_sweep_ms; /* realtime; claimed with a CAS */
+    atomic_bool sweep; /* no TTL index on this server */
+    /* Where the server has no TTL index, a thread of the store's own
+     * deletes expired documents once a period, so that no writer waits
+     * for a delete (on FerretDB a scan of the whole collection). Started
+     * with the index, stopped by destroy: sweep_stop, under sweep_mu, and
+     * sweep_cv wake it. */
+    pthread_mutex_t sweep_mu;
+    pthread_cond_t sweep_cv;
+    bool sweep_made, sweep_running, sweep_stop;
+    pthread_t sweeper;
     atomic_int server;             /* KILN__MONGO_*, learned on first use */
     /* FerretDB only: held across the read and the write of one task, the
      * task chosen by a hash of its UUID. Never two at once. */
@@ -63,6 +71,10 @@ static inline int64_t kiln__mongo_now_ms(void)
 kiln_err kiln__mongo_fail(kiln_error *err, kiln_err code,
                           const bson_error_t *be, const char *fmt, ...)
     KILN_PRINTF(4, 5);
+
+/* kiln__mongo_sweeper_stop stops the sweeping thread, if one runs, and
+ * waits for it. destroy's only; no other thread may use the store. */
+void kiln__mongo_sweeper_stop(struct kiln__mongo_store *ms);
 
 /* A socket the server closed (it restarted): worth one more try, on a
  * connection the pool opens afresh. */

@@ -3,6 +3,7 @@
  * stands in for it where the server has no TTL indexes. */
 #include "store/mongo_impl.h"
 
+#include <errno.h>
 #include <string.h>
 
 #define TTL_INDEX "delete_at_1"
@@ -18,6 +19,86 @@ static bool is_dup_key(const bson_error_t *be)
     return be->code == CODE_DUPLICATE_KEY ||
            strstr(be->message, "E11000") != NULL ||
            strstr(be->message, "duplicate key") != NULL;
+}
+
+/* ---- the sweep, where the server has no TTL index ------------------ */
+
+/* Deletes finished documents whose delete_at has passed, where the server
+ * will not. A failure waits for the next period (the documents are only
+ * kept longer). */
+static void sweep_once(struct kiln__mongo_store *ms)
+{
+    mongoc_client_t *client = mongoc_client_pool_pop(ms->pool);
+    mongoc_collection_t *coll =
+        mongoc_client_get_collection(client, ms->db, KILN__MONGO_TASKS);
+    bson_t filter = BSON_INITIALIZER, cond;
+    bson_error_t be;
+
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "delete_at", &cond);
+    BSON_APPEND_DATE_TIME(&cond, "$lte", kiln__mongo_now_ms());
+    bson_append_document_end(&filter, &cond);
+    if (!mongoc_collection_delete_many(coll, &filter, NULL, NULL, &be))
+        kiln__log(KILN_LOG_DEBUG, KILN__MONGO_MODULE,
+                  "deleting expired tasks: %s", be.message);
+    bson_destroy(&filter);
+    mongoc_collection_destroy(coll);
+    mongoc_client_pool_push(ms->pool, client);
+}
+
+static void *sweeper_main(void *arg)
+{
+    struct kiln__mongo_store *ms = arg;
+    int64_t every_ms = (ms->expire_s < 60 ? (int64_t)ms->expire_s : 60) * 1000;
+    bool stop;
+
+    pthread_mutex_lock(&ms->sweep_mu);
+    while (!ms->sweep_stop) {
+        int64_t due = kiln__monotonic_ns() + every_ms * 1000000;
+        struct timespec until = {(time_t)(due / 1000000000),
+                                 (long)(due % 1000000000)};
+
+        while (!ms->sweep_stop &&
+               pthread_cond_timedwait(&ms->sweep_cv, &ms->sweep_mu, &until) !=
+                   ETIMEDOUT) {
+        }
+        stop = ms->sweep_stop;
+        pthread_mutex_unlock(&ms->sweep_mu);
+        if (!stop)
+            sweep_once(ms);
+        pthread_mutex_lock(&ms->sweep_mu);
+    }
+    pthread_mutex_unlock(&ms->sweep_mu);
+    return NULL;
+}
+
+/* Starts the sweeping thread once. Caller holds ms->index_mu. Without it
+ * (no thread could be made) the documents are kept: logged, not fatal. */
+static void sweeper_start(struct kiln__mongo_store *ms)
+{
+    pthread_mutex_lock(&ms->sweep_mu);
+    if (!ms->sweep_running && !ms->sweep_stop) {
+        if (pthread_create(&ms->sweeper, NULL, sweeper_main, ms) == 0)
+            ms->sweep_running = true;
+        else
+            kiln__log(KILN_LOG_WARN, KILN__MONGO_MODULE,
+                      "no thread to delete expired tasks: they are kept");
+    }
+    pthread_mutex_unlock(&ms->sweep_mu);
+}
+
+void kiln__mongo_sweeper_stop(struct kiln__mongo_store *ms)
+{
+    bool running;
+
+    if (!ms->sweep_made)
+        return;
+    pthread_mutex_lock(&ms->sweep_mu);
+    ms->sweep_stop = true;
+    running = ms->sweep_running;
+    pthread_cond_signal(&ms->sweep_cv);
+    pthread_mutex_unlock(&ms->sweep_mu);
+    if (running)
+        (void)pthread_join(ms->sweeper, NULL);
 }
 
 /* ---- the expiry index -------------------------------------------------- */
@@ -72,6 +153,7 @@ static kiln_err make_index(struct kiln__mongo_store *ms,
               "the server has no TTL indexes; expired task documents are "
               "deleted by the store itself");
     atomic_store(&ms->sweep, true);
+    sweeper_start(ms);
     atomic_store(&ms->index_ready, true);
     return KILN_OK;
 }
@@ -88,29 +170,6 @@ static kiln_err ensure_index(struct kiln__mongo_store *ms,
         rc = make_index(ms, coll, err);
     pthread_mutex_unlock(&ms->index_mu);
     return rc;
-}
-
-/* Deletes finished documents whose delete_at has passed, where the server
- * will not. One thread at a time wins the CAS; failures wait for the next
- * turn (the documents are only kept longer). */
-static void maybe_sweep(struct kiln__mongo_store *ms, mongoc_collection_t *coll,
-                        int64_t now)
-{
-    int64_t due = atomic_load(&ms->next_sweep_ms);
-    int64_t every = (ms->expire_s < 60 ? (int64_t)ms->expire_s : 60) * 1000;
-    bson_t filter = BSON_INITIALIZER, cond;
-    bson_error_t be;
-
-    if (!atomic_load(&ms->sweep) || now < due ||
-        !atomic_compare_exchange_strong(&ms->next_sweep_ms, &due, now + every))
-        return;
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "delete_at", &cond);
-    BSON_APPEND_DATE_TIME(&cond, "$lte", now);
-    bson_append_document_end(&filter, &cond);
-    if (!mongoc_collection_delete_many(coll, &filter, NULL, NULL, &be))
-        kiln__log(KILN_LOG_DEBUG, KILN__MONGO_MODULE,
-                  "deleting expired tasks: %s", be.message);
-    bson_destroy(&filter);
 }
 
 /* ---- how the server takes conditional writes -------------------------- */
@@ -259,7 +318,6 @@ kiln_err kiln__mongo_write(struct kiln__mongo_store *ms,
         if (rc == KILN_OK)
             rc = ensure_index(ms, coll, err);
         if (rc == KILN_OK && (ok = write_one(ms, coll, u, rule, update, &be)))
-            maybe_sweep(ms, coll, kiln__mongo_now_ms());
         mongoc_collection_destroy(coll);
         mongoc_client_pool_push(ms->pool, client);
         if (rc != KILN_OK || ok || !kiln__mongo_stale_socket(&be))
@@ -668,8 +726,6 @@ static kiln_err bulk_turn(struct kiln__mongo_store *ms,
             !bulk_run(ms, coll, u, updates, docs, n_ops, map, status, errs, be);
         if (ferret)
             bulk_stripes(ms, u, docs, n_ops, idx, false);
-        if (!*whole)
-            maybe_sweep(ms, coll, kiln__mongo_now_ms());
     }
     mongoc_collection_destroy(coll);
     mongoc_client_pool_push(ms->pool, client);
