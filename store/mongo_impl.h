@@ -54,7 +54,7 @@ struct kiln__mongo_store {
     pthread_cond_t sweep_cv;
     bool sweep_made, sweep_running, sweep_stop;
     pthread_t sweeper;
-    atomic_int server;             /* KILN__MONGO_*, learned on first use */
+    atomic_int server; /* KILN__MONGO_*, learned on first use */
     /* FerretDB only: held across the read and the write of one task, the
      * task chosen by a hash of its UUID. Never two at once. */
     pthread_mutex_t stripes[KILN__MONGO_STRIPES];

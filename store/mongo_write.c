@@ -318,7 +318,7 @@ kiln_err kiln__mongo_write(struct kiln__mongo_store *ms,
         if (rc == KILN_OK)
             rc = ensure_index(ms, coll, err);
         if (rc == KILN_OK && (ok = write_one(ms, coll, u, rule, update, &be)))
-        mongoc_collection_destroy(coll);
+            mongoc_collection_destroy(coll);
         mongoc_client_pool_push(ms->pool, client);
         if (rc != KILN_OK || ok || !kiln__mongo_stale_socket(&be))
             break;

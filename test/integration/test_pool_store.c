@@ -420,6 +420,11 @@ static void test_eight_producers(void **state)
     f->passed = true;
 }
 
+/* Set while test_store_outage holds the store down, so that its teardown
+ * starts it again even when an assertion ended the test early: the tests
+ * after it need it. */
+static bool store_stopped;
+
 static void run_env_cmd(const char *var)
 {
     const char *cmd = it_env_need(var);
@@ -445,8 +450,11 @@ static void test_store_outage(void **state)
     f->cfg.prefetch = 32;
     f->cfg.connect_timeout_ms = 1000;
     it_send(f, (size_t)n, 500, NULL);
-    it_start_worker(f, "w1", (const char *const[]){"KILN_IT_SLEEP_MS=1", NULL});
-    assert_true(wait_state_count(f, "SUCCESS", n / 5, 60000));
+    /* Tasks of 20 ms keep the worker busy well past the moment the store
+     * stops (it finishes states in bulk, at several hundred a second). */
+    it_start_worker(f, "w1", (const char *const[]){"KILN_IT_SLEEP_MS=20", NULL});
+    assert_true(wait_state_count(f, "SUCCESS", n / 10, 60000));
+    store_stopped = true;
     run_env_cmd("KILN_TEST_MONGODB_STOP");
     it_sleep_ms(3000);
     assert_true(it_alive(f, 0));
@@ -461,6 +469,7 @@ static void test_store_outage(void **state)
     kiln_signature_free(sig);
     assert_int_equal(rc, KILN_ESTORE);
     run_env_cmd("KILN_TEST_MONGODB_START");
+    store_stopped = false;
     assert_true(wait_state_count(f, "SUCCESS", n, 120000));
     assert_int_equal(raw_count(f, NULL), n);
     assert_true(it_ctl_wait_settled(f->cfg.queue, 0, 20000, &ready, &unacked,
@@ -471,6 +480,15 @@ static void test_store_outage(void **state)
     f->passed = true;
 }
 
+static int teardown_outage(void **state)
+{
+    if (store_stopped) {
+        store_stopped = false;
+        run_env_cmd("KILN_TEST_MONGODB_START");
+    }
+    return it_teardown_store(state);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -479,7 +497,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_send_failure_recorded,
                                         setup_lifecycle, it_teardown_store),
         cmocka_unit_test_setup_teardown(test_store_outage, setup_outage,
-                                        it_teardown_store),
+                                        teardown_outage),
         cmocka_unit_test_setup_teardown(test_eight_producers, setup_load,
                                         it_teardown_store),
     };
