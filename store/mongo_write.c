@@ -246,17 +246,18 @@ static const char *state_of(const bson_t *doc, bool *unsent)
     return "";
 }
 
-/* Reads the state by _id, checks the rules, writes by _id (see
- * probe_server). Caller holds the task's stripe lock. */
-static bool write_checked(mongoc_collection_t *coll,
-                          const kiln__state_update *u, kiln__mongo_rule rule,
-                          const bson_t *update, bson_error_t *be)
+/* Reads u's task by _id (the one filter FerretDB looks up by index) and
+ * sets *apply to whether `rule` lets u apply to it (true for a task not
+ * there yet). False with `be` when the read failed. */
+static bool rule_applies(mongoc_collection_t *coll, const kiln__state_update *u,
+                         kiln__mongo_rule rule, bool *apply, bson_error_t *be)
 {
     bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj;
     mongoc_cursor_t *cur;
     const bson_t *doc;
-    bool ok = true, apply = true;
+    bool ok = true;
 
+    *apply = true;
     BSON_APPEND_UTF8(&filter, "_id", u->uuid);
     BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
     BSON_APPEND_INT32(&proj, "state", 1);
@@ -266,12 +267,27 @@ static bool write_checked(mongoc_collection_t *coll,
     if (mongoc_cursor_next(cur, &doc)) {
         bool marked;
         const char *st = state_of(doc, &marked);
-        apply = kiln__mongo_applies(st, marked, u, rule);
+
+        *apply = kiln__mongo_applies(st, marked, u, rule);
     } else if (mongoc_cursor_error(cur, be)) {
-        ok = apply = false;
+        ok = *apply = false;
     }
     mongoc_cursor_destroy(cur);
-    bson_reinit(&opts);
+    bson_destroy(&filter);
+    bson_destroy(&opts);
+    return ok;
+}
+
+/* Reads the state by _id, checks the rules, writes by _id (see
+ * probe_server). Caller holds the task's stripe lock. */
+static bool write_checked(mongoc_collection_t *coll,
+                          const kiln__state_update *u, kiln__mongo_rule rule,
+                          const bson_t *update, bson_error_t *be)
+{
+    bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
+    bool apply = false, ok = rule_applies(coll, u, rule, &apply, be);
+
+    BSON_APPEND_UTF8(&filter, "_id", u->uuid);
     BSON_APPEND_BOOL(&opts, "upsert", true);
     if (apply)
         ok = mongoc_collection_update_one(coll, &filter, update, &opts, NULL,
@@ -317,8 +333,9 @@ kiln_err kiln__mongo_write(struct kiln__mongo_store *ms,
         rc = probe_server(ms, client, err);
         if (rc == KILN_OK)
             rc = ensure_index(ms, coll, err);
-        if (rc == KILN_OK && (ok = write_one(ms, coll, u, rule, update, &be)))
-            mongoc_collection_destroy(coll);
+        if (rc == KILN_OK)
+            ok = write_one(ms, coll, u, rule, update, &be);
+        mongoc_collection_destroy(coll);
         mongoc_client_pool_push(ms->pool, client);
         if (rc != KILN_OK || ok || !kiln__mongo_stale_socket(&be))
             break;
@@ -332,6 +349,30 @@ kiln_err kiln__mongo_write(struct kiln__mongo_store *ms,
 
 /* ---- PENDING in bulk ---------------------------------------------------- */
 
+/* The index, code and message of the write error `arr` points at (one
+ * entry of a reply's writeErrors); *idx is -1 when it has none. */
+static void write_error_of(const bson_iter_t *arr, int64_t *idx, int64_t *code,
+                           const char **msg)
+{
+    bson_iter_t doc;
+
+    *idx = -1;
+    *code = 0;
+    *msg = "";
+    if (!BSON_ITER_HOLDS_DOCUMENT(arr) || !bson_iter_recurse(arr, &doc))
+        return;
+    while (bson_iter_next(&doc)) {
+        const char *k = bson_iter_key(&doc);
+
+        if (strcmp(k, "index") == 0)
+            *idx = bson_iter_as_int64(&doc);
+        else if (strcmp(k, "code") == 0)
+            *code = bson_iter_as_int64(&doc);
+        else if (strcmp(k, "errmsg") == 0 && BSON_ITER_HOLDS_UTF8(&doc))
+            *msg = bson_iter_utf8(&doc, NULL);
+    }
+}
+
 /* Sets status[i] from the writeErrors of an unordered insert: a duplicate
  * _id means the task is known already, which rule 2 leaves as it is
  * unless it is a failed send's FAILURE (rule 4): dup[i] says to look.
@@ -341,7 +382,7 @@ static bool pending_errors(const bson_t *reply, const kiln__state_update *u,
                            size_t n, kiln_err *status, bool *dup, kiln_err *rc,
                            kiln_error *err)
 {
-    bson_iter_t it, arr, doc;
+    bson_iter_t it, arr;
     size_t first_i = n;
 
     *rc = KILN_OK;
@@ -349,20 +390,10 @@ static bool pending_errors(const bson_t *reply, const kiln__state_update *u,
         !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &arr))
         return false;
     while (bson_iter_next(&arr)) {
-        int64_t idx = -1, code = 0;
-        const char *msg = "";
+        int64_t idx, code;
+        const char *msg;
 
-        if (!BSON_ITER_HOLDS_DOCUMENT(&arr) || !bson_iter_recurse(&arr, &doc))
-            continue;
-        while (bson_iter_next(&doc)) {
-            const char *k = bson_iter_key(&doc);
-            if (strcmp(k, "index") == 0)
-                idx = bson_iter_as_int64(&doc);
-            else if (strcmp(k, "code") == 0)
-                code = bson_iter_as_int64(&doc);
-            else if (strcmp(k, "errmsg") == 0 && BSON_ITER_HOLDS_UTF8(&doc))
-                msg = bson_iter_utf8(&doc, NULL);
-        }
+        write_error_of(&arr, &idx, &code, &msg);
         if (idx < 0 || (size_t)idx >= n)
             continue;
         if (code == CODE_DUPLICATE_KEY) {
@@ -518,28 +549,18 @@ static bool bulk_errors(const bson_t *reply, const kiln__state_update *u,
                         bulk_doc *docs, const size_t *map, size_t n_sent,
                         kiln_err *status, kiln_error *errs)
 {
-    bson_iter_t it, arr, doc;
+    bson_iter_t it, arr;
     int64_t done = 0, last = -1;
 
     if (!bson_iter_init_find(&it, reply, "writeErrors") ||
         !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &arr))
         return false;
     while (bson_iter_next(&arr)) {
-        int64_t idx = -1, code = 0;
-        const char *msg = "";
+        int64_t idx, code;
+        const char *msg;
         size_t i;
 
-        if (!BSON_ITER_HOLDS_DOCUMENT(&arr) || !bson_iter_recurse(&arr, &doc))
-            continue;
-        while (bson_iter_next(&doc)) {
-            const char *k = bson_iter_key(&doc);
-            if (strcmp(k, "index") == 0)
-                idx = bson_iter_as_int64(&doc);
-            else if (strcmp(k, "code") == 0)
-                code = bson_iter_as_int64(&doc);
-            else if (strcmp(k, "errmsg") == 0 && BSON_ITER_HOLDS_UTF8(&doc))
-                msg = bson_iter_utf8(&doc, NULL);
-        }
+        write_error_of(&arr, &idx, &code, &msg);
         if (idx < 0 || (size_t)idx >= n_sent)
             continue;
         done++;
@@ -574,33 +595,10 @@ static bool bulk_errors(const bson_t *reply, const kiln__state_update *u,
 static bool bulk_check(mongoc_collection_t *coll, const kiln__state_update *u,
                        bulk_doc *docs, size_t n_ops, bson_error_t *be)
 {
-    for (size_t k = 0; k < n_ops; k++) {
-        bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj;
-        const kiln__state_update *x = &u[docs[k].i];
-        mongoc_cursor_t *cur;
-        const bson_t *doc;
-        bool ok = true;
-
-        BSON_APPEND_UTF8(&filter, "_id", x->uuid);
-        BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
-        BSON_APPEND_INT32(&proj, "state", 1);
-        BSON_APPEND_INT32(&proj, KILN__MONGO_UNSENT, 1);
-        bson_append_document_end(&opts, &proj);
-        cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
-        if (mongoc_cursor_next(cur, &doc)) {
-            bool marked;
-            const char *st = state_of(doc, &marked);
-            docs[k].sent =
-                kiln__mongo_applies(st, marked, x, KILN__MONGO_RULE_STATE);
-        } else if (mongoc_cursor_error(cur, be)) {
-            ok = false;
-        }
-        mongoc_cursor_destroy(cur);
-        bson_destroy(&filter);
-        bson_destroy(&opts);
-        if (!ok)
+    for (size_t k = 0; k < n_ops; k++)
+        if (!rule_applies(coll, &u[docs[k].i], KILN__MONGO_RULE_STATE,
+                          &docs[k].sent, be))
             return false;
-    }
     return true;
 }
 

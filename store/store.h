@@ -148,17 +148,15 @@ kiln__store_set(kiln__store *s, const kiln__state_update *u, kiln_error *err)
     return s->ops->set_state(s, u, err);
 }
 
-/* See add_pending above; any thread. */
-static inline kiln_err kiln__store_add_pending(kiln__store *s,
-                                               const kiln__state_update *u,
-                                               size_t n, kiln_err *status,
-                                               kiln_error *err)
+/* The writes of a store without a bulk op: set_state n times, status[i]
+ * each one's result; returns the first failure (its reason in `err`). */
+static inline kiln_err kiln__store_each(kiln__store *s,
+                                        const kiln__state_update *u, size_t n,
+                                        kiln_err *status, kiln_error *err)
 {
     kiln_err first = KILN_OK;
     kiln_error e;
 
-    if (s->ops->add_pending != NULL)
-        return s->ops->add_pending(s, u, n, status, err);
     for (size_t i = 0; i < n; i++) {
         status[i] = s->ops->set_state(s, &u[i], &e);
         if (status[i] != KILN_OK && first == KILN_OK) {
@@ -170,26 +168,26 @@ static inline kiln_err kiln__store_add_pending(kiln__store *s,
     return first;
 }
 
+/* See add_pending above; any thread. */
+static inline kiln_err kiln__store_add_pending(kiln__store *s,
+                                               const kiln__state_update *u,
+                                               size_t n, kiln_err *status,
+                                               kiln_error *err)
+{
+    if (s->ops->add_pending != NULL)
+        return s->ops->add_pending(s, u, n, status, err);
+    return kiln__store_each(s, u, n, status, err);
+}
+
 /* See set_states above; any thread. */
 static inline kiln_err kiln__store_set_states(kiln__store *s,
                                               const kiln__state_update *u,
                                               size_t n, kiln_err *status,
                                               kiln_error *err)
 {
-    kiln_err first = KILN_OK;
-    kiln_error e;
-
     if (s->ops->set_states != NULL)
         return s->ops->set_states(s, u, n, status, err);
-    for (size_t i = 0; i < n; i++) {
-        status[i] = s->ops->set_state(s, &u[i], &e);
-        if (status[i] != KILN_OK && first == KILN_OK) {
-            first = status[i];
-            if (err != NULL)
-                *err = e;
-        }
-    }
-    return first;
+    return kiln__store_each(s, u, n, status, err);
 }
 
 /* See send_failed above; any thread. */

@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include "mocks/mocks.h"
+#include "test/support/pool_runner.h"
 #include "workerpool/pool.h"
 
 #include <signal.h>
@@ -23,10 +24,7 @@ typedef struct fixture {
     kiln__mock_server *srv;
     kiln__broker *producer; /* owned by the test thread */
     kiln_pool *pool;
-    pthread_t thread;
-    bool started;
-    kiln_err start_rc;
-    kiln_error start_err;
+    pool_runner run;
     kiln__store *store; /* NULL unless a test records states */
 } fixture;
 
@@ -127,11 +125,7 @@ static int teardown(void **state)
 {
     fixture *f = *state;
 
-    if (f->started) { /* a test failed with its pool still running */
-        kiln_pool_stop(f->pool);
-        kiln_pool_stop(f->pool);
-        pthread_join(f->thread, NULL);
-    }
+    pool_runner_cleanup(&f->run); /* a test failed with its pool running */
     kiln_pool_free(f->pool);
     kiln__store_destroy(f->store);
     kiln__broker_destroy(f->producer);
@@ -155,26 +149,14 @@ static void make_pool(fixture *f)
         kiln_pool_register(f->pool, "slow", slow, NULL, NULL, &err), KILN_OK);
 }
 
-static void *start_main(void *arg)
-{
-    fixture *f = arg;
-
-    f->start_rc = kiln_pool_start(f->pool, &f->start_err);
-    return NULL;
-}
-
 static void start(fixture *f)
 {
-    assert_int_equal(pthread_create(&f->thread, NULL, start_main, f), 0);
-    f->started = true;
+    pool_runner_start(&f->run, f->pool);
 }
 
 static kiln_err join(fixture *f)
 {
-    assert_true(f->started);
-    pthread_join(f->thread, NULL);
-    f->started = false;
-    return f->start_rc;
+    return pool_runner_join(&f->run);
 }
 
 static void send_n(fixture *f, const char *name, int from, int n)
@@ -462,7 +444,7 @@ static void test_drain_timeout(void **state)
     wait_count(&runs, 4);
     kiln_pool_stop(f->pool);
     assert_int_equal(join(f), KILN_ETIMEDOUT);
-    assert_non_null(strstr(f->start_err.message, "still running"));
+    assert_non_null(strstr(f->run.err.message, "still running"));
     /* The connection closed: every unfinished delivery is back. */
     assert_int_equal(kiln__mock_server_unacked(f->srv), 0);
     assert_int_equal(kiln__mock_server_ready(f->srv, QUEUE), 8);

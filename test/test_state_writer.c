@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include "mocks/mocks.h"
+#include "test/support/pool_runner.h"
 #include "workerpool/pool.h"
 
 #include <stdatomic.h>
@@ -24,9 +25,7 @@ typedef struct fixture {
     kiln__broker *producer;
     kiln__store *store;
     kiln_pool *pool;
-    pthread_t thread;
-    bool started;
-    kiln_err start_rc;
+    pool_runner run;
 } fixture;
 
 static atomic_int finished;
@@ -86,11 +85,7 @@ static int teardown(void **state)
     fixture *f = *state;
 
     kiln__mock_store_hold(f->store, false);
-    if (f->started) {
-        kiln_pool_stop(f->pool);
-        kiln_pool_stop(f->pool);
-        pthread_join(f->thread, NULL);
-    }
+    pool_runner_cleanup(&f->run);
     kiln_pool_free(f->pool);
     kiln__store_destroy(f->store);
     kiln__broker_destroy(f->producer);
@@ -99,27 +94,15 @@ static int teardown(void **state)
     return 0;
 }
 
-static void *start_main(void *arg)
-{
-    fixture *f = arg;
-    kiln_error err;
-
-    f->start_rc = kiln_pool_start(f->pool, &err);
-    return NULL;
-}
-
 static void start(fixture *f)
 {
-    assert_int_equal(pthread_create(&f->thread, NULL, start_main, f), 0);
-    f->started = true;
+    pool_runner_start(&f->run, f->pool);
 }
 
 static void stop(fixture *f)
 {
     kiln_pool_stop(f->pool);
-    pthread_join(f->thread, NULL);
-    f->started = false;
-    assert_int_equal(f->start_rc, KILN_OK);
+    assert_int_equal(pool_runner_join(&f->run), KILN_OK);
 }
 
 /* Sends `n` tasks; the UUID of the first goes to `uuid0` (may be NULL). */
